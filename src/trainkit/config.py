@@ -1,0 +1,237 @@
+"""YAML -> nested dataclasses, with dotted overrides and strict checking.
+
+A recipe's config is a dataclass whose fields may be other dataclasses (sections).
+``load_config(Cls, "file.yaml", ["optim.lr=1e-4"])`` fills it from YAML, then applies
+``key.sub=value`` overrides (values parsed as YAML scalars: ``8``, ``1e-4``, ``true``,
+``null``, ``[1,2]``). An unknown key or a value of the wrong type raises
+:class:`ConfigError` naming the key, where it came from and the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from trainkit.common.errors import UserError
+
+
+class ConfigError(UserError):
+    """A bad config file, key or value."""
+
+
+def _is_dc(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, src: str) -> Any:
+    """Check ``value`` against type ``tp`` and convert where lossless."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, src)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{src}: '{key}' expects {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        choices = ", ".join(repr(a) for a in get_args(tp))
+        raise ConfigError(f"{src}: '{key}' must be one of {choices}, got {value!r}")
+    if origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and origin is not None:
+            # allow "a,b,c" on the command line for lists of scalars
+            value = [v.strip() for v in str(value).split(",")] if isinstance(value, str) else [value]
+            value = [yaml.safe_load(v) if isinstance(v, str) else v for v in value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{src}: '{key}' expects a list, got {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{src}: '{key}' expects {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]", src) for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, f"{key}[{i}]", src) for i, v in enumerate(value)]
+        return tuple(out) if (origin is tuple or tp is tuple) else out
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: '{key}' expects a mapping, got {value!r}")
+        return dict(value)
+    if _is_dc(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: '{key}' is a section; expected a mapping, got {value!r}")
+        return _build(tp, value, src, prefix=key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{src}: '{key}' expects true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{src}: '{key}' expects an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-4" as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{src}: '{key}' expects a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{src}: '{key}' expects a string, got {value!r}")
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{src}: '{key}' expects {_type_name(tp)}, got {value!r}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _build(cls: type, data: dict, src: str, prefix: str = "", base: Any = None) -> Any:
+    """Make a ``cls`` from ``data``; fields absent from ``data`` keep ``base``'s or defaults."""
+    hints = _hints(cls)
+    names = field_names(cls)
+    for k in data:
+        if k not in names:
+            raise ConfigError(
+                f"{src}: unknown key '{prefix}{k}'; valid keys here: {', '.join(names)}"
+            )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        cur = getattr(base, f.name) if base is not None else None
+        if f.name in data:
+            tp = hints[f.name]
+            if _is_dc(tp) and isinstance(data[f.name], dict):
+                kwargs[f.name] = _build(tp, data[f.name], src, prefix + f.name + ".", cur)
+            else:
+                kwargs[f.name] = _coerce(data[f.name], tp, prefix + f.name, src)
+        elif base is not None:
+            kwargs[f.name] = cur
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        check()
+    return obj
+
+
+def _read_yaml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=1e-4"`` -> ``(["optim", "lr"], 1e-4)``."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _nest(parts: list[str], value: Any) -> dict:
+    out: Any = value
+    for p in reversed(parts):
+        out = {p: out}
+    return out
+
+
+def load_config(cls: type, path: str | os.PathLike | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """Build config ``cls`` from defaults, then ``path`` (YAML), then ``overrides``."""
+    obj = cls()
+    if path is not None:
+        obj = _build(cls, _read_yaml(path), str(path), base=obj)
+    for text in overrides:
+        parts, value = parse_override(text)
+        obj = _build(cls, _nest(parts, value), f"override '{text}'", base=obj)
+    return obj
+
+
+def to_dict(obj: Any) -> dict:
+    """A config dataclass as plain nested dicts (tuples become lists)."""
+
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(obj)
+
+
+def to_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """``(key, type, default, help)`` for every leaf field of ``cls``, for docs.
+
+    The help text is a field's ``metadata["help"]`` when given.
+    """
+    rows = []
+    hints = _hints(cls)
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_dc(tp):
+            rows += describe(tp, prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, _type_name(tp), to_dict(getattr(inst, f.name))
+                         if dataclasses.is_dataclass(getattr(inst, f.name)) else getattr(inst, f.name),
+                         f.metadata.get("help", "")))
+    return rows

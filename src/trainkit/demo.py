@@ -1,0 +1,168 @@
+"""``trainkit demo``: run each part on the embedded defaults and write one report.
+
+Each part provides ``trainkit.<part>.demo`` with ``ESTIMATE_S = {"quick": s, "full": s}``
+and ``run(out_dir: Path, quick: bool) -> Section``. The report is ``report.md`` plus a
+self-contained ``report.html`` (PNG plots inlined as base64) in the output folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainkit.common.errors import UserError
+from trainkit.common.io import atomic_write_text
+from trainkit.common.run import timestamp
+
+KNOWN_PARTS = ("kan", "rlhf", "longctx")
+
+
+@dataclass
+class Section:
+    """One part's contribution to the report.
+
+    ``headline`` maps a metric name to its value as text; ``images`` are
+    ``(caption, path relative to the report folder)``; ``markdown`` is free text.
+    """
+
+    title: str
+    headline: dict[str, str] = field(default_factory=dict)
+    markdown: str = ""
+    images: list[tuple[str, str]] = field(default_factory=list)
+    command: str = ""
+    seconds: float = 0.0
+
+
+def machine_info() -> str:
+    import os
+
+    try:
+        import torch
+
+        tv = torch.__version__
+        dev = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        tv, dev = "not installed", "cpu"
+    return (f"{platform.node()} · {platform.platform()} · Python {platform.python_version()} · "
+            f"torch {tv} · {os.cpu_count()} CPUs · device {dev}")
+
+
+def _section_md(s: Section) -> str:
+    lines = [f"## {s.title}", ""]
+    if s.headline:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in s.headline.items()]
+        lines.append("")
+    if s.markdown:
+        lines += [s.markdown.strip(), ""]
+    for cap, rel in s.images:
+        lines += [f"![{cap}]({rel})", "", f"*{cap}*", ""]
+    if s.command:
+        lines += ["Reproduce:", "", "```", s.command, "```", ""]
+    lines += [f"Time: {s.seconds:.0f} s", ""]
+    return "\n".join(lines)
+
+
+def _md_inline(text: str) -> str:
+    """Tiny Markdown subset for the HTML report: paragraphs, code blocks, tables, lists."""
+    out, in_code, table = [], False, []
+
+    def flush_table():
+        if table:
+            rows = [r.strip("|").split("|") for r in table if not set(r) <= set("|-: ")]
+            out.append("<table>" + "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>"
+                for r in rows) + "</table>")
+            table.clear()
+
+    for line in text.splitlines():
+        if line.startswith("```"):
+            flush_table()
+            out.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+        elif in_code:
+            out.append(html.escape(line))
+        elif line.startswith("|"):
+            table.append(line)
+        else:
+            flush_table()
+            if line.startswith("- "):
+                out.append(f"<li>{html.escape(line[2:])}</li>")
+            elif line.strip():
+                out.append(f"<p>{html.escape(line)}</p>")
+    flush_table()
+    return "\n".join(out)
+
+
+def _section_html(s: Section, root: Path) -> str:
+    parts = [f"<h2>{html.escape(s.title)}</h2>"]
+    if s.headline:
+        parts.append("<table class='headline'>" + "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+            for k, v in s.headline.items()) + "</table>")
+    if s.markdown:
+        parts.append(_md_inline(s.markdown))
+    for cap, rel in s.images:
+        data = base64.b64encode((root / rel).read_bytes()).decode("ascii")
+        parts.append(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+    if s.command:
+        parts.append(f"<p>Reproduce:</p><pre>{html.escape(s.command)}</pre>")
+    parts.append(f"<p class='time'>Time: {s.seconds:.0f} s</p>")
+    return "\n".join(parts)
+
+
+CSS = """body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}pre{background:#f4f4f4;padding:8px;
+overflow-x:auto}figcaption{font-style:italic;color:#555}.time{color:#777}"""
+
+
+def write_report(out: Path, sections: list[Section], total_s: float) -> tuple[Path, Path]:
+    head = f"# trainkit demo report\n\nMachine: {machine_info()}\n\nTotal time: {total_s:.0f} s\n"
+    md = head + "\n" + "\n".join(_section_md(s) for s in sections)
+    body = (f"<h1>trainkit demo report</h1><p>Machine: {html.escape(machine_info())}</p>"
+            f"<p>Total time: {total_s:.0f} s</p>" + "\n".join(_section_html(s, out) for s in sections))
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>trainkit demo</title>"
+            f"<style>{CSS}</style></head><body>{body}</body></html>\n")
+    return atomic_write_text(out / "report.md", md), atomic_write_text(out / "report.html", page)
+
+
+def run_demo(parts: list[str], quick: bool = False, out: str | None = None) -> Path:
+    """Run the demo of each part in ``parts`` and write the report; returns its folder."""
+    for p in parts:
+        if p not in KNOWN_PARTS:
+            raise UserError(f"unknown demo part '{p}'; choose from {', '.join(KNOWN_PARTS)}")
+    folder = Path(out) if out else Path("runs") / "demo" / timestamp()
+    folder.mkdir(parents=True, exist_ok=True)
+    mods = {}
+    for p in parts:
+        try:
+            mods[p] = importlib.import_module(f"trainkit.{p}.demo")
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith(f"trainkit.{p}"):
+                print(f"[demo] part '{p}' has no demo yet; skipped", file=sys.stderr)
+                continue
+            raise
+    mode = "quick" if quick else "full"
+    eta = sum(m.ESTIMATE_S[mode] for m in mods.values())
+    sections, t0 = [], time.time()
+    for i, (p, mod) in enumerate(mods.items()):
+        print(f"[demo] {i + 1}/{len(mods)} {p}: about {mod.ESTIMATE_S[mode]} s "
+              f"(all parts ETA {eta:.0f} s)", file=sys.stderr, flush=True)
+        ts = time.time()
+        sec = mod.run(folder / p, quick)
+        sec.images = [(cap, str(Path(p) / rel)) for cap, rel in sec.images]
+        sec.seconds = time.time() - ts
+        sections.append(sec)
+        eta -= mod.ESTIMATE_S[mode]
+        print(f"[demo] {p} done in {sec.seconds:.0f} s", file=sys.stderr, flush=True)
+    md, page = write_report(folder, sections, time.time() - t0)
+    print(f"report: {md}\nhtml:   {page}")
+    return folder

@@ -1,0 +1,1 @@
+"""The shared LLM base: models, data, LoRA/QLoRA, strategies, checkpoints, SFT."""

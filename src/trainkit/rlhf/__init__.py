@@ -1,0 +1,1 @@
+"""RLHF / RLVR as in OpenRLHF (Hu et al. 2024, arXiv 2405.11143)."""
