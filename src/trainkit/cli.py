@@ -39,8 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"trainkit {__version__}")
     sub = p.add_subparsers(dest="part", metavar="<part>")
-    d = sub.add_parser("demo", help="run the demo report of every part",
-                       description="Run each part on the embedded defaults and write a report.")
+    d = sub.add_parser(
+        "demo",
+        help="run the demo report of every part",
+        description="Run each part on the embedded defaults and write a report.",
+    )
     d.add_argument("--quick", action="store_true", help="a shorter version (< 5 minutes)")
     d.add_argument("--out", default=None, help="report folder (default runs/demo/<timestamp>)")
     d.add_argument("--parts", default="kan,rlhf,longctx", help="comma-separated parts")
@@ -52,16 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
             cp.set_defaults(_cmd=cmd)
             if cmd.config is not None:
                 cp.add_argument("--config", default=None, help="YAML config file")
-                cp.add_argument("--print-config", action="store_true",
-                                help="print the resolved config and exit")
+                cp.add_argument(
+                    "--print-config", action="store_true", help="print the resolved config and exit"
+                )
             for flag, key in (cmd.flags or {}).items():
-                cp.add_argument(flag, dest="_flag_" + key, default=None, metavar="V",
-                                help=f"same as {key}=V")
+                cp.add_argument(
+                    flag, dest="_flag_" + key, default=None, metavar="V", help=f"same as {key}=V"
+                )
             if cmd.add_args is not None:
                 cmd.add_args(cp)
             if cmd.config is not None:
-                cp.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                                help="config overrides")
+                cp.add_argument(
+                    "overrides", nargs="*", metavar="key.sub=value", help="config overrides"
+                )
     return p
 
 
@@ -85,8 +91,11 @@ def _run(argv: list[str]) -> int:
     if cmd.config is not None:
         from trainkit.config import load_config, to_yaml
 
-        flagged = [f"{key}={getattr(args, '_flag_' + key)}" for key in (cmd.flags or {}).values()
-                   if getattr(args, "_flag_" + key) is not None]
+        flagged = [
+            f"{key}={getattr(args, '_flag_' + key)}"
+            for key in (cmd.flags or {}).values()
+            if getattr(args, "_flag_" + key) is not None
+        ]
         cfg = load_config(resolve(cmd.config), args.config, flagged + list(args.overrides))
         if args.print_config:
             sys.stdout.write(to_yaml(cfg))

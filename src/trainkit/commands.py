@@ -12,8 +12,9 @@ imported only when the command runs, and called as ``run(cfg, args)``.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

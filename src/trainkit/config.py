@@ -59,9 +59,15 @@ def _coerce(value: Any, tp: Any, key: str, src: str) -> Any:
         choices = ", ".join(repr(a) for a in get_args(tp))
         raise ConfigError(f"{src}: '{key}' must be one of {choices}, got {value!r}")
     if origin in (list, tuple) or tp in (list, tuple):
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and origin is not None:
+        if (
+            isinstance(value, (str, int, float))
+            and not isinstance(value, bool)
+            and origin is not None
+        ):
             # allow "a,b,c" on the command line for lists of scalars
-            value = [v.strip() for v in str(value).split(",")] if isinstance(value, str) else [value]
+            value = (
+                [v.strip() for v in str(value).split(",")] if isinstance(value, str) else [value]
+            )
             value = [yaml.safe_load(v) if isinstance(v, str) else v for v in value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{src}: '{key}' expects a list, got {value!r}")
@@ -69,7 +75,9 @@ def _coerce(value: Any, tp: Any, key: str, src: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{src}: '{key}' expects {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]", src) for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(
+                _coerce(v, a, f"{key}[{i}]", src) for i, (v, a) in enumerate(zip(value, args))
+            )
         inner = args[0] if args else Any
         out = [_coerce(v, inner, f"{key}[{i}]", src) for i, v in enumerate(value)]
         return tuple(out) if (origin is tuple or tp is tuple) else out
@@ -187,8 +195,9 @@ def _nest(parts: list[str], value: Any) -> dict:
     return out
 
 
-def load_config(cls: type, path: str | os.PathLike | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> Any:
+def load_config(
+    cls: type, path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Any:
     """Build config ``cls`` from defaults, then ``path`` (YAML), then ``overrides``."""
     obj = cls()
     if path is not None:
@@ -215,7 +224,7 @@ def to_dict(obj: Any) -> dict:
 
 
 def to_yaml(obj: Any) -> str:
-    return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=False)
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
@@ -231,7 +240,14 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
         if _is_dc(tp):
             rows += describe(tp, prefix + f.name + ".")
         else:
-            rows.append((prefix + f.name, _type_name(tp), to_dict(getattr(inst, f.name))
-                         if dataclasses.is_dataclass(getattr(inst, f.name)) else getattr(inst, f.name),
-                         f.metadata.get("help", "")))
+            rows.append(
+                (
+                    prefix + f.name,
+                    _type_name(tp),
+                    to_dict(getattr(inst, f.name))
+                    if dataclasses.is_dataclass(getattr(inst, f.name))
+                    else getattr(inst, f.name),
+                    f.metadata.get("help", ""),
+                )
+            )
     return rows

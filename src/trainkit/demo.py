@@ -49,8 +49,10 @@ def machine_info() -> str:
         dev = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     except ImportError:  # pragma: no cover
         tv, dev = "not installed", "cpu"
-    return (f"{platform.node()} · {platform.platform()} · Python {platform.python_version()} · "
-            f"torch {tv} · {os.cpu_count()} CPUs · device {dev}")
+    return (
+        f"{platform.node()} · {platform.platform()} · Python {platform.python_version()} · "
+        f"torch {tv} · {os.cpu_count()} CPUs · device {dev}"
+    )
 
 
 def _section_md(s: Section) -> str:
@@ -76,9 +78,14 @@ def _md_inline(text: str) -> str:
     def flush_table():
         if table:
             rows = [r.strip("|").split("|") for r in table if not set(r) <= set("|-: ")]
-            out.append("<table>" + "".join(
-                "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>"
-                for r in rows) + "</table>")
+            out.append(
+                "<table>"
+                + "".join(
+                    "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>"
+                    for r in rows
+                )
+                + "</table>"
+            )
             table.clear()
 
     for line in text.splitlines():
@@ -103,15 +110,22 @@ def _md_inline(text: str) -> str:
 def _section_html(s: Section, root: Path) -> str:
     parts = [f"<h2>{html.escape(s.title)}</h2>"]
     if s.headline:
-        parts.append("<table class='headline'>" + "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-            for k, v in s.headline.items()) + "</table>")
+        parts.append(
+            "<table class='headline'>"
+            + "".join(
+                f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                for k, v in s.headline.items()
+            )
+            + "</table>"
+        )
     if s.markdown:
         parts.append(_md_inline(s.markdown))
     for cap, rel in s.images:
         data = base64.b64encode((root / rel).read_bytes()).decode("ascii")
-        parts.append(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+        parts.append(
+            f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(cap)}</figcaption></figure>"
+        )
     if s.command:
         parts.append(f"<p>Reproduce:</p><pre>{html.escape(s.command)}</pre>")
     parts.append(f"<p class='time'>Time: {s.seconds:.0f} s</p>")
@@ -127,10 +141,14 @@ overflow-x:auto}figcaption{font-style:italic;color:#555}.time{color:#777}"""
 def write_report(out: Path, sections: list[Section], total_s: float) -> tuple[Path, Path]:
     head = f"# trainkit demo report\n\nMachine: {machine_info()}\n\nTotal time: {total_s:.0f} s\n"
     md = head + "\n" + "\n".join(_section_md(s) for s in sections)
-    body = (f"<h1>trainkit demo report</h1><p>Machine: {html.escape(machine_info())}</p>"
-            f"<p>Total time: {total_s:.0f} s</p>" + "\n".join(_section_html(s, out) for s in sections))
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>trainkit demo</title>"
-            f"<style>{CSS}</style></head><body>{body}</body></html>\n")
+    body = (
+        f"<h1>trainkit demo report</h1><p>Machine: {html.escape(machine_info())}</p>"
+        f"<p>Total time: {total_s:.0f} s</p>" + "\n".join(_section_html(s, out) for s in sections)
+    )
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>trainkit demo</title>"
+        f"<style>{CSS}</style></head><body>{body}</body></html>\n"
+    )
     return atomic_write_text(out / "report.md", md), atomic_write_text(out / "report.html", page)
 
 
@@ -154,8 +172,12 @@ def run_demo(parts: list[str], quick: bool = False, out: str | None = None) -> P
     eta = sum(m.ESTIMATE_S[mode] for m in mods.values())
     sections, t0 = [], time.time()
     for i, (p, mod) in enumerate(mods.items()):
-        print(f"[demo] {i + 1}/{len(mods)} {p}: about {mod.ESTIMATE_S[mode]} s "
-              f"(all parts ETA {eta:.0f} s)", file=sys.stderr, flush=True)
+        print(
+            f"[demo] {i + 1}/{len(mods)} {p}: about {mod.ESTIMATE_S[mode]} s "
+            f"(all parts ETA {eta:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
         ts = time.time()
         sec = mod.run(folder / p, quick)
         sec.images = [(cap, str(Path(p) / rel)) for cap, rel in sec.images]

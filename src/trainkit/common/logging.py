@@ -6,8 +6,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 
 def _clean(v: Any) -> Any:
@@ -73,10 +74,16 @@ class MetricsLogger:
         self.close()
 
 
-def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "",
-             disable: bool = False, **kw):
+def progress(
+    iterable: Iterable | None = None,
+    total: int | None = None,
+    desc: str = "",
+    disable: bool = False,
+    **kw,
+):
     """A tqdm progress bar (rate and ETA) that writes to stderr; ``disable`` silences it."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True,
-                leave=False, **kw)
+    return tqdm(
+        iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=False, **kw
+    )
