@@ -1,0 +1,353 @@
+"""RoPE context-extension rules: inverse frequencies, attention scaling, HF configs.
+
+Rotary position embedding (RoPE, Su et al. 2021, arXiv 2104.09864) rotates each pair
+``i`` of a head's ``d`` channels by angle ``m * w_i`` at position ``m``, with
+
+    w_i = theta ** (-2 i / d),   i = 0 .. d/2 - 1,        wavelength  lambda_i = 2 pi / w_i.
+
+A model pretrained on ``L`` tokens has only seen angles ``m * w_i`` for ``m < L``. Every
+rule below changes ``w`` so that a longer context ``L' = s * L`` (``s`` = ``factor``) maps
+to angles the model can cope with:
+
+* ``theta``   - raise the base ``theta`` (the method of "Extending Llama-3's Context
+  Ten-Fold Overnight", Zhang et al. 2024, arXiv 2404.19553: 500K -> 200M for 8K -> 80K).
+* ``linear``  - position interpolation, ``w_i / s`` (Chen et al. 2023, arXiv 2306.15595).
+* ``dynamic`` - dynamic NTK-aware scaling: the base grows with the current length
+  (bloc97 / emozilla, 2023; the formula of transformers' ``dynamic`` rope_type).
+* ``yarn``    - NTK-by-parts interpolation plus attention temperature
+  ``0.1 ln s + 1`` (Peng et al. 2023, arXiv 2309.00071).
+* ``llama3``  - the Llama-3.1 rule: low frequencies divided by ``s``, high ones kept,
+  a smooth blend between (Meta, Llama 3.1 reference code, 2024).
+
+:func:`apply_rope` writes the rule into a transformers 5.x config
+(``config.rope_parameters``) so that the extended model reloads with plain
+``AutoConfig`` / ``AutoModelForCausalLM``; what trainkit did is also kept in
+``config.trainkit_longctx`` (method, factor, original length, base theta).
+
+All frequency functions return ``inv_freq`` of shape ``[head_dim // 2]`` (float32) and,
+where the rule has one, the attention scale multiplied into ``cos``/``sin``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+
+from trainkit.common.errors import UserError
+
+METHODS = ("theta", "linear", "dynamic", "yarn", "llama3")
+
+
+def _check_dim(head_dim: int) -> None:
+    if head_dim < 2 or head_dim % 2:
+        raise UserError(f"RoPE head_dim must be an even integer >= 2, got {head_dim}")
+
+
+def default_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    """Plain RoPE frequencies ``w_i = theta ** (-2i/d)`` (Su et al. 2021, eq. 15).
+
+    Also the ``theta`` rule: pass the raised base.
+
+    Args:
+        head_dim: rotary dimension ``d`` (even).
+        theta: the base.
+
+    Returns:
+        ``[d/2]`` inverse frequencies, ``w_0 = 1`` down to ``theta ** (-(d-2)/d)``.
+    """
+    _check_dim(head_dim)
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
+    return 1.0 / (theta ** exponents)
+
+
+def linear_inv_freq(head_dim: int, theta: float, factor: float) -> torch.Tensor:
+    """Position interpolation: ``w_i / s`` (Chen et al. 2023, arXiv 2306.15595, eq. 4).
+
+    Dividing positions by ``s`` is the same as dividing every frequency by ``s``.
+
+    Returns:
+        ``[d/2]`` inverse frequencies.
+    """
+    return default_inv_freq(head_dim, theta) / factor
+
+
+def dynamic_inv_freq(head_dim: int, theta: float, factor: float, original_max_position: int,
+                     seq_len: int | None = None) -> torch.Tensor:
+    """Dynamic NTK-aware scaling: a larger base once the sequence outgrows ``L``.
+
+    ``theta' = theta * (s * n / L - (s - 1)) ** (d / (d - 2))`` with ``n = max(seq_len, L)``
+    (the rule transformers implements as ``rope_type="dynamic"``; NTK-aware scaling by
+    bloc97, made dynamic by emozilla, 2023). At ``n <= L`` the frequencies are unchanged.
+
+    Args:
+        head_dim: rotary dimension ``d``.
+        theta: the pretrained base.
+        factor: ``s``.
+        original_max_position: ``L``, the pretraining length.
+        seq_len: current length ``n`` (``None`` means ``L``).
+
+    Returns:
+        ``[d/2]`` inverse frequencies.
+    """
+    _check_dim(head_dim)
+    n = original_max_position if seq_len is None else max(int(seq_len), original_max_position)
+    scaled = theta * ((factor * n / original_max_position) - (factor - 1)) ** (head_dim / (head_dim - 2))
+    return default_inv_freq(head_dim, scaled)
+
+
+def yarn_attention_scale(factor: float) -> float:
+    """YaRN's temperature: ``sqrt(1/t) = 0.1 ln(s) + 1`` (Peng et al. 2023, eq. 22).
+
+    It multiplies ``cos`` and ``sin``, so both ``q`` and ``k`` — the attention logits
+    are scaled by its square. ``1.0`` for ``s <= 1``.
+    """
+    return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
+
+
+def _yarn_pair_index(rotations: float, head_dim: int, theta: float, original_max_position: int) -> float:
+    """Pair index ``i`` whose wavelength fits ``rotations`` times into ``L``.
+
+    Solves ``L / lambda_i = rotations`` for ``i``:
+    ``i = d * ln(L / (2 pi r)) / (2 ln theta)``.
+    """
+    return head_dim * math.log(original_max_position / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+
+def yarn_inv_freq(head_dim: int, theta: float, factor: float, original_max_position: int,
+                  beta_fast: float = 32.0, beta_slow: float = 1.0,
+                  truncate: bool = True) -> tuple[torch.Tensor, float]:
+    """YaRN ("NTK-by-parts" + temperature), Peng et al. 2023, arXiv 2309.00071, sec. 3.2-3.4.
+
+    Pairs that rotate more than ``beta_fast`` times within ``L`` keep their frequency
+    (extrapolate), pairs that rotate less than ``beta_slow`` times are interpolated
+    (``w_i / s``), and a linear ramp over the pair index blends the two:
+
+        lo = floor(i(beta_fast)), hi = ceil(i(beta_slow))   (see :func:`_yarn_pair_index`)
+        gamma_i = clamp((i - lo) / (hi - lo), 0, 1)
+        w'_i = gamma_i * w_i / s + (1 - gamma_i) * w_i
+
+    The ramp in pair-index space with floor/ceil is the form of the YaRN reference code
+    (and transformers); ``truncate=False`` skips the rounding.
+
+    Returns:
+        ``([d/2] inverse frequencies, attention scale 0.1 ln s + 1)``.
+    """
+    base = default_inv_freq(head_dim, theta)
+    lo = _yarn_pair_index(beta_fast, head_dim, theta, original_max_position)
+    hi = _yarn_pair_index(beta_slow, head_dim, theta, original_max_position)
+    if truncate:
+        lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, head_dim - 1)
+    if lo == hi:
+        hi += 0.001  # a one-point ramp would divide by zero
+    idx = torch.arange(head_dim // 2, dtype=torch.float32)
+    gamma = torch.clamp((idx - lo) / (hi - lo), 0.0, 1.0)  # 0 = keep, 1 = interpolate
+    inv = gamma * (base / factor) + (1.0 - gamma) * base
+    return inv, yarn_attention_scale(factor)
+
+
+def llama3_inv_freq(head_dim: int, theta: float, factor: float, original_max_position: int,
+                    low_freq_factor: float = 1.0, high_freq_factor: float = 4.0) -> torch.Tensor:
+    """The Llama-3.1 rule (Meta's reference ``apply_scaling``; Llama 3 herd paper, 2024).
+
+    With ``lambda_i = 2 pi / w_i``, ``lambda_low = L / low_freq_factor`` and
+    ``lambda_high = L / high_freq_factor`` (Llama-3.1: ``s=8, low=1, high=4, L=8192``):
+
+        lambda_i < lambda_high            -> w_i            (high frequencies kept)
+        lambda_i > lambda_low             -> w_i / s        (low frequencies interpolated)
+        otherwise, mu = (L / lambda_i - low_freq_factor) / (high_freq_factor - low_freq_factor)
+                                          -> (1 - mu) w_i / s + mu w_i
+
+    Returns:
+        ``[d/2]`` inverse frequencies.
+    """
+    if high_freq_factor <= low_freq_factor:
+        raise UserError(f"llama3 rope: high_freq_factor ({high_freq_factor}) must exceed "
+                        f"low_freq_factor ({low_freq_factor})")
+    base = default_inv_freq(head_dim, theta)
+    wavelen = 2 * math.pi / base
+    low_wl = original_max_position / low_freq_factor
+    high_wl = original_max_position / high_freq_factor
+    mu = (original_max_position / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smooth = (1 - mu) * base / factor + mu * base
+    out = torch.where(wavelen > low_wl, base / factor, base)
+    medium = (wavelen >= high_wl) & (wavelen <= low_wl)
+    return torch.where(medium, smooth, out)
+
+
+def suggest_theta(target_len: int, head_dim: int, base_theta: float, original_len: int) -> float:
+    """A base ``theta`` for extending ``original_len`` -> ``target_len`` by the ``theta`` rule.
+
+    Rule (NTK-aware): keep the ratio of the *lowest* frequency's wavelength to the context
+    length. That wavelength is ``2 pi theta^((d-2)/d)``; asking it to grow by
+    ``s = target_len / original_len`` gives
+
+        theta' = theta * s ** (d / (d - 2)).
+
+    Positions at ``s * L`` then reach, on the slowest pair, the same fraction of a turn as
+    ``L`` did before, while the fastest pair (``w_0 = 1``) is untouched. For
+    Llama-3-8B (``d=128``, ``theta=5e5``, 8K -> 80K) this gives ~5.2e6; the paper chose the
+    far larger 2e8, which also shrinks angles of mid frequencies — treat the result as a
+    lower bound and raise it when fine-tuning is cheap. For ``s <= 1`` the base is returned.
+
+    Args:
+        target_len: wanted context length ``L'``.
+        head_dim: rotary dimension ``d`` (even, > 2).
+        base_theta: pretrained base ``theta``.
+        original_len: pretraining context length ``L``.
+
+    Returns:
+        The suggested base (a float).
+    """
+    _check_dim(head_dim)
+    if head_dim <= 2:
+        raise UserError("suggest_theta needs head_dim > 2")
+    if original_len <= 0 or target_len <= 0:
+        raise UserError(f"suggest_theta: lengths must be positive, got {original_len} -> {target_len}")
+    s = target_len / original_len
+    if s <= 1:
+        return float(base_theta)
+    return float(base_theta * s ** (head_dim / (head_dim - 2)))
+
+
+def rope_frequencies(method: str, head_dim: int, theta: float, *, factor: float = 1.0,
+                     original_max_position: int | None = None, seq_len: int | None = None,
+                     new_theta: float | None = None, **options: Any) -> tuple[torch.Tensor, float]:
+    """``(inv_freq [d/2], attention_scale)`` of any rule, by name (see :data:`METHODS`).
+
+    ``theta`` is the pretrained base; the ``theta`` rule uses ``new_theta`` (or
+    :func:`suggest_theta` for ``factor``). ``options`` go to the rule's function
+    (``beta_fast``, ``beta_slow``, ``low_freq_factor``, ``high_freq_factor``, ``truncate``).
+    """
+    if method == "default" or (method == "theta" and new_theta is None and factor == 1.0):
+        return default_inv_freq(head_dim, theta), 1.0
+    if method == "theta":
+        if new_theta is None:
+            new_theta = suggest_theta(int(original_max_position * factor), head_dim, theta,
+                                      original_max_position)
+        return default_inv_freq(head_dim, new_theta), 1.0
+    if method == "linear":
+        return linear_inv_freq(head_dim, theta, factor), 1.0
+    if original_max_position is None:
+        raise UserError(f"rope method '{method}' needs original_max_position")
+    if method == "dynamic":
+        return dynamic_inv_freq(head_dim, theta, factor, original_max_position, seq_len), 1.0
+    if method == "yarn":
+        return yarn_inv_freq(head_dim, theta, factor, original_max_position, **options)
+    if method == "llama3":
+        return llama3_inv_freq(head_dim, theta, factor, original_max_position, **options), 1.0
+    raise UserError(f"unknown rope method '{method}'; expected one of {', '.join(METHODS)}")
+
+
+def head_dim_of(config: Any) -> int:
+    """Rotary dimension of an HF config (``head_dim`` or ``hidden_size // heads``)."""
+    hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    prf = (config.rope_parameters or {}).get("partial_rotary_factor", 1.0) or 1.0
+    return int(hd * prf)
+
+
+def apply_rope(config: Any, method: str, *, factor: float | None = None, theta: float | None = None,
+               original_max_position: int | None = None, beta_fast: float = 32.0,
+               beta_slow: float = 1.0, low_freq_factor: float = 1.0,
+               high_freq_factor: float = 4.0) -> Any:
+    """A copy of HF ``config`` extended by ``method`` (``config`` itself is not changed).
+
+    Writes ``config.rope_parameters`` in the transformers 5.x schema for the rule, sets
+    ``max_position_embeddings`` to ``original * factor`` (except ``dynamic``, whose
+    transformers implementation reads ``max_position_embeddings`` as the pretraining
+    length and scales beyond it), and records
+    ``config.trainkit_longctx = {method, factor, original_max_position_embeddings,
+    base_rope_theta, rope_theta, target_max_position_embeddings}``, saved in config.json.
+
+    Args:
+        config: a transformers config with RoPE (e.g. ``LlamaConfig``) whose
+            ``rope_type`` is ``"default"`` (a base model).
+        method: one of ``theta``, ``linear``, ``dynamic``, ``yarn``, ``llama3``.
+        factor: extension ratio ``s``; required except for ``theta`` given ``theta``.
+        theta: new base for the ``theta`` rule (default: :func:`suggest_theta`).
+        original_max_position: pretraining length ``L`` (default: the config's
+            ``max_position_embeddings``).
+        beta_fast, beta_slow: YaRN ramp bounds (rotations within ``L``).
+        low_freq_factor, high_freq_factor: Llama-3.1 rule bounds.
+
+    Returns:
+        The updated config copy.
+
+    Raises:
+        UserError: unknown method, missing/invalid factor, or an already-scaled config.
+    """
+    if method not in METHODS:
+        raise UserError(f"unknown rope method '{method}'; expected one of {', '.join(METHODS)}")
+    cfg = copy.deepcopy(config)
+    if hasattr(cfg, "standardize_rope_params"):
+        cfg.standardize_rope_params()
+    params = dict(getattr(cfg, "rope_parameters", None) or {})
+    if "rope_theta" not in params:
+        raise UserError(f"config of type {type(cfg).__name__} has no rope_parameters.rope_theta")
+    if params.get("rope_type", "default") != "default":
+        raise UserError(f"config already uses rope_type '{params['rope_type']}'; apply_rope expects "
+                        "a base model with rope_type 'default'")
+    base_theta = float(params["rope_theta"])
+    orig = int(original_max_position or cfg.max_position_embeddings)
+    if factor is not None and (not isinstance(factor, (int, float)) or factor < 1):
+        raise UserError(f"rope factor must be a number >= 1, got {factor!r}")
+    if method != "theta" and factor is None:
+        raise UserError(f"rope method '{method}' needs factor (the extension ratio, e.g. 8)")
+    if method == "theta" and factor is None and theta is None:
+        raise UserError("rope method 'theta' needs theta (the new base) or factor")
+    if theta is not None and method != "theta":
+        raise UserError(f"theta= is only used by method 'theta', not '{method}'")
+    target = int(round(orig * factor)) if factor is not None else orig
+    extra = {k: v for k, v in params.items() if k == "partial_rotary_factor"}
+
+    if method == "theta":
+        new_theta = float(theta) if theta is not None else suggest_theta(
+            target, head_dim_of(cfg), base_theta, orig)
+        new = {"rope_type": "default", "rope_theta": new_theta}
+    elif method in ("linear", "dynamic"):
+        new = {"rope_type": method, "factor": float(factor), "rope_theta": base_theta}
+    elif method == "yarn":
+        new = {"rope_type": "yarn", "factor": float(factor), "rope_theta": base_theta,
+               "original_max_position_embeddings": orig,
+               "beta_fast": float(beta_fast), "beta_slow": float(beta_slow)}
+    else:  # llama3
+        new = {"rope_type": "llama3", "factor": float(factor), "rope_theta": base_theta,
+               "original_max_position_embeddings": orig,
+               "low_freq_factor": float(low_freq_factor), "high_freq_factor": float(high_freq_factor)}
+    new.update(extra)
+    cfg.rope_parameters = new
+    cfg.max_position_embeddings = orig if method == "dynamic" else target
+    cfg.trainkit_longctx = {
+        "method": method,
+        "factor": float(factor) if factor is not None else None,
+        "original_max_position_embeddings": orig,
+        "target_max_position_embeddings": target,
+        "base_rope_theta": base_theta,
+        "rope_theta": new["rope_theta"],
+    }
+    return cfg
+
+
+def config_frequencies(config: Any, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
+    """Recompute ``(inv_freq, attention_scale)`` from a config written by :func:`apply_rope`
+    with trainkit's own functions (used to cross-check transformers)."""
+    p = config.rope_parameters
+    rt = p.get("rope_type", "default")
+    d = head_dim_of(config)
+    if rt == "default":
+        return default_inv_freq(d, p["rope_theta"]), 1.0
+    if rt == "linear":
+        return linear_inv_freq(d, p["rope_theta"], p["factor"]), 1.0
+    if rt == "dynamic":
+        return dynamic_inv_freq(d, p["rope_theta"], p["factor"], config.max_position_embeddings, seq_len), 1.0
+    if rt == "yarn":
+        return yarn_inv_freq(d, p["rope_theta"], p["factor"], p["original_max_position_embeddings"],
+                             p.get("beta_fast") or 32.0, p.get("beta_slow") or 1.0,
+                             p.get("truncate", True))
+    if rt == "llama3":
+        return llama3_inv_freq(d, p["rope_theta"], p["factor"], p["original_max_position_embeddings"],
+                               p["low_freq_factor"], p["high_freq_factor"]), 1.0
+    raise UserError(f"rope_type '{rt}' is not one trainkit computes")
