@@ -71,8 +71,14 @@ def render() -> str:
             if cmd.config is None:
                 continue
             cls = resolve(cmd.config)
-            lines += [f"## `trainkit {part} {name}`", "", cmd.help, "",
-                      f"Config class: `{cmd.config}`", ""]
+            lines += [
+                f"## `trainkit {part} {name}`",
+                "",
+                cmd.help,
+                "",
+                f"Config class: `{cmd.config}`",
+                "",
+            ]
             lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
             for key, tp, default, help_ in _rows(cls):
                 cell = lambda s: s.replace("|", "\\|")
