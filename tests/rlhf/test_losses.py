@@ -1,0 +1,217 @@
+"""Losses against hand-computed values (the arithmetic is in the comments)."""
+
+import math
+
+import pytest
+import torch
+
+from trainkit.rlhf.losses import (
+    aggregate,
+    dpo_loss,
+    entropy_from_logits,
+    kl_estimate,
+    masked_mean,
+    pairwise_accuracy,
+    pairwise_rm_loss,
+    pairwise_rm_loss_logexp,
+    policy_loss,
+    policy_loss_with_stats,
+    sequence_logps,
+    token_logps,
+    value_loss,
+)
+
+t = torch.tensor
+LN2 = 0.6931472
+
+
+def close(a, b, tol=1e-6):
+    return torch.allclose(torch.as_tensor(a, dtype=torch.float64),
+                          torch.as_tensor(b, dtype=torch.float64), atol=tol, rtol=0)
+
+
+# ------------------------------------------------------------------ masked reductions
+
+
+def test_masked_mean_ignores_nan_in_padding_and_empty_is_zero():
+    x = t([[1.0, 3.0, float("nan")]])
+    m = t([[1, 1, 0]])
+    assert masked_mean(x, m).item() == 2.0  # (1 + 3) / 2
+    assert masked_mean(x, torch.zeros_like(m)).item() == 0.0
+
+
+def test_aggregate_modes():
+    loss = t([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    m = t([[1, 1, 1], [1, 0, 0]])
+    assert close(aggregate(loss, m, "token_mean"), 2.5)   # (1+2+3+4)/4
+    assert close(aggregate(loss, m, "seq_mean"), 3.0)     # (2 + 4)/2
+    assert close(aggregate(loss, m, "sum_norm", 5), 1.0)  # 10 / (2 * 5)
+    with pytest.raises(ValueError):
+        aggregate(loss, m, "bogus")
+
+
+# ------------------------------------------------------------------ log-probs, entropy
+
+
+def test_sequence_logps_from_logits():
+    # vocab 2: logits [ln3, 0] -> p = [0.75, 0.25]; [0, 0] -> [0.5, 0.5]
+    logits = t([[[math.log(3.0), 0.0], [0.0, 0.0], [5.0, 5.0]]])
+    labels = t([[0, 1, -100]])
+    mask = t([[1, 1, 0]])
+    tok = token_logps(logits, labels)
+    assert close(tok, [[-0.2876821, -0.6931472, 0.0]])  # ln .75, ln .5, ignored
+    # sum = -0.2876821 - 0.6931472 = -0.9808293; mean over 2 tokens = -0.4904146
+    assert close(sequence_logps(logits, labels, mask), [-0.9808293])
+    assert close(sequence_logps(logits, labels, mask, average=True), [-0.4904146])
+    # token log-probs in, same result
+    assert close(sequence_logps(tok, None, mask), [-0.9808293])
+
+
+def test_entropy_from_logits():
+    # [0,0]: ln 2; [ln3, 0]: -(.75 ln .75 + .25 ln .25) = .2157616 + .3465736 = .5623351
+    h = entropy_from_logits(t([[[0.0, 0.0], [math.log(3.0), 0.0]]]))
+    assert close(h, [[LN2, 0.5623351]])
+
+
+# ------------------------------------------------------------------------ reward model
+
+
+def test_pairwise_rm_loss():
+    c, r = t([2.0, 0.0]), t([1.0, 1.0])
+    # diffs [1, -1]: softplus(-1) = 0.3132617, softplus(1) = 1.3132617; mean 0.8132617
+    assert close(pairwise_rm_loss(c, r), 0.8132617)
+    assert close(pairwise_rm_loss_logexp(c, r), 0.8132617)
+    # margin 1: diffs [0, -2]: ln 2 = 0.6931472, softplus(2) = 2.1269280; mean 1.4100376
+    assert close(pairwise_rm_loss(c, r, margin=1.0), 1.4100376)
+    assert close(pairwise_rm_loss(c, r, margin=t([1.0, 1.0])), 1.4100376)
+    assert pairwise_accuracy(c, r).item() == 0.5
+    # equal rewards -> ln 2; log-exp does not overflow on a huge gap
+    assert close(pairwise_rm_loss(t([0.0]), t([0.0])), LN2)
+    assert close(pairwise_rm_loss_logexp(t([0.0]), t([1000.0])), 1000.0)
+
+
+# ------------------------------------------------------------------------------- DPO
+
+
+def test_dpo_step0_is_ln2():
+    lp = t([-5.0, -7.0, -1.0])
+    loss, cr, rr = dpo_loss(lp, lp - 2, lp, lp - 2, beta=0.1)
+    assert close(loss, LN2)
+    assert close(cr, [0.0, 0.0, 0.0]) and close(rr, [0.0, 0.0, 0.0])
+    # cDPO at step 0 is also ln 2 (both terms are ln 2)
+    assert close(dpo_loss(lp, lp, lp, lp, label_smoothing=0.2)[0], LN2)
+
+
+def test_dpo_sigmoid_cdpo_and_ipo_values():
+    pc, pr, rc, rr = t([-1.0]), t([-3.0]), t([-2.0]), t([-2.0])
+    # delta = (-1 - -3) - (-2 - -2) = 2; beta delta = 1; -log sigmoid(1) = 0.3132617
+    loss, cr, rj = dpo_loss(pc, pr, rc, rr, beta=0.5)
+    assert close(loss, 0.3132617)
+    assert close(cr, [0.5]) and close(rj, [-0.5])  # 0.5*(−1+2), 0.5*(−3+2)
+    # cDPO eps=0.1: 0.9*0.3132617 + 0.1*softplus(1)=0.1*1.3132617 -> 0.4132617
+    assert close(dpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1)[0], 0.4132617)
+    # IPO: (delta - 1/(2 beta))^2 = (2 - 1)^2 = 1 ; at step 0 with beta .1: (0 - 5)^2 = 25
+    assert close(dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type="ipo")[0], 1.0)
+    z = t([0.0])
+    assert close(dpo_loss(z, z, z, z, beta=0.1, loss_type="ipo")[0], 25.0)
+    with pytest.raises(ValueError):
+        dpo_loss(z, z, z, z, loss_type="hinge")
+
+
+def test_dpo_gradient_pushes_chosen_up():
+    pc = t([-2.0], requires_grad=True)
+    pr = t([-2.0], requires_grad=True)
+    loss, _, _ = dpo_loss(pc, pr, t([-2.0]), t([-2.0]), beta=0.1)
+    loss.backward()
+    # d/dpc = -beta * sigmoid(-0) = -0.05 ; d/dpr = +0.05
+    assert close(pc.grad, [-0.05]) and close(pr.grad, [0.05])
+
+
+# ------------------------------------------------------------------------------- PPO
+
+# four valid tokens and one padding token with garbage values:
+#   ratio 1.5, A=+1: surr1 1.5, surr2 clip->1.2 ; min 1.2  -> loss -1.2 (clipped)
+#   ratio 0.5, A=+1: surr1 0.5, surr2 0.8       ; min 0.5  -> loss -0.5
+#   ratio 0.5, A=-1: surr1 -.5, surr2 -0.8      ; min -0.8 -> loss 0.8 (clipped)
+#   ratio 4.0, A=-1: surr1 -4,  surr2 -1.2      ; min -4   -> loss 4 ; dual c=3: max(-4,-3) -> 3
+RATIOS = [1.5, 0.5, 0.5, 4.0, 100.0]
+ADV = t([[1.0, 1.0, -1.0, -1.0, 50.0]])
+MASK = t([[1, 1, 1, 1, 0]])
+OLD = t([[-1.0, -1.0, -1.0, -1.0, -1.0]])
+
+
+def _logp():
+    return (OLD + torch.log(t([RATIOS]))).clone().requires_grad_(True)
+
+
+def test_policy_loss_clip_and_stats():
+    logp = _logp()
+    loss, st = policy_loss_with_stats(logp, OLD, ADV, MASK)
+    assert close(loss, 0.775)  # (-1.2 - 0.5 + 0.8 + 4) / 4
+    assert close(st["clip_frac"], 0.5)  # tokens 1 and 3
+    assert close(st["dual_clip_frac"], 0.0)
+    assert close(st["ratio_mean"], 1.625)  # (1.5+.5+.5+4)/4
+    # k3 of log-ratios: .0721318, .3068528 (x2), .6362944 -> mean .3305330
+    assert close(st["approx_kl"], 0.3305330)
+    loss.backward()
+    # clipped tokens have zero gradient; unclipped: d(-rho A)/dlogp / 4 = -rho A / 4
+    assert close(logp.grad, [[0.0, -0.125, 0.0, 1.0, 0.0]])
+
+
+def test_policy_loss_dual_clip_branch():
+    logp = _logp()
+    loss, st = policy_loss_with_stats(logp, OLD, ADV, MASK, dual_clip=3.0)
+    assert close(loss, 0.525)  # (-1.2 - 0.5 + 0.8 + 3) / 4
+    assert close(st["dual_clip_frac"], 0.25)
+    loss.backward()
+    assert close(logp.grad[0, 3], 0.0)  # the dual-clipped token is constant in logp
+    with pytest.raises(ValueError):
+        policy_loss(logp, OLD, ADV, MASK, dual_clip=0.5)
+
+
+def test_policy_loss_clip_higher():
+    # clip_high 0.28: token 1 min(1.5, 1.28) -> -1.28; (-1.28 - .5 + .8 + 4)/4 = .755
+    assert close(policy_loss(_logp(), OLD, ADV, MASK, clip_low=0.2, clip_high=0.28), 0.755)
+
+
+def test_policy_loss_on_policy_is_minus_mean_advantage():
+    adv = t([[0.5, -2.0, 1.0]])
+    lp = t([[-1.0, -2.0, -3.0]])
+    assert close(policy_loss(lp, lp, adv, t([[1, 1, 1]])), 0.1666667)  # -(-0.5/3)
+
+
+def test_value_loss_clipping_branch():
+    v, vo, ret = t([[1.0, 2.0, 7.0]]), t([[0.0, 1.8, 7.0]]), t([[2.0, 1.0, -7.0]])
+    m = t([[1, 1, 0]])
+    # tok1: (1-2)^2 = 1 ; clipped V = 0 + clip(1, .5) = .5 -> (.5-2)^2 = 2.25 -> max 2.25
+    # tok2: (2-1)^2 = 1 ; clipped V = 1.8 + .2 = 2.0 -> 1.0 -> 1.0
+    # 0.5 * (2.25 + 1) / 2 = 0.8125
+    assert close(value_loss(v, vo, ret, m, clip=0.5), 0.8125)
+    assert close(value_loss(v, vo, ret, m, clip=None), 0.5)  # 0.5 * (1 + 1) / 2
+
+
+# -------------------------------------------------------------------------------- KL
+
+
+def test_kl_estimators_known_inputs():
+    logp, ref = t([[-1.0, -2.0, 0.0]]), t([[-1.5, -1.0, 9.0]])
+    m = t([[1, 1, 0]])
+    # r = logp - ref = [0.5, -1.0]
+    assert close(kl_estimate(logp, ref, "k1", m), [[0.5, -1.0, 0.0]])
+    assert close(kl_estimate(logp, ref, "k2", m), [[0.125, 0.5, 0.0]])
+    # k3: e^-0.5 - 1 + 0.5 = 0.1065307 ; e^1 - 1 - 1 = 0.7182818
+    assert close(kl_estimate(logp, ref, "k3", m), [[0.1065307, 0.7182818, 0.0]])
+    # clamp 0.5: r -> [0.5, -0.5] ; k3(-0.5) = e^.5 - 1 - .5 = 0.1487213
+    assert close(kl_estimate(logp, ref, "k3", m, clamp=0.5), [[0.1065307, 0.1487213, 0.0]])
+    with pytest.raises(ValueError):
+        kl_estimate(logp, ref, "k4")
+
+
+def test_k1_k3_unbiased_monte_carlo():
+    # KL(p||q) for p=[.9,.1], q=[.5,.5]: .9 ln 1.8 + .1 ln .2 = 0.3680642
+    g = torch.Generator().manual_seed(0)
+    p, q = t([0.9, 0.1]), t([0.5, 0.5])
+    x = torch.multinomial(p, 200_000, replacement=True, generator=g)
+    lp, lq = p.log()[x][None], q.log()[x][None]
+    assert abs(kl_estimate(lp, lq, "k1").mean().item() - 0.3680642) < 0.01
+    assert abs(kl_estimate(lp, lq, "k3").mean().item() - 0.3680642) < 0.01
