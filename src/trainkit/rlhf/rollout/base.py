@@ -1,0 +1,151 @@
+"""The rollout engine interface and the shared log-prob recomputation.
+
+Layout of a batch of ``B = n_prompts * n`` samples (the ``n`` samples of a prompt are
+consecutive, so ``[n_prompts, n]`` reshapes give the groups of GRPO/RLOO):
+
+* ``prompt_ids`` ``[B, P]``: prompts, **left** padded with ``pad_id``;
+* ``response_ids`` ``[B, R]``: completions, **right** padded; the EOS token, when the
+  policy emitted one, is part of the response (it is an action);
+* ``sequences = cat(prompt_ids, response_ids)`` ``[B, T = P + R]`` with
+  ``attention_mask`` ``[B, T]`` (1 on real tokens) and ``action_mask`` ``[B, R]``
+  (1 on response tokens up to and including EOS);
+* ``logprobs`` ``[B, R]``: ``log softmax(z / temperature)[y]`` of each sampled token,
+  0 where ``action_mask`` is 0. This is the sampling distribution *before* top-p
+  truncation, the same quantity :func:`response_logps` recomputes, so the PPO ratio is
+  exactly 1 at the first update when nothing changed.
+
+Position ids are ``cumsum(attention_mask) - 1`` everywhere (generation and training),
+so a left-padded prompt sees the same positions as an unpadded one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled completions (see the module docstring for the layout).
+
+    Attributes:
+        prompt_ids: ``[B, P]`` left-padded prompt tokens.
+        prompt_mask: ``[B, P]`` 1 on real prompt tokens.
+        response_ids: ``[B, R]`` right-padded completions.
+        action_mask: ``[B, R]`` 1 on generated tokens up to and including EOS.
+        logprobs: ``[B, R]`` float32 log-probs of the sampled tokens (0 on padding).
+        truncated: ``[B]`` bool, True where the completion hit ``max_new_tokens``
+            without emitting EOS.
+        n: samples per prompt.
+        info: engine timings and counters (``gen_s``, ``gen_tokens``).
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    response_ids: Tensor
+    action_mask: Tensor
+    logprobs: Tensor
+    truncated: Tensor
+    n: int = 1
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sequences(self) -> Tensor:
+        """``[B, P + R]`` prompt then response token ids."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> Tensor:
+        """``[B, P + R]`` 1 on real tokens (prompt and valid response)."""
+        return torch.cat([self.prompt_mask, self.action_mask], dim=1).long()
+
+    @property
+    def num_truncated(self) -> int:
+        return int(self.truncated.sum())
+
+    @property
+    def truncated_frac(self) -> float:
+        return float(self.truncated.float().mean()) if self.truncated.numel() else 0.0
+
+    @property
+    def response_lengths(self) -> Tensor:
+        """``[B]`` number of valid response tokens."""
+        return self.action_mask.sum(-1)
+
+    def select(self, idx: Tensor) -> Rollout:
+        """The rows ``idx`` (``[k]`` long) of every per-sample tensor."""
+        return Rollout(self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx],
+                       self.action_mask[idx], self.logprobs[idx], self.truncated[idx],
+                       self.n, dict(self.info))
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """What the trainer needs from a rollout engine (HF now; Ray/vLLM later)."""
+
+    def generate(self, prompt_token_ids: list[list[int]], n: int, max_new_tokens: int,
+                 temperature: float = 1.0, top_p: float = 1.0,
+                 seed: int | None = None) -> Rollout:
+        """Sample ``n`` completions of every prompt; see :class:`Rollout`."""
+        ...
+
+    def update_weights(self, state_dict: dict[str, Tensor]) -> None:
+        """Load new policy weights (a no-op when the engine shares the trainer's model)."""
+        ...
+
+
+def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Left-pad token lists. Returns ``(ids [B, P], mask [B, P])``, ``P = max len``."""
+    if not seqs or any(len(s) == 0 for s in seqs):
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """``cumsum(mask) - 1`` clamped at 0: ``[B, T]`` -> ``[B, T]``."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logps(model: Any, sequences: Tensor, attention_mask: Tensor, n_response: int,
+                   temperature: float = 1.0, return_entropy: bool = False,
+                   ) -> tuple[Tensor, Tensor | None]:
+    """Recompute log-probs of the last ``n_response`` tokens of ``sequences``.
+
+    One forward pass; the LM head runs only on the ``R + 1`` last positions
+    (``logits_to_keep``), and ``logits[:, P - 1 + t]`` scores response token ``t``.
+    ``log pi(y_t) = log_softmax(z_t / temperature)[y_t]``.
+
+    Args:
+        model: a causal LM (HF or PEFT) returning ``.logits``.
+        sequences: ``[B, T]`` prompt + response ids.
+        attention_mask: ``[B, T]``.
+        n_response: ``R``.
+        temperature: the sampling temperature the rollout used.
+        return_entropy: also return the per-token entropy ``[B, R]``.
+
+    Returns:
+        ``(logps [B, R], entropy [B, R] or None)``; values on padding are meaningless
+        (callers mask them).
+    """
+    from trainkit.rlhf.losses import entropy_from_logits, token_logps
+
+    out = model(input_ids=sequences, attention_mask=attention_mask,
+                position_ids=position_ids(attention_mask), use_cache=False,
+                logits_to_keep=n_response + 1)
+    logits = out.logits[:, :-1, :]
+    if temperature != 1.0:
+        logits = logits / temperature
+    labels = sequences[:, -n_response:]
+    logps = token_logps(logits, labels)
+    ent = entropy_from_logits(logits) if return_entropy else None
+    return logps, ent
