@@ -1,0 +1,432 @@
+"""Reward-model training: ``trainkit rlhf rm --config configs/rlhf/rm_tiny.yaml``.
+
+A pairwise (Bradley-Terry) reward model as in OpenRLHF (Hu et al. 2024, arXiv 2405.11143)
+and InstructGPT: a transformer backbone plus a scalar head
+(:class:`trainkit.llm.value_head.ValueHeadModel`) scores the *last non-pad token* of
+``chat_template(prompt) + response``; the loss is ``-log sigmoid(r_c - r_r - m)``
+(:func:`trainkit.rlhf.losses.pairwise_rm_loss`) on ``{"prompt","chosen","rejected"}``
+records. The recipe reads top to bottom: build, loop, log, evaluate, save.
+
+Outputs in ``output_dir``: ``config.yaml``, ``metrics.jsonl``, ``summary.json`` and
+``model/``, a ``<Arch>ForSequenceClassification`` folder (num_labels=1) that
+``transformers.AutoModelForSequenceClassification`` loads. With
+``train.normalize_reward`` the mean and std of the rewards over the training set are
+recorded in ``model/config.json`` (``reward_mean``, ``reward_std``,
+``normalize_reward``) and :func:`score_texts` returns ``(r - mean) / std``.
+
+Departures from OpenRLHF: the scoring text has no trailing EOS token (so the score sits
+on the last response token, which is also what HF ``*ForSequenceClassification`` picks
+when ``pad_token == eos_token``); sequences longer than ``data.max_len`` are truncated on
+the left, keeping the response end that is scored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from trainkit.common.errors import UserError
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class ModelSection:
+    name: str = field(default="tiny-llama", metadata={"help": "built-in name or HF folder"})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16"})
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataSection:
+    path: str = field(default="", metadata={
+        "help": "jsonl of {prompt, chosen, rejected}; empty: generate the built-in "
+                "format-following preference data into output_dir"})
+    eval_path: str = field(default="", metadata={
+        "help": "held-out jsonl; empty: hold out eval_fraction of path"})
+    eval_fraction: float = 0.1
+    max_len: int = field(default=256, metadata={"help": "tokens per sequence (left-truncated)"})
+    limit: int = field(default=0, metadata={"help": "use only the first N train pairs (0: all)"})
+    generate_n: int = field(default=600, metadata={"help": "pairs generated when path is empty"})
+
+
+@dataclass
+class LoraSection:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 200
+    batch_size: int = field(default=8, metadata={"help": "preference pairs per step"})
+    seed: int = 0
+    log_every: int = 10
+    loss: Literal["sigmoid", "logexp"] = "sigmoid"
+    margin: float = field(default=0.0, metadata={"help": "m in -log sigmoid(r_c - r_r - m)"})
+    normalize_reward: bool = field(default=False, metadata={
+        "help": "record train-set reward mean/std in the saved config and normalise scores"})
+    progress: bool = True
+
+
+@dataclass
+class EvalSection:
+    every: int = field(default=0, metadata={"help": "held-out eval every N steps (0: end only)"})
+    batch_size: int = 16
+    max_pairs: int = field(default=0, metadata={"help": "cap on held-out pairs (0: all)"})
+
+
+@dataclass
+class RMConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    output_dir: str = "runs/rm"
+
+    def validate(self) -> None:
+        if self.train.max_steps < 0 or self.train.batch_size < 1:
+            raise UserError("train.max_steps must be >= 0 and train.batch_size >= 1")
+        if not 0.0 <= self.data.eval_fraction < 1.0:
+            raise UserError(f"data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
+
+
+# ------------------------------------------------------------------ data (shared with dpo)
+def read_pairs(path: str | Path) -> list[dict]:
+    """Read ``{"prompt","chosen","rejected"}`` records (strings) from a jsonl file.
+
+    Raises:
+        UserError: missing file, bad JSON, or a missing/non-string field (file and line).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"preference data file not found: {p}")
+    out = []
+    with open(p, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{p}:{i}: invalid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise UserError(f"{p}:{i}: expected an object with prompt, chosen, rejected")
+            for k in ("prompt", "chosen", "rejected"):
+                if not isinstance(rec.get(k), str):
+                    raise UserError(f"{p}:{i}: field '{k}' must be a string, got "
+                                    f"{type(rec.get(k)).__name__}")
+            out.append(rec)
+    if not out:
+        raise UserError(f"{p}: no preference records")
+    return out
+
+
+def load_split(data: Any, seed: int, out_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Train and held-out pairs from a data section (``path``/``eval_path``/...).
+
+    An empty ``path`` generates the built-in preference data (see
+    :func:`builtin_pairs`) into ``out_dir/data``.
+    """
+    path, eval_path = data.path, data.eval_path
+    if not path:
+        path, eval_path = builtin_pairs(out_dir / "data", n=data.generate_n, seed=seed)
+    train = read_pairs(path)
+    if eval_path:
+        held = read_pairs(eval_path)
+    else:
+        idx = list(range(len(train)))
+        random.Random(seed).shuffle(idx)
+        n_eval = max(1, int(round(len(train) * data.eval_fraction))) if data.eval_fraction else 0
+        held = [train[i] for i in idx[:n_eval]]
+        train = [train[i] for i in sorted(idx[n_eval:])]
+    if data.limit:
+        train = train[: data.limit]
+    if not train:
+        raise UserError("no training pairs left after the held-out split")
+    return train, held
+
+
+def builtin_pairs(folder: Path, n: int, seed: int) -> tuple[str, str]:
+    """Write the default preference data (train + held-out jsonl) and return both paths.
+
+    Uses :mod:`trainkit.rlhf.tasks` (arithmetic prompts; chosen = the bare final number,
+    rejected = a wordy answer), the same preference the DPO recipe's generation rule checks.
+    """
+    from trainkit.rlhf import tasks
+
+    return tasks_pairs(tasks, folder, n, seed)
+
+
+def tasks_pairs(tasks: Any, folder: Path, n: int, seed: int) -> tuple[str, str]:
+    res = tasks.write_preference_data(folder, n=n, seed=seed)
+    return str(res[0]), str(res[1])
+
+
+def chat_prompt(tok: Any, prompt: str) -> str:
+    """``prompt`` as a user turn in the model's chat template, ready for the answer."""
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True)
+    return prompt + "\n"
+
+
+def encode_texts(tok: Any, texts: list[str], max_len: int) -> dict:
+    """Tokenise full texts for scoring: right-padded, left-truncated to ``max_len``.
+
+    Returns ``{"input_ids", "attention_mask"}``, each ``[batch, T]``.
+    """
+    old = tok.truncation_side
+    tok.truncation_side = "left"
+    try:
+        enc = tok(texts, add_special_tokens=False, padding=True, truncation=True,
+                  max_length=max_len, return_tensors="pt")
+    finally:
+        tok.truncation_side = old
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def pair_texts(tok: Any, pairs: list[dict]) -> list[str]:
+    """``[chosen_0..chosen_{B-1}, rejected_0..rejected_{B-1}]`` full texts (2B)."""
+    heads = [chat_prompt(tok, r["prompt"]) for r in pairs]
+    return [h + r["chosen"] for h, r in zip(heads, pairs)] + [
+        h + r["rejected"] for h, r in zip(heads, pairs)]
+
+
+def make_optimizer(params: list, optim: Any, max_steps: int):
+    """AdamW with linear warmup then constant LR."""
+    import torch
+
+    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    warm = max(0, optim.warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    return opt, sched
+
+
+def peft_config(lora: Any, task_type: str | None = None):
+    """A ``peft.LoraConfig`` from a :class:`LoraSection`."""
+    from peft import LoraConfig
+
+    kw = {"task_type": task_type} if task_type else {}
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), bias="none", **kw)
+
+
+# --------------------------------------------------------------------------- model
+def build_model(cfg: RMConfig):
+    """``(ValueHeadModel, tokenizer)``; the backbone is LoRA-wrapped when enabled."""
+    from trainkit.llm.models import load_tokenizer
+    from trainkit.llm.value_head import ValueHeadModel
+
+    tok = load_tokenizer(cfg.model.name)
+    model = ValueHeadModel.from_pretrained(cfg.model.name, dtype=cfg.model.dtype)
+    if cfg.lora.enabled:
+        from peft import get_peft_model
+
+        model.backbone = get_peft_model(model.backbone, peft_config(cfg.lora))
+        for p in model.score_head.parameters():
+            p.requires_grad_(True)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model, tok
+
+
+def batch_scores(model: Any, tok: Any, texts: list[str], max_len: int) -> Any:
+    """Scores ``[len(texts)]`` of full texts (grad flows when enabled)."""
+    dev = next(model.parameters()).device
+    enc = encode_texts(tok, texts, max_len)
+    return model.score(enc["input_ids"].to(dev), enc["attention_mask"].to(dev))
+
+
+def evaluate(model: Any, tok: Any, pairs: list[dict], max_len: int, batch_size: int) -> dict:
+    """Held-out pairwise accuracy (ties count 1/2), mean margin and loss."""
+    import torch
+    import torch.nn.functional as F
+
+    was = model.training
+    model.eval()
+    ch, rj = [], []
+    with torch.no_grad():
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i:i + batch_size]
+            s = batch_scores(model, tok, pair_texts(tok, chunk), max_len)
+            ch.append(s[: len(chunk)])
+            rj.append(s[len(chunk):])
+    model.train(was)
+    if not ch:
+        return {"accuracy": float("nan"), "margin": float("nan"), "loss": float("nan"), "n": 0}
+    c, r = torch.cat(ch), torch.cat(rj)
+    acc = ((c > r).float() + 0.5 * (c == r).float()).mean().item()
+    return {"accuracy": acc, "margin": (c - r).mean().item(),
+            "loss": -F.logsigmoid(c - r).mean().item(), "n": len(c)}
+
+
+def reward_stats(model: Any, tok: Any, pairs: list[dict], max_len: int,
+                 batch_size: int) -> tuple[float, float]:
+    """Mean and std of the rewards of every chosen and rejected text in ``pairs``."""
+    import torch
+
+    model.eval()
+    vals = []
+    with torch.no_grad():
+        for i in range(0, len(pairs), batch_size):
+            vals.append(batch_scores(model, tok, pair_texts(tok, pairs[i:i + batch_size]),
+                                     max_len))
+    v = torch.cat(vals)
+    return v.mean().item(), max(v.std().item(), 1e-6) if len(v) > 1 else 1.0
+
+
+# --------------------------------------------------------------------------- recipe
+def train_rm(cfg: RMConfig) -> dict:
+    """Train a reward model; returns the summary (also written to ``summary.json``)."""
+    import torch
+
+    from trainkit.common.io import atomic_write_json
+    from trainkit.common.logging import MetricsLogger, progress
+    from trainkit.common.run import save_config
+    from trainkit.common.seed import seed_everything
+    from trainkit.rlhf.losses import pairwise_rm_loss, pairwise_rm_loss_logexp
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.train.seed)
+    train, held = load_split(cfg.data, cfg.train.seed, out)
+    model, tok = build_model(cfg)
+    if torch.cuda.is_available():
+        model.cuda()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, sched = make_optimizer(params, cfg.optim, cfg.train.max_steps)
+    L, E = cfg.data.max_len, cfg.eval
+    held_eval = held[: E.max_pairs] if E.max_pairs else held
+
+    before = evaluate(model, tok, held_eval, L, E.batch_size)
+    rng = random.Random(cfg.train.seed)
+    order: list[int] = []
+    log = MetricsLogger(out)
+    log.log(0, **{f"eval/{k}": v for k, v in before.items()})
+    model.train()
+    bar = progress(total=cfg.train.max_steps, desc="rm", disable=not cfg.train.progress)
+    for step in range(1, cfg.train.max_steps + 1):
+        if len(order) < cfg.train.batch_size:  # reshuffle per epoch, no short batches
+            perm = list(range(len(train)))
+            rng.shuffle(perm)
+            order += perm
+        idx, order = order[: cfg.train.batch_size], order[cfg.train.batch_size:]
+        pairs = [train[i] for i in idx]
+        s = batch_scores(model, tok, pair_texts(tok, pairs), L)  # [2B]
+        c, r = s[: len(pairs)], s[len(pairs):]
+        if cfg.train.loss == "logexp":
+            loss = pairwise_rm_loss_logexp(c, r)
+        else:
+            loss = pairwise_rm_loss(c, r, cfg.train.margin or None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+        opt.step()
+        sched.step()
+        bar.update(1)
+        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            rec = log.log(step, loss=loss.item(), acc=(c > r).float().mean().item(),
+                          margin=(c - r).mean().item(), chosen=c.mean().item(),
+                          rejected=r.mean().item(), grad_norm=float(gnorm),
+                          lr=sched.get_last_lr()[0])
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.2f}")
+        if E.every and step % E.every == 0 and step < cfg.train.max_steps:
+            ev = evaluate(model, tok, held_eval, L, E.batch_size)
+            log.log(step, **{f"eval/{k}": v for k, v in ev.items()})
+    bar.close()
+    after = evaluate(model, tok, held_eval, L, E.batch_size)
+    log.log(cfg.train.max_steps, **{f"eval/{k}": v for k, v in after.items()})
+    log.close()
+
+    save_model = model
+    if cfg.lora.enabled:
+        save_model.backbone = model.backbone.merge_and_unload()
+    bcfg = save_model.backbone.config
+    if cfg.train.normalize_reward:
+        mean, std = reward_stats(model, tok, train, L, E.batch_size)
+        bcfg.normalize_reward, bcfg.reward_mean, bcfg.reward_std = True, mean, std
+    else:
+        bcfg.normalize_reward, bcfg.reward_mean, bcfg.reward_std = False, 0.0, 1.0
+    save_model.save_pretrained(out / "model", tokenizer=tok)
+    summary = {"heldout_accuracy_before": before["accuracy"],
+               "heldout_accuracy": after["accuracy"], "heldout_margin": after["margin"],
+               "heldout_loss": after["loss"], "n_train": len(train), "n_heldout": after["n"],
+               "steps": cfg.train.max_steps, "reward_mean": bcfg.reward_mean,
+               "reward_std": bcfg.reward_std, "model_dir": str(out / "model"),
+               "config": asdict(cfg)}
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def run(cfg: RMConfig, args: Any = None) -> int:
+    """CLI entry of ``trainkit rlhf rm``."""
+    s = train_rm(cfg)
+    print(f"held-out pairwise accuracy {s['heldout_accuracy_before']:.3f} -> "
+          f"{s['heldout_accuracy']:.3f} on {s['n_heldout']} pairs; model: {s['model_dir']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- scoring
+def score_texts(model_dir: str | Path, *, batch_size: int = 16, max_len: int = 1024,
+                device: str | None = None) -> Callable[[list[str]], list[float]]:
+    """Load a saved reward model; return ``score(texts) -> rewards`` (thread-safe).
+
+    Each text is a full ``chat_template(prompt) + response`` string (what the RM was
+    trained on, e.g. a decoded rollout). With ``normalize_reward`` in the saved config
+    the rewards are ``(r - reward_mean) / reward_std``.
+
+    Args:
+        model_dir: a folder written by :func:`train_rm` (or any ``ValueHeadModel`` save).
+        batch_size: texts per forward pass.
+        max_len: tokens per text (left-truncated).
+        device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
+    """
+    import torch
+
+    from trainkit.llm.models import load_tokenizer
+    from trainkit.llm.value_head import ValueHeadModel
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise UserError(f"reward model folder {path} has no config.json")
+    meta = json.loads((path / "config.json").read_text())
+    mean = float(meta.get("reward_mean", 0.0)) if meta.get("normalize_reward") else 0.0
+    std = float(meta.get("reward_std", 1.0)) if meta.get("normalize_reward") else 1.0
+    tok = load_tokenizer(path)
+    model = ValueHeadModel.from_pretrained(path)
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(dev).eval()
+    lock = threading.Lock()
+
+    def score(texts: list[str]) -> list[float]:
+        out: list[float] = []
+        with lock, torch.no_grad():
+            for i in range(0, len(texts), batch_size):
+                s = batch_scores(model, tok, list(texts[i:i + batch_size]), max_len)
+                out += [(float(v) - mean) / std for v in s.float().cpu()]
+        return [v if math.isfinite(v) else 0.0 for v in out]
+
+    score.normalized = bool(meta.get("normalize_reward"))  # type: ignore[attr-defined]
+    return score
