@@ -1,0 +1,403 @@
+"""Datasets for LLM training: load, validate every record, tokenise, split, pack.
+
+Pipeline (:func:`build_datasets`)::
+
+    file(s) --read_records--> validated records --split--> train / eval records
+            --tokenize_records--> samples (+ stats) --pack (optional, SFT)--> rows
+
+Every record is read and validated before anything is tokenised, so a bad line stops
+the run with one :class:`~trainkit.common.errors.UserError` naming the file, the line
+(or row) and the field -- a run never trains on half-parsed data.
+
+Formats (field names are configurable in :class:`DataConfig`):
+
+* ``chat``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``,
+  rendered with the tokenizer's own chat template; loss on assistant turns only (the
+  assistant content and its end-of-turn token).
+* ``prompt_response``: ``{"prompt": str, "response": str}``; rendered as a user/assistant
+  chat when the tokenizer has a template (``chat_template: auto``) or as plain
+  ``prompt + separator + response + eos``; loss on the response.
+* ``text``: ``{"text": str}``; plain language-model loss on every token.
+* ``preference``: ``{"prompt": str, "chosen": str, "rejected": str}``; two sequences that
+  share the prompt tokens, each with labels on its response only (DPO / reward models).
+
+Samples are dicts of Python int lists. SFT samples: ``input_ids [T]`` and ``labels [T]``
+(aligned with ``input_ids``, not shifted -- the Hugging Face convention; ``-100`` means
+"no loss"). Preference samples: ``chosen_input_ids``, ``chosen_labels``,
+``rejected_input_ids``, ``rejected_labels`` and ``prompt_length``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from trainkit.common.errors import UserError
+from trainkit.llm.collate import IGNORE_INDEX, tokenize_records
+
+__all__ = ["IGNORE_INDEX", "DataConfig", "Datasets", "Record", "build_datasets", "load_records",
+           "read_raw", "tokenize_records", "validate_record"]
+FORMATS = ("chat", "prompt_response", "text", "preference")
+
+
+@dataclass
+class DataConfig:
+    """The ``data`` section of every LLM recipe."""
+
+    path: str = field(default="", metadata={"help": "jsonl / json / parquet file or datasets folder"})
+    format: Literal["auto", "chat", "prompt_response", "text", "preference"] = "auto"
+    split: str = field(default="train", metadata={"help": "split of a saved DatasetDict"})
+    messages_field: str = "messages"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    text_field: str = "text"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+    roles: list[str] = field(default_factory=lambda: ["system", "user", "assistant"])
+    chat_template: Literal["auto", "always", "never"] = field(
+        default="auto", metadata={"help": "render prompt/response with the model's template"})
+    separator: str = field(default="\n", metadata={"help": "prompt/response joiner without template"})
+    add_eos: bool = True
+    max_length: int = 1024
+    truncation: Literal["right", "left", "drop"] = field(
+        default="right", metadata={"help": "cut over-long samples at the right/left end, or drop them"})
+    eval_path: str | None = None
+    eval_split: str = "test"
+    eval_fraction: float = 0.0
+    max_samples: int | None = field(default=None, metadata={"help": "use only the first N records"})
+    packing: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.max_length < 2:
+            raise UserError(f"data.max_length must be >= 2, got {self.max_length}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise UserError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.eval_fraction > 0 and self.eval_path:
+            raise UserError("data.eval_fraction and data.eval_path are exclusive; set one of them")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise UserError(f"data.max_samples must be >= 1 or null, got {self.max_samples}")
+
+
+@dataclass
+class Record:
+    """A validated record: ``where`` says where it came from, ``data`` is normalised."""
+
+    where: str
+    data: dict
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _utf8(raw: bytes, path: Path) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {col})") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _json_error(path: Path, line: int, e: Exception) -> UserError:
+    if isinstance(e, json.JSONDecodeError):
+        return UserError(f"{path}:{line}: invalid JSON: {e.msg} (column {e.colno})")
+    return UserError(f"{path}:{line}: invalid JSON: nesting too deep")
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[str, Any]]:
+    out = []
+    for i, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise _json_error(path, i, e) from None
+        out.append((f"{path}:{i}", obj))
+    return out
+
+
+def _read_json_list(path: Path, text: str) -> list[tuple[str, Any]]:
+    """Walk a top-level JSON list element by element so each record keeps its line."""
+    dec = json.JSONDecoder()
+    n = len(text)
+
+    def skip(i: int) -> int:
+        while i < n and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    def line_of(i: int) -> int:
+        return text.count("\n", 0, i) + 1
+
+    i = skip(0)
+    if i < n and text[i] == "{":
+        return _read_jsonl(path, text)  # a .json file holding JSON lines
+    if i >= n or text[i] != "[":
+        raise UserError(f"{path}:{line_of(i)}: expected a JSON list of records ('[...]') or JSON lines")
+    out = []
+    i = skip(i + 1)
+    if i < n and text[i] == "]":
+        i += 1
+    else:
+        while True:
+            start = i
+            try:
+                obj, i = dec.raw_decode(text, i)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+            except RecursionError as e:
+                raise _json_error(path, line_of(start), e) from None
+            out.append((f"{path}:{line_of(start)} (record {len(out) + 1})", obj))
+            i = skip(i)
+            if i < n and text[i] == ",":
+                i = skip(i + 1)
+                continue
+            if i < n and text[i] == "]":
+                i += 1
+                break
+            raise UserError(f"{path}:{line_of(i)}: invalid JSON: expected ',' or ']' after a record")
+    if skip(i) != n:
+        raise UserError(f"{path}:{line_of(skip(i))}: invalid JSON: extra data after the list")
+    return out
+
+
+def _read_parquet(path: Path) -> list[tuple[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    except ImportError:
+        raise UserError("reading parquet needs pyarrow: pip install 'trainkit[llm]'") from None
+    except Exception as e:  # pyarrow raises many types for a corrupt file
+        raise UserError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
+    return [(f"{path}: row {i}", r) for i, r in enumerate(rows, start=1)]
+
+
+def _read_hf_folder(path: Path, split: str) -> list[tuple[str, Any]]:
+    markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+    if not any((path / m).is_file() for m in markers):
+        raise UserError(f"{path}: a folder but not a `datasets` save_to_disk folder "
+                        "(expected dataset_info.json or dataset_dict.json inside)")
+    try:
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+    except ImportError:
+        raise UserError("reading a datasets folder needs `datasets`: pip install 'trainkit[llm]'") from None
+    except Exception as e:
+        raise UserError(f"{path}: cannot load datasets folder ({type(e).__name__}: {e})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise UserError(f"{path}: no split '{split}'; splits here: {', '.join(ds)}")
+        ds, where = ds[split], f"{path}[{split}]"
+    else:
+        where = str(path)
+    return [(f"{where}: row {i}", r) for i, r in enumerate(ds.to_list(), start=1)]
+
+
+def read_raw(path: str, split: str = "train") -> list[tuple[str, Any]]:
+    """Read ``(where, object)`` pairs from a jsonl / json / parquet file or datasets folder."""
+    if not path:
+        raise UserError("data.path is empty: set it to a .jsonl/.json/.parquet file or a datasets folder")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"data file not found: {p}")
+    if p.is_dir():
+        return _read_hf_folder(p, split)
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        return _read_parquet(p)
+    if suffix not in (".jsonl", ".json", ".ndjson"):
+        raise UserError(f"{p}: unsupported data file type '{suffix}'; "
+                        "expected .jsonl, .json, .parquet or a datasets folder")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise UserError(f"{p}: cannot read ({e.strerror})") from None
+    text = _utf8(raw, p)
+    return _read_json_list(p, text) if suffix == ".json" else _read_jsonl(p, text)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _tname(v: Any) -> str:
+    return "null" if v is None else {dict: "object", list: "list", str: "string", bool: "boolean"}.get(
+        type(v), type(v).__name__)
+
+
+def detect_format(obj: Any, cfg: DataConfig) -> str:
+    """The format a record's keys suggest (used for ``format: auto``)."""
+    keys = obj.keys() if isinstance(obj, dict) else ()
+    if cfg.messages_field in keys:
+        return "chat"
+    if cfg.chosen_field in keys and cfg.rejected_field in keys:
+        return "preference"
+    if cfg.prompt_field in keys and cfg.response_field in keys:
+        return "prompt_response"
+    if cfg.text_field in keys:
+        return "text"
+    raise UserError(
+        f"cannot tell the data format from keys {sorted(map(str, keys))}; expected "
+        f"'{cfg.messages_field}' (chat), '{cfg.prompt_field}'+'{cfg.response_field}', "
+        f"'{cfg.text_field}', or '{cfg.prompt_field}'+'{cfg.chosen_field}'+'{cfg.rejected_field}'; "
+        "or set data.format and the data.*_field names")
+
+
+def _string(obj: dict, key: str, where: str, nonempty: bool = True) -> str:
+    if key not in obj:
+        raise UserError(f"{where}: missing field '{key}'")
+    v = obj[key]
+    if not isinstance(v, str):
+        raise UserError(f"{where}: field '{key}' must be a string, got {_tname(v)}")
+    if nonempty and not v:
+        raise UserError(f"{where}: field '{key}' is an empty string")
+    return v
+
+
+def _messages(obj: dict, key: str, where: str, roles: list[str], need_assistant: bool) -> list[dict]:
+    if key not in obj:
+        raise UserError(f"{where}: missing field '{key}'")
+    msgs = obj[key]
+    if not isinstance(msgs, list):
+        raise UserError(f"{where}: field '{key}' must be a list of messages, got {_tname(msgs)}")
+    if not msgs:
+        raise UserError(f"{where}: field '{key}' is an empty list")
+    out = []
+    for j, m in enumerate(msgs):
+        f = f"{key}[{j}]"
+        if not isinstance(m, dict):
+            raise UserError(f"{where}: field '{f}' must be an object with role and content, got {_tname(m)}")
+        role = m.get("role")
+        if not isinstance(role, str) or role not in roles:
+            got = "missing" if "role" not in m else repr(role)
+            raise UserError(f"{where}: field '{f}.role' must be one of {', '.join(roles)}; got {got}")
+        if "content" not in m:
+            raise UserError(f"{where}: missing field '{f}.content'")
+        if not isinstance(m["content"], str):
+            raise UserError(f"{where}: field '{f}.content' must be a string, got {_tname(m['content'])}")
+        out.append({"role": role, "content": m["content"]})
+    if need_assistant and not any(m["role"] == "assistant" for m in out):
+        raise UserError(f"{where}: field '{key}' has no assistant turn (nothing to learn from)")
+    return out
+
+
+def validate_record(obj: Any, where: str, fmt: str, cfg: DataConfig) -> Record:
+    """Check one raw record against ``fmt`` and return it normalised.
+
+    Raises:
+        UserError: ``"<file>:<line>: field '<name>' <problem>"``.
+    """
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: a record must be a JSON object, got {_tname(obj)}")
+    if fmt == "chat":
+        return Record(where, {"messages": _messages(obj, cfg.messages_field, where, cfg.roles, True)})
+    if fmt == "prompt_response":
+        return Record(where, {"prompt": _string(obj, cfg.prompt_field, where),
+                              "response": _string(obj, cfg.response_field, where)})
+    if fmt == "text":
+        return Record(where, {"text": _string(obj, cfg.text_field, where)})
+    if fmt == "preference":
+        return Record(where, {"prompt": _string(obj, cfg.prompt_field, where),
+                              "chosen": _string(obj, cfg.chosen_field, where),
+                              "rejected": _string(obj, cfg.rejected_field, where)})
+    raise UserError(f"unknown data format '{fmt}'; expected one of {', '.join(FORMATS)}")
+
+
+def load_records(path: str, cfg: DataConfig, split: str | None = None,
+                 fmt: str | None = None) -> tuple[list[Record], str]:
+    """Read and validate every record of ``path``; returns ``(records, format)``.
+
+    Raises:
+        UserError: on an unreadable file, a bad JSON line, an empty dataset, a missing or
+            mistyped field (the message names file, line and field).
+    """
+    raw = read_raw(path, cfg.split if split is None else split)
+    if cfg.max_samples is not None:
+        raw = raw[: cfg.max_samples]
+    if not raw:
+        raise UserError(f"{path}: the dataset is empty (no records)")
+    fmt = fmt or cfg.format
+    if fmt == "auto":
+        try:
+            fmt = detect_format(raw[0][1], cfg)
+        except UserError as e:
+            raise UserError(f"{raw[0][0]}: {e}") from None
+    return [validate_record(obj, where, fmt, cfg) for where, obj in raw], fmt
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass
+class Datasets:
+    """What :func:`build_datasets` returns.
+
+    Attributes:
+        train: SFT samples / packed rows / preference pairs.
+        eval: the held-out split in the same form, or ``None``.
+        format: the data format that was used.
+        stats: ``{"train": {...}, "eval": {...}}`` counts (records, kept, truncated,
+            dropped, tokens, label_tokens, and rows/fill when packed).
+    """
+
+    train: list[dict]
+    eval: list[dict] | None
+    format: str
+    stats: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "preference" if self.format == "preference" else "sft"
+
+
+def split_records(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Deterministically hold out ``round(fraction * n)`` (at least 1) records."""
+    n = len(records)
+    k = max(1, round(fraction * n))
+    if k >= n:
+        raise UserError(f"data.eval_fraction={fraction} leaves no training records out of {n}")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    held = set(order[:k])
+    return ([r for i, r in enumerate(records) if i not in held],
+            [r for i, r in enumerate(records) if i in held])
+
+
+def build_datasets(cfg: DataConfig, tokenizer: Any) -> Datasets:
+    """Load, validate, split, tokenise and (optionally) pack ``cfg.path``.
+
+    Every record of the train and eval files is validated before any is tokenised.
+    """
+    from trainkit.llm.packing import pack_samples
+
+    train_recs, fmt = load_records(cfg.path, cfg)
+    eval_recs = None
+    if cfg.eval_path:
+        eval_recs, _ = load_records(cfg.eval_path, cfg, split=cfg.eval_split, fmt=fmt)
+    elif cfg.eval_fraction > 0:
+        train_recs, eval_recs = split_records(train_recs, cfg.eval_fraction, cfg.seed)
+    if cfg.packing and fmt == "preference":
+        raise UserError("data.packing=true is for SFT formats; preference pairs are not packed")
+    train, st = tokenize_records(train_recs, fmt, tokenizer, cfg)
+    if not train:
+        raise UserError(f"{cfg.path}: no sample is left after length filtering "
+                        f"(dropped {st['dropped']} of {st['records']}; data.max_length={cfg.max_length})")
+    stats = {"train": st}
+    ev = None
+    if eval_recs is not None:
+        ev, stats["eval"] = tokenize_records(eval_recs, fmt, tokenizer, cfg)
+        if not ev:
+            raise UserError(f"{cfg.eval_path or cfg.path}: no eval sample left after length filtering")
+    if cfg.packing:
+        train, stats["train"]["packing"] = pack_samples(train, cfg.max_length)
+        if ev is not None:
+            ev, stats["eval"]["packing"] = pack_samples(ev, cfg.max_length)
+    return Datasets(train, ev, fmt, stats)
