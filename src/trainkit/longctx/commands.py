@@ -1,0 +1,21 @@
+"""``trainkit longctx <command>``: registered lazily (nothing heavy is imported here)."""
+
+from trainkit.commands import Command
+
+COMMANDS = {
+    "make-data": Command(
+        help="write synthetic long-context SFT data (JSONL, {'messages': [...]})",
+        run="trainkit.longctx.data:run",
+        config="trainkit.longctx.data:MakeDataConfig",
+        flags={"--out": "out", "--seed": "seed", "--tasks": "data.tasks",
+               "--lengths": "data.lengths", "--tokenizer": "data.tokenizer"},
+    ),
+    "eval": Command(
+        help="needle/passkey/kv/topics/ppl evaluation of a model; writes results.json + heatmaps",
+        run="trainkit.longctx.eval.runner:run",
+        config="trainkit.longctx.eval.runner:EvalConfig",
+        flags={"--model": "model", "--tasks": "tasks", "--lengths": "lengths",
+               "--depths": "depths", "--out": "out", "--seed": "seed",
+               "--samples": "samples", "--unit": "unit"},
+    ),
+}
