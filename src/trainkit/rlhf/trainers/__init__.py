@@ -1,0 +1,1 @@
+"""RL trainers: ``experience`` (rollout -> advantages) and ``ppo`` (the PPO/GRPO loop)."""

@@ -1,0 +1,232 @@
+"""Make experience: from a rollout and its rewards to what the PPO update consumes.
+
+Steps (OpenRLHF's ``make_experience``, Hu et al. 2024, arXiv 2405.11143, section 3):
+
+1. old log-probs: the rollout engine's own log-probs of the sampled tokens (an in-process
+   HF engine computes them from the logits it sampled from, equal to a recomputation
+   within float error); ``recompute_old=True`` does one extra no-grad forward instead
+   (needed for engines such as vLLM whose numbers differ) and reports the mismatch;
+2. reference log-probs: one no-grad forward of the frozen reference, which with LoRA is
+   the same model with adapters disabled (no second copy); skipped when ``kl_coef = 0``;
+3. values: one no-grad critic forward (``estimator = "gae"`` only);
+4. per-token KL ``k(old, ref)`` and, with ``kl_in_reward``, per-token rewards
+   ``-beta KL_t`` plus the scalar reward on the last token;
+5. advantages per estimator: ``gae`` (then whitened), ``reinforce`` (REINFORCE++:
+   discounted returns whitened over the batch), ``reinforce_baseline`` (group mean
+   subtracted first), ``grpo``, ``dr_grpo``, ``rloo`` (group-relative, one value per
+   sequence broadcast to its tokens);
+6. dynamic sampling (DAPO): groups whose rewards are all equal are dropped.
+
+Tensors are ``[B, R]`` over response tokens, right padded, ``B = n_prompts * n``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from trainkit.rlhf.rollout.base import Rollout, response_logps
+
+Tensor = torch.Tensor
+
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+ESTIMATORS = ("gae", "reinforce", "reinforce_baseline") + GROUP_ESTIMATORS
+
+
+@dataclass
+class Experience:
+    """One batch of experience.
+
+    Attributes:
+        sequences: ``[B, T]`` prompt (left padded) + response (right padded) ids.
+        attention_mask: ``[B, T]``.
+        action_mask: ``[B, R]`` valid response tokens (``R`` = last ``R`` columns).
+        old_logp: ``[B, R]`` behaviour-policy log-probs.
+        advantages: ``[B, R]``.
+        rewards: ``[B]`` scalar rewards.
+        ref_logp: ``[B, R]`` or None (no KL term).
+        values: ``[B, R]`` critic values at rollout time, or None.
+        returns: ``[B, R]`` critic targets, or None.
+    """
+
+    sequences: Tensor
+    attention_mask: Tensor
+    action_mask: Tensor
+    old_logp: Tensor
+    advantages: Tensor
+    rewards: Tensor
+    ref_logp: Tensor | None = None
+    values: Tensor | None = None
+    returns: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.sequences.shape[0]
+
+    def select(self, idx: Tensor) -> Experience:
+        """Rows ``idx``, with all-padding columns trimmed on both sides (less compute)."""
+        kw = {f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx])
+              for f in fields(self)}
+        sub = Experience(**kw)
+        return sub.trimmed()
+
+    def trimmed(self) -> Experience:
+        """Drop leading prompt columns that are padding in every row and trailing
+        response columns that are padding in every row; values are unchanged."""
+        R = self.action_mask.shape[1]
+        P = self.sequences.shape[1] - R
+        used = self.attention_mask[:, :P].any(0).nonzero()
+        first = int(used[0]) if used.numel() else 0
+        valid = self.action_mask.any(0).nonzero()
+        r_keep = int(valid[-1]) + 1 if valid.numel() else 1
+        cut = R - r_keep
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None or v.dim() == 1:
+                kw[f.name] = v
+            elif f.name in ("sequences", "attention_mask"):
+                kw[f.name] = v[:, first:v.shape[1] - cut]
+            else:
+                kw[f.name] = v[:, :r_keep]
+        return Experience(**kw)
+
+
+def ref_context(policy: Any, ref_model: Any | None):
+    """``(model, context)`` giving reference log-probs: a separate frozen model, or the
+    LoRA policy with its adapters disabled (``peft``'s ``disable_adapter``)."""
+    if ref_model is not None:
+        return ref_model, contextlib.nullcontext()
+    if hasattr(policy, "disable_adapter"):
+        return policy, policy.disable_adapter()
+    raise ValueError("no reference model: pass ref_model or use a LoRA policy")
+
+
+@torch.no_grad()
+def forward_no_grad(model: Any, sequences: Tensor, attention_mask: Tensor, n_response: int,
+                    temperature: float, micro_batch: int) -> Tensor:
+    """:func:`response_logps` in eval mode over micro-batches: ``[B, T]`` -> ``[B, R]``."""
+    was = model.training
+    model.eval()
+    try:
+        outs = [response_logps(model, sequences[s:s + micro_batch],
+                               attention_mask[s:s + micro_batch], n_response, temperature)[0]
+                for s in range(0, sequences.shape[0], micro_batch)]
+    finally:
+        model.train(was)
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def critic_values(critic: Any, sequences: Tensor, attention_mask: Tensor, n_response: int,
+                  micro_batch: int | None = None) -> Tensor:
+    """Critic values of the states before each response token: ``[B, T]`` -> ``[B, R]``.
+
+    ``V_t`` is read at position ``P - 1 + t`` (the state that chose response token t).
+    """
+    from trainkit.rlhf.rollout.base import position_ids
+
+    micro_batch = micro_batch or sequences.shape[0]
+    was = critic.training
+    critic.eval()
+    try:
+        outs = []
+        for s in range(0, sequences.shape[0], micro_batch):
+            am = attention_mask[s:s + micro_batch]
+            v = critic(sequences[s:s + micro_batch], attention_mask=am,
+                       position_ids=position_ids(am))
+            outs.append(v[:, -n_response - 1:-1])
+    finally:
+        critic.train(was)
+    return torch.cat(outs).float()
+
+
+def compute_advantages(estimator: str, rewards: Tensor, mask: Tensor, group_size: int, *,
+                       kl: Tensor | None = None, kl_coef: float = 0.0,
+                       kl_in_reward: bool = False, values: Tensor | None = None,
+                       gamma: float = 1.0, lam: float = 0.95,
+                       ) -> tuple[Tensor, Tensor | None]:
+    """Advantages ``[B, R]`` (and returns for gae) from scalar rewards ``[B]``.
+
+    With ``kl_in_reward`` the token reward is ``-kl_coef * kl_t`` plus the scalar reward
+    on the last valid token (token-level estimators only).
+    """
+    from trainkit.rlhf import advantages as A
+
+    mask = mask.bool()
+    rewards = rewards.float()
+    if estimator in GROUP_ESTIMATORS:
+        adv = A.group_advantages(rewards, group_size, method=estimator)
+        return A.expand_to_tokens(adv, mask), None
+    if estimator == "reinforce_baseline":
+        rewards = A.group_advantages(rewards, group_size, method="reinforce_baseline")
+    use_kl = kl_in_reward and kl is not None and kl_coef > 0
+    tok_r = A.token_rewards(rewards, kl if use_kl else torch.zeros_like(mask, dtype=torch.float),
+                            mask, kl_coef if use_kl else 0.0)
+    if estimator == "gae":
+        if values is None:
+            raise ValueError("estimator 'gae' needs critic values")
+        adv, ret = A.gae(tok_r, values, mask, gamma=gamma, lam=lam)
+        return A.whiten(adv, mask), ret
+    if estimator in ("reinforce", "reinforce_baseline"):
+        ret = A.reinforce_returns(tok_r, mask, gamma=gamma)
+        return A.whiten(ret, mask), None
+    raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+
+
+def make_experience(rollout: Rollout, rewards: Tensor, *, policy: Any, algo: Any,
+                    temperature: float, micro_batch: int, ref_model: Any | None = None,
+                    critic: Any | None = None) -> tuple[Experience | None, dict[str, float]]:
+    """Build an :class:`Experience` from a rollout and its scalar rewards.
+
+    Args:
+        rollout: the sampled batch (``B`` rows, groups of ``rollout.n`` consecutive).
+        rewards: ``[B]`` scalar rewards.
+        policy: the actor (used for a recomputation and, with LoRA, the reference).
+        algo: the ``algo`` config section (estimator, kl_coef, kl_kind, kl_in_reward,
+            gamma, lam, dynamic_sampling, recompute_old_logp).
+        temperature: sampling temperature (log-probs are of ``softmax(z / T)``).
+        micro_batch: rows per no-grad forward.
+        ref_model: a frozen reference, or None (LoRA: adapters disabled; or no KL).
+        critic: the value model for gae.
+
+    Returns:
+        ``(experience or None when dynamic sampling dropped every group, stats)``.
+    """
+    from trainkit.rlhf.advantages import dynamic_sampling_mask
+    from trainkit.rlhf.losses import kl_estimate, masked_mean
+
+    stats: dict[str, float] = {}
+    seq, am, mask = rollout.sequences, rollout.attention_mask, rollout.action_mask
+    R = mask.shape[1]
+    keep = torch.ones(len(rewards), dtype=torch.bool)
+    if algo.dynamic_sampling and rollout.n > 1:
+        keep = dynamic_sampling_mask(rewards, rollout.n)
+        stats["kept_frac"] = float(keep.float().mean())
+        if not bool(keep.any()):
+            return None, stats
+    idx = keep.nonzero().squeeze(-1)
+    seq, am, mask, rewards = seq[idx], am[idx], mask[idx], rewards[idx]
+    old = rollout.logprobs[idx]
+    if algo.recompute_old_logp:
+        new = forward_no_grad(policy, seq, am, R, temperature, micro_batch)
+        stats["logp_mismatch"] = float(((new - old).abs() * mask).max())
+        old = new
+    old = old * mask
+    ref = kl = None
+    if algo.kl_coef > 0:
+        model, ctx = ref_context(policy, ref_model)
+        with ctx:
+            ref = forward_no_grad(model, seq, am, R, temperature, micro_batch) * mask
+        kl = kl_estimate(old, ref, algo.kl_kind, mask=mask)
+        stats["kl"] = float(masked_mean(kl, mask))
+    values = None
+    if algo.estimator == "gae":
+        values = critic_values(critic, seq, am, R, micro_batch) * mask
+    adv, ret = compute_advantages(
+        algo.estimator, rewards, mask, rollout.n, kl=kl, kl_coef=algo.kl_coef,
+        kl_in_reward=algo.kl_in_reward, values=values, gamma=algo.gamma, lam=algo.lam)
+    exp = Experience(seq, am, mask.long(), old, adv, rewards, ref, values, ret)
+    return exp, stats
