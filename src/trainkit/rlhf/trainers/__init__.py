@@ -1,1 +1,2 @@
-"""RL trainers: ``experience`` (rollout -> advantages) and ``ppo`` (the PPO/GRPO loop)."""
+"""Recipes: ``rm`` (reward model), ``dpo`` (DPO family), ``ppo`` (PPO/GRPO/RLOO online RL,
+with ``experience`` and ``rl_config``)."""
