@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trainkit.common.errors import UserError
+from trainkit.llm.lora import LoraSection
 
 
 # ----------------------------------------------------------------------------- config
@@ -53,16 +54,6 @@ class DataSection:
     max_len: int = field(default=256, metadata={"help": "tokens per sequence (left-truncated)"})
     limit: int = field(default=0, metadata={"help": "use only the first N train pairs (0: all)"})
     generate_n: int = field(default=600, metadata={"help": "pairs generated when path is empty"})
-
-
-@dataclass
-class LoraSection:
-    enabled: bool = False
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass
@@ -224,12 +215,14 @@ def make_optimizer(params: list, optim: Any, max_steps: int):
 
 
 def peft_config(lora: Any, task_type: str | None = None):
-    """A ``peft.LoraConfig`` from a :class:`LoraSection`."""
+    """A ``peft.LoraConfig`` for a bare backbone (no task head) from a ``LoraSection``."""
     from peft import LoraConfig
 
     kw = {"task_type": task_type} if task_type else {}
+    lora.validate()
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=list(lora.target_modules), bias="none", **kw)
+                      target_modules=list(lora.target_modules),
+                      modules_to_save=list(lora.modules_to_save) or None, bias="none", **kw)
 
 
 # --------------------------------------------------------------------------- model

@@ -1,0 +1,434 @@
+"""DPO, IPO and cDPO training: ``trainkit rlhf dpo --config configs/rlhf/dpo_tiny.yaml``.
+
+Direct preference optimisation (Rafailov et al. 2023) as in OpenRLHF (Hu et al. 2024,
+arXiv 2405.11143): with sequence log-probs ``logp(y|x) = sum_t log pi(y_t | x, y_<t)``
+over response tokens (``train.average_logps`` for the mean) and
+``delta = (logp_c - logp_r) - (logp_ref_c - logp_ref_r)``, minimise
+:func:`trainkit.rlhf.losses.dpo_loss` (``loss_type: sigmoid`` with ``label_smoothing``
+``eps`` = cDPO, ``ipo`` = IPO). The implicit rewards are ``beta * (logp - logp_ref)``.
+
+Reference policy, by config:
+
+* ``lora.enabled``: the reference is the same model with its adapters disabled
+  (``peft``'s ``disable_adapter()`` context): no second copy of the weights;
+* otherwise a frozen deep copy of the initial model;
+* ``train.ref: precompute``: reference log-probs of every train pair are computed once
+  before training (one no-grad pass) and the reference is dropped, saving its memory.
+
+Evaluation before and after training on the held-out pairs: preference accuracy (the
+implicit reward ranks chosen over rejected; a tie counts 1/2, so the untrained policy,
+equal to its reference, scores exactly 0.5) and mean margin; and greedy generations on
+held-out prompts scored by a verifiable rule (``eval.rule``): the fraction that follow
+the preferred behaviour.
+
+Departures from OpenRLHF: no sample packing or ring attention; chosen and rejected are
+concatenated into one ``[2B, T]`` forward pass as there, but the prompt is rendered with
+the model's chat template and each response ends with the EOS token.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from trainkit.common.errors import UserError
+from trainkit.llm.lora import LoraSection
+from trainkit.rlhf.trainers.rm import (
+    DataSection as _RMData,
+)
+from trainkit.rlhf.trainers.rm import (
+    OptimSection,
+    chat_prompt,
+    load_split,
+    make_optimizer,
+)
+
+IGNORE = -100
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class ModelSection:
+    name: str = field(default="tiny-llama", metadata={"help": "built-in name or HF folder"})
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataSection(_RMData):
+    max_prompt_len: int = field(default=192, metadata={"help": "prompt tokens (left-truncated)"})
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 100
+    batch_size: int = field(default=8, metadata={"help": "preference pairs per step"})
+    seed: int = 0
+    log_every: int = 5
+    beta: float = 0.1
+    label_smoothing: float = field(default=0.0, metadata={"help": "cDPO eps (0: DPO)"})
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    average_logps: bool = field(default=False, metadata={
+        "help": "mean instead of sum of response-token log-probs"})
+    ref: Literal["model", "precompute"] = field(default="model", metadata={
+        "help": "reference: a frozen model (adapter-disabled base with LoRA) or log-probs "
+                "precomputed once"})
+    save: Literal["auto", "merged", "none"] = field(default="auto", metadata={
+        "help": "auto: adapter with LoRA, full model otherwise; merged: plain HF folder"})
+    progress: bool = True
+
+
+@dataclass
+class EvalSection:
+    every: int = field(default=0, metadata={"help": "held-out eval every N steps (0: end only)"})
+    batch_size: int = 16
+    max_pairs: int = field(default=0, metadata={"help": "cap on held-out pairs (0: all)"})
+    generate: bool = True
+    num_prompts: int = 32
+    max_new_tokens: int = 24
+    rule: str = field(default="number_only", metadata={
+        "help": "generation rule: number_only, match_chosen, not_rejected_prefix"})
+
+
+@dataclass
+class DPOConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    optim: OptimSection = field(default_factory=lambda: OptimSection(lr=5e-6))
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    output_dir: str = "runs/dpo"
+
+    def validate(self) -> None:
+        if self.train.beta <= 0:
+            raise UserError(f"train.beta must be > 0, got {self.train.beta}")
+        if not 0.0 <= self.train.label_smoothing < 0.5:
+            raise UserError(f"train.label_smoothing must be in [0, 0.5), got "
+                            f"{self.train.label_smoothing}")
+        if self.eval.rule not in RULES:
+            raise UserError(f"eval.rule must be one of {', '.join(RULES)}, got {self.eval.rule!r}")
+
+
+# ----------------------------------------------------------------- verifiable rules
+def _number_only(gen: str, rec: dict) -> bool:
+    return re.fullmatch(r"\s*-?\d+(\.\d+)?\s*", gen) is not None
+
+
+def _match_chosen(gen: str, rec: dict) -> bool:
+    return gen.strip() == rec["chosen"].strip()
+
+
+def _not_rejected_prefix(gen: str, rec: dict) -> bool:
+    return not gen.strip().startswith(rec["rejected"].strip()[:8])
+
+
+#: name -> ``rule(generation, record) -> bool`` (the preferred behaviour is followed).
+RULES: dict[str, Callable[[str, dict], bool]] = {
+    "number_only": _number_only,
+    "match_chosen": _match_chosen,
+    "not_rejected_prefix": _not_rejected_prefix,
+}
+
+
+# ------------------------------------------------------------------------- batching
+def encode_pair(tok: Any, rec: dict, max_prompt_len: int, max_len: int) -> dict:
+    """Token ids of one pair: the shared prompt, then each response plus EOS.
+
+    Returns ``{"chosen": ids, "rejected": ids, "prompt_len": int}`` (Python lists); the
+    prompt is left-truncated to ``max_prompt_len``, responses cut to fit ``max_len``.
+    """
+    prompt = tok(chat_prompt(tok, rec["prompt"]), add_special_tokens=False)["input_ids"]
+    prompt = prompt[-max_prompt_len:]
+    room = max(1, max_len - len(prompt))
+    out = {"prompt_len": len(prompt)}
+    for side in ("chosen", "rejected"):
+        resp = tok(rec[side], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        out[side] = prompt + resp[:room]
+    return out
+
+
+def collate(encoded: list[dict], pad_id: int) -> dict:
+    """``[2B, T]`` ``input_ids``, ``attention_mask``, ``labels`` (chosen rows first).
+
+    ``labels`` hold the response token ids and ``-100`` on prompt and padding.
+    """
+    import torch
+
+    seqs = [e["chosen"] for e in encoded] + [e["rejected"] for e in encoded]
+    plens = [e["prompt_len"] for e in encoded] * 2
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), T), dtype=torch.long)
+    lab = torch.full((len(seqs), T), IGNORE, dtype=torch.long)
+    for i, (s, p) in enumerate(zip(seqs, plens)):
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+        lab[i, p: len(s)] = torch.tensor(s[p:])
+    return {"input_ids": ids, "attention_mask": att, "labels": lab}
+
+
+def batch_logps(model: Any, batch: dict, average: bool) -> Any:
+    """Sequence log-probs ``[2B]`` of the response tokens of a collated batch."""
+    from trainkit.rlhf.losses import sequence_logps, token_logps
+
+    dev = next(model.parameters()).device
+    ids, att, lab = (batch[k].to(dev) for k in ("input_ids", "attention_mask", "labels"))
+    logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits  # [2B, T, V]
+    labels = lab[:, 1:]  # logits at t predict token t + 1
+    lp = token_logps(logits[:, :-1], labels)  # [2B, T-1]
+    return sequence_logps(lp, None, labels != IGNORE, average=average)
+
+
+# --------------------------------------------------------------------------- recipe
+class Reference:
+    """Reference log-probs: a frozen copy, the adapter-disabled base, or a table."""
+
+    def __init__(self, model: Any, mode: str, lora: bool, average: bool):
+        self.model, self.mode, self.lora, self.average = model, mode, lora, average
+        self.frozen = None
+        self.table: dict[int, tuple[float, float]] = {}
+        if mode == "model" and not lora:
+            self.frozen = copy.deepcopy(model).eval()
+            for p in self.frozen.parameters():
+                p.requires_grad_(False)
+
+    def _compute(self, batch: dict):
+        import torch
+
+        with torch.no_grad():
+            if self.frozen is not None:
+                return batch_logps(self.frozen, batch, self.average)
+            was = self.model.training
+            self.model.eval()
+            try:
+                if self.lora:
+                    with self.model.disable_adapter():
+                        return batch_logps(self.model, batch, self.average)
+                return batch_logps(self.model, batch, self.average)
+            finally:
+                self.model.train(was)
+
+    def precompute(self, encoded: list[dict], pad_id: int, batch_size: int, desc: str,
+                   show: bool) -> None:
+        """Fill the table for every pair (policy must still equal the reference)."""
+        from trainkit.common.logging import progress
+
+        for i in progress(range(0, len(encoded), batch_size), desc=desc, disable=not show):
+            chunk = encoded[i:i + batch_size]
+            lp = self._compute(collate(chunk, pad_id)).float().cpu()
+            for j in range(len(chunk)):
+                self.table[i + j] = (float(lp[j]), float(lp[len(chunk) + j]))
+
+    def logps(self, idx: list[int], batch: dict):
+        """Reference log-probs ``[2B]`` of the pairs ``idx`` (collated as ``batch``)."""
+        import torch
+
+        if self.mode == "precompute":
+            vals = [self.table[i][0] for i in idx] + [self.table[i][1] for i in idx]
+            return torch.tensor(vals, dtype=torch.float32)
+        return self._compute(batch)
+
+
+def evaluate(model: Any, encoded: list[dict], ref_lp: list[tuple[float, float]] | None,
+             pad_id: int, cfg: DPOConfig) -> tuple[dict, list[tuple[float, float]]]:
+    """Held-out preference accuracy (ties 1/2) and mean implicit-reward margin.
+
+    Args:
+        ref_lp: reference log-probs per pair; ``None`` means "the policy is the
+            reference" (before training): they are computed and returned.
+
+    Returns:
+        ``(metrics, ref_lp)``.
+    """
+    import torch
+
+    was = model.training
+    model.eval()
+    pol = []
+    with torch.no_grad():
+        for i in range(0, len(encoded), cfg.eval.batch_size):
+            chunk = encoded[i:i + cfg.eval.batch_size]
+            lp = batch_logps(model, collate(chunk, pad_id), cfg.train.average_logps).float().cpu()
+            pol += [(float(lp[j]), float(lp[len(chunk) + j])) for j in range(len(chunk))]
+    model.train(was)
+    if ref_lp is None:
+        ref_lp = pol
+    if not pol:
+        return {"accuracy": float("nan"), "margin": float("nan"), "n": 0}, ref_lp
+    p, r = torch.tensor(pol), torch.tensor(ref_lp)
+    rewards = cfg.train.beta * (p - r)  # [n, 2]: chosen, rejected
+    c, j = rewards[:, 0], rewards[:, 1]
+    acc = ((c > j).float() + 0.5 * (c == j).float()).mean().item()
+    return {"accuracy": acc, "margin": (c - j).mean().item(), "chosen": c.mean().item(),
+            "rejected": j.mean().item(), "n": len(pol)}, ref_lp
+
+
+def generate_eval(model: Any, tok: Any, recs: list[dict], cfg: DPOConfig) -> dict:
+    """Greedy generations on held-out prompts; the fraction that follows ``eval.rule``."""
+    import torch
+
+    rule = RULES[cfg.eval.rule]
+    recs = recs[: cfg.eval.num_prompts]
+    if not recs:
+        return {"follow_rate": float("nan"), "samples": []}
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    gens: list[str] = []
+    try:
+        for i in range(0, len(recs), cfg.eval.batch_size):
+            prompts = [chat_prompt(tok, r["prompt"]) for r in recs[i:i + cfg.eval.batch_size]]
+            enc = tok(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+            with torch.no_grad():
+                out = model.generate(input_ids=enc["input_ids"].to(dev),
+                                     attention_mask=enc["attention_mask"].to(dev),
+                                     do_sample=False, max_new_tokens=cfg.eval.max_new_tokens,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            new = out[:, enc["input_ids"].shape[1]:]
+            gens += tok.batch_decode(new, skip_special_tokens=True)
+    finally:
+        tok.padding_side = old_side
+        model.train(was)
+    ok = [rule(g, r) for g, r in zip(gens, recs)]
+    return {"follow_rate": sum(ok) / len(ok),
+            "samples": [{"prompt": r["prompt"], "generation": g, "follows": o}
+                        for r, g, o in zip(recs[:8], gens[:8], ok[:8])]}
+
+
+def build_policy(cfg: DPOConfig):
+    """``(model, tokenizer)``: the policy, LoRA-wrapped when enabled."""
+    from trainkit.llm.models import load_model
+
+    model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype,
+                            lora=cfg.lora if cfg.lora.enabled else None,
+                            gradient_checkpointing=cfg.model.gradient_checkpointing)
+    return model, tok
+
+
+def save_policy(model: Any, tok: Any, cfg: DPOConfig, out: Path) -> str | None:
+    """Save per ``train.save``; returns the folder or ``None``."""
+    from trainkit.common.io import atomic_dir
+
+    mode = cfg.train.save
+    if mode == "none":
+        return None
+    if cfg.lora.enabled and mode == "auto":
+        from trainkit.llm.lora import save_adapter
+
+        return str(save_adapter(model, out / "adapter", tokenizer=tok))
+    if cfg.lora.enabled:
+        model = model.merge_and_unload()
+    with atomic_dir(out / "model") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return str(out / "model")
+
+
+def train_dpo(cfg: DPOConfig) -> dict:
+    """Train with DPO/IPO/cDPO; returns the summary (also in ``summary.json``)."""
+    import torch
+
+    from trainkit.common.io import atomic_write_json
+    from trainkit.common.logging import MetricsLogger, progress
+    from trainkit.common.run import save_config
+    from trainkit.common.seed import seed_everything
+    from trainkit.rlhf.losses import dpo_loss
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.train.seed)
+    train, held = load_split(cfg.data, cfg.train.seed, out)
+    held = held[: cfg.eval.max_pairs] if cfg.eval.max_pairs else held
+    model, tok = build_policy(cfg)
+    if torch.cuda.is_available():
+        model.cuda()
+    D, T, E = cfg.data, cfg.train, cfg.eval
+    enc_train = [encode_pair(tok, r, D.max_prompt_len, D.max_len) for r in train]
+    enc_held = [encode_pair(tok, r, D.max_prompt_len, D.max_len) for r in held]
+    pad = tok.pad_token_id
+
+    log = MetricsLogger(out)
+    before, held_ref = evaluate(model, enc_held, None, pad, cfg)
+    gen_before = generate_eval(model, tok, held, cfg) if E.generate else None
+    log.log(0, **{f"eval/{k}": v for k, v in before.items()},
+            **({"eval/follow_rate": gen_before["follow_rate"]} if gen_before else {}))
+    ref = Reference(model, T.ref, cfg.lora.enabled, T.average_logps)
+    if T.ref == "precompute":
+        ref.precompute(enc_train, pad, E.batch_size, "ref logps", T.progress)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, sched = make_optimizer(params, cfg.optim, T.max_steps)
+    rng = random.Random(T.seed)
+    order: list[int] = []
+    model.train()
+    bar = progress(total=T.max_steps, desc="dpo", disable=not T.progress)
+    for step in range(1, T.max_steps + 1):
+        if len(order) < T.batch_size:
+            perm = list(range(len(enc_train)))
+            rng.shuffle(perm)
+            order += perm
+        idx, order = order[: T.batch_size], order[T.batch_size:]
+        batch = collate([enc_train[i] for i in idx], pad)
+        ref_lp = ref.logps(idx, batch)
+        pol_lp = batch_logps(model, batch, T.average_logps)  # [2B]
+        B = len(idx)
+        ref_lp = ref_lp.to(pol_lp.device, pol_lp.dtype)
+        loss, cr, rr = dpo_loss(pol_lp[:B], pol_lp[B:], ref_lp[:B], ref_lp[B:], beta=T.beta,
+                                label_smoothing=T.label_smoothing, loss_type=T.loss_type)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+        if math.isfinite(float(gnorm)):
+            opt.step()
+        sched.step()
+        bar.update(1)
+        if step == 1 or step % T.log_every == 0 or step == T.max_steps:
+            rec = log.log(step, loss=loss.item(), reward_acc=(cr > rr).float().mean().item(),
+                          chosen_reward=cr.mean().item(), rejected_reward=rr.mean().item(),
+                          margin=(cr - rr).mean().item(),
+                          logp_chosen=pol_lp[:B].mean().item(),
+                          logp_rejected=pol_lp[B:].mean().item(), grad_norm=float(gnorm),
+                          lr=sched.get_last_lr()[0])
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", margin=f"{rec['margin']:.3f}")
+        if E.every and step % E.every == 0 and step < T.max_steps:
+            ev, _ = evaluate(model, enc_held, held_ref, pad, cfg)
+            log.log(step, **{f"eval/{k}": v for k, v in ev.items()})
+    bar.close()
+    after, _ = evaluate(model, enc_held, held_ref, pad, cfg)
+    gen_after = generate_eval(model, tok, held, cfg) if E.generate else None
+    log.log(T.max_steps, **{f"eval/{k}": v for k, v in after.items()},
+            **({"eval/follow_rate": gen_after["follow_rate"]} if gen_after else {}))
+    log.close()
+    saved = save_policy(model, tok, cfg, out)
+    summary = {
+        "heldout_accuracy_before": before["accuracy"], "heldout_accuracy": after["accuracy"],
+        "heldout_margin": after["margin"], "n_train": len(train), "n_heldout": after["n"],
+        "follow_rate_before": gen_before["follow_rate"] if gen_before else None,
+        "follow_rate": gen_after["follow_rate"] if gen_after else None,
+        "samples_before": gen_before["samples"] if gen_before else [],
+        "samples_after": gen_after["samples"] if gen_after else [],
+        "steps": T.max_steps, "saved": saved, "config": asdict(cfg)}
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def run(cfg: DPOConfig, args: Any = None) -> int:
+    """CLI entry of ``trainkit rlhf dpo``."""
+    s = train_dpo(cfg)
+    msg = (f"held-out preference accuracy {s['heldout_accuracy_before']:.3f} -> "
+           f"{s['heldout_accuracy']:.3f} on {s['n_heldout']} pairs")
+    if s["follow_rate"] is not None:
+        msg += (f"; greedy generations following '{cfg.eval.rule}' "
+                f"{s['follow_rate_before']:.3f} -> {s['follow_rate']:.3f}")
+    print(msg + (f"; saved: {s['saved']}" if s["saved"] else ""))
+    return 0
