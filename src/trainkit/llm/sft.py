@@ -1,0 +1,287 @@
+"""The SFT recipe: ``trainkit rlhf sft --config configs/rlhf/sft_smollm2.yaml``.
+
+Read top to bottom: build (strategy, model, data, optimizer, schedule), resume, loop
+(micro-batches -> token-normalised backward -> clip + step -> log -> eval -> checkpoint),
+save.
+
+Loss normalisation: one optimizer step sees ``train.batch_size`` sequences split over
+``world_size`` ranks and ``accum`` micro-batches per rank. Each micro-batch's loss *sum*
+is scaled by ``world_size / T`` where ``T`` is the number of target tokens of the whole
+step (all micro-batches, all ranks; one all-reduce before the first backward). FSDP
+averages gradients over ranks, so the update is the gradient of the token-level mean
+over the step, whatever the micro-batch size and rank count (OpenRLHF and TRL average
+per micro-batch instead, which weights short sequences more).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from trainkit.common.errors import UserError
+from trainkit.llm.data import DataConfig
+from trainkit.llm.lora import LoraSection
+
+
+@dataclass
+class ModelSection:
+    name: str = field(default="smollm2-135m-instruct",
+                      metadata={"help": "built-in name, HF folder or .gguf file"})
+    dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16"})
+    quantization: Literal["nf4", "int8"] | None = field(
+        default=None, metadata={"help": "bitsandbytes base quantization (QLoRA: nf4 + lora)"})
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class OptimSection:
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    max_grad_norm: float = field(default=1.0, metadata={"help": "<= 0: no clipping"})
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = field(default=0.0, metadata={"help": "final lr / peak lr"})
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 100
+    batch_size: int = field(default=8, metadata={"help": "sequences per optimizer step, all ranks"})
+    micro_batch_size: int = field(default=2, metadata={"help": "sequences per forward, per rank"})
+    eval_every: int = field(default=50, metadata={"help": "steps between evals (0: only at end)"})
+    eval_batch_size: int = 8
+    save_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: end only)"})
+    keep_last: int = 2
+    seed: int = 0
+    strategy: Literal["single", "fsdp2"] = "single"
+    mixed_precision: Literal["no", "bf16"] = "no"
+    loss_chunk_size: int = field(default=1024, metadata={"help": "0: plain full-logits loss"})
+    device: str | None = None
+    progress: bool = True
+    tensorboard: bool = False
+    merge_lora: bool = field(default=False, metadata={"help": "also write a merged HF folder"})
+
+
+@dataclass
+class SFTConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=lambda: DataConfig(path="builtin:style-chat",
+                                                                eval_fraction=0.1))
+    lora: LoraSection = field(default_factory=LoraSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    output_dir: str = "runs/sft"
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint"})
+
+
+def lr_factor(step: int, max_steps: int, warmup_steps: int = 0, schedule: str = "cosine",
+              min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak LR for the update made at ``step`` (0-based).
+
+    Linear warmup ``(step + 1) / warmup_steps`` for ``step < warmup_steps``, then with
+    ``p = (step - warmup) / max(1, max_steps - warmup)`` in ``[0, 1)``:
+    cosine ``m + (1 - m) * (1 + cos(pi p)) / 2`` (Loshchilov & Hutter 2017), linear
+    ``m + (1 - m) * (1 - p)``, constant ``1``; ``m = min_ratio``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    p = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    p = min(max(p, 0.0), 1.0)
+    if schedule == "cosine":
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+    if schedule == "linear":
+        return min_ratio + (1 - min_ratio) * (1 - p)
+    return 1.0
+
+
+def _check(cfg: SFTConfig, world: int) -> int:
+    t = cfg.train
+    if t.max_steps < 1:
+        raise UserError(f"train.max_steps must be >= 1, got {t.max_steps}")
+    per = t.micro_batch_size * world
+    if t.micro_batch_size < 1 or t.batch_size % per:
+        raise UserError(f"train.batch_size ({t.batch_size}) must be a multiple of "
+                        f"train.micro_batch_size ({t.micro_batch_size}) x world size ({world})")
+    if cfg.model.quantization and not cfg.lora.enabled:
+        raise UserError("model.quantization needs lora.enabled=true (a quantised base is frozen)")
+    return t.batch_size // per
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _target_count(batch: dict) -> int:
+    from trainkit.llm.loss import IGNORE_INDEX
+
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def _input_count(batch: dict) -> int:
+    """Real (non-padding) input tokens of a collated batch; packed rows count in full."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
+
+
+def evaluate(module, strategy, samples: list[dict], batch_size: int, pad_id: int) -> float:
+    """Token-level mean loss over ``samples``, sharded over ranks; collective."""
+    import torch
+
+    from trainkit.llm.collate import IGNORE_INDEX, collate
+
+    world, rank = strategy.world_size, strategy.rank
+    per_round = batch_size * world
+    rounds = -(-len(samples) // per_round)
+    total = torch.zeros(2, dtype=torch.float64)
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        for r in range(rounds):
+            chunk = samples[r * per_round:(r + 1) * per_round][rank * batch_size:(rank + 1) * batch_size]
+            if not chunk:  # every rank must run the same number of forwards under FSDP
+                chunk = [{**samples[0], "labels": [IGNORE_INDEX] * len(samples[0]["labels"])}]
+            with strategy.autocast():
+                ls, n = module(**_to(collate(chunk, pad_id), strategy.device))
+            total += torch.tensor([float(ls), float(n)], dtype=torch.float64)
+    module.train(was_training)
+    total = strategy.all_reduce_sum(total)
+    return float(total[0] / total[1].clamp_min(1))
+
+
+def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) -> dict:
+    """Run SFT; returns ``{"output_dir", "records", "final_eval_loss", ...}``.
+
+    ``on_step(step, record)`` is called after each logged step (tests use it to stop).
+    """
+    import torch
+
+    from trainkit.common.logging import MetricsLogger, progress
+    from trainkit.common.run import save_config
+    from trainkit.common.seed import seed_everything
+    from trainkit.llm import checkpoint as ckpt
+    from trainkit.llm.collate import ResumableSampler, collate, pad_token_id
+    from trainkit.llm.data import build_datasets
+    from trainkit.llm.demo_data import resolve_data_path
+    from trainkit.llm.loss import CausalLMLoss
+    from trainkit.llm.models import load_model
+    from trainkit.llm.strategy import make_strategy
+
+    strategy = make_strategy(cfg.train.strategy, cfg.train.mixed_precision, cfg.train.device)
+    strategy.setup()
+    accum = _check(cfg, strategy.world_size)
+    out = Path(cfg.output_dir)
+    seed_everything(cfg.train.seed)
+
+    model, tok = load_model(cfg.model.name, quantization=cfg.model.quantization,
+                            lora=cfg.lora if cfg.lora.enabled else None, dtype=cfg.model.dtype,
+                            gradient_checkpointing=cfg.model.gradient_checkpointing)
+    data_cfg = DataConfig(**{**cfg.data.__dict__, "path": resolve_data_path(cfg.data.path)})
+    ds = build_datasets(data_cfg, tok)
+    if ds.kind != "sft":
+        raise UserError(f"{cfg.data.path}: SFT needs chat/prompt_response/text data, got {ds.format}")
+    pad_id = pad_token_id(tok)
+
+    module = strategy.wrap(CausalLMLoss(model, cfg.train.loss_chunk_size))
+    module.train()
+    params = [p for p in module.parameters() if p.requires_grad]
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                  weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, cfg.train.max_steps, o.warmup_steps, o.schedule, o.min_lr_ratio))
+    drop_last = len(ds.train) >= cfg.train.batch_size
+    sampler = ResumableSampler(len(ds.train), cfg.train.batch_size, seed=cfg.train.seed,
+                               drop_last=drop_last)
+
+    step = 0
+    ckpt_root = out / "checkpoints"
+    if cfg.resume:
+        last = ckpt.latest_checkpoint(ckpt_root)
+        if last is not None:
+            state = ckpt.load_checkpoint(last, strategy, module, optimizer, scheduler)
+            sampler.load_state_dict(state["data"])
+            step = int(state["step"])
+    if strategy.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    logger = MetricsLogger(out if strategy.is_main else None, tensorboard=cfg.train.tensorboard)
+    bar = progress(total=cfg.train.max_steps, initial=step, desc="sft",
+                   disable=not (cfg.train.progress and strategy.is_main))
+    per_rank = cfg.train.batch_size // strategy.world_size
+    mbs = cfg.train.micro_batch_size
+    t_start, start_step = time.perf_counter(), step
+    eval_loss = None
+    while step < cfg.train.max_steps:
+        t0 = time.perf_counter()
+        idx = sampler.next_batch()
+        mine = idx[strategy.rank * per_rank:(strategy.rank + 1) * per_rank]
+        micro = [collate([ds.train[i] for i in mine[j:j + mbs]], pad_id)
+                 for j in range(0, len(mine), mbs)]
+        assert len(micro) == accum
+        counts = torch.tensor([[_target_count(b), _input_count(b)] for b in micro],
+                              dtype=torch.float64).sum(0)
+        counts = strategy.all_reduce_sum(counts)
+        n_targets, n_inputs = max(float(counts[0]), 1.0), float(counts[1])
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for b in micro:
+            with strategy.autocast():
+                ls, _ = module(**_to(b, strategy.device))
+            strategy.backward(ls * (strategy.world_size / n_targets))
+            loss_sum += float(ls.detach())
+        lr = scheduler.get_last_lr()[0]
+        grad_norm = strategy.optimizer_step(optimizer, module, o.max_grad_norm, scheduler)
+        loss = float(strategy.all_reduce_sum(loss_sum)) / n_targets
+        step += 1
+        dt = time.perf_counter() - t0
+        rate = (time.perf_counter() - t_start) / max(1, step - start_step)
+        rec = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(n_inputs),
+               "tokens_per_s": n_inputs / max(dt, 1e-9),
+               "eta_s": round(rate * (cfg.train.max_steps - step), 1)}
+        last_step = step == cfg.train.max_steps
+        if ds.eval and ((cfg.train.eval_every and step % cfg.train.eval_every == 0) or last_step):
+            eval_loss = evaluate(module, strategy, ds.eval, cfg.train.eval_batch_size, pad_id)
+            rec["eval_loss"] = eval_loss
+        rec = logger.log(step, **rec)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        if (cfg.train.save_every and step % cfg.train.save_every == 0) or last_step:
+            ckpt.save_checkpoint(ckpt_root, step, strategy, module, optimizer, scheduler,
+                                 sampler.state_dict(), keep_last=cfg.train.keep_last)
+        if on_step is not None:
+            on_step(step, rec)
+    bar.close()
+    logger.close()
+
+    final = out / "final"
+    strategy.save_pretrained(module, final, tokenizer=tok)
+    merged = None
+    if cfg.lora.enabled and cfg.train.merge_lora and strategy.is_main:
+        from trainkit.llm.lora import merge_adapter
+
+        merged = merge_adapter(final, out / "merged")
+    strategy.barrier()
+    result = {"output_dir": str(out), "final": str(final), "merged": str(merged) if merged else None,
+              "records": logger.records, "final_eval_loss": eval_loss,
+              "data_stats": ds.stats, "world_size": strategy.world_size}
+    strategy.teardown()
+    return result
+
+
+def run(cfg: SFTConfig, args: Any = None) -> int:
+    """CLI entry: ``trainkit rlhf sft --config X.yaml key=value ...``."""
+    res = train(cfg)
+    recs = res["records"]
+    if recs:
+        last = recs[-1]
+        msg = f"sft: {len(recs)} steps, loss {last['loss']:.4f}"
+        if res["final_eval_loss"] is not None:
+            msg += f", eval loss {res['final_eval_loss']:.4f}"
+        print(f"{msg}; saved {res['final']}")
+    return 0
