@@ -71,8 +71,8 @@ class TrainSection:
 @dataclass
 class SFTConfig:
     model: ModelSection = field(default_factory=ModelSection)
-    data: DataConfig = field(default_factory=lambda: DataConfig(path="builtin:style-chat",
-                                                                eval_fraction=0.1))
+    data: DataConfig = field(default_factory=lambda: DataConfig(
+        path="builtin:toy-chat", max_length=256))
     lora: LoraSection = field(default_factory=LoraSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
@@ -182,7 +182,11 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     model, tok = load_model(cfg.model.name, quantization=cfg.model.quantization,
                             lora=cfg.lora if cfg.lora.enabled else None, dtype=cfg.model.dtype,
                             gradient_checkpointing=cfg.model.gradient_checkpointing)
-    data_cfg = DataConfig(**{**cfg.data.__dict__, "path": resolve_data_path(cfg.data.path)})
+    eval_path = cfg.data.eval_path
+    if cfg.data.path == "builtin:toy-chat" and not eval_path and not cfg.data.eval_fraction:
+        eval_path = "builtin:toy-chat-eval"  # the built-in data brings its held-out split
+    data_cfg = DataConfig(**{**cfg.data.__dict__, "path": resolve_data_path(cfg.data.path),
+                             "eval_path": resolve_data_path(eval_path)})
     ds = build_datasets(data_cfg, tok)
     if ds.kind != "sft":
         raise UserError(f"{cfg.data.path}: SFT needs chat/prompt_response/text data, got {ds.format}")
