@@ -178,7 +178,8 @@ def compute_advantages(estimator: str, rewards: Tensor, mask: Tensor, group_size
 
 def make_experience(rollout: Rollout, rewards: Tensor, *, policy: Any, algo: Any,
                     temperature: float, micro_batch: int, ref_model: Any | None = None,
-                    critic: Any | None = None) -> tuple[Experience | None, dict[str, float]]:
+                    critic: Any | None = None, valid: Tensor | None = None,
+                    ) -> tuple[Experience | None, dict[str, float]]:
     """Build an :class:`Experience` from a rollout and its scalar rewards.
 
     Args:
@@ -191,6 +192,8 @@ def make_experience(rollout: Rollout, rewards: Tensor, *, policy: Any, algo: Any
         micro_batch: rows per no-grad forward.
         ref_model: a frozen reference, or None (LoRA: adapters disabled; or no KL).
         critic: the value model for gae.
+        valid: ``[B]`` bool, False for samples whose reward failed: they keep their place
+            in their group but get no tokens in the loss.
 
     Returns:
         ``(experience or None when dynamic sampling dropped every group, stats)``.
@@ -199,7 +202,7 @@ def make_experience(rollout: Rollout, rewards: Tensor, *, policy: Any, algo: Any
     from trainkit.rlhf.losses import kl_estimate, masked_mean
 
     stats: dict[str, float] = {}
-    seq, am, mask = rollout.sequences, rollout.attention_mask, rollout.action_mask
+    seq, am, mask = rollout.sequences, rollout.attention_mask, rollout.action_mask.bool()
     R = mask.shape[1]
     keep = torch.ones(len(rewards), dtype=torch.bool)
     if algo.dynamic_sampling and rollout.n > 1:
@@ -228,5 +231,8 @@ def make_experience(rollout: Rollout, rewards: Tensor, *, policy: Any, algo: Any
     adv, ret = compute_advantages(
         algo.estimator, rewards, mask, rollout.n, kl=kl, kl_coef=algo.kl_coef,
         kl_in_reward=algo.kl_in_reward, values=values, gamma=algo.gamma, lam=algo.lam)
-    exp = Experience(seq, am, mask.long(), old, adv, rewards, ref, values, ret)
+    if valid is not None:
+        mask = mask & valid[idx].to(mask.device)[:, None]
+    mask = mask.long()
+    exp = Experience(seq, am, mask, old * mask, adv * mask, rewards, ref, values, ret)
     return exp, stats

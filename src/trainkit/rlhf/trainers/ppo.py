@@ -1,0 +1,354 @@
+"""Online RL recipe: PPO, REINFORCE++(-baseline), GRPO, Dr.GRPO and RLOO in one loop.
+
+``trainkit rlhf ppo`` and ``trainkit rlhf grpo`` run :func:`train` with the defaults of
+:class:`~trainkit.rlhf.trainers.rl_config.PPOConfig` / ``GRPOConfig``. Each step:
+
+1. take ``rollout.prompts_per_step`` prompts (a seeded permutation per epoch, so the
+   order depends only on ``(seed, step)`` and resume is exact);
+2. sample ``rollout.n`` completions each with the rollout engine (HF, KV cache);
+3. score them with the reward functions; make experience (old/ref log-probs, values,
+   KL, advantages: :mod:`~trainkit.rlhf.trainers.experience`);
+4. ``algo.ppo_epochs`` passes over ``algo.mini_batches`` shuffled mini-batches, each an
+   optimizer step accumulated over micro-batches: clipped policy loss
+   (+ ``kl_coef`` x KL when the KL is a loss, - ``entropy_coef`` x entropy), and for gae
+   the clipped value loss on the critic;
+5. log, evaluate on held-out prompts every ``eval.every`` steps, checkpoint.
+
+Departures from OpenRLHF, on purpose: the behaviour log-probs are the rollout engine's
+own (no second forward) unless ``algo.recompute_old_logp``; with LoRA the reference is
+the policy with adapters disabled; the critic is a full model (LoRA applies to the
+actor only); dynamic sampling drops all-equal groups without drawing replacements.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainkit.rlhf.trainers.rl_config import GRPOConfig, PPOConfig, RLConfig
+
+__all__ = ["GRPOConfig", "PPOConfig", "RLConfig", "run_cli", "train"]
+
+
+# ------------------------------------------------------------------------ building
+def build_models(cfg: RLConfig):
+    """``(policy, tokenizer, ref_model or None, critic or None)``."""
+    from trainkit.llm.models import load_model
+
+    lora = cfg.lora if cfg.lora.enabled else None
+    policy, tok = load_model(cfg.model.name, quantization=cfg.model.quantization, lora=lora,
+                             dtype=cfg.model.dtype,
+                             gradient_checkpointing=cfg.model.gradient_checkpointing)
+    policy.train()
+    ref = None
+    if cfg.algo.kl_coef > 0 and lora is None:  # LoRA: the reference is the adapter-free base
+        ref, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
+        ref.eval().requires_grad_(False)
+    critic = None
+    if cfg.uses_critic:
+        from trainkit.llm.value_head import ValueHeadModel
+
+        name = cfg.model.name if cfg.model.critic == "auto" else cfg.model.critic
+        critic = ValueHeadModel.from_pretrained(name, dtype=cfg.model.dtype)
+        critic.train()
+    return policy, tok, ref, critic
+
+
+def eos_ids(model: Any, tok: Any) -> list[int]:
+    ids = {tok.eos_token_id}
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    if isinstance(extra, int):
+        ids.add(extra)
+    elif extra:
+        ids.update(extra)
+    return sorted(i for i in ids if i is not None)
+
+
+def make_optimizer(params, lr: float, optim: Any, max_steps: int):
+    params = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=tuple(optim.betas),
+                            weight_decay=optim.weight_decay)
+    warm = max(optim.warmup_steps, 0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    return opt, sched
+
+
+def prompt_indices(n_items: int, per_step: int, step: int, seed: int) -> list[int]:
+    """Prompts of ``step``: consecutive slots of a seeded permutation per epoch."""
+    out = []
+    for slot in range(step * per_step, (step + 1) * per_step):
+        epoch, pos = divmod(slot, n_items)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        out.append(int(torch.randperm(n_items, generator=g)[pos]))
+    return out
+
+
+# ------------------------------------------------------------------------ update
+def _weights(mask: torch.Tensor, rows: int, agg: str, total_tokens: float, total_rows: int):
+    """Share of a micro-batch in its mini-batch mean (exact token mean when accumulating)."""
+    if agg == "token_mean":
+        return float(mask.sum()) / max(total_tokens, 1.0)
+    return rows / total_rows
+
+
+def ppo_update(exp, policy, opt, sched, cfg: RLConfig, step: int, guard, critic=None,
+               critic_opt=None, critic_sched=None) -> dict[str, float]:
+    """``ppo_epochs`` x ``mini_batches`` optimizer steps on one batch of experience."""
+    from trainkit.rlhf.losses import kl_estimate, masked_mean, policy_loss_with_stats, value_loss
+    from trainkit.rlhf.rollout.base import response_logps
+
+    a, mb_size = cfg.algo, cfg.train.micro_batch_size
+    agg = a.loss_agg if a.loss_agg != "auto" else (
+        "sum_norm" if a.estimator == "dr_grpo" else "token_mean")
+    norm = float(cfg.rollout.max_new_tokens)
+    g = torch.Generator().manual_seed(cfg.train.seed * 7919 + step)
+    sums: dict[str, float] = {}
+    count = 0
+    for _ in range(a.ppo_epochs):
+        perm = torch.randperm(len(exp), generator=g)
+        for mini in perm.chunk(a.mini_batches):
+            tot_tok = float(exp.action_mask[mini].sum())
+            opt.zero_grad(set_to_none=True)
+            if critic_opt is not None:
+                critic_opt.zero_grad(set_to_none=True)
+            st: dict[str, float] = {}
+            for micro in mini.split(mb_size):
+                e = exp.select(micro)
+                R = e.action_mask.shape[1]
+                w = _weights(e.action_mask, len(micro), agg, tot_tok, len(mini))
+                logp, ent = response_logps(policy, e.sequences, e.attention_mask, R,
+                                           cfg.rollout.temperature,
+                                           return_entropy=a.entropy_coef > 0)
+                pl, ps = policy_loss_with_stats(logp, e.old_logp, e.advantages, e.action_mask,
+                                                a.clip_low, a.clip_high, a.dual_clip, agg, norm)
+                loss = pl
+                if a.kl_coef > 0 and not a.kl_in_reward:
+                    kl = masked_mean(kl_estimate(logp, e.ref_logp, a.kl_kind), e.action_mask)
+                    loss = loss + a.kl_coef * kl
+                    st["kl_loss"] = st.get("kl_loss", 0.0) + w * float(kl.detach())
+                if ent is not None:
+                    ent_m = masked_mean(ent, e.action_mask)
+                    loss = loss - a.entropy_coef * ent_m
+                    st["entropy"] = st.get("entropy", 0.0) + w * float(ent_m.detach())
+                (loss * w).backward()
+                st["policy_loss"] = st.get("policy_loss", 0.0) + w * float(pl.detach())
+                st["loss"] = st.get("loss", 0.0) + w * float(loss.detach())
+                for k in ("clip_frac", "approx_kl", "ratio_mean"):
+                    st[k] = st.get(k, 0.0) + w * float(ps[k])
+                if critic is not None:
+                    v = _critic_forward(critic, e.sequences, e.attention_mask, R)
+                    vl = value_loss(v, e.values, e.returns, e.action_mask, a.value_clip)
+                    (a.vf_coef * vl * w).backward()
+                    st["value_loss"] = st.get("value_loss", 0.0) + w * float(vl.detach())
+            params = [p for grp in opt.param_groups for p in grp["params"]]
+            gn = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            st["grad_norm"] = float(gn)
+            if guard.check(step, st["loss"], gn):
+                opt.step()
+                sched.step()
+            if critic is not None:
+                cparams = [p for grp in critic_opt.param_groups for p in grp["params"]]
+                cgn = torch.nn.utils.clip_grad_norm_(cparams, cfg.optim.grad_clip)
+                st["critic_grad_norm"] = float(cgn)
+                if guard.check(step, st["value_loss"], cgn):
+                    critic_opt.step()
+                    critic_sched.step()
+            for k, v in st.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _critic_forward(critic, sequences, attention_mask, n_response):
+    from trainkit.rlhf.rollout.base import position_ids
+
+    v = critic(sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
+    return v[:, -n_response - 1:-1]
+
+
+# ------------------------------------------------------------------------ checkpoints
+def _save(out: Path, step: int, strategy, policy, opt, sched, critic, critic_opt,
+          critic_sched, keep_last: int, extra: dict) -> None:
+    """The critic first, then the policy: a policy checkpoint at step s implies a critic one."""
+    from trainkit.llm.checkpoint import save_checkpoint
+
+    if critic is not None:
+        save_checkpoint(out / "checkpoints_critic", step, strategy, critic, critic_opt,
+                        critic_sched, keep_last=keep_last)
+    save_checkpoint(out / "checkpoints", step, strategy, policy, opt, sched,
+                    data_state={"step": step}, extra=extra, keep_last=keep_last)
+
+
+def _resume(out: Path, strategy, policy, opt, sched, critic, critic_opt,
+            critic_sched) -> tuple[int, dict]:
+    from trainkit.common.errors import UserError
+    from trainkit.llm.checkpoint import latest_checkpoint, load_checkpoint
+
+    path = latest_checkpoint(out / "checkpoints")
+    if path is None:
+        return 0, {}
+    if critic is not None:
+        cpath = out / "checkpoints_critic" / path.name
+        if not cpath.is_dir():
+            raise UserError(f"{path}: no matching critic checkpoint {cpath}")
+        load_checkpoint(cpath, strategy, critic, critic_opt, critic_sched)
+    state = load_checkpoint(path, strategy, policy, opt, sched)  # last: its RNG state wins
+    print(f"resumed from {path} (step {state['step']})", file=sys.stderr)
+    return int(state["step"]), state
+
+
+# ------------------------------------------------------------------------ the loop
+def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
+    """Run the recipe; returns a summary (first/last eval, steps, seconds).
+
+    Args:
+        cfg: a validated :class:`RLConfig` (or GRPO/PPO variant).
+        on_log: optional callback ``f(record: dict)`` called with every metrics record.
+    """
+    from trainkit.common.guard import GracefulInterrupt, NonFiniteGuard
+    from trainkit.common.io import atomic_write_json
+    from trainkit.common.logging import MetricsLogger, progress
+    from trainkit.common.run import save_config
+    from trainkit.common.seed import seed_everything
+    from trainkit.llm.strategy import Strategy
+    from trainkit.rlhf.rewards import load_reward, score
+    from trainkit.rlhf.rollout.hf import HFEngine
+    from trainkit.rlhf.trainers import rl_data
+    from trainkit.rlhf.trainers.experience import make_experience
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+
+    policy, tok, ref, critic = build_models(cfg)
+    train_recs, eval_recs = rl_data.load_prompt_records(cfg.data, cfg.train.seed)
+    train_set = rl_data.tokenize_prompts(train_recs, tok, cfg.data)
+    eval_set = rl_data.tokenize_prompts(eval_recs, tok, cfg.data) if eval_recs else None
+    reward_fn = rl_data.build_reward(cfg.data)
+    acc_fn = load_reward(cfg.data.accuracy_reward) if cfg.data.accuracy_reward else None
+    engine = HFEngine(policy, tok.pad_token_id, eos_ids(policy, tok), cfg.rollout.max_batch,
+                      merge_lora=cfg.rollout.merge_lora and cfg.lora.enabled
+                      and cfg.model.quantization is None)
+    strategy = Strategy()
+    strategy.setup()
+    opt, sched = make_optimizer(policy.parameters(), cfg.optim.lr, cfg.optim, cfg.train.max_steps)
+    critic_opt = critic_sched = None
+    if critic is not None:
+        critic_opt, critic_sched = make_optimizer(critic.parameters(), cfg.optim.critic_lr,
+                                                  cfg.optim, cfg.train.max_steps)
+    start = 0
+    if cfg.train.resume:
+        start, _ = _resume(out, strategy, policy, opt, sched, critic, critic_opt, critic_sched)
+    guard = NonFiniteGuard(cfg.train.nonfinite)
+    eval_tokens = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
+    logger = MetricsLogger(out, tensorboard=False)
+    evals: list[dict] = []
+
+    def do_eval(step: int) -> None:
+        if eval_set is None:
+            return
+        t = time.perf_counter()
+        rec = rl_data.evaluate(engine, tok, eval_set, reward_fn, acc_fn, cfg.eval, eval_tokens,
+                               seed=cfg.train.seed)
+        rec["eval_s"] = time.perf_counter() - t
+        evals.append({"step": step, **rec})
+        r = logger.log(step, **rec)
+        if on_log:
+            on_log(r)
+
+    if start == 0:
+        do_eval(0)
+    t_run = time.perf_counter()
+    bar = progress(total=cfg.train.max_steps, initial=start, desc=f"rl {cfg.algo.estimator}",
+                   disable=not cfg.train.progress)
+    done = saved = start
+    with GracefulInterrupt() as stop:
+        for step in range(start, cfg.train.max_steps):
+            t0 = time.perf_counter()
+            torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout etc.: exact resume
+            idx = prompt_indices(len(train_set), cfg.rollout.prompts_per_step, step,
+                                 cfg.train.seed)
+            texts, ids, labels = train_set.take(idx)
+            ro = engine.generate(ids, n=cfg.rollout.n, max_new_tokens=cfg.rollout.max_new_tokens,
+                                 temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                 seed=cfg.train.seed * 1_000_003 + step)
+            t1 = time.perf_counter()
+            comps = rl_data.decode(tok, ro.response_ids, ro.action_mask)
+            n = cfg.rollout.n
+            rep_labels = {k: [v for v in vals for _ in range(n)] for k, vals in labels.items()}
+            res = score(reward_fn, [t for t in texts for _ in range(n)], comps, rep_labels,
+                        max_invalid_fraction=cfg.data.max_invalid_fraction)
+            rewards = torch.tensor(res.rewards, dtype=torch.float32)
+            exp, xstats = make_experience(ro, rewards, policy=policy, algo=cfg.algo,
+                                          temperature=cfg.rollout.temperature,
+                                          micro_batch=cfg.train.micro_batch_size,
+                                          ref_model=ref, critic=critic,
+                                          valid=torch.tensor(res.valid))
+            t2 = time.perf_counter()
+            ustats = {}
+            if exp is not None:
+                ustats = ppo_update(exp, policy, opt, sched, cfg, step, guard, critic,
+                                    critic_opt, critic_sched)
+            t3 = time.perf_counter()
+            acc = None
+            if acc_fn is not None:
+                hits = score(acc_fn, [t for t in texts for _ in range(n)], comps, rep_labels,
+                             max_invalid_fraction=1.0).rewards
+                acc = sum(v == 1.0 for v in hits) / len(comps)
+            rec = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()),
+                   "truncated": ro.num_truncated, "truncated_frac": ro.truncated_frac,
+                   "response_len": float(ro.response_lengths.float().mean()),
+                   "gen_s": t1 - t0, "exp_s": t2 - t1, "train_s": t3 - t2,
+                   "step_s": t3 - t0, "tokens_per_s": ro.info["gen_tokens"] / max(t3 - t0, 1e-9),
+                   "lr": sched.get_last_lr()[0], **res.stats(), **xstats, **ustats}
+            if acc is not None:
+                rec["accuracy"] = acc
+            if exp is None:
+                rec["skipped_update"] = 1
+            r = logger.log(step + 1, **rec)
+            if on_log:
+                on_log(r)
+            bar.update(1)
+            bar.set_postfix(reward=f"{rec['reward']:.3f}", kl=f"{rec.get('kl', 0.0):.3f}")
+            done = step + 1
+            if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.train.max_steps:
+                do_eval(done)
+            if (cfg.train.save_every and done % cfg.train.save_every == 0) or stop.requested:
+                _save(out, done, strategy, policy, opt, sched, critic, critic_opt, critic_sched,
+                      cfg.train.keep_last, {"estimator": cfg.algo.estimator})
+                saved = done
+            if stop.requested:
+                break
+    bar.close()
+    if done > start or not evals:
+        do_eval(done)
+    if done > saved:
+        _save(out, done, strategy, policy, opt, sched, critic, critic_opt, critic_sched,
+              cfg.train.keep_last, {"estimator": cfg.algo.estimator})
+    if cfg.train.save_model:
+        strategy.save_pretrained(policy, out / "model", tokenizer=tok)
+    logger.close()
+    summary = {"steps": done, "seconds": time.perf_counter() - t_run,
+               "first_eval": evals[0] if evals else None, "last_eval": evals[-1] if evals else None,
+               "nonfinite_skipped": guard.skipped}
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def run_cli(cfg: RLConfig, args: Any = None) -> int:
+    """CLI entry (``trainkit rlhf grpo|ppo``): train and print the summary as JSON."""
+    import json
+
+    summary = train(cfg)
+    print(json.dumps(summary, indent=2, default=float))
+    return 0
