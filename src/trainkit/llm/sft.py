@@ -273,7 +273,8 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     strategy.barrier()
     result = {"output_dir": str(out), "final": str(final), "merged": str(merged) if merged else None,
               "records": logger.records, "final_eval_loss": eval_loss,
-              "data_stats": ds.stats, "world_size": strategy.world_size}
+              "data_stats": ds.stats, "world_size": strategy.world_size,
+              "is_main": strategy.is_main}
     strategy.teardown()
     return result
 
@@ -282,7 +283,7 @@ def run(cfg: SFTConfig, args: Any = None) -> int:
     """CLI entry: ``trainkit rlhf sft --config X.yaml key=value ...``."""
     res = train(cfg)
     recs = res["records"]
-    if recs:
+    if recs and res["is_main"]:
         last = recs[-1]
         msg = f"sft: {len(recs)} steps, loss {last['loss']:.4f}"
         if res["final_eval_loss"] is not None:
