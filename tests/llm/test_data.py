@@ -16,6 +16,7 @@ from trainkit.llm.collate import (
     ResumableSampler,
     collate,
     pad_batch,
+    summarize_stats,
     tokenize_chat,
     tokenize_records,
 )
@@ -160,6 +161,29 @@ def test_preference_pairs_share_prompt(tok):
     assert b["rejected_attention_mask"][1].sum().item() == len(p["rejected_input_ids"])
 
 
+def test_conversational_preference_records(tok):
+    cfg = DataConfig()
+    q = [{"role": "user", "content": "Capital of Italy?"}]
+    trl = validate_record({"prompt": q, "chosen": [{"role": "assistant", "content": "Rome."}],
+                           "rejected": [{"role": "assistant", "content": "Milan."}]}, "f:1", "preference", cfg)
+    hh = validate_record({"chosen": q + [{"role": "assistant", "content": "Rome."}],
+                          "rejected": q + [{"role": "assistant", "content": "Milan."}]}, "f:2", "preference", cfg)
+    flat = validate_record({"prompt": "Capital of Italy?", "chosen": "Rome.", "rejected": "Milan."},
+                           "f:3", "preference", cfg)
+    assert trl.data == hh.data == {"prompt": q, "chosen": "Rome.", "rejected": "Milan."}
+    pairs, _ = tokenize_records([trl, hh, flat], "preference", tok, cfg)
+    assert pairs[0] == pairs[1] == pairs[2]
+    with pytest.raises(UserError, match="f:4: fields 'chosen' and 'rejected' differ before their last turn"):
+        validate_record({"chosen": q + [{"role": "assistant", "content": "a"}],
+                         "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "b"}]},
+                        "f:4", "preference", cfg)
+    with pytest.raises(UserError, match="f:5: field 'chosen' must end with an assistant turn"):
+        validate_record({"prompt": "p", "chosen": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}],
+                         "rejected": "x"}, "f:5", "preference", cfg)
+    with pytest.raises(UserError, match="f:6: missing field 'prompt'"):
+        validate_record({"chosen": "a", "rejected": "b"}, "f:6", "preference", cfg)
+
+
 # --------------------------------------------------------------------------- length policy
 
 
@@ -174,6 +198,10 @@ def test_truncation_and_drop_counts():
     assert t.decode(out[1]["input_ids"]) == "def|"
     out, st_ = tokenize_records(recs, "text", t, DataConfig(max_length=4, truncation="drop"))
     assert (st_["kept"], st_["truncated"], st_["dropped"]) == (2, 0, 1)
+    assert summarize_stats(st_) == ("2/3 samples kept (0 truncated, 1 dropped), 7 tokens, "
+                                    "7 with loss, longest 4")
+    with pytest.raises(UserError, match=r"f:1: sample has 7 tokens > data.max_length=4"):
+        tokenize_records(recs, "text", t, DataConfig(max_length=4, truncation="error"))
 
 
 def test_chat_truncated_before_the_answer_is_dropped():
@@ -229,6 +257,7 @@ BAD = [
     ("a.jsonl", '{"messages": [{"role": "user"}]}\n', r"a\.jsonl:1: missing field 'messages\[0\]\.content'"),
     ("a.jsonl", '{"messages": []}\n', r"a\.jsonl:1: field 'messages' is an empty list"),
     ("a.jsonl", '{"foo": 1}\n', r"a\.jsonl:1: cannot tell the data format from keys \['foo'\]"),
+    ("a.jsonl", '"just text"\n', r"a\.jsonl:1: a record must be a JSON object, got string"),
     ("a.json", '[{"text": "a"},\n {"text": }]', r"a\.json:2: invalid JSON: Expecting value"),
     ("a.json", '[{"text": "a"} {"text": "b"}]', r"a\.json:1: invalid JSON: expected ',' or ']'"),
     ("a.json", '"hello"', r"a\.json:1: expected a JSON list of records"),
@@ -267,6 +296,20 @@ def test_forced_format_names_missing_field(tmp_path):
     p = _write(tmp_path, "a.jsonl", '{"text": "a"}\n')
     with pytest.raises(UserError, match=r"a.jsonl:1: missing field 'chosen'"):
         load_records(p, DataConfig(format="preference", prompt_field="text"))
+
+
+def test_data_config_loads_as_a_recipe_section(tmp_path):
+    from trainkit.config import ConfigError, load_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text("path: d.jsonl\nroles: [user, assistant, tool]\nmax_length: 64\n")
+    cfg = load_config(DataConfig, p, ["truncation=drop", "eval_fraction=0.1"])
+    assert (cfg.path, cfg.roles, cfg.max_length, cfg.truncation, cfg.eval_fraction) == (
+        "d.jsonl", ["user", "assistant", "tool"], 64, "drop", 0.1)
+    with pytest.raises(ConfigError, match="'truncation' must be one of"):
+        load_config(DataConfig, None, ["truncation=middle"])
+    with pytest.raises(ConfigError, match="unknown key 'mesages_field'"):
+        load_config(DataConfig, None, ["mesages_field=m"])
 
 
 def test_config_validation():

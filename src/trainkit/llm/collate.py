@@ -120,9 +120,16 @@ def _eos(tok: Any) -> list[int]:
     return [tok.eos_token_id]
 
 
-def tokenize_prompt_response(tok: Any, prompt: str, response: str, where: str, cfg: Any,
+def tokenize_prompt_response(tok: Any, prompt: str | list, response: str, where: str, cfg: Any,
                              template: bool) -> dict:
-    """Labels on the response (and its end-of-turn / EOS) only."""
+    """Labels on the response (and its end-of-turn / EOS) only.
+
+    ``prompt`` is a string, or a message list (always rendered with the chat template).
+    """
+    if isinstance(prompt, list):
+        if not has_chat_template(tok):
+            raise UserError(f"{where}: a conversational prompt needs a tokenizer with a chat template")
+        return tokenize_chat(tok, prompt + [{"role": "assistant", "content": response}], where)
     if template:
         return tokenize_chat(tok, [{"role": "user", "content": prompt},
                                    {"role": "assistant", "content": response}], where)
@@ -136,10 +143,13 @@ def tokenize_text(tok: Any, text: str, cfg: Any) -> dict:
     return {"input_ids": ids, "labels": list(ids)}
 
 
-def _fit(s: dict, max_length: int, policy: str) -> tuple[dict | None, bool]:
+def _fit(s: dict, max_length: int, policy: str, where: str) -> tuple[dict | None, bool]:
     """Apply the length policy: ``(sample or None if dropped, truncated?)``."""
     n = len(s["input_ids"])
     if n > max_length:
+        if policy == "error":
+            raise UserError(f"{where}: sample has {n} tokens > data.max_length={max_length} "
+                            "(or set data.truncation to right, left or drop)")
         if policy == "drop":
             return None, False
         sl = slice(0, max_length) if policy == "right" else slice(n - max_length, n)
@@ -180,8 +190,8 @@ def tokenize_records(records: list, fmt: str, tok: Any, cfg: Any) -> tuple[list[
         if fmt == "preference":
             pair = [tokenize_prompt_response(tok, d["prompt"], d[k], w, cfg, template)
                     for k in ("chosen", "rejected")]
-            fitted = [_fit(s, cfg.max_length, "drop" if cfg.truncation == "drop" else "right")
-                      for s in pair]
+            policy = cfg.truncation if cfg.truncation in ("drop", "error") else "right"
+            fitted = [_fit(s, cfg.max_length, policy, w) for s in pair]
             if any(s is None for s, _ in fitted):
                 stats["dropped"] += 1
                 continue
@@ -203,7 +213,7 @@ def tokenize_records(records: list, fmt: str, tok: Any, cfg: Any) -> tuple[list[
                 s = tokenize_prompt_response(tok, d["prompt"], d["response"], w, cfg, template)
             else:
                 s = tokenize_text(tok, d["text"], cfg)
-            sample, trunc = _fit(s, cfg.max_length, cfg.truncation)
+            sample, trunc = _fit(s, cfg.max_length, cfg.truncation, w)
             if sample is None:
                 stats["dropped"] += 1
                 continue
@@ -216,6 +226,17 @@ def tokenize_records(records: list, fmt: str, tok: Any, cfg: Any) -> tuple[list[
             stats["max_tokens"] = max(stats["max_tokens"], len(s["input_ids"]))
         out.append(sample)
     return out, stats
+
+
+def summarize_stats(stats: dict) -> str:
+    """One log line from :func:`tokenize_records` stats (plus packing stats when present)."""
+    line = (f"{stats['kept']}/{stats['records']} samples kept ({stats['truncated']} truncated, "
+            f"{stats['dropped']} dropped), {stats['tokens']} tokens, {stats['label_tokens']} with loss, "
+            f"longest {stats['max_tokens']}")
+    if "packing" in stats:
+        pk = stats["packing"]
+        line += f"; packed into {pk['rows']} rows ({pk['fill']:.0%} full)"
+    return line
 
 
 # --------------------------------------------------------------------------- collators

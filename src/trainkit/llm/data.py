@@ -18,8 +18,10 @@ Formats (field names are configurable in :class:`DataConfig`):
   chat when the tokenizer has a template (``chat_template: auto``) or as plain
   ``prompt + separator + response + eos``; loss on the response.
 * ``text``: ``{"text": str}``; plain language-model loss on every token.
-* ``preference``: ``{"prompt": str, "chosen": str, "rejected": str}``; two sequences that
+* ``preference``: ``{"prompt": str, "chosen": str, "rejected": str}`` (the prompt may be a
+  message list, the answers conversational; see :func:`_preference`); two sequences that
   share the prompt tokens, each with labels on its response only (DPO / reward models).
+  Over-long pairs are cut at the right end (answers first), so the prompt stays shared.
 
 Samples are dicts of Python int lists. SFT samples: ``input_ids [T]`` and ``labels [T]``
 (aligned with ``input_ids``, not shifted -- the Hugging Face convention; ``-100`` means
@@ -63,8 +65,8 @@ class DataConfig:
     separator: str = field(default="\n", metadata={"help": "prompt/response joiner without template"})
     add_eos: bool = True
     max_length: int = 1024
-    truncation: Literal["right", "left", "drop"] = field(
-        default="right", metadata={"help": "cut over-long samples at the right/left end, or drop them"})
+    truncation: Literal["right", "left", "drop", "error"] = field(
+        default="right", metadata={"help": "over-long samples: cut at the right/left end, drop, or stop"})
     eval_path: str | None = None
     eval_split: str = "test"
     eval_fraction: float = 0.0
@@ -235,7 +237,9 @@ def _tname(v: Any) -> str:
 
 def detect_format(obj: Any, cfg: DataConfig) -> str:
     """The format a record's keys suggest (used for ``format: auto``)."""
-    keys = obj.keys() if isinstance(obj, dict) else ()
+    if not isinstance(obj, dict):
+        raise UserError(f"a record must be a JSON object, got {_tname(obj)}")
+    keys = obj.keys()
     if cfg.messages_field in keys:
         return "chat"
     if cfg.chosen_field in keys and cfg.rejected_field in keys:
@@ -289,6 +293,41 @@ def _messages(obj: dict, key: str, where: str, roles: list[str], need_assistant:
     return out
 
 
+def _preference(obj: dict, where: str, cfg: DataConfig) -> dict:
+    """Normalise a pair to ``{"prompt": str | messages, "chosen": str, "rejected": str}``.
+
+    Accepted: strings (``prompt``, ``chosen``, ``rejected``); a ``prompt`` message list with
+    string answers; or conversational answers (TRL style ``chosen: [{"role": "assistant",
+    ...}]`` after a prompt, or whole conversations without a prompt, HH style) whose last
+    turn is the assistant answer and whose earlier turns agree.
+    """
+    pk, ck, rk = cfg.prompt_field, cfg.chosen_field, cfg.rejected_field
+    for k in (ck, rk):
+        if k not in obj:
+            raise UserError(f"{where}: missing field '{k}'")
+    conv = isinstance(obj[ck], list) or isinstance(obj[rk], list)
+    prompt: Any = None
+    if pk in obj and isinstance(obj[pk], list):
+        prompt = _messages(obj, pk, where, cfg.roles, need_assistant=False)
+    elif pk in obj or not conv:
+        prompt = _string(obj, pk, where)
+    if not conv:
+        return {"prompt": prompt, "chosen": _string(obj, ck, where), "rejected": _string(obj, rk, where)}
+    base = [] if prompt is None else ([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt)
+    turns = {}
+    for k in (ck, rk):
+        msgs = _messages(obj, k, where, cfg.roles, need_assistant=True)
+        if msgs[-1]["role"] != "assistant":
+            raise UserError(f"{where}: field '{k}' must end with an assistant turn")
+        turns[k] = (base + msgs[:-1], msgs[-1]["content"])
+    if turns[ck][0] != turns[rk][0]:
+        raise UserError(f"{where}: fields '{ck}' and '{rk}' differ before their last turn; "
+                        "a preference pair must share its prompt")
+    if not turns[ck][0]:
+        raise UserError(f"{where}: missing field '{pk}' (and '{ck}' has no turns before the answer)")
+    return {"prompt": turns[ck][0], "chosen": turns[ck][1], "rejected": turns[rk][1]}
+
+
 def validate_record(obj: Any, where: str, fmt: str, cfg: DataConfig) -> Record:
     """Check one raw record against ``fmt`` and return it normalised.
 
@@ -305,9 +344,7 @@ def validate_record(obj: Any, where: str, fmt: str, cfg: DataConfig) -> Record:
     if fmt == "text":
         return Record(where, {"text": _string(obj, cfg.text_field, where)})
     if fmt == "preference":
-        return Record(where, {"prompt": _string(obj, cfg.prompt_field, where),
-                              "chosen": _string(obj, cfg.chosen_field, where),
-                              "rejected": _string(obj, cfg.rejected_field, where)})
+        return Record(where, _preference(obj, where, cfg))
     raise UserError(f"unknown data format '{fmt}'; expected one of {', '.join(FORMATS)}")
 
 
