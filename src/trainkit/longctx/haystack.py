@@ -19,6 +19,7 @@ import functools
 import random
 import re
 import sysconfig
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,30 @@ def _prose(par: str) -> bool:
     return letters / len(par) > 0.85 and par.rstrip().endswith((".", "?", "!"))
 
 
-@functools.lru_cache(maxsize=2)
-def stdlib_paragraphs(root: str | None = None) -> tuple[tuple[str, str], ...]:
+def is_heldout(module: str) -> bool:
+    """About one module in ten (by CRC32 of its name) is held out for perplexity."""
+    return zlib.crc32(module.encode()) % 10 == 0
+
+
+def stdlib_paragraphs(split: str = "train", root: str | None = None) -> tuple[tuple[str, str], ...]:
     """``((module, paragraph), ...)`` from docstrings of the standard library's modules.
 
     Paragraphs of 60-700 characters that look like prose, whitespace collapsed,
-    de-duplicated, in sorted file order. ``root`` overrides the stdlib folder.
+    de-duplicated, in sorted file order. ``split`` is ``"train"`` (haystacks and training
+    data), ``"heldout"`` (modules where :func:`is_heldout`; for perplexity) or ``"all"``.
+    ``root`` overrides the stdlib folder.
     """
+    pars = _all_paragraphs(root)
+    if split == "all":
+        return pars
+    if split not in ("train", "heldout"):
+        raise UserError(f"stdlib split must be train, heldout or all, got {split!r}")
+    want = split == "heldout"
+    return tuple((m, p) for m, p in pars if is_heldout(m) == want)
+
+
+@functools.lru_cache(maxsize=2)
+def _all_paragraphs(root: str | None = None) -> tuple[tuple[str, str], ...]:
     folder = Path(root or sysconfig.get_paths()["stdlib"])
     seen: set[str] = set()
     out = []

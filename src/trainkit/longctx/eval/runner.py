@@ -1,0 +1,173 @@
+"""``evaluate(...)`` and ``trainkit longctx eval``: all tasks, results.json, heatmaps.
+
+Output folder::
+
+    results.json       {task: {"accuracy", "by_length", "by_depth", "grid", "n"}, "ppl": {...},
+                        "config": {...}}
+    <task>.png         heatmap of accuracy, depth (rows) x length (columns)
+    predictions.jsonl  one line per generated answer (task, length, depth, answer, prediction)
+
+Every file is written atomically; the same seed gives the same haystacks, needles and
+(greedy) answers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from trainkit.common.errors import UserError
+from trainkit.common.io import atomic_path, atomic_write_json, atomic_write_text
+from trainkit.longctx.eval.scoring import SCORERS
+from trainkit.longctx.haystack import Meter
+
+GRID_TASKS = ("needle", "passkey", "kv", "topics")
+ALL_TASKS = GRID_TASKS + ("ppl",)
+
+
+@dataclass
+class EvalConfig:
+    model: str = field(default="", metadata={"help": "model folder, .gguf or built-in name"})
+    tasks: list[str] = field(default_factory=lambda: ["needle", "passkey", "kv", "topics", "ppl"])
+    lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048],
+                               metadata={"help": "context lengths (in `unit`)"})
+    depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    samples: int = field(default=2, metadata={"help": "haystacks per grid cell"})
+    seed: int = 0
+    out: str = field(default="runs/longctx/eval", metadata={"help": "output folder"})
+    unit: Literal["tokens", "chars"] = "tokens"
+    scorer: Literal["contains", "exact", "rouge"] = "contains"
+    source: Literal["stdlib", "bio", "repeat"] = field(default="stdlib",
+                                                      metadata={"help": "haystack text"})
+    n_keys: int = field(default=4, metadata={"help": "pairs per kv sample"})
+    ppl_length: int = 256
+    ppl_windows: int = 16
+    dtype: str = "auto"
+
+    def validate(self) -> None:
+        check_tasks(self.tasks)
+        if any(not 0.0 <= d <= 1.0 for d in self.depths):
+            raise UserError(f"depths must be in [0, 1], got {self.depths}")
+        if not self.lengths or any(n <= 0 for n in self.lengths) or self.samples < 1:
+            raise UserError("lengths must be positive numbers and samples >= 1")
+
+
+def check_tasks(tasks: list[str]) -> None:
+    bad = [t for t in tasks if t not in ALL_TASKS]
+    if bad:
+        raise UserError(f"unknown eval task(s) {bad}; expected some of {', '.join(ALL_TASKS)}")
+    if not tasks:
+        raise UserError("no eval tasks given")
+
+
+def heatmap(summary: dict, title: str, path: str | Path) -> Path:
+    """Save a depth x length accuracy heatmap (red 0 .. green 1) to ``path`` (PNG, atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = summary["grid"]
+    lengths = list(grid)
+    depths = list(next(iter(grid.values())))
+    data = np.array([[grid[L][d] for L in lengths] for d in depths], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(lengths), 1.0 + 0.45 * len(depths)))
+    im = ax.imshow(data, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(lengths)), lengths)
+    ax.set_yticks(range(len(depths)), [f"{float(d):.0%}" for d in depths])
+    ax.set_xlabel("context length")
+    ax.set_ylabel("depth")
+    ax.set_title(f"{title}: {summary['accuracy']:.0%}")
+    for i in range(len(depths)):
+        for j in range(len(lengths)):
+            if not math.isnan(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def evaluate(model: Any, tokenizer: Any, tasks: list[str], lengths: list[int], depths: list[float],
+             seed: int, out_dir: str | Path | None, *, samples: int = 1, unit: str = "tokens",
+             scorer: str = "contains", source: str = "stdlib", n_keys: int = 4,
+             ppl_length: int = 256, ppl_windows: int = 16) -> dict:
+    """Run ``tasks`` on ``model`` and return (and, with ``out_dir``, write) the results.
+
+    Args:
+        model: a causal LM (``generate`` and ``forward`` as in transformers).
+        tokenizer: its tokenizer.
+        tasks: subset of ``needle, passkey, kv, topics, ppl``.
+        lengths: context lengths in ``unit`` (tokens of ``tokenizer`` or characters).
+        depths: answer depths in [0, 1] (topics always uses 0).
+        seed: changes haystacks, needles and keys.
+        out_dir: folder for ``results.json``, ``<task>.png``, ``predictions.jsonl``.
+        samples: haystacks per grid cell.
+        scorer: ``contains`` (the needle's fact exactly, inside the answer), ``exact``
+            or ``rouge`` (ROUGE-L F).
+
+    Returns:
+        ``{task: {"accuracy", "by_length", "by_depth", "grid", "n"}, "ppl": {...}}``.
+    """
+    from trainkit.longctx.eval import kv, needle, passkey, topics
+    from trainkit.longctx.eval.ppl import perplexity
+
+    check_tasks(list(tasks))
+    if scorer not in SCORERS:
+        raise UserError(f"scorer must be one of {', '.join(SCORERS)}, got {scorer!r}")
+    meter = Meter(tokenizer) if unit == "tokens" else Meter()
+    fns = {"needle": (needle.evaluate_needle, {"source": source}),
+           "passkey": (passkey.evaluate_passkey, {"source": source}),
+           "kv": (kv.evaluate_kv, {"source": source, "n_keys": n_keys}),
+           "topics": (topics.evaluate_topics, {})}
+    was_training = getattr(model, "training", False)
+    model.eval()
+    results: dict[str, Any] = {}
+    all_rows: list[dict] = []
+    try:
+        for task in tasks:
+            if task == "ppl":
+                results["ppl"] = perplexity(model, tokenizer, ppl_length, ppl_windows)
+                continue
+            fn, opts = fns[task]
+            summary, rows = fn(model, tokenizer, list(lengths), list(depths), seed=seed,
+                               samples=samples, meter=meter, scorer=scorer, **opts)
+            results[task] = summary
+            all_rows += rows
+    finally:
+        if was_training:
+            model.train()
+    results["config"] = {"tasks": list(tasks), "lengths": list(lengths), "depths": list(depths),
+                         "seed": seed, "samples": samples, "unit": unit, "scorer": scorer,
+                         "source": source, "n_keys": n_keys}
+    if out_dir is not None:
+        out = Path(out_dir)
+        for task in tasks:
+            if task != "ppl":
+                heatmap(results[task], task, out / f"{task}.png")
+        atomic_write_text(out / "predictions.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in all_rows))
+        atomic_write_json(out / "results.json", results)
+    return results
+
+
+def run(cfg: EvalConfig, args=None) -> int:
+    """CLI entry: load ``cfg.model`` with trainkit.llm and evaluate it."""
+    if not cfg.model:
+        raise UserError("no model given: use --model PATH (a model folder, .gguf or built-in name)")
+    from trainkit.llm.models import load_model
+
+    model, tok = load_model(cfg.model, dtype=cfg.dtype)
+    res = evaluate(model, tok, cfg.tasks, cfg.lengths, cfg.depths, cfg.seed, cfg.out,
+                   samples=cfg.samples, unit=cfg.unit, scorer=cfg.scorer, source=cfg.source,
+                   n_keys=cfg.n_keys, ppl_length=cfg.ppl_length, ppl_windows=cfg.ppl_windows)
+    line = {t: (round(v["accuracy"], 4) if "accuracy" in v else round(v["ppl"], 3))
+            for t, v in res.items() if t != "config"}
+    print(json.dumps({"out": cfg.out, **line}))
+    return 0
