@@ -1,0 +1,164 @@
+"""HF rollout engine on a tiny random model: shapes, masks, truncation and values."""
+
+import pytest
+import torch
+
+from trainkit.rlhf.rollout.base import Rollout, pad_left, position_ids, response_logps
+from trainkit.rlhf.rollout.hf import HFEngine, sample_top_p
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from trainkit.llm.models import load_model
+
+    torch.manual_seed(0)
+    model, tok = load_model("tiny-llama")
+    model.eval()
+    return model, tok
+
+
+def test_pad_left_and_positions():
+    ids, mask = pad_left([[5, 6, 7], [9]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 9]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert position_ids(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
+    with pytest.raises(ValueError):
+        pad_left([[1], []], 0)
+
+
+def test_top_p_keeps_only_the_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).repeat(2000, 1)
+    g = torch.Generator().manual_seed(0)
+    s = sample_top_p(probs, 0.7, g)  # nucleus {0, 1}: 0.5 < 0.7 <= 0.8
+    assert set(s.tolist()) == {0, 1}
+    frac0 = (s == 0).float().mean().item()
+    assert abs(frac0 - 0.5 / 0.8) < 0.04
+
+
+def test_shapes_logprobs_and_reproducibility(tiny):
+    model, tok = tiny
+    eng = HFEngine(model, tok.pad_token_id, tok.eos_token_id)
+    prompts = [tok("What is 2 + 3?").input_ids, tok("Hi").input_ids]
+    ro = eng.generate(prompts, n=3, max_new_tokens=10, temperature=1.0, seed=7)
+    P = max(len(p) for p in prompts)
+    assert ro.prompt_ids.shape == (6, P) and ro.response_ids.shape == (6, 10)
+    assert ro.sequences.shape == ro.attention_mask.shape == (6, P + 10)
+    assert ro.action_mask.shape == ro.logprobs.shape == (6, 10)
+    # groups are consecutive: rows 0-2 are prompt 0 (left padded), rows 3-5 prompt 1
+    assert ro.prompt_mask[:3].sum(-1).tolist() == [len(prompts[0])] * 3
+    assert ro.prompt_mask[3:].sum(-1).tolist() == [len(prompts[1])] * 3
+    # a random model never says EOS in 10 tokens: every row is truncated and counted
+    assert ro.num_truncated == 6 and ro.truncated_frac == 1.0
+    # log-probs of the sampled tokens equal a full recomputation within 1e-4
+    with torch.no_grad():
+        lp, _ = response_logps(model, ro.sequences, ro.attention_mask, 10)
+    diff = ((lp - ro.logprobs).abs() * ro.action_mask).max().item()
+    assert diff < 1e-4
+    assert (ro.logprobs < 0).all()
+    # same seed, same samples; other seed, other samples
+    again = eng.generate(prompts, n=3, max_new_tokens=10, seed=7)
+    assert torch.equal(again.response_ids, ro.response_ids)
+    assert torch.allclose(again.logprobs, ro.logprobs)
+    other = eng.generate(prompts, n=3, max_new_tokens=10, seed=8)
+    assert not torch.equal(other.response_ids, ro.response_ids)
+    # temperature: log-probs are of softmax(z / T), matching the recomputation at T
+    hot = eng.generate(prompts, n=2, max_new_tokens=6, temperature=0.7, seed=1)
+    with torch.no_grad():
+        lp7, _ = response_logps(model, hot.sequences, hot.attention_mask, 6, temperature=0.7)
+    assert ((lp7 - hot.logprobs).abs() * hot.action_mask).max().item() < 1e-4
+
+
+def test_eos_stops_and_masks(tiny):
+    model, tok = tiny
+    eng0 = HFEngine(model, tok.pad_token_id, tok.eos_token_id)
+    prompts = [tok("a b c").input_ids, tok("hello there").input_ids]
+    greedy = eng0.generate(prompts, n=1, max_new_tokens=5, temperature=0.0)
+    assert greedy.num_truncated == 2
+    # declare prompt 0's first greedy token to be EOS: row 0 must stop right there
+    stop = int(greedy.response_ids[0, 0])
+    eng = HFEngine(model, tok.pad_token_id, [stop])
+    ro = eng.generate(prompts, n=1, max_new_tokens=5, temperature=0.0)
+    assert ro.response_ids[0, 0].item() == stop
+    assert ro.action_mask[0].tolist()[: ro.action_mask.shape[1]] == [1] + [0] * (ro.action_mask.shape[1] - 1)
+    assert (ro.response_ids[0, 1:] == tok.pad_token_id).all()
+    assert (ro.logprobs[0, 1:] == 0).all() and ro.logprobs[0, 0] < 0
+    assert not bool(ro.truncated[0])
+    # row 1 follows its greedy path until (and including) its first `stop` token, if any
+    g1 = greedy.response_ids[1].tolist()
+    n1 = g1.index(stop) + 1 if stop in g1 else 5
+    assert ro.action_mask[1].sum().item() == n1
+    assert ro.response_ids[1, :n1].tolist() == g1[:n1]
+    assert bool(ro.truncated[1]) == (stop not in g1)
+    assert ro.num_truncated == int(stop not in g1)
+    # greedy log-probs still agree with the recomputed forward pass
+    with torch.no_grad():
+        lp, _ = response_logps(model, ro.sequences, ro.attention_mask, ro.response_ids.shape[1])
+    assert ((lp - ro.logprobs).abs() * ro.action_mask).max().item() < 1e-4
+
+
+def test_max_batch_chunks_give_the_same_samples_as_one_call(tiny):
+    model, tok = tiny
+    prompts = [tok("x").input_ids, tok("y z").input_ids]
+    whole = HFEngine(model, tok.pad_token_id, tok.eos_token_id).generate(
+        prompts, n=2, max_new_tokens=4, temperature=0.0)
+    parts = HFEngine(model, tok.pad_token_id, tok.eos_token_id, max_batch=1).generate(
+        prompts, n=2, max_new_tokens=4, temperature=0.0)
+    assert torch.equal(whole.response_ids, parts.response_ids)
+    assert torch.allclose(whole.logprobs, parts.logprobs, atol=1e-4)
+
+
+def test_update_weights_changes_samples_and_rejects_unknown_names(tiny):
+    import copy
+
+    model, tok = tiny
+    clone = copy.deepcopy(model)
+    eng = HFEngine(clone, tok.pad_token_id, tok.eos_token_id)
+    prompts = [tok("a").input_ids]
+    before = eng.generate(prompts, n=1, max_new_tokens=4, temperature=0.0)
+    sd = {k: v * 0 for k, v in model.state_dict().items() if k.endswith("lm_head.weight")
+          or k.endswith("embed_tokens.weight")}
+    eng.update_weights(sd)
+    after = eng.generate(prompts, n=1, max_new_tokens=4, temperature=0.0)
+    # zero embeddings + head: every logit is 0, so the log-prob is -log(vocab)
+    assert torch.allclose(after.logprobs[0], torch.full((4,), -torch.log(torch.tensor(
+        float(model.config.vocab_size))).item()), atol=1e-4)
+    assert not torch.allclose(before.logprobs, after.logprobs)
+    with pytest.raises(KeyError):
+        eng.update_weights({"no.such.weight": torch.zeros(1)})
+
+
+def test_lora_merge_for_generation_matches_unmerged(tiny):
+    from trainkit.llm.lora import LoraSection, apply_lora
+    import copy
+
+    model, tok = tiny
+    peft_model = apply_lora(copy.deepcopy(model), LoraSection(enabled=True, r=4, dropout=0.0))
+    with torch.no_grad():  # non-zero adapters, so merging matters
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    prompts = [tok("1 + 1 =").input_ids]
+    plain = HFEngine(peft_model, tok.pad_token_id, tok.eos_token_id).generate(
+        prompts, n=2, max_new_tokens=6, seed=3)
+    merged_eng = HFEngine(peft_model, tok.pad_token_id, tok.eos_token_id, merge_lora=True)
+    merged = merged_eng.generate(prompts, n=2, max_new_tokens=6, seed=3)
+    assert torch.equal(plain.response_ids, merged.response_ids)
+    assert torch.allclose(plain.logprobs, merged.logprobs, atol=1e-4)
+    # adapters are unmerged again afterwards: the forward pass equals the unmerged one
+    with torch.no_grad():
+        lp, _ = response_logps(peft_model, merged.sequences, merged.attention_mask, 6)
+    assert ((lp - plain.logprobs).abs() * plain.action_mask).max().item() < 1e-4
+
+
+def test_rollout_select_and_engine_protocol(tiny):
+    from trainkit.rlhf.rollout.base import RolloutEngine
+
+    model, tok = tiny
+    eng = HFEngine(model, tok.pad_token_id, tok.eos_token_id)
+    assert isinstance(eng, RolloutEngine)
+    ro = eng.generate([tok("q").input_ids], n=4, max_new_tokens=3, seed=0)
+    sub = ro.select(torch.tensor([1, 3]))
+    assert isinstance(sub, Rollout)
+    assert torch.equal(sub.response_ids, ro.response_ids[[1, 3]])
+    with pytest.raises(ValueError):
+        eng.generate([tok("q").input_ids], n=1, max_new_tokens=0)
