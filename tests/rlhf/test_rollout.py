@@ -128,8 +128,9 @@ def test_update_weights_changes_samples_and_rejects_unknown_names(tiny):
 
 
 def test_lora_merge_for_generation_matches_unmerged(tiny):
-    from trainkit.llm.lora import LoraSection, apply_lora
     import copy
+
+    from trainkit.llm.lora import LoraSection, apply_lora
 
     model, tok = tiny
     peft_model = apply_lora(copy.deepcopy(model), LoraSection(enabled=True, r=4, dropout=0.0))

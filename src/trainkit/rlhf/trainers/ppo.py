@@ -22,7 +22,6 @@ actor only); dynamic sampling drops all-equal groups without drawing replacement
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
