@@ -97,6 +97,36 @@ def test_chat_labels_exactly_assistant_content_and_eot(tok):
     assert s["labels"][16:20] == [19556, 665, 2, IGNORE_INDEX]
 
 
+OTHER_STYLE = (  # BOS text, "role:" headers, trimmed content, end-of-turn <|endoftext|> (not eos)
+    "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}:\n"
+    "{{ m['content'] | trim }}<|endoftext|>{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant:\n{% endif %}")
+
+
+class OtherTemplate:
+    """The SmolLM2 tokenizer with another chat template (end-of-turn != eos, BOS, trim)."""
+
+    def __init__(self, tok, template):
+        self.tok, self.chat_template = tok, template
+
+    def apply_chat_template(self, msgs, **kw):
+        return self.tok.apply_chat_template(msgs, chat_template=self.chat_template, **kw)
+
+    def __call__(self, *a, **kw):
+        return self.tok(*a, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_chat_labels_with_another_template(tok):
+    t = OtherTemplate(tok, OTHER_STYLE)
+    msgs = CHAT[1:3] + [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": " A2 "}]
+    s = tokenize_chat(t, msgs, "x")
+    assert tok.decode(s["input_ids"]).startswith("<|im_start|><|im_start|>user:\nHi<|endoftext|>")
+    assert _labelled(tok, s) == ["Hello there<|endoftext|>", "A2<|endoftext|>"]
+
+
 def test_chat_labels_without_offsets_fallback():
     t = CharTok()
     s = tokenize_chat(t, [{"role": "user", "content": "ab"}, {"role": "assistant", "content": "xy"},
