@@ -1,0 +1,654 @@
+"""Symbolic function library and fast affine fits ``y ~ c * f(a * x + b) + d``.
+
+KAN paper (arXiv 2404.19756, section 2.5.1 "Simplification techniques", step 3):
+each learned edge activation is compared against a library of named functions
+``f`` by fitting the affine parameters ``(a, b, c, d)`` and ranking the candidates
+by R^2 and simplicity. This module is model independent: it sees 1-D samples
+``x, y`` of one edge.
+
+Every library entry has a torch implementation guarded against singularities
+(never NaN/inf for finite inputs, finite gradients), a SymPy form and a complexity.
+Guards (``EPS = 1e-4``): denominators keep ``|u| >= EPS`` (so ``1/x <= 1e4``,
+``1/x^4 <= 1e16``), ``log`` and ``1/sqrt`` clamp ``u >= EPS``, ``sqrt`` clamps
+``u >= 1e-12``, ``x^1.5`` clamps ``u >= 0``, ``arcsin``/``arccos``/``arctanh`` clamp
+``|u| <= 1 - 1e-6``, ``tan`` keeps ``|cos u| >= EPS``, ``exp`` clamps ``u <= 80``.
+
+Fitting (:func:`fit_affine`) is done in float64 on standardised data
+``z = (x - mean x) / std x``, ``yn = (y - mean y) / std y`` (so the search grids do
+not depend on the data's units), in two stages:
+
+1. a vectorised grid search that uses each function's structure to shrink the
+   search: ``linear`` (``x``) is solved in closed form; ``shift`` functions (powers,
+   ``1/x``, ``log``, ``sqrt``, ``abs``, ``sgn``) only need the shift ``s`` of
+   ``f(+-(z - s))`` because the scale is absorbed by ``c``/``d``; ``scale`` (``exp``)
+   only needs ``a`` because ``exp(b)`` is absorbed by ``c``; ``periodic`` (``sin``,
+   ``cos``) uses ``c sin(az + b) = alpha sin(az) + beta cos(az)``, linear in
+   ``(alpha, beta)``, so only the frequency is searched; ``general`` functions
+   (``tanh``, ``arctan``, ``gaussian``, ...) search a ``(scale, centre)`` grid.
+   The R^2 of each grid point is the squared correlation (closed form), evaluated
+   on a quantile subsample of at most 256 points;
+2. Levenberg-Marquardt on all points from the best grid points, then exact linear
+   least squares for ``(c, d)``.
+
+Periodic fits keep at least a quarter period across the data (``|a| * span >= pi/2``
+in standardised units): with less, ``sin``/``cos`` are indistinguishable from the
+polynomials already in the library and would win ties against ``x^2``.
+
+Ranking rule (:func:`suggest`), lower score is better::
+
+    score = log10(1 - R^2 + r2_floor) + weight_simple * complexity
+
+i.e. each unit of complexity must buy ``weight_simple`` decades of unexplained
+variance; ``r2_floor`` (default 1e-10) caps the credit for fits already at the noise
+level. Ties are broken by higher R^2, then lower complexity, then name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from trainkit.common.errors import UserError
+
+EPS = 1e-4
+"""Distance kept from singular points (poles, log/1-over-sqrt at 0, tan poles)."""
+SQRT_EPS = 1e-12
+ARC_EPS = 1e-6
+EXP_MAX = 80.0
+
+
+# --------------------------------------------------------------------------------------
+# Guarded torch implementations. u: any shape; output: same shape and dtype.
+
+
+def _away_from_zero(u: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """``u`` with ``|u| >= eps`` (sign kept, 0 -> +eps)."""
+    sign = torch.where(u < 0, -1.0, 1.0).to(u.dtype)
+    return torch.where(u.abs() < eps, sign * eps, u)
+
+
+def _inv_pow(p: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda u: _away_from_zero(u) ** (-p)
+
+
+def _sqrt(u):
+    return torch.sqrt(torch.clamp(u, min=SQRT_EPS))
+
+
+def _pow15(u):
+    return torch.clamp(u, min=0.0) ** 1.5
+
+
+def _rsqrt(u):
+    return torch.rsqrt(torch.clamp(u, min=EPS))
+
+
+def _log(u):
+    return torch.log(torch.clamp(u, min=EPS))
+
+
+def _exp(u):
+    return torch.exp(torch.clamp(u, max=EXP_MAX))
+
+
+def _tan(u):
+    return torch.sin(u) / _away_from_zero(torch.cos(u))
+
+
+def _arc(fn):
+    return lambda u: fn(torch.clamp(u, -1.0 + ARC_EPS, 1.0 - ARC_EPS))
+
+
+def _gaussian(u):
+    return torch.exp(-(u * u))
+
+
+# Derivatives f'(u) of the guarded functions (0 where a guard clamps), used by the
+# Levenberg-Marquardt refinement; cheaper than autograd.
+
+
+def _d_inv_pow(p: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda u: -p * _away_from_zero(u) ** (-p - 1)
+
+
+def _d_sqrt(u):
+    return torch.where(u > SQRT_EPS, 0.5 * torch.rsqrt(torch.clamp(u, min=SQRT_EPS)), 0.0)
+
+
+def _d_rsqrt(u):
+    return torch.where(u > EPS, -0.5 * torch.clamp(u, min=EPS) ** -1.5, 0.0)
+
+
+def _d_log(u):
+    return torch.where(u > EPS, 1.0 / torch.clamp(u, min=EPS), 0.0)
+
+
+def _d_exp(u):
+    return torch.where(u < EXP_MAX, torch.exp(torch.clamp(u, max=EXP_MAX)), 0.0)
+
+
+def _d_tan(u):
+    return _away_from_zero(torch.cos(u)) ** -2
+
+
+def _d_arc(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    lim = 1.0 - ARC_EPS
+
+    def d(u):
+        uc = torch.clamp(u, -lim, lim)
+        if kind == "atanh":
+            g = 1.0 / (1.0 - uc * uc)
+        else:
+            g = torch.rsqrt(1.0 - uc * uc) * (-1.0 if kind == "acos" else 1.0)
+        return torch.where(u.abs() < lim, g, 0.0)
+
+    return d
+
+
+@dataclass(frozen=True)
+class SymbolicFunction:
+    """One library entry.
+
+    Attributes:
+        name: library name, e.g. ``"sin"``, ``"x^2"``.
+        torch_fn: guarded elementwise torch function ``u -> f(u)`` (any shape).
+        sympy_fn: ``(sympy_module, u) -> SymPy expression`` (the unguarded math).
+        complexity: simplicity cost used by :func:`suggest` (``x`` is 1, ``0`` is 0).
+        kind: search strategy, one of ``zero, linear, shift, scale, periodic, general``
+            (see the module docstring). User functions should use ``general``.
+        reflect: True when ``f(-u)`` is an affine function of ``f(u)`` (odd or even
+            functions, ``arccos``), so the sign of ``a`` need not be searched.
+        phase: for ``periodic`` functions, ``f(u) = sin(u + phase)``.
+        deriv: optional ``u -> f'(u)`` of the guarded function (else autograd).
+    """
+
+    name: str
+    torch_fn: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
+    sympy_fn: Callable[[Any, Any], Any] = field(repr=False)
+    complexity: int = 3
+    kind: str = "general"
+    reflect: bool = False
+    phase: float = 0.0
+    deriv: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        return self.torch_fn(u)
+
+    def sympy(self, u):
+        """SymPy form ``f(u)`` for a SymPy expression ``u``."""
+        import sympy
+
+        return self.sympy_fn(sympy, u)
+
+
+def _lib_entries() -> list[SymbolicFunction]:
+    S = SymbolicFunction
+    return [
+        S("0", torch.zeros_like, lambda sp, u: sp.Integer(0), 0, "zero", True,
+          deriv=torch.zeros_like),
+        S("x", lambda u: u, lambda sp, u: u, 1, "linear", True,
+          deriv=torch.ones_like),
+        S("x^2", lambda u: u * u, lambda sp, u: u**2, 2, "shift", True,
+          deriv=lambda u: 2 * u),
+        S("x^3", lambda u: u**3, lambda sp, u: u**3, 3, "shift", True,
+          deriv=lambda u: 3 * u * u),
+        S("x^4", lambda u: u**4, lambda sp, u: u**4, 3, "shift", True,
+          deriv=lambda u: 4 * u**3),
+        S("x^5", lambda u: u**5, lambda sp, u: u**5, 4, "shift", True,
+          deriv=lambda u: 5 * u**4),
+        S("1/x", _inv_pow(1), lambda sp, u: 1 / u, 2, "shift", True,
+          deriv=_d_inv_pow(1)),
+        S("1/x^2", _inv_pow(2), lambda sp, u: u**-2, 2, "shift", True,
+          deriv=_d_inv_pow(2)),
+        S("1/x^3", _inv_pow(3), lambda sp, u: u**-3, 3, "shift", True,
+          deriv=_d_inv_pow(3)),
+        S("1/x^4", _inv_pow(4), lambda sp, u: u**-4, 4, "shift", True,
+          deriv=_d_inv_pow(4)),
+        S("sqrt", _sqrt, lambda sp, u: sp.sqrt(u), 2, "shift", False,
+          deriv=_d_sqrt),
+        S("x^1.5", _pow15, lambda sp, u: u ** sp.Rational(3, 2), 4, "shift", False,
+          deriv=lambda u: 1.5 * torch.sqrt(torch.clamp(u, min=0.0))),
+        S("1/sqrt(x)", _rsqrt, lambda sp, u: 1 / sp.sqrt(u), 2, "shift", False,
+          deriv=_d_rsqrt),
+        S("exp", _exp, lambda sp, u: sp.exp(u), 2, "scale", False,
+          deriv=_d_exp),
+        S("log", _log, lambda sp, u: sp.log(u), 2, "shift", False,
+          deriv=_d_log),
+        S("abs", torch.abs, lambda sp, u: sp.Abs(u), 3, "shift", True,
+          deriv=torch.sign),
+        S("sgn", torch.sign, lambda sp, u: sp.sign(u), 3, "step", True,
+          deriv=torch.zeros_like),
+        S("sin", torch.sin, lambda sp, u: sp.sin(u), 2, "periodic", True, 0.0,
+          deriv=torch.cos),
+        S("cos", torch.cos, lambda sp, u: sp.cos(u), 2, "periodic", True, math.pi / 2,
+          deriv=lambda u: -torch.sin(u)),
+        S("tan", _tan, lambda sp, u: sp.tan(u), 3, "general", True,
+          deriv=_d_tan),
+        S("tanh", torch.tanh, lambda sp, u: sp.tanh(u), 3, "general", True,
+          deriv=lambda u: 1 - torch.tanh(u) ** 2),
+        S("arcsin", _arc(torch.asin), lambda sp, u: sp.asin(u), 4, "general", True,
+          deriv=_d_arc("asin")),
+        S("arccos", _arc(torch.acos), lambda sp, u: sp.acos(u), 4, "general", True,
+          deriv=_d_arc("acos")),
+        S("arctan", torch.atan, lambda sp, u: sp.atan(u), 4, "general", True,
+          deriv=lambda u: 1 / (1 + u * u)),
+        S("arctanh", _arc(torch.atanh), lambda sp, u: sp.atanh(u), 4, "general", True,
+          deriv=_d_arc("atanh")),
+        S("gaussian", _gaussian, lambda sp, u: sp.exp(-(u**2)), 3, "general", True,
+          deriv=lambda u: -2 * u * torch.exp(-(u * u))),
+    ]
+
+
+LIBRARY: dict[str, SymbolicFunction] = {f.name: f for f in _lib_entries()}
+"""The default library, name -> entry (insertion order is the display order)."""
+
+_ALIASES = {"sign": "sgn", "x^0.5": "sqrt", "x^-1": "1/x", "x^-2": "1/x^2",
+            "asin": "arcsin", "acos": "arccos", "atan": "arctan", "atanh": "arctanh",
+            "zero": "0", "x^1": "x", "id": "x"}
+
+
+def get_function(name: str | SymbolicFunction) -> SymbolicFunction:
+    """Look up a library entry by name (or alias such as ``"sign"``, ``"asin"``)."""
+    if isinstance(name, SymbolicFunction):
+        return name
+    key = _ALIASES.get(name, name)
+    if key not in LIBRARY:
+        raise UserError(f"unknown symbolic function '{name}' (expected one of: "
+                        f"{', '.join(LIBRARY)})")
+    return LIBRARY[key]
+
+
+def resolve_lib(lib: None | Iterable | Mapping) -> list[SymbolicFunction]:
+    """``None`` -> the whole library; names or entries -> those entries."""
+    if lib is None:
+        return list(LIBRARY.values())
+    if isinstance(lib, Mapping):
+        lib = lib.values()
+    if isinstance(lib, str):
+        lib = [lib]
+    out = [get_function(f) for f in lib]
+    if not out:
+        raise UserError("symbolic library is empty")
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Fitting
+
+
+@dataclass
+class AffineFit:
+    """Result of fitting ``y ~ c * f(a * x + b) + d`` (parameters in x units)."""
+
+    name: str
+    a: float
+    b: float
+    c: float
+    d: float
+    r2: float
+    complexity: int
+    score: float = float("nan")
+    fn: SymbolicFunction | None = field(default=None, repr=False)
+
+    @property
+    def params(self) -> tuple[float, float, float, float]:
+        return (self.a, self.b, self.c, self.d)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """``c * f(a * x + b) + d`` with the guarded torch function; same shape as x."""
+        fn = self.fn or get_function(self.name)
+        return self.c * fn(self.a * x + self.b) + self.d
+
+    def sympy(self, x):
+        """SymPy expression ``c * f(a * x + b) + d`` for a SymPy symbol/expression x."""
+        import sympy as sp
+
+        fn = self.fn or get_function(self.name)
+        f = sp.Float
+        return f(self.c) * fn.sympy(f(self.a) * x + f(self.b)) + f(self.d)
+
+
+@dataclass
+class _Data:
+    z: torch.Tensor  # [n] standardised x, float64
+    y: torch.Tensor  # [n] standardised y
+    zs: torch.Tensor  # [m] subsample of z (sorted quantiles)
+    ys: torch.Tensor  # [m]
+    mx: float
+    sx: float
+    my: float
+    sy: float
+    const_x: bool
+    const_y: bool
+
+
+def _prepare(x, y, n_sub: int) -> _Data:
+    x = torch.as_tensor(x).detach().reshape(-1).to("cpu", torch.float64)
+    y = torch.as_tensor(y).detach().reshape(-1).to("cpu", torch.float64)
+    if x.numel() != y.numel():
+        raise UserError(f"symbolic fit: x and y must have the same number of points "
+                        f"({x.numel()} != {y.numel()})")
+    if x.numel() < 2:
+        raise UserError(f"symbolic fit: need at least 2 points, got {x.numel()}")
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise UserError("symbolic fit: x and y must be finite (found NaN or inf)")
+    mx, sx = float(x.mean()), float(x.std(unbiased=False))
+    my, sy = float(y.mean()), float(y.std(unbiased=False))
+    const_x = sx == 0.0 or sx < 1e-13 * abs(mx)
+    const_y = sy == 0.0 or sy < 1e-13 * abs(my)
+    z = (x - mx) / (sx if not const_x else 1.0)
+    yn = (y - my) / (sy if not const_y else 1.0)
+    n = z.numel()
+    if n > n_sub:
+        idx = torch.argsort(z)[torch.linspace(0, n - 1, n_sub, dtype=torch.float64).round().long()]
+        zs, ys = z[idx], yn[idx]
+    else:
+        zs, ys = z, yn
+    return _Data(z, yn, zs, ys, mx, sx, my, sy, const_x, const_y)
+
+
+def _corr_r2(F: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """R^2 of the best ``c * F_g + d`` for each row. F: [G, m], y: [m] -> [G]."""
+    Fc = F - F.mean(-1, keepdim=True)
+    yc = y - y.mean()
+    num = (Fc @ yc) ** 2
+    den = (Fc * Fc).sum(-1) * (yc @ yc)
+    r2 = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(den))
+    return torch.nan_to_num(r2, nan=0.0, posinf=0.0, neginf=0.0).clamp(0.0, 1.0)
+
+
+def _span(d: _Data) -> tuple[float, float, float]:
+    lo, hi = float(d.zs.min()), float(d.zs.max())
+    return lo, hi, max(hi - lo, 1e-12)
+
+
+def _grid_starts(fn: SymbolicFunction, d: _Data, n_starts: int) -> torch.Tensor:
+    """Coarse search on the subsample. Returns the best ``(a, b)`` in z units: [K, 2]."""
+    lo, hi, w = _span(d)
+    dt = torch.float64
+    signs = [1.0] if fn.reflect else [1.0, -1.0]
+    if fn.kind == "linear":
+        return torch.tensor([[1.0, 0.0]], dtype=dt)
+    if fn.kind == "shift":
+        s = torch.cat([torch.linspace(lo - 0.5 * w, hi + 0.5 * w, 49, dtype=dt),
+                       lo - w * torch.tensor([1.0, 2, 4, 8, 16], dtype=dt),
+                       hi + w * torch.tensor([1.0, 2, 4, 8, 16], dtype=dt)])
+        a = torch.cat([torch.full_like(s, sg) for sg in signs])
+        b = torch.cat([-sg * s for sg in signs])
+    elif fn.kind == "scale":
+        mag = torch.logspace(-2, math.log10(30.0 / w), 32, dtype=dt)
+        a = torch.cat([mag, -mag])
+        b = torch.zeros_like(a)
+    elif fn.kind == "periodic":
+        a = torch.linspace(math.pi / (2 * w), 16 * math.pi / w, 64, dtype=dt)
+        A = a[:, None] * d.zs[None, :]  # [G, m]
+        S, C = torch.sin(A), torch.cos(A)
+        S, C = S - S.mean(-1, keepdim=True), C - C.mean(-1, keepdim=True)
+        yc = d.ys - d.ys.mean()
+        g11, g22, g12 = (S * S).sum(-1), (C * C).sum(-1), (S * C).sum(-1)
+        ridge = 1e-12 * (g11 + g22)
+        g11, g22 = g11 + ridge, g22 + ridge
+        t1, t2 = S @ yc, C @ yc
+        det = g11 * g22 - g12 * g12
+        alpha, beta = (g22 * t1 - g12 * t2) / det, (g11 * t2 - g12 * t1) / det
+        r2 = torch.nan_to_num(alpha * t1 + beta * t2, nan=0.0)
+        top = torch.topk(r2, min(n_starts, r2.numel())).indices
+        # c sin(a z + phi) = alpha sin(a z) + beta cos(a z); f(u) = sin(u + phase).
+        b = torch.atan2(beta[top], alpha[top]) - fn.phase
+        return torch.stack([a[top], b], -1)
+    else:  # general: u = a (z - centre)
+        mag = torch.logspace(math.log10(0.2 / w), math.log10(60.0 / w), 16, dtype=dt)
+        centre = torch.linspace(lo - 0.5 * w, hi + 0.5 * w, 25, dtype=dt)
+        A = torch.cat([sg * mag for sg in signs])[:, None].expand(-1, 25).reshape(-1)
+        Cn = centre[None, :].expand(len(signs) * 16, -1).reshape(-1)
+        a, b = A, -A * Cn
+    r2 = _corr_r2(fn(a[:, None] * d.zs[None, :] + b[:, None]), d.ys)  # [G]
+    top = torch.topk(r2, min(n_starts, r2.numel())).indices
+    return torch.stack([a[top], b[top]], -1)
+
+
+def _step_fit(d: _Data) -> torch.Tensor:
+    """Exact best breakpoint for ``c sgn(z - s) + d`` by prefix sums. Returns [1, 2]."""
+    z, idx = torch.sort(d.z)
+    y = d.y[idx]
+    n = z.numel()
+    i = torch.arange(1, n, dtype=torch.float64)  # points left of the breakpoint
+    cs = torch.cumsum(y, 0)
+    left, right = cs[:-1] / i, (cs[-1] - cs[:-1]) / (n - i)
+    gain = i * left**2 + (n - i) * right**2  # SSE = sum(y^2) - gain
+    gain = torch.where(z[1:] > z[:-1], gain, torch.full_like(gain, -math.inf))
+    k = int(torch.argmax(gain))
+    s = 0.5 * float(z[k] + z[k + 1])
+    return torch.tensor([[1.0, -s]], dtype=torch.float64)
+
+
+def _linear_cd(f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least squares ``y ~ c f + d`` per row. f: [K, n], y: [n] -> c, d: [K]."""
+    fm = f.mean(-1, keepdim=True)
+    fc = f - fm
+    ym = y.mean()
+    den = (fc * fc).sum(-1)
+    c = torch.where(den > 0, (fc @ (y - ym)) / den.clamp_min(1e-300), torch.zeros_like(den))
+    d = ym - c * fm.squeeze(-1)
+    return c, d
+
+
+class _Rows:
+    """Several functions' candidate rows stacked into one batch: ``u`` is [R, n]."""
+
+    def __init__(self, fns: list[SymbolicFunction], starts: list[torch.Tensor]):
+        self.owners, r = [], 0
+        for fn, st in zip(fns, starts):
+            self.owners.append((fn, r, r + st.shape[0]))
+            r += st.shape[0]
+        self.theta_ab = torch.cat(starts, 0)  # [R, 2]
+
+    def _blocks(self, active: list[bool] | None):
+        """(fn, start, stop) blocks of the (compacted) active rows, in row order."""
+        if active is None:
+            return self.owners
+        out, pos = [], 0
+        for fn, r0, r1 in self.owners:
+            k = sum(active[r0:r1])
+            if k:
+                out.append((fn, pos, pos + k))
+                pos += k
+        return out
+
+    def f(self, u: torch.Tensor, active: list[bool] | None = None) -> torch.Tensor:
+        return torch.cat([fn(u[r0:r1]) for fn, r0, r1 in self._blocks(active)], 0)
+
+    def f_and_grad(self, u: torch.Tensor, active: list[bool] | None = None):
+        fs, gs = [], []
+        for fn, r0, r1 in self._blocks(active):
+            ub = u[r0:r1]
+            if fn.deriv is not None:
+                fs.append(fn(ub))
+                gs.append(fn.deriv(ub))
+                continue
+            with torch.enable_grad():
+                ub = ub.detach().requires_grad_(True)
+                fb = fn(ub)
+                gb = None
+                if fb.requires_grad:
+                    (gb,) = torch.autograd.grad(fb.sum(), ub, allow_unused=True)
+            fs.append(fb.detach())
+            gs.append(torch.zeros_like(ub) if gb is None else gb)
+        g = torch.nan_to_num(torch.cat(gs, 0), nan=0.0, posinf=0.0, neginf=0.0)
+        return torch.cat(fs, 0), g
+
+
+def _lm(rows: _Rows, z: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, a_min: torch.Tensor,
+        theta: torch.Tensor | None = None, max_iter: int = 30) -> torch.Tensor:
+    """Batched Levenberg-Marquardt for ``theta = (a, b, c, d)`` on points ``z, y`` ([n]).
+
+    Rows that have converged (relative SSE decrease < 1e-7, damping saturated, or an
+    exact fit) leave the batch, so later iterations only evaluate the rest.
+
+    masks: [R, 4] (1 = free parameter); a_min: [R] lower bound on ``|a|``;
+    theta: [R, 4] start (default: ``rows.theta_ab`` with least-squares ``c, d``).
+    Returns theta: [R, 4].
+    """
+    if theta is None:
+        ab = rows.theta_ab
+        c, dd = _linear_cd(rows.f(ab[:, 0:1] * z + ab[:, 1:2]), y)
+        theta = torch.cat([ab, c[:, None], dd[:, None]], -1)  # [R, 4]
+    theta = theta.clone()
+    R = theta.shape[0]
+    eye = 1e-12 * torch.eye(4, dtype=torch.float64)
+    tiny = 1e-28 * z.numel()
+    active = [True] * R
+    idx = torch.arange(R)
+    th, m, amin = theta, masks, a_min
+    lam = torch.full((R,), 1e-3, dtype=torch.float64)
+
+    def evaluate(t, act):
+        f, g = rows.f_and_grad(t[:, 0:1] * z + t[:, 1:2], act)
+        r = t[:, 2:3] * f + t[:, 3:4] - y
+        return f, g, r, torch.nan_to_num((r * r).sum(-1), nan=math.inf)
+
+    f, g, r, sse = evaluate(th, None)
+    for _ in range(max_iter):
+        cg = th[:, 2:3] * g
+        Jt = torch.stack([cg * z, cg, f, torch.ones_like(f)], 1) * m[:, :, None]  # [A, 4, n]
+        A = Jt @ Jt.transpose(1, 2)  # [A, 4, 4]
+        grad = (Jt @ r[..., None]).squeeze(-1)  # [A, 4]
+        A = A + lam[:, None, None] * torch.diag_embed(torch.diagonal(A, dim1=1, dim2=2))
+        A = A + torch.diag_embed(1.0 - m) + eye
+        step = torch.linalg.solve(A, -grad[..., None]).squeeze(-1)
+        new = th + torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
+        na = new[:, 0]
+        new[:, 0] = torch.where(na.abs() < amin, torch.where(na < 0, -amin, amin), na)
+        f2, g2, r2, sse2 = evaluate(new, active)
+        ok = sse2 < sse
+        rel = torch.where(ok, (sse - sse2) / sse.clamp_min(1e-300), torch.zeros_like(sse))
+        okc = ok[:, None]
+        th, f, g, r = (torch.where(okc, new, th), torch.where(okc, f2, f),
+                       torch.where(okc, g2, g), torch.where(okc, r2, r))
+        sse = torch.where(ok, sse2, sse)
+        lam = torch.where(ok, lam / 3, lam * 4).clamp(1e-12, 1e12)
+        done = (ok & (rel < 1e-7)) | (lam >= 1e8) | (sse <= tiny)
+        theta[idx] = th
+        if bool(done.any()):
+            keep = ~done
+            if not bool(keep.any()):
+                break
+            for i, dn in zip(idx.tolist(), done.tolist()):
+                if dn:
+                    active[i] = False
+            idx, th, m, amin, lam = idx[keep], th[keep], m[keep], amin[keep], lam[keep]
+            f, g, r, sse = f[keep], g[keep], r[keep], sse[keep]
+    return theta
+
+
+def _fit_many(fns: list[SymbolicFunction], d: _Data, refine: bool, n_starts: int) -> list[AffineFit]:
+    """Fit every function; all candidate rows are refined together in one batch."""
+    out: list[AffineFit | None] = [None] * len(fns)
+    todo, starts = [], []
+    for i, fn in enumerate(fns):
+        if d.const_y or d.const_x or fn.kind == "zero":
+            out[i] = AffineFit(fn.name, 1.0, 0.0, 0.0, d.my, 1.0 if d.const_y else 0.0,
+                               fn.complexity, fn=fn)
+            continue
+        todo.append(fn)
+        starts.append(_step_fit(d) if fn.kind == "step" else _grid_starts(fn, d, n_starts))
+    if not todo:
+        return out  # type: ignore[return-value]
+    rows = _Rows(todo, starts)
+    ab = rows.theta_ab
+    if refine:
+        masks, a_min = [], []
+        _, _, w = _span(d)
+        for fn, r0, r1 in rows.owners:
+            m = [1.0, 1.0, 1.0, 1.0]
+            if fn.kind in ("shift", "linear", "step"):
+                m[0] = 0.0  # scale absorbed by c
+            if fn.kind in ("scale", "linear", "step"):
+                m[1] = 0.0  # shift absorbed by c (exp) or not needed
+            masks += [m] * (r1 - r0)
+            a_min += [math.pi / (2 * w) if fn.kind == "periodic" else 0.0] * (r1 - r0)
+        masks_t = torch.tensor(masks, dtype=torch.float64)
+        a_min_t = torch.tensor(a_min, dtype=torch.float64)
+        # Most iterations on the quantile subsample, a few polishing ones on all points.
+        theta = _lm(rows, d.zs, d.ys, masks_t, a_min_t, max_iter=15)
+        if d.zs.numel() < d.z.numel():
+            theta = _lm(rows, d.z, d.y, masks_t, a_min_t, theta=theta, max_iter=6)
+        ab = theta[:, :2]
+    f = rows.f(ab[:, 0:1] * d.z + ab[:, 1:2])  # [R, n]
+    c, dd = _linear_cd(f, d.y)
+    sse = torch.nan_to_num(((c[:, None] * f + dd[:, None] - d.y) ** 2).sum(-1), nan=math.inf)
+    sst = float(((d.y - d.y.mean()) ** 2).sum())
+    j = 0
+    for (fn, r0, r1) in rows.owners:
+        while out[j] is not None:
+            j += 1
+        k = r0 + int(torch.argmin(sse[r0:r1]))
+        r2 = 1.0 - float(sse[k]) / sst
+        r2 = min(max(r2, 0.0), 1.0) if math.isfinite(r2) else 0.0
+        az, bz, cn, dn = float(ab[k, 0]), float(ab[k, 1]), float(c[k]), float(dd[k])
+        # u = az * (x - mx) / sx + bz ;  y = my + sy * (cn * f(u) + dn)
+        out[j] = AffineFit(fn.name, az / d.sx, bz - az * d.mx / d.sx, d.sy * cn,
+                           d.my + d.sy * dn, r2, fn.complexity, fn=fn)
+    return out  # type: ignore[return-value]
+
+
+def fit_affine(x: torch.Tensor, y: torch.Tensor, fn: str | SymbolicFunction | Callable,
+               *, refine: bool = True, n_starts: int = 3, n_sub: int = 128) -> AffineFit:
+    """Fit ``y ~ c * f(a * x + b) + d`` for one function.
+
+    Args:
+        x: [N] (any shape, flattened) inputs of one edge, float32 or float64.
+        y: [N] values of the edge activation at x.
+        fn: library name (``"sin"``), a :class:`SymbolicFunction`, or a plain torch
+            callable (searched as a ``general`` function, complexity 3, no SymPy form).
+        refine: run Levenberg-Marquardt after the grid search (else grid only).
+        n_starts: number of best grid points refined.
+        n_sub: points used for the grid search (quantile subsample).
+
+    Returns:
+        :class:`AffineFit` with ``a, b, c, d`` in the units of x and y and ``r2``
+        (``1 - SSE/SST``; 1.0 for constant y; 0.0 for the ``0`` function).
+    """
+    if callable(fn) and not isinstance(fn, SymbolicFunction):
+        fn = SymbolicFunction(getattr(fn, "__name__", "custom"), fn,
+                              lambda sp, u: sp.Function("f")(u))
+    fn = get_function(fn)
+    return _fit_many([fn], _prepare(x, y, n_sub), refine, n_starts)[0]
+
+
+def score(r2: float, complexity: int, weight_simple: float = 1.0, r2_floor: float = 1e-10) -> float:
+    """Ranking score, lower is better: ``log10(1 - r2 + r2_floor) + weight_simple * complexity``."""
+    return math.log10(max(1.0 - r2, 0.0) + r2_floor) + weight_simple * complexity
+
+
+def suggest(x: torch.Tensor, y: torch.Tensor, lib=None, topk: int = 5, *,
+            weight_simple: float = 1.0, r2_floor: float = 1e-10, refine: bool = True,
+            n_starts: int = 3, n_sub: int = 128) -> list[AffineFit]:
+    """Rank library functions for one edge by R^2 and simplicity.
+
+    Every function is fitted (grid search, then one batched Levenberg-Marquardt for
+    all functions together) and scored with :func:`score`: decades of unexplained
+    variance plus ``weight_simple`` per complexity unit, lower is better. Ties go
+    to the higher R^2, then the lower complexity, then library order.
+
+    Args:
+        x, y: [N] samples of the edge (float32 or float64).
+        lib: None (whole library), names, or :class:`SymbolicFunction` entries.
+        topk: number of candidates returned.
+        weight_simple: decades of ``1 - R^2`` one unit of complexity is worth.
+        r2_floor: ``1 - R^2`` below this earns no more credit.
+
+    Returns:
+        Up to ``topk`` :class:`AffineFit`, best first, each with its ``score``.
+    """
+    fns = resolve_lib(lib)
+    fits = _fit_many(fns, _prepare(x, y, n_sub), refine, n_starts)
+    for f in fits:
+        f.score = score(f.r2, f.complexity, weight_simple, r2_floor)
+    order = sorted(range(len(fits)),
+                   key=lambda i: (fits[i].score, -fits[i].r2, fits[i].complexity, i))
+    return [fits[i] for i in order[:topk]]
