@@ -295,6 +295,11 @@ BAD = [
     ("a.jsonl", b'{"text": "ok"}\n{"text": "\xff"}\n', r"a\.jsonl:2: not UTF-8 text \(byte 0xff at column 11\)"),
     ("a.jsonl", "[" * 100000 + "\n", r"a\.jsonl:1: invalid JSON: nesting too deep"),
     ("a.parquet", b"PAR1 not really", r"a\.parquet: not a readable parquet file"),
+    ("a.jsonl", '{"text": ' + "9" * 5000 + "}\n", r"a\.jsonl:1: invalid JSON: Exceeds the limit"),
+    ("a.json", '[{"text": ' + "9" * 5000 + "}]", r"a\.json:1: invalid JSON: Exceeds the limit"),
+    ("a.jsonl", '{"text": "a\\ud800"}\n', r"a\.jsonl:1: field 'text' holds an invalid unicode escape"),
+    ("a.jsonl", '{"messages": [{"role": "user", "content": "\\udfff"}]}\n',
+     r"a\.jsonl:1: field 'messages\[0\]\.content' holds an invalid unicode escape"),
 ]
 
 
@@ -351,6 +356,8 @@ def test_config_validation():
 
 _junk_line = st.one_of(
     st.binary(max_size=40),
+    st.sampled_from([b'{"text": "\\ud83d"}', b'{"text": ' + b"7" * 4400 + b"}",
+                     b'{"prompt": "p", "chosen": "\\udc00", "rejected": "r"}']),
     st.text(alphabet=string.printable + "é\u2028\x00", max_size=40).map(lambda s: s.encode("utf-8")),
     st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
                  lambda c: st.lists(c, max_size=3) | st.dictionaries(

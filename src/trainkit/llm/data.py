@@ -109,7 +109,9 @@ def _utf8(raw: bytes, path: Path) -> str:
 def _json_error(path: Path, line: int, e: Exception) -> UserError:
     if isinstance(e, json.JSONDecodeError):
         return UserError(f"{path}:{line}: invalid JSON: {e.msg} (column {e.colno})")
-    return UserError(f"{path}:{line}: invalid JSON: nesting too deep")
+    if isinstance(e, RecursionError):
+        return UserError(f"{path}:{line}: invalid JSON: nesting too deep")
+    return UserError(f"{path}:{line}: invalid JSON: {str(e).splitlines()[0][:120]}")  # e.g. huge ints
 
 
 def _read_jsonl(path: Path, text: str) -> list[tuple[str, Any]]:
@@ -119,7 +121,7 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[str, Any]]:
             continue
         try:
             obj = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:
             raise _json_error(path, i, e) from None
         out.append((f"{path}:{i}", obj))
     return out
@@ -154,7 +156,7 @@ def _read_json_list(path: Path, text: str) -> list[tuple[str, Any]]:
                 obj, i = dec.raw_decode(text, i)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
-            except RecursionError as e:
+            except (ValueError, RecursionError) as e:
                 raise _json_error(path, line_of(start), e) from None
             out.append((f"{path}:{line_of(start)} (record {len(out) + 1})", obj))
             i = skip(i)
@@ -255,6 +257,14 @@ def detect_format(obj: Any, cfg: DataConfig) -> str:
         "or set data.format and the data.*_field names")
 
 
+def _check_text(v: str, where: str, key: str) -> str:
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape such as "\ud800"
+        raise UserError(f"{where}: field '{key}' holds an invalid unicode escape (lone surrogate)") from None
+    return v
+
+
 def _string(obj: dict, key: str, where: str, nonempty: bool = True) -> str:
     if key not in obj:
         raise UserError(f"{where}: missing field '{key}'")
@@ -263,7 +273,7 @@ def _string(obj: dict, key: str, where: str, nonempty: bool = True) -> str:
         raise UserError(f"{where}: field '{key}' must be a string, got {_tname(v)}")
     if nonempty and not v:
         raise UserError(f"{where}: field '{key}' is an empty string")
-    return v
+    return _check_text(v, where, key)
 
 
 def _messages(obj: dict, key: str, where: str, roles: list[str], need_assistant: bool) -> list[dict]:
@@ -287,7 +297,7 @@ def _messages(obj: dict, key: str, where: str, roles: list[str], need_assistant:
             raise UserError(f"{where}: missing field '{f}.content'")
         if not isinstance(m["content"], str):
             raise UserError(f"{where}: field '{f}.content' must be a string, got {_tname(m['content'])}")
-        out.append({"role": role, "content": m["content"]})
+        out.append({"role": role, "content": _check_text(m["content"], where, f"{f}.content")})
     if need_assistant and not any(m["role"] == "assistant" for m in out):
         raise UserError(f"{where}: field '{key}' has no assistant turn (nothing to learn from)")
     return out
