@@ -111,7 +111,10 @@ def _json_error(path: Path, line: int, e: Exception) -> UserError:
         return UserError(f"{path}:{line}: invalid JSON: {e.msg} (column {e.colno})")
     if isinstance(e, RecursionError):
         return UserError(f"{path}:{line}: invalid JSON: nesting too deep")
-    return UserError(f"{path}:{line}: invalid JSON: {str(e).splitlines()[0][:120]}")  # e.g. huge ints
+    msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+    if "digits" in msg:  # Python refuses int literals over sys.get_int_max_str_digits()
+        msg = "a number has too many digits"
+    return UserError(f"{path}:{line}: invalid JSON: {msg}")
 
 
 def _read_jsonl(path: Path, text: str) -> list[tuple[str, Any]]:
