@@ -188,7 +188,7 @@ class SymbolicFunction:
 def _lib_entries() -> list[SymbolicFunction]:
     S = SymbolicFunction
     return [
-        S("0", torch.zeros_like, lambda sp, u: sp.Integer(0), 0, "zero", True,
+        S("0", lambda u: u * 0.0, lambda sp, u: sp.Integer(0), 0, "zero", True,
           deriv=torch.zeros_like),
         S("x", lambda u: u, lambda sp, u: u, 1, "linear", True,
           deriv=torch.ones_like),
