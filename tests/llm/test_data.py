@@ -20,7 +20,15 @@ from trainkit.llm.collate import (
     tokenize_chat,
     tokenize_records,
 )
-from trainkit.llm.data import DataConfig, build_datasets, load_records, read_raw, validate_record
+from trainkit.llm.data import (
+    DataCheckConfig,
+    DataConfig,
+    build_datasets,
+    check,
+    load_records,
+    read_raw,
+    validate_record,
+)
 from trainkit.llm.toy_data import SIGN_OFF, make_examples, matches_style, write_toy_chat
 
 FIX = Path(__file__).parent / "fixtures"
@@ -271,6 +279,19 @@ def test_read_datasets_folder(tmp_path):
     assert [o for _, o in read_raw(str(tmp_path / "ds"), "test")] == [{"text": "c"}]
     with pytest.raises(UserError, match=r"no split 'dev'; splits here: train, test"):
         read_raw(str(tmp_path / "ds"), "dev")
+    datasets.Dataset.from_list([{"text": "z"}]).save_to_disk(str(tmp_path / "plain"))
+    assert [(w.rsplit(":", 1)[1], o) for w, o in read_raw(str(tmp_path / "plain"))] == [(" row 1", {"text": "z"})]
+
+
+def test_split_and_max_samples():
+    recs, _ = load_records(str(FIX / "chat_small.jsonl"), DataConfig(max_samples=2))
+    assert len(recs) == 2
+    from trainkit.llm.data import split_records
+
+    tr, ev = split_records(recs * 5, 0.3, seed=0)
+    assert (len(tr), len(ev)) == (7, 3)
+    with pytest.raises(UserError, match="eval_fraction=0.6 leaves no training records out of 1"):
+        split_records(recs[:1], 0.6, seed=0)
 
 
 BAD = [
@@ -496,3 +517,16 @@ def test_toy_dataset_tokenises_to_same_ids_as_template(tok):
         assert sum(x != IGNORE_INDEX for x in s["labels"]) == len(
             tok(r["messages"][1]["content"], add_special_tokens=False)["input_ids"]) + 1
     assert torch.is_tensor(collate([tokenize_chat(tok, tr[0]["messages"], "x")], 2)["labels"])
+
+
+def test_data_check_command(tmp_path, capsys):
+    train_p, eval_p = write_toy_chat(tmp_path, n=10, n_eval=2, seed=0)
+    out = tmp_path / "stats.json"
+    cfg = DataCheckConfig(data=DataConfig(path=str(train_p), eval_path=str(eval_p)), stats_out=str(out))
+    assert check(cfg) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("train.jsonl: format chat")
+    assert lines[1].startswith("train: 10/10 samples kept (0 truncated, 0 dropped)")
+    assert lines[2].startswith("eval: 2/2 samples kept")
+    stats = json.loads(out.read_text())
+    assert stats["format"] == "chat" and stats["train"]["records"] == 10

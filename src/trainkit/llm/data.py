@@ -451,3 +451,27 @@ def build_datasets(cfg: DataConfig, tokenizer: Any) -> Datasets:
         if ev is not None:
             ev, stats["eval"]["packing"] = pack_samples(ev, cfg.max_length)
     return Datasets(train, ev, fmt, stats)
+
+
+@dataclass
+class DataCheckConfig:
+    """Config of ``trainkit llm data-check``: validate and tokenise a dataset, print stats."""
+
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "whose tokenizer to use"})
+    data: DataConfig = field(default_factory=DataConfig)
+    stats_out: str | None = field(default=None, metadata={"help": "also write the stats as JSON"})
+
+
+def check(cfg: DataCheckConfig, args: Any = None) -> int:
+    """Run the whole data pipeline without training; a bad record exits with code 2."""
+    from trainkit.common.io import atomic_write_json
+    from trainkit.llm.collate import summarize_stats
+    from trainkit.llm.models import load_tokenizer
+
+    ds = build_datasets(cfg.data, load_tokenizer(cfg.model))
+    print(f"{cfg.data.path}: format {ds.format}")
+    for split, st in ds.stats.items():
+        print(f"{split}: {summarize_stats(st)}")
+    if cfg.stats_out:
+        atomic_write_json(cfg.stats_out, {"format": ds.format, **ds.stats})
+    return 0
