@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -292,3 +293,38 @@ def write_task_data(folder: str | Path, task: str = "arithmetic", seed: int = 0,
     folder = Path(folder)
     return (atomic_write_text(folder / "train.jsonl", _jsonl(train)),
             atomic_write_text(folder / "heldout.jsonl", _jsonl(held)))
+
+
+# ------------------------------------------------------------------ query scoring
+
+_QUESTION_RE = re.compile(r"What is (-?\d+(?: [-+*] -?\d+)+)\?")
+
+
+def score_arithmetic_queries(queries: list[str]) -> list[float]:
+    """Rule scorer for the reward server: 1.0 when a query's answer is exactly right.
+
+    A query is ``prompt + completion`` (chat-template text allowed). The first ``What is
+    <expression>?`` (as written by :func:`make_arithmetic`) names the problem; the answer
+    is extracted (:func:`trainkit.rlhf.rewards.extract_answer`) from the text after the
+    prompt's instruction, or after the question when there is none. A query without a
+    recognisable question scores 0.0.
+    """
+    from trainkit.rlhf.rewards import extract_answer
+
+    out = []
+    for q in queries:
+        m = _QUESTION_RE.search(q)
+        if m is None:
+            out.append(0.0)
+            continue
+        toks = m.group(1).split()
+        want = evaluate_expression([int(x) for x in toks[::2]], toks[1::2])
+        rest = q[m.end():]
+        for instr in (ANSWER_INSTRUCTION, NUMBER_INSTRUCTION):
+            j = rest.find(instr)
+            if j >= 0:
+                rest = rest[j + len(instr):]
+                break
+        pred = extract_answer(rest)
+        out.append(1.0 if pred is not None and pred == want else 0.0)
+    return out
