@@ -112,3 +112,56 @@ def test_packed_loss_equals_mean_of_separate_losses(tiny_llama):
         sep = sum(ce_sum(tiny_llama(input_ids=torch.tensor([s["input_ids"]])).logits[0],
                          torch.tensor(s["labels"])) for s in samples)
     torch.testing.assert_close(total, sep, atol=1e-4, rtol=1e-5)
+
+
+def _cuda_impls():
+    impls = ["sdpa", "eager"]
+    try:
+        import flash_attn  # noqa: F401
+
+        impls.append("flash_attention_2")
+    except ImportError:
+        pass
+    return impls
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_packed_logits_equal_separate_cuda(dtype):
+    """Packing on CUDA: position_ids packing for every attention implementation present."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dt = getattr(torch, dtype)
+    tol = 1e-4 if dtype == "float32" else 3e-2
+    g = torch.Generator().manual_seed(3)
+    lens = [37, 20, 51, 9, 30]
+    samples = [{"input_ids": torch.randint(0, 128, (n,), generator=g).tolist()} for n in lens]
+    for s in samples:
+        s["labels"] = list(s["input_ids"])
+    rows, _ = pack_samples(samples, max_length=64)
+    batch = {k: v.cuda() for k, v in pad_batch(rows, pad_id=0).items()}
+    results = {}
+    for impl in _cuda_impls():
+        if impl == "flash_attention_2" and dtype == "float32":
+            continue
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=2, head_dim=32,
+                          max_position_embeddings=128)
+        model = LlamaForCausalLM(cfg).to(device="cuda", dtype=dt).eval()
+        model.config._attn_implementation = impl
+        worst = 0.0
+        with torch.no_grad():
+            out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                        use_cache=False).logits.float()
+            for b, row in enumerate(rows):
+                pos = row["position_ids"]
+                starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
+                for a, e in zip(starts, starts[1:]):
+                    alone = model(input_ids=batch["input_ids"][b:b + 1, a:e], use_cache=False).logits[0].float()
+                    worst = max(worst, (out[b, a:e] - alone).abs().max().item())
+        results[impl] = worst
+        print(f"packing cuda {dtype} {impl}: max |packed - alone| = {worst:.2e}")
+    assert all(v <= tol for v in results.values()), results
