@@ -215,3 +215,40 @@ def test_k1_k3_unbiased_monte_carlo():
     lp, lq = p.log()[x][None], q.log()[x][None]
     assert abs(kl_estimate(lp, lq, "k1").mean().item() - 0.3680642) < 0.01
     assert abs(kl_estimate(lp, lq, "k3").mean().item() - 0.3680642) < 0.01
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    """The same formulas on CUDA (float32 and bf16 logits) give the CPU values."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from trainkit.rlhf.advantages import gae, group_advantages, whiten
+
+    g = torch.Generator().manual_seed(0)
+    B, T, V = 4, 16, 1000
+    logp, old, ref = (-torch.rand(B, T, generator=g) * 3 for _ in range(3))
+    adv, vals, ret = (torch.randn(B, T, generator=g) for _ in range(3))
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, 10:] = False
+    logits = torch.randn(B, T, V, generator=g)
+    labels = torch.randint(0, V, (B, T), generator=g)
+
+    def compute(dev, dt=torch.float32):
+        d = {k: x.to(dev) for k, x in dict(logp=logp, old=old, ref=ref, adv=adv, vals=vals,
+                                           ret=ret, mask=mask).items()}
+        lg = logits.to(dev, dt)
+        out = [policy_loss_with_stats(d["logp"], d["old"], d["adv"], d["mask"], dual_clip=3.0)[0],
+               value_loss(d["vals"], d["ret"] * 0.5, d["ret"], d["mask"]),
+               kl_estimate(d["logp"], d["ref"], "k3", d["mask"]).sum(),
+               dpo_loss(d["logp"][:, 0], d["logp"][:, 1], d["ref"][:, 0], d["ref"][:, 1])[0],
+               gae(d["adv"], d["vals"], d["mask"], 0.99, 0.95)[0].sum(),
+               whiten(d["ret"], d["mask"]).abs().sum(),
+               group_advantages(d["ret"][:, 0], 2, "grpo").sum(),
+               sequence_logps(lg, labels.to(dev), d["mask"]).sum(),
+               entropy_from_logits(lg).sum()]
+        return torch.stack([o.float().cpu() for o in out])
+
+    cpu = compute("cpu")
+    assert torch.allclose(compute("cuda"), cpu, rtol=1e-4, atol=1e-3)
+    bf = compute("cuda", torch.bfloat16)  # bf16 logits: log-probs computed in float32
+    assert torch.allclose(bf[-2:], cpu[-2:], rtol=2e-2)

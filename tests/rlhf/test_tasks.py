@@ -14,6 +14,7 @@ from trainkit.rlhf.tasks import (
     make_arithmetic,
     parse_task,
     preference_pairs,
+    score_arithmetic_queries,
     write_preference_data,
     write_task_data,
 )
@@ -120,3 +121,14 @@ def test_write_preference_data(tmp_path):
     assert not list((tmp_path / "pairs").glob(".*tmp"))  # nothing half-written left
     tp2, hp2 = write_task_data(tmp_path / "rl", n_train=5, n_heldout=3)
     assert set(json.loads(tp2.read_text().splitlines()[0])) == {"prompt", "answer", "expression"}
+
+
+def test_score_arithmetic_queries():
+    q = "What is 6 - 24 * 54? Finish your reply with a line of the form 'Answer: <number>'."
+    # 6 - 1296 = -1290
+    chat = ("<|im_start|>user\nWhat is 3 + 4? Reply with only the final number.<|im_end|>\n"
+            "<|im_start|>assistant\n7")
+    got = score_arithmetic_queries([q + "\nAnswer: -1290", q + "\nAnswer: -1,290",
+                                    q + "\nAnswer: 1290", q, "hello 3", chat,
+                                    "What is 3 + 4? 3 + 4 = 7"])
+    assert got == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
