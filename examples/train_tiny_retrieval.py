@@ -31,10 +31,10 @@ def main() -> None:
     cfg = load_config(tinybase.TinyBaseConfig, args.config, args.overrides)
     seed_everything(cfg.seed)
     t0 = time.time()
-    model, tok, history = tinybase.train(cfg, log=lambda r: print(json.dumps(r), flush=True))
+    model, tok, history, opt = tinybase.train(cfg, log=lambda r: print(json.dumps(r), flush=True))
     train_s = time.time() - t0
     out = Path(cfg.output_dir)
-    tinybase.save(model, tok, out)
+    tinybase.save(model, tok, out, optimizer=opt)
     acc = {}
     for task in cfg.train.tasks:
         acc[task] = {L: tinybase.evaluate_accuracy(model, tok, cfg.train, int(L), args.eval_samples,

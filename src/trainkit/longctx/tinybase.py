@@ -60,7 +60,7 @@ class TinyTrainSection:
     warmup: int = 50
     weight_decay: float = 0.0
     max_steps: int = 3000
-    max_seconds: float = 600.0
+    max_seconds: float = 3600.0
     extra_steps_at_max: int = 200  # keep training this long once at max_len and above threshold
     threads: int = 1
 
@@ -163,8 +163,13 @@ def evaluate_accuracy(model: Any, tok: Any, t: TinyTrainSection, length: int, n:
     return hits / n
 
 
-def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict]]:
-    """Train the tiny base with the curriculum; returns ``(model, tokenizer, history)``."""
+def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
+    """Train the tiny base with the curriculum.
+
+    Returns:
+        ``(model, tokenizer, history, optimizer)``; pass the optimizer to :func:`save` so
+        that ``init_from`` resumes with its moments.
+    """
     import torch
 
     from trainkit.longctx.chartok import char_tokenizer
@@ -184,7 +189,12 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict]]:
     model.train()
     t = cfg.train
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, t.warmup)))
+    if cfg.init_from and (Path(cfg.init_from) / "optimizer.pt").is_file():
+        opt.load_state_dict(torch.load(Path(cfg.init_from) / "optimizer.pt"))
+        for g in opt.param_groups:
+            g["lr"] = t.lr
+    warm = 0 if step0 else t.warmup
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warm)))
     rng = random.Random(f"tiny-train:{cfg.seed}:{step0}")
     recent, history = [], []
     t0, at_max_ok = time.time(), 0
@@ -196,7 +206,8 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict]]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        recent = (recent + [float(acc)])[-cfg.curriculum.window:]
+        loss, acc = loss.detach(), float(acc)
+        recent = (recent + [acc])[-cfg.curriculum.window:]
         mean_acc = sum(recent) / len(recent)
         if step % 25 == 0:
             rec = {"step": step, "length": length, "loss": round(float(loss), 4),
@@ -216,12 +227,17 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict]]:
             break
     history.append({"step": step, "length": length, "final": True, "seconds": round(time.time() - t0, 1)})
     model.config.trainkit_tiny_state = {"length": length, "step": step + 1}
-    return model, tok, history
+    return model, tok, history, opt
 
 
-def save(model: Any, tok: Any, path: str | Path) -> Path:
-    """Write the model (safetensors) and tokenizer as one HF folder, atomically."""
+def save(model: Any, tok: Any, path: str | Path, optimizer: Any = None) -> Path:
+    """Write the model (safetensors), tokenizer and optionally the optimizer state
+    (``optimizer.pt``, for resuming) as one HF folder, atomically."""
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        if optimizer is not None:
+            import torch
+
+            torch.save(optimizer.state_dict(), Path(tmp) / "optimizer.pt")
     return Path(path)

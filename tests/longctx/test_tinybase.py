@@ -1,0 +1,34 @@
+"""Tiny retrieval base: size, answer-only labels, a save/reload round trip."""
+
+import random
+
+import torch
+
+from trainkit.longctx import tinybase
+from trainkit.longctx.chartok import char_tokenizer
+
+
+def test_model_size_and_answer_only_labels(tmp_path):
+    cfg = tinybase.TinyBaseConfig()
+    model = tinybase.build_model(cfg.model, seed=0)
+    assert 1.0e6 < sum(p.numel() for p in model.parameters()) < 1.1e6
+    assert model.config.head_dim == 32 and model.config.vocab_size == 64
+    tok = char_tokenizer()
+    ids, att, lab = tinybase.make_batch(tok, random.Random(0), cfg.train, 200, 0, 0, 4)
+    assert ids.shape == lab.shape == att.shape and ids.shape[0] == 4
+    for i in range(4):
+        answer = [t for t in lab[i].tolist() if t != -100]
+        text = tok.decode(answer[:-1])
+        assert text.isdigit() and len(text) == 5 and answer[-1] == tok.eos_token_id
+        n = int(att[i].sum())
+        assert ids[i, n - len(answer):n].tolist() == answer  # labels are the last tokens
+    with torch.no_grad():
+        loss, acc = tinybase.answer_loss_and_accuracy(model, ids, att, lab)
+    assert abs(float(loss) - torch.log(torch.tensor(64.0)).item()) < 1.0 and float(acc) == 0.0
+    tinybase.save(model, tok, tmp_path / "m")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    re_model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert AutoTokenizer.from_pretrained(tmp_path / "m")("Ab1")["input_ids"] == tok("ab1")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(re_model(input_ids=ids).logits, model(input_ids=ids).logits)
