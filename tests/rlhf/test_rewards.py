@@ -158,3 +158,16 @@ def test_user_reward_file_used_through_score(tmp_path):
     """))
     f = load_reward(f"{tmp_path}/r.py:r")
     assert score(f, ["", ""], ["5", "6"], {"answer": [5, 5]}).rewards == [1.0, -1.0]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-10**9, 10**9), st.text(max_size=40))
+def test_extract_answer_properties(n, noise):
+    # never raises on arbitrary text; an "Answer:" line (with thousands commas) is read exactly
+    extract_answer(noise)
+    assert extract_answer(noise + f"\nAnswer: {n:,}") == n
+    assert extract_answer(f"\\boxed{{{n}}} " + noise.replace("\\boxed{", "")) == n

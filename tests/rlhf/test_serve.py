@@ -239,3 +239,27 @@ def test_cli_config_and_bind_errors():
     with RewardServer(lambda q: q) as a:
         with pytest.raises(UserError, match="cannot bind"):
             RewardServer(lambda q: q, port=a.port)
+
+
+def test_fuzzed_bodies_never_crash_the_server(srv):
+    """Random bytes and random JSON: always a 200 or a 4xx, and the server keeps serving."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    codes = set()
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.one_of(st.binary(max_size=300),
+                     st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                                  lambda c: st.lists(c, max_size=4)
+                                  | st.dictionaries(st.sampled_from(["query", "x"]), c, max_size=2),
+                                  max_leaves=8).map(lambda o: json.dumps(o).encode())))
+    def one(body):
+        status, _ = post(srv, body, auth(), raw=True)
+        codes.add(status)
+        assert status == 200 or 400 <= status < 500
+
+    one()
+    assert 400 in codes
+    qs, want = _queries(4, 9)
+    assert post(srv, {"query": qs}, auth()) == (200, {"rewards": want})
