@@ -67,7 +67,7 @@ def _sympy():
 
 
 def _short(text: str, n: int = 60) -> str:
-    text = text.replace("\n", " ").replace("\r", " ")
+    text = "".join(c if c.isprintable() else " " if c in "\t\n\r" else "?" for c in text[: n + 1])
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
@@ -158,6 +158,9 @@ class _Builder:
                     raise self.fail("number out of range", node)
         if exp.is_Number and abs(exp) > 1000:
             raise self.fail("exponent out of range", node)
+        if base.is_Rational and abs(base) > 2**64 and not exp.is_Integer:
+            # SymPy would try to factor the integer to simplify the root (slow).
+            return sp.Pow(base, exp, evaluate=False)
         return sp.Pow(base, exp)
 
     def call(self, node: ast.Call):
@@ -180,6 +183,8 @@ class _Builder:
             return sp.besselj(0, args[0])
         if target == "_j1":
             return sp.besselj(1, args[0])
+        if target == "sqrt":
+            return self.power(args[0], sp.Rational(1, 2), node)
         return getattr(sp, target)(*args)
 
 
@@ -219,6 +224,8 @@ def parse_formula(text: str, variables: Sequence[str] | None = None):
         raise UserError(f"formula is too long ({len(text)} characters, at most {MAX_FORMULA_LEN})")
     if not text.strip():
         raise UserError("formula is empty")
+    if any(not c.isprintable() and c not in " \t\n\r" for c in text):
+        raise UserError(f"formula '{_short(text)}': contains a control character")
     if "__" in text:
         raise UserError(f"formula '{_short(text)}': '__' is not allowed")
     src = text.strip().replace("^", "**")
@@ -260,6 +267,23 @@ def _check_constants(expr, text: str) -> None:
     for a in expr.atoms(sp.Number):
         if abs(a) > MAX_ABS_CONSTANT:
             raise UserError(f"formula '{_short(text)}': number out of range")
+    # Every maximal constant subexpression must be a finite real float.
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if node.is_number:
+            try:
+                v = complex(node.evalf(15))
+            except (TypeError, ValueError, OverflowError, ArithmeticError):
+                v = complex(math.nan)
+            if not (math.isfinite(v.real) and math.isfinite(v.imag)):
+                raise UserError(f"formula '{_short(text)}': constant {_short(str(node), 30)} "
+                                "is undefined or out of range")
+            if abs(v.imag) > 1e-12 * max(1.0, abs(v.real)):
+                raise UserError(f"formula '{_short(text)}': constant {_short(str(node), 30)} "
+                                "is complex")
+        else:
+            stack.extend(node.args)
 
 
 # --------------------------------------------------------------------------------------

@@ -187,11 +187,17 @@ class KANLinear(nn.Module):
 
     @torch.no_grad()
     def refine(self, new_size: int, points_per_interval: int = 8) -> None:
-        """Grid extension in place: ``G -> new_size`` intervals over the same range, knots
-        interpolated from the old ones, splines refitted by least squares on a dense sample
-        of ``[lo, hi]`` (no data needed; exact when ``new_size`` is a multiple of ``G``)."""
+        """Grid extension in place: ``G -> new_size`` intervals over the same range.
+
+        Growing keeps every old knot (:func:`spline.nested_knots`), so the refit -- least
+        squares on a dense sample of ``[lo, hi]``, no data needed -- reproduces each edge
+        exactly inside the range. Shrinking interpolates the knots (an approximation).
+        """
         knots = spline.interior(self.grid, self.k)
-        new_knots = spline.resample_knots(knots, new_size)
+        if new_size >= self.grid_size:
+            new_knots = spline.nested_knots(knots, new_size)
+        else:
+            new_knots = spline.resample_knots(knots, new_size)
         m = points_per_interval * (max(new_size, self.grid_size) + self.k)
         frac = torch.linspace(0, 1, m, dtype=self.grid.dtype, device=self.grid.device)
         x = knots[:, :1].t() + (knots[:, -1:] - knots[:, :1]).t() * frac[:, None]  # [m, in]

@@ -169,14 +169,16 @@ def bspline_basis_deriv(x: torch.Tensor, grid: torch.Tensor, k: int) -> tuple[to
 
 
 class SplineLinear(torch.autograd.Function):
-    """``y = basis(x).flatten(1) @ weight.T`` keeping only ``x`` for backward.
+    """``y = basis(x).flatten(1) @ weight.T`` keeping only the local basis for backward.
 
-    Plain autograd through :func:`bspline_basis` keeps every level of the recursion
-    (about ``3k`` tensors of ``[batch, in, G + 2k]``). Here the forward runs under
-    ``no_grad`` and saves only ``x`` (``[batch, in]``); backward recomputes the local basis
-    and its derivative once (:func:`bspline_local`), so activation memory is ``O(batch * in)`` saved plus one
-    transient ``O(batch * in * (G + k))``. First-order only (``once_differentiable``):
-    use ``fast=False`` in the layer for higher-order derivatives in ``x``.
+    Plain autograd through :func:`bspline_basis_cox` keeps every level of the recursion
+    (about ``3k`` tensors of ``[batch, in, G + 2k]``) for backward. Here the forward runs
+    under ``no_grad`` and saves only the ``k + 1`` non-zero basis values and their
+    derivatives per input (:func:`bspline_local`: ``2 x [batch, in, k + 1]`` plus the
+    ``[batch, in]`` start index), i.e. ``O(batch * in * (k + 1))``; the dense basis
+    ``[batch, in, G + k]`` exists only transiently (forward matmul, weight gradient).
+    First-order only (``once_differentiable``): use ``fast=False`` in the layer for
+    higher-order derivatives in ``x``.
 
     Inputs: ``x [N, in]``, ``grid [in, G+2k+1]``, ``weight [out, in * (G + k)]``, ``k``.
     Output: ``[N, out]``.
@@ -184,29 +186,29 @@ class SplineLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, grid, weight, k):  # noqa: D102
+        nb = grid.shape[1] - k - 1
         with torch.no_grad():
-            b = bspline_basis(x, grid, k)  # [N, in, G+k], freed after the matmul
+            first, vals, dvals = bspline_local(x, grid, k, deriv=ctx.needs_input_grad[0])
+            b = scatter_local(first, vals, nb)  # [N, in, G+k], freed after the matmul
             y = b.reshape(x.shape[0], -1) @ weight.t()
-        ctx.save_for_backward(x, grid, weight)
-        ctx.k = k
+        ctx.save_for_backward(first, vals, dvals, weight)
+        ctx.nb = nb
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):  # noqa: D102
-        x, grid, weight = ctx.saved_tensors
-        n, n_in = x.shape
-        k = ctx.k
-        nb = grid.shape[1] - k - 1
-        first, vals, dvals = bspline_local(x, grid, k, deriv=ctx.needs_input_grad[0])
-        b = scatter_local(first, vals, nb)  # [N, in, G+k]
+        first, vals, dvals, weight = ctx.saved_tensors
+        n, n_in = first.shape
+        nb = ctx.nb
         gx = gw = None
         if ctx.needs_input_grad[2]:
+            b = scatter_local(first, vals, nb)  # [N, in, G+k]
             gw = gy.t() @ b.reshape(n, -1)  # [out, in*(G+k)]
-        if ctx.needs_input_grad[0]:
             del b
+        if ctx.needs_input_grad[0]:
             gb = (gy @ weight).view(n, n_in, nb)  # dL/dbasis [N, in, G+k]
-            idx = (first.unsqueeze(-1) + torch.arange(k + 1, device=x.device)).clamp(0, nb - 1)
+            idx = (first.unsqueeze(-1) + torch.arange(vals.shape[-1], device=gy.device)).clamp(0, nb - 1)
             gx = (gb.gather(2, idx) * dvals).sum(-1)  # only the k+1 local terms
         return gx, None, gw, None
 
@@ -322,10 +324,39 @@ def adaptive_knots(x: torch.Tensor, grid: int, eps: float) -> torch.Tensor:
 
 def resample_knots(knots: torch.Tensor, grid: int) -> torch.Tensor:
     """``[in, G + 1]`` -> ``[in, grid + 1]`` by piecewise-linear interpolation of the knot
-    positions, so a refined grid keeps the old grid's density (and is nested when
-    ``grid`` is a multiple of ``G``)."""
+    positions (keeps the old grid's density; nested only when ``grid`` is a multiple of ``G``)."""
     g_old = knots.shape[1] - 1
     pos = torch.linspace(0, g_old, grid + 1, dtype=torch.float64, device=knots.device)
     lo_idx = pos.floor().long().clamp(max=g_old - 1)
     frac = (pos - lo_idx).to(knots.dtype)
     return knots[:, lo_idx] * (1 - frac) + knots[:, lo_idx + 1] * frac
+
+
+def nested_knots(knots: torch.Tensor, grid: int) -> torch.Tensor:
+    """Refine ``[in, G + 1]`` knots to ``[in, grid + 1]`` by knot insertion (``grid >= G``).
+
+    Every old knot is kept, so the old spline space is a subspace of the new one and a
+    least-squares refit on ``[lo, hi]`` reproduces the old splines exactly there. Old
+    interval ``i`` is split into ``n_i`` equal pieces, ``n_i`` allocated greedily to the
+    interval with the largest piece length ``L_i / n_i`` (uniform stays uniform when
+    ``grid`` is a multiple of ``G``).
+    """
+    n_in, g_old = knots.shape[0], knots.shape[1] - 1
+    if grid < g_old:
+        raise ValueError(f"nested_knots: new grid {grid} < old grid {g_old}")
+    lengths = (knots[:, 1:] - knots[:, :-1]).to(torch.float64)  # [in, G]
+    counts = torch.ones_like(lengths)
+    rows = torch.arange(n_in, device=knots.device)
+    for _ in range(grid - g_old):
+        # ties go to the leftmost interval; 1e-9 keeps equal lengths tied despite rounding
+        score = lengths / counts
+        best = torch.argmax(score - 1e-9 * torch.arange(g_old, device=knots.device), dim=1)
+        counts[rows, best] += 1
+    cum = counts.cumsum(1)  # [in, G]
+    q = torch.arange(grid, dtype=torch.float64, device=knots.device).expand(n_in, -1).contiguous()
+    i = torch.searchsorted(cum, q, right=True)  # old interval of new knot q
+    start = cum.gather(1, i) - counts.gather(1, i)
+    frac = ((q - start) / counts.gather(1, i)).to(knots.dtype)
+    left = knots.gather(1, i)
+    new = left + (knots.gather(1, i + 1) - left) * frac
+    return torch.cat([new, knots[:, -1:]], dim=1)
