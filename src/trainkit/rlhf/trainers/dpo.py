@@ -157,7 +157,8 @@ def encode_pair(tok: Any, rec: dict, max_prompt_len: int, max_len: int) -> dict:
 def collate(encoded: list[dict], pad_id: int) -> dict:
     """``[2B, T]`` ``input_ids``, ``attention_mask``, ``labels`` (chosen rows first).
 
-    ``labels`` hold the response token ids and ``-100`` on prompt and padding.
+    ``labels`` hold the response token ids and ``-100`` on prompt and padding;
+    ``prompt_len`` is ``[2B]``.
     """
     import torch
 
@@ -171,7 +172,8 @@ def collate(encoded: list[dict], pad_id: int) -> dict:
         ids[i, : len(s)] = torch.tensor(s)
         att[i, : len(s)] = 1
         lab[i, p: len(s)] = torch.tensor(s[p:])
-    return {"input_ids": ids, "attention_mask": att, "labels": lab}
+    return {"input_ids": ids, "attention_mask": att, "labels": lab,
+            "prompt_len": torch.tensor(plens, dtype=torch.long)}
 
 
 def batch_logps(model: Any, batch: dict, average: bool) -> Any:
@@ -180,9 +182,15 @@ def batch_logps(model: Any, batch: dict, average: bool) -> Any:
 
     dev = next(model.parameters()).device
     ids, att, lab = (batch[k].to(dev) for k in ("input_ids", "attention_mask", "labels"))
-    logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits  # [2B, T, V]
-    labels = lab[:, 1:]  # logits at t predict token t + 1
-    lp = token_logps(logits[:, :-1], labels)  # [2B, T-1]
+    T = ids.shape[1]
+    # Logits only where a response token is predicted: the last K positions, with K
+    # reaching back to the shortest prompt's last token. The [*, T, vocab] logits of
+    # the prompt would dominate time and memory (vocab 49152, prompts of ~40 tokens).
+    K = min(T, T - int(batch["prompt_len"].min()) + 1)
+    logits = model(input_ids=ids, attention_mask=att, use_cache=False,
+                   logits_to_keep=K).logits  # [2B, K, V]: positions T-K .. T-1
+    labels = lab[:, T - K + 1:]  # logits at t predict token t + 1
+    lp = token_logps(logits[:, :-1], labels)  # [2B, K-1]
     return sequence_logps(lp, None, labels != IGNORE, average=average)
 
 
@@ -333,8 +341,14 @@ def save_policy(model: Any, tok: Any, cfg: DPOConfig, out: Path) -> str | None:
     return str(out / "model")
 
 
-def train_dpo(cfg: DPOConfig) -> dict:
-    """Train with DPO/IPO/cDPO; returns the summary (also in ``summary.json``)."""
+def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> dict:
+    """Train with DPO/IPO/cDPO; returns the summary (also in ``summary.json``).
+
+    Args:
+        cfg: the recipe config.
+        on_model: called with the freshly built policy before training (tests snapshot
+            its parameters through it).
+    """
     import torch
 
     from trainkit.common.io import atomic_write_json
@@ -352,6 +366,8 @@ def train_dpo(cfg: DPOConfig) -> dict:
     model, tok = build_policy(cfg)
     if torch.cuda.is_available():
         model.cuda()
+    if on_model is not None:
+        on_model(model)
     D, T, E = cfg.data, cfg.train, cfg.eval
     enc_train = [encode_pair(tok, r, D.max_prompt_len, D.max_len) for r in train]
     enc_held = [encode_pair(tok, r, D.max_prompt_len, D.max_len) for r in held]

@@ -54,6 +54,12 @@ class DataSection:
     max_len: int = field(default=256, metadata={"help": "tokens per sequence (left-truncated)"})
     limit: int = field(default=0, metadata={"help": "use only the first N train pairs (0: all)"})
     generate_n: int = field(default=600, metadata={"help": "pairs generated when path is empty"})
+    generate_heldout: int = field(default=100, metadata={"help": "held-out pairs generated"})
+    task: str = field(default="arithmetic_number_only", metadata={
+        "help": "built-in task of the generated pairs (trainkit.rlhf.tasks.PRESETS)"})
+    kind: Literal["format", "answer", "mixed"] = field(default="format", metadata={
+        "help": "generated preference: format (bare number over a wordy reply), answer "
+                "(right over wrong number) or mixed"})
 
 
 @dataclass
@@ -140,7 +146,7 @@ def load_split(data: Any, seed: int, out_dir: Path) -> tuple[list[dict], list[di
     """
     path, eval_path = data.path, data.eval_path
     if not path:
-        path, eval_path = builtin_pairs(out_dir / "data", n=data.generate_n, seed=seed)
+        path, eval_path = builtin_pairs(out_dir / "data", data, seed)
     train = read_pairs(path)
     if eval_path:
         held = read_pairs(eval_path)
@@ -157,20 +163,19 @@ def load_split(data: Any, seed: int, out_dir: Path) -> tuple[list[dict], list[di
     return train, held
 
 
-def builtin_pairs(folder: Path, n: int, seed: int) -> tuple[str, str]:
-    """Write the default preference data (train + held-out jsonl) and return both paths.
+def builtin_pairs(folder: Path, data: Any, seed: int) -> tuple[str, str]:
+    """Write the default preference data (train + held-out jsonl); return both paths.
 
-    Uses :mod:`trainkit.rlhf.tasks` (arithmetic prompts; chosen = the bare final number,
-    rejected = a wordy answer), the same preference the DPO recipe's generation rule checks.
+    Uses :func:`trainkit.rlhf.tasks.write_preference_data`: arithmetic prompts asking for
+    the bare number; with ``kind="format"`` chosen = the correct bare number and rejected
+    = a wordy reply, the behaviour the DPO recipe's ``number_only`` rule checks.
     """
-    from trainkit.rlhf import tasks
+    from trainkit.rlhf.tasks import write_preference_data
 
-    return tasks_pairs(tasks, folder, n, seed)
-
-
-def tasks_pairs(tasks: Any, folder: Path, n: int, seed: int) -> tuple[str, str]:
-    res = tasks.write_preference_data(folder, n=n, seed=seed)
-    return str(res[0]), str(res[1])
+    tp, hp = write_preference_data(folder, n=data.generate_n, seed=seed,
+                                   n_heldout=data.generate_heldout, kind=data.kind,
+                                   task=data.task)
+    return str(tp), str(hp)
 
 
 def chat_prompt(tok: Any, prompt: str) -> str:
@@ -290,8 +295,14 @@ def reward_stats(model: Any, tok: Any, pairs: list[dict], max_len: int,
 
 
 # --------------------------------------------------------------------------- recipe
-def train_rm(cfg: RMConfig) -> dict:
-    """Train a reward model; returns the summary (also written to ``summary.json``)."""
+def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> dict:
+    """Train a reward model; returns the summary (also written to ``summary.json``).
+
+    Args:
+        cfg: the recipe config.
+        on_model: called with the freshly built model before training (tests snapshot
+            its parameters through it).
+    """
     import torch
 
     from trainkit.common.io import atomic_write_json
@@ -308,6 +319,8 @@ def train_rm(cfg: RMConfig) -> dict:
     model, tok = build_model(cfg)
     if torch.cuda.is_available():
         model.cuda()
+    if on_model is not None:
+        on_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = make_optimizer(params, cfg.optim, cfg.train.max_steps)
     L, E = cfg.data.max_len, cfg.eval
