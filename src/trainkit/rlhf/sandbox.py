@@ -143,6 +143,50 @@ def _reason(rc: int | None, timed_out: bool, timeout: float, stderr: str) -> str
     return f"exit code {rc}: {last}" if last else f"exit code {rc}"
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process group has a member that is not a zombie (Linux: via /proc)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        entries = None
+    if entries is None:
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    for e in entries:
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat", "rb") as f:
+                stat = f.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        # fields after the ")" that ends the command name: state ppid pgrp ...
+        rest = stat[stat.rfind(")") + 2:].split()
+        if len(rest) > 2 and rest[2] == str(pgid) and rest[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _kill_group(proc: subprocess.Popen, wait_s: float = 2.0) -> None:
+    """SIGKILL the run's process group, reap the child, and wait (briefly) until every
+    member of the group is dead (dead members may stay zombies until their reaper runs)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    deadline = time.monotonic() + wait_s
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            break
+        time.sleep(0.005)
+
+
 def _run(cfg: dict, files: dict[str, str], stdin: str, timeout: float,
          keep: Sequence[str] = ()) -> tuple[SandboxResult, dict[str, str]]:
     work = tempfile.mkdtemp(prefix="trainkit-sbx-")
@@ -169,11 +213,7 @@ def _run(cfg: dict, files: dict[str, str], stdin: str, timeout: float,
                 rc = None
             finally:
                 # kill the whole group (also any child the code spawned), then reap
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                proc.wait()
+                _kill_group(proc)
         secs = time.monotonic() - t0
         lim = cfg["max_output"]
 
