@@ -10,7 +10,7 @@ import pytest
 
 from trainkit.common.errors import UserError
 from trainkit.rlhf.rewards import RemoteReward, score
-from trainkit.rlhf.serve import RewardServer, ServeConfig, build_scorer, run
+from trainkit.rlhf.serve import RewardServer, make_server
 from trainkit.rlhf.tasks import make_arithmetic, parse_task, score_arithmetic_queries
 
 TOKEN = "s3cret-token"
@@ -230,15 +230,17 @@ def test_remote_reward_retries_on_503():
         srv.stop()
 
 
-def test_cli_config_and_bind_errors():
-    with pytest.raises(UserError, match="exactly one"):
-        run(ServeConfig(), None)
-    with pytest.raises(UserError, match="rule must be"):
-        ServeConfig(rule="other").validate()
-    assert build_scorer(ServeConfig(rule="arithmetic")) is score_arithmetic_queries
-    with RewardServer(lambda q: q) as a:
+def test_make_server_and_bind_errors():
+    srv = make_server(score_arithmetic_queries, token="")
+    assert srv.token is None and srv.server_address[0] == "127.0.0.1"
+    srv.start()
+    try:
+        assert post(srv, {"query": ["What is 2 + 2? 4"]}) == (200, {"rewards": [1.0]})
         with pytest.raises(UserError, match="cannot bind"):
-            RewardServer(lambda q: q, port=a.port)
+            RewardServer(lambda q: q, port=srv.port)
+    finally:
+        srv.stop()
+        srv.server_close()  # idempotent
 
 
 def test_fuzzed_bodies_never_crash_the_server(srv):

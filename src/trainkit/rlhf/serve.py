@@ -4,7 +4,9 @@ The protocol is OpenRLHF's remote reward model (``--remote_rm_url``): each query
 full ``prompt + completion`` text; the reply holds one float per query (``null`` where
 the scorer produced NaN/inf, so a client marks only that sample invalid). The scorer is
 any ``score(list[str]) -> list[float]`` (a reward model from
-:func:`trainkit.rlhf.trainers.rm.score_texts`, or a rule).
+:func:`trainkit.rlhf.trainers.rm.score_texts`, or a rule such as
+:func:`trainkit.rlhf.tasks.score_arithmetic_queries`). The CLI command ``trainkit rlhf
+serve-rm`` lives in :mod:`trainkit.rlhf.serve_cli`.
 
 Hardening (issue "Reliability and security"):
 
@@ -253,6 +255,12 @@ class RewardServer:
         self._httpd.owner = self
         self.port = self._httpd.server_address[1]
         self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        """``(host, port)`` actually bound."""
+        return self._httpd.server_address[:2]
 
     @property
     def url(self) -> str:
@@ -317,8 +325,14 @@ class RewardServer:
         self.close()
 
     def close(self) -> None:
+        """Free the port and the worker pool (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         self._httpd.server_close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    server_close = close  # the http.server name, for callers written against it
 
     def __enter__(self) -> RewardServer:
         return self.start()
@@ -327,66 +341,13 @@ class RewardServer:
         self.stop()
 
 
-# ------------------------------------------------------------------------- CLI
+# ------------------------------------------------------------------------- API
 
 
-@dataclass
-class ServeSection:
-    host: str = field(default="127.0.0.1", metadata={"help": "bind address (loopback default)"})
-    port: int = field(default=5000, metadata={"help": "TCP port"})
-    token_env: str = field(default="TRAINKIT_RM_TOKEN", metadata={
-        "help": "environment variable holding the bearer token (unset/empty: no auth)"})
-    max_body_bytes: int = field(default=1 << 20, metadata={"help": "request body limit"})
-    max_batch: int = field(default=1024, metadata={"help": "queries per request limit"})
-    max_concurrency: int = field(default=1, metadata={"help": "batches scored at once"})
-    max_connections: int = field(default=64, metadata={"help": "open connections limit"})
-    queue_timeout: float = field(default=5.0, metadata={"help": "wait for a slot before 503"})
-    request_timeout: float = field(default=120.0, metadata={"help": "scoring time before 504"})
-    socket_timeout: float = field(default=10.0, metadata={"help": "idle client before 408"})
+def make_server(score: Scorer, host: str = "127.0.0.1", port: int = 0,
+                token: str | None = None, **limits: Any) -> RewardServer:
+    """A bound (not yet serving) :class:`RewardServer`; ``limits`` are its other fields.
 
-
-@dataclass
-class ServeConfig:
-    """``trainkit rlhf serve-rm``: serve a reward model folder or a rule over HTTP."""
-
-    model: str = field(default="", metadata={"help": "reward model folder (from `rlhf rm`)"})
-    rule: str = field(default="", metadata={
-        "help": "instead of a model: 'arithmetic' (exact answers of the built-in task)"})
-    batch_size: int = field(default=16, metadata={"help": "texts per forward pass"})
-    max_len: int = field(default=1024, metadata={"help": "tokens per text"})
-    serve: ServeSection = field(default_factory=ServeSection)
-
-    def validate(self) -> None:
-        if bool(self.model) == bool(self.rule):
-            raise UserError("serve-rm: give exactly one of model=PATH or rule=arithmetic")
-        if self.rule and self.rule != "arithmetic":
-            raise UserError(f"serve-rm: rule must be 'arithmetic', got {self.rule!r}")
-
-
-def build_scorer(cfg: ServeConfig) -> Scorer:
-    """The scorer of a :class:`ServeConfig` (imports the model stack only for a model)."""
-    if cfg.rule:
-        from trainkit.rlhf.tasks import score_arithmetic_queries
-
-        return score_arithmetic_queries
-    from trainkit.rlhf.trainers.rm import score_texts
-
-    return score_texts(cfg.model, batch_size=cfg.batch_size, max_len=cfg.max_len)
-
-
-def run(cfg: ServeConfig, args: Any = None) -> int:
-    """CLI entry: build the scorer, then serve until Ctrl-C."""
-    import os
-
-    cfg.validate()
-    s = cfg.serve
-    token = os.environ.get(s.token_env, "") if s.token_env else ""
-    srv = RewardServer(build_scorer(cfg), host=s.host, port=s.port, token=token or None,
-                       max_body_bytes=s.max_body_bytes, max_batch=s.max_batch,
-                       max_concurrency=s.max_concurrency, max_connections=s.max_connections,
-                       queue_timeout=s.queue_timeout, request_timeout=s.request_timeout,
-                       socket_timeout=s.socket_timeout)
-    print(f"serving rewards on {srv.url} (POST {{\"query\": [...]}}; token "
-          f"{'required' if token else 'off'}); Ctrl-C to stop", flush=True)
-    srv.serve_forever()
-    return 0
+    Call ``serve_forever()`` (blocking; Ctrl-C stops it) or ``start()`` (background).
+    """
+    return RewardServer(score, host=host, port=port, token=token or None, **limits)
