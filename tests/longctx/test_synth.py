@@ -70,6 +70,9 @@ def test_bio_tasks_facts_in_context():
     ctx = s["messages"][0]["content"]
     assert s["meta"]["fact"] in ctx and s["meta"]["answer"] in s["meta"]["fact"]
     assert s["meta"]["depth"] == pytest.approx(0.6, abs=0.12)  # paragraph granularity
+    long_ctx = tasks.make_sample("single_qa", seed=0, index=8, length=30000, depth=0.5)
+    pars = long_ctx["messages"][0]["content"].split("\n\n")[:-2]  # drop the cut tail + question
+    assert len(pars) > 90 and len(set(pars)) == len(pars)  # no biography repeats
     m = tasks.make_sample("multi_qa", seed=0, index=3, length=4000, depth=0.1, gap=0.7)
     d1, d2 = m["meta"]["depths"]
     assert d2 - d1 > 0.5

@@ -44,15 +44,17 @@ def sample_rng(seed: int, task: str, index: int) -> random.Random:
     return random.Random(f"trainkit-longctx:{seed}:{task}:{index}")
 
 
-def _pool(source: str, rng: random.Random, avoid: set[str] | None = None) -> tuple[list[str], str]:
-    """Filler paragraphs for ``source`` and the separator between them."""
+def _pool(source: str, rng: random.Random, avoid: set[str] | None = None,
+          n_people: int = 64) -> tuple[list[str], str]:
+    """Filler paragraphs for ``source`` and the separator between them (``n_people``
+    distractor biographies for ``bio``)."""
     if source == "stdlib":
         return [p for _, p in stdlib_paragraphs()], " "
     if source == "repeat":
         return [REPEAT_FILLER], " "
     if source == "bio":
         used = set(avoid or ())
-        return [bio.make_person(rng, used).paragraph() for _ in range(64)], "\n\n"
+        return [bio.make_person(rng, used).paragraph() for _ in range(n_people)], "\n\n"
     raise UserError(f"unknown haystack source '{source}'; expected stdlib, bio or repeat")
 
 
@@ -114,7 +116,9 @@ def kv(rng, meter, target_len, depth, *, source="stdlib", n_keys=4, digits=5, **
 
 def _bio_context(rng, meter, target_len, targets: list[tuple[float, bio.Person]], q: str) -> Placed:
     avoid = {p.name for _, p in targets}
-    pool, sep = _pool("bio", rng, avoid)
+    # enough distinct people that the haystack never repeats one (~250 chars, <= 5 chars/token)
+    n_people = 8 + target_len * (5 if meter.unit == "tokens" else 1) // 200
+    pool, sep = _pool("bio", rng, avoid, n_people)
     return compose(rng, pool, _budget(target_len, q, meter),
                    [(d, p.paragraph()) for d, p in targets], meter, sep=sep)
 
