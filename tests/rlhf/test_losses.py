@@ -67,6 +67,20 @@ def test_sequence_logps_from_logits():
     assert close(sequence_logps(tok, None, mask), [-0.9808293])
 
 
+def test_token_logps_chunked_equals_log_softmax():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=g, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 5), generator=g)
+    want = torch.log_softmax(logits, -1).gather(-1, labels[..., None])[..., 0]
+    got = token_logps(logits, labels, chunk_elems=22)  # 2 rows per chunk, 8 chunks
+    assert torch.allclose(got, want, atol=1e-6)
+    got.sum().backward()
+    g1 = logits.grad.clone()
+    logits.grad = None
+    want.sum().backward()
+    assert torch.allclose(g1, logits.grad, atol=1e-6)
+
+
 def test_entropy_from_logits():
     # [0,0]: ln 2; [ln3, 0]: -(.75 ln .75 + .25 ln .25) = .2157616 + .3465736 = .5623351
     h = entropy_from_logits(t([[[0.0, 0.0], [math.log(3.0), 0.0]]]))

@@ -130,6 +130,8 @@ def test_score_stops_the_run_past_the_limit():
     with pytest.raises(RewardError, match="label 'answer'"):
         score(math_exact, ["p"], ["Answer: 1"])
     assert score(_flaky, [], []).rewards == []
+    with pytest.raises(ValueError, match="label 'answer' must hold one value per completion"):
+        score(math_exact, ["p", "q"], ["1", "2"], {"answer": [1]})
 
 
 def test_remote_reward_bad_url():

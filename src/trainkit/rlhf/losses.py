@@ -74,16 +74,19 @@ def aggregate(loss: Tensor, mask: Tensor, agg: str = "token_mean",
 # ------------------------------------------------------------------ log-probs, entropy
 
 
-def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
+def token_logps(logits: Tensor, labels: Tensor, chunk_elems: int = 1 << 24) -> Tensor:
     """Log-probability of each label under ``logits``.
 
     ``log p(y_t) = logits[t, y_t] - logsumexp(logits[t])``, computed without keeping
-    a full ``[batch, T, vocab]`` log-softmax. Labels < 0 (e.g. -100) give 0.
+    a full ``[batch, T, vocab]`` log-softmax: the log-sum-exp runs over chunks of rows
+    (each cast to float32 on its own), so a bf16 ``[32, 256, 49152]`` tensor needs no
+    full float32 copy when no gradient is taken. Labels < 0 (e.g. -100) give 0.
 
     Args:
         logits: ``[batch, T, vocab]`` (already aligned: ``logits[:, t]`` predicts
             ``labels[:, t]``).
         labels: ``[batch, T]`` token ids.
+        chunk_elems: elements per log-sum-exp chunk.
 
     Returns:
         ``[batch, T]`` float32 (or the logits' dtype when wider).
@@ -91,7 +94,14 @@ def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
     dtype = torch.promote_types(logits.dtype, torch.float32)
     safe = labels.clamp(min=0).unsqueeze(-1)
     picked = torch.gather(logits, -1, safe).squeeze(-1).to(dtype)
-    lse = torch.logsumexp(logits.to(dtype), dim=-1)
+    flat = logits.reshape(-1, logits.shape[-1])
+    rows = max(1, chunk_elems // max(1, logits.shape[-1]))
+    if flat.shape[0] <= rows:
+        lse = torch.logsumexp(flat.to(dtype), dim=-1)
+    else:
+        lse = torch.cat([torch.logsumexp(flat[i:i + rows].to(dtype), dim=-1)
+                         for i in range(0, flat.shape[0], rows)])
+    lse = lse.reshape(labels.shape)
     return torch.where(labels >= 0, picked - lse, torch.zeros((), dtype=dtype, device=logits.device))
 
 

@@ -380,6 +380,10 @@ def score(fn: RewardFn, prompts: Sequence[str], completions: Sequence[str],
     labels = dict(labels or {})
     if len(prompts) != n:
         raise ValueError(f"{len(prompts)} prompts for {n} completions")
+    for k, v in labels.items():
+        if not hasattr(v, "__len__") or len(v) != n:
+            raise ValueError(f"label '{k}' must hold one value per completion ({n}), got "
+                             f"{len(v) if hasattr(v, '__len__') else type(v).__name__}")
     name = getattr(fn, "__name__", repr(fn))
     raw: list[Any] = [None] * n
     errs: list[str | None] = [None] * n
