@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -125,15 +126,31 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.owner._count(code)
 
     def _guard(self, fn: Callable[[], dict]) -> None:
+        self._discard = 0
         try:
             self._reply(200, fn())
         except _HTTPError as e:
             self._reply(e.code, {"error": e.msg})
+            self._drain()
         except TimeoutError:
             self._reply(408, {"error": "request timed out while reading"})
         except Exception as e:  # the server must survive anything a request does
             log.warning("reward server: internal error: %s: %s", type(e).__name__, e)
             self._reply(500, {"error": f"internal error: {type(e).__name__}"})
+
+    def _drain(self) -> None:
+        """After refusing an oversized body, read (a bounded part of) it and throw it away,
+        so a client that sends the whole body before reading sees the 413, not a reset."""
+        left, deadline = self._discard, time.monotonic() + 2.0
+        try:
+            self.connection.settimeout(0.5)
+            while left > 0 and time.monotonic() < deadline:
+                chunk = self.rfile.read1(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except (OSError, ValueError):
+            pass
 
     def _auth(self) -> None:
         token = self.server.owner.token
@@ -168,6 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
         if n < 0:
             raise _HTTPError(400, "bad Content-Length")
         if n > own.max_body_bytes:
+            self._discard = min(n, 32 << 20)
             raise _HTTPError(413, f"body of {n} bytes exceeds the limit of {own.max_body_bytes}")
         body = self.rfile.read(n)
         if len(body) != n:
