@@ -90,6 +90,12 @@ def test_load_reward_forms(tmp_path):
     f = load_reward(f"{tmp_path}/my_rw.py:r")
     assert f(["a"], ["abc"]) == [3]
     assert load_reward(len) is len
+    remote = load_reward("http://127.0.0.1:5000/get_reward")
+    assert isinstance(remote, RemoteReward) and remote.url.endswith(":5000/get_reward")
+    from trainkit.rlhf.sandbox import SandboxedReward
+
+    sb = load_reward(f"sandbox:{tmp_path}/my_rw.py:r")
+    assert isinstance(sb, SandboxedReward) and sb.ref == f"{tmp_path}/my_rw.py:r"
     for bad, msg in [("nope", "not a built-in"), ("no.such.module:f", "cannot be imported"),
                      (f"{tmp_path}/missing.py:r", "not found"),
                      (f"{tmp_path}/my_rw.py:absent", "is not a callable"),

@@ -210,6 +210,15 @@ def test_remote_reward_end_to_end(srv):
     comps = [f"\nAnswer: {r['answer'] + (i % 2)}" for i, r in enumerate(recs)]
     f = RemoteReward(srv.url, timeout=5, retries=1, token=TOKEN, batch_size=4)
     assert f(prompts, comps) == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    # the same through a config string, the token from the environment
+    import os
+    from unittest import mock
+
+    from trainkit.rlhf.rewards import load_reward
+
+    with mock.patch.dict(os.environ, {"TRAINKIT_RM_TOKEN": TOKEN}):
+        g = load_reward(srv.url)
+    assert score(g, prompts, comps).rewards == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
     bad = RemoteReward(srv.url, timeout=5, retries=3, token="nope", backoff=0.01)
     res = score(bad, prompts[:2], comps[:2], max_invalid_fraction=1.0)
     assert res.valid == [False, False] and "HTTP 401" in res.errors[0]

@@ -261,7 +261,10 @@ def load_reward(ref: str | RewardFn) -> RewardFn:
         ref: a callable (returned as is), a built-in name (``math_exact``,
             ``math_closeness``, ``format``, ``length_penalty``, ``code_tests``),
             ``"package.module:func"``
-            or ``"path/to/file.py:func"``.
+            or ``"path/to/file.py:func"``; ``"http(s)://host:port/path"`` is a
+            :class:`RemoteReward` (bearer token from ``$TRAINKIT_RM_TOKEN``);
+            ``"sandbox:<module:func or file.py:func>"`` runs the reward per sample in
+            :class:`trainkit.rlhf.sandbox.SandboxedReward`.
 
     Raises:
         RewardError: with one line naming what could not be found.
@@ -272,6 +275,14 @@ def load_reward(ref: str | RewardFn) -> RewardFn:
         raise RewardError(f"reward must be a name or 'module:function', got {ref!r}")
     if ref in BUILTINS:
         return BUILTINS[ref]()
+    if ref.startswith(("http://", "https://")):
+        import os
+
+        return RemoteReward(ref, token=os.environ.get("TRAINKIT_RM_TOKEN") or None)
+    if ref.startswith("sandbox:"):
+        from trainkit.rlhf.sandbox import SandboxedReward
+
+        return SandboxedReward(ref[len("sandbox:"):])
     if ":" not in ref:
         raise RewardError(f"reward '{ref}' is not a built-in ({', '.join(BUILTINS)}) "
                           "nor of the form 'module:function' or 'file.py:function'")
