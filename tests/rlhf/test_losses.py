@@ -165,8 +165,9 @@ def test_policy_loss_clip_and_stats():
     assert close(st["clip_frac"], 0.5)  # tokens 1 and 3
     assert close(st["dual_clip_frac"], 0.0)
     assert close(st["ratio_mean"], 1.625)  # (1.5+.5+.5+4)/4
-    # k3 of log-ratios: .0721318, .3068528 (x2), .6362944 -> mean .3305330
-    assert close(st["approx_kl"], 0.3305330)
+    # (rho - 1) - ln rho: .5 - .4054651 = .0945349 ; -.5 + .6931472 = .1931472 (x2) ;
+    # 3 - 1.3862944 = 1.6137056 ; sum 2.0945349 / 4 = .5236337
+    assert close(st["approx_kl"], 0.5236337)
     loss.backward()
     # clipped tokens have zero gradient; unclipped: d(-rho A)/dlogp / 4 = -rho A / 4
     assert close(logp.grad, [[0.0, -0.125, 0.0, 1.0, 0.0]])

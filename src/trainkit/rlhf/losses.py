@@ -269,7 +269,8 @@ def policy_loss_with_stats(logp: Tensor, old_logp: Tensor, advantages: Tensor, m
     Returns:
         ``(loss, stats)``; ``stats`` holds detached scalars ``clip_frac`` (share of valid
         tokens where the clipped branch is the minimum), ``dual_clip_frac``,
-        ``approx_kl`` (mean k3 estimate of KL(old || new)) and ``ratio_mean``.
+        ``approx_kl`` (mean of ``(rho - 1) - log rho``, the k3 estimate of
+        KL(old || new) from tokens sampled by the old policy) and ``ratio_mean``.
     """
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
@@ -289,7 +290,8 @@ def policy_loss_with_stats(logp: Tensor, old_logp: Tensor, advantages: Tensor, m
         stats = {
             "clip_frac": masked_mean((surr2 < surr1).float(), m),
             "dual_clip_frac": masked_mean(dual_active.float(), m),
-            "approx_kl": masked_mean(torch.expm1(-log_ratio) + log_ratio, m),
+            # k3 of KL(old || new) from tokens sampled by old: (rho - 1) - log rho
+            "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, m),
             "ratio_mean": masked_mean(ratio, m),
         }
     return loss, stats
