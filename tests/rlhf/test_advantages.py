@@ -131,3 +131,48 @@ def test_dynamic_sampling_mask():
     keep = dynamic_sampling_mask(r, 4)
     assert keep.tolist() == [True] * 4 + [False] * 8
     assert dynamic_sampling_mask(t([0.5, 0.5001]), 2, atol=1e-3).tolist() == [False, False]
+
+
+# ------------------------------------------------------------- identities (property tests)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_floats = st.floats(-5, 5, allow_nan=False, width=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 6), st.integers(1, 4), st.data())
+def test_group_estimator_identities(n, groups, data):
+    r = t(data.draw(st.lists(_floats, min_size=n * groups, max_size=n * groups)))
+    dr = group_advantages(r, n, "dr_grpo")
+    # RLOO = n/(n-1) * (r - mean) ; every estimator sums to 0 within a group
+    assert close(group_advantages(r, n, "rloo"), dr * n / (n - 1), tol=1e-4)
+    for m in ("grpo", "dr_grpo", "rloo"):
+        assert close(group_advantages(r, n, m).reshape(groups, n).sum(-1), torch.zeros(groups),
+                     tol=1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.data())
+def test_gae_lambda_one_is_return_minus_value(T, data):
+    r = t([data.draw(st.lists(_floats, min_size=T, max_size=T))])
+    v = t([data.draw(st.lists(_floats, min_size=T, max_size=T))])
+    m = torch.ones(1, T)
+    # lam = 1: A_t = G_t - V_t (Monte-Carlo return); lam = 0: A_t = delta_t
+    adv, ret = gae(r, v, m, gamma=0.9, lam=1.0)
+    assert close(adv, reinforce_returns(r, m, gamma=0.9) - v, tol=1e-4)
+    assert close(ret, reinforce_returns(r, m, gamma=0.9), tol=1e-4)
+    nxt = torch.cat([v[:, 1:], torch.zeros(1, 1)], 1)
+    assert close(gae(r, v, m, gamma=0.9, lam=0.0)[0], r + 0.9 * nxt - v, tol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_floats, min_size=3, max_size=12))
+def test_whiten_moments(xs):
+    x = t([xs])
+    m = torch.ones_like(x)
+    if float(x.std()) < 1e-2:
+        return
+    y = whiten(x, m, eps=0.0)
+    assert abs(float(y.mean())) < 1e-4 and abs(float(y.var(unbiased=False)) - 1.0) < 1e-3
