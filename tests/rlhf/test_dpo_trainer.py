@@ -179,3 +179,17 @@ def test_dpo_lora_smollm2_raises_heldout_accuracy_and_following(tmp_path):
     assert s["heldout_accuracy_before"] == pytest.approx(0.5)
     assert s["heldout_accuracy"] >= 0.8
     assert s["follow_rate"] > s["follow_rate_before"]
+
+
+def test_demo_margin_plot_is_a_png(tmp_path):
+    from trainkit.rlhf.demo_pref import plot_margins
+
+    m = tmp_path / "metrics.jsonl"
+    m.write_text("\n".join(json.dumps(r) for r in [
+        {"step": 0, "eval/margin": 0.0},
+        {"step": 1, "margin": 0.0, "chosen_reward": 0.0, "rejected_reward": 0.0},
+        {"step": 2, "margin": 0.5, "chosen_reward": 0.1, "rejected_reward": -0.4},
+        {"step": 2, "eval/margin": 0.4}]) + "\n")
+    png = plot_margins(m, tmp_path / "margins.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*"))  # written atomically, no temp file left

@@ -131,3 +131,38 @@ def test_rm_smollm2_reaches_90pct_heldout_accuracy(tmp_path):
     print("smollm2 RM held-out accuracy", s["heldout_accuracy_before"], "->",
           s["heldout_accuracy"])
     assert s["heldout_accuracy"] >= 0.9
+
+
+def test_serve_rm_answers_concurrent_requests_and_checks_token(trained_rm):
+    import argparse
+    import urllib.error
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trainkit.rlhf.serve_cli import add_args, build_server
+
+    _, out, _ = trained_rm
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    args = parser.parse_args(["--model", str(out / "model"), "--port", "0", "--token", "s3"])
+    direct = score_texts(out / "model")
+    queries = [[f"<|im_start|>user\nWhat is {i} + 1?<|im_end|>\n<|im_start|>assistant\n{a}"]
+               for i in range(6) for a in ("7", "Sure! The answer is 7.")]
+
+    def post(q, token="s3"):
+        req = urllib.request.Request(
+            server.url, data=json.dumps({"query": q}).encode(), method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())["rewards"]
+
+    with build_server(args) as server:
+        assert server.server_address[0] == "127.0.0.1"
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(post, queries))
+        with pytest.raises(urllib.error.HTTPError) as e:
+            post(queries[0], token="wrong")
+        assert e.value.code == 401
+    want = [direct(q) for q in queries]
+    assert [g[0] for g in got] == pytest.approx([w[0] for w in want], abs=1e-5)
+    assert got[0][0] > got[1][0]  # the bare number outranks the wordy reply

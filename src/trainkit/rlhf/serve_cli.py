@@ -32,9 +32,9 @@ def add_args(parser: Any) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
 
 
-def run(cfg: Any, args: Any) -> int:
-    """Load the reward model and serve it until interrupted."""
-    from trainkit.rlhf import serve
+def build_server(args: Any):
+    """Load the reward model named by ``args`` and bind (not start) its server."""
+    from trainkit.rlhf.serve import make_server
     from trainkit.rlhf.trainers.rm import score_texts
 
     if not (0 <= args.port <= 65535):
@@ -44,23 +44,16 @@ def run(cfg: Any, args: Any) -> int:
     token = args.token if args.token is not None else os.environ.get("TRAINKIT_RM_TOKEN")
     score = score_texts(args.model, batch_size=args.batch_size, max_len=args.max_len,
                         device=args.device)
-    return serve_scorer(serve, score, host=args.host, port=args.port, token=token,
-                        max_bytes=args.max_bytes)
+    return make_server(score, host=args.host, port=args.port, token=token,
+                       max_body_bytes=args.max_bytes)
 
 
-def serve_scorer(serve: Any, score: Any, *, host: str, port: int, token: str | None,
-                 max_bytes: int) -> int:
-    """Start :mod:`trainkit.rlhf.serve`'s server on ``score`` and block until Ctrl-C."""
-    server = serve.make_server(score, host=host, port=port, token=token,
-                               max_body_bytes=max_bytes)
-    addr = server.server_address
-    print(f"reward model served on http://{addr[0]}:{addr[1]}/ "
-          f"(POST {{\"query\": [...]}}; token {'required' if token else 'not required'})",
+def run(cfg: Any, args: Any) -> int:
+    """``serve-rm``: load the reward model and serve it until Ctrl-C."""
+    server = build_server(args)
+    print(f"reward model {args.model} served on {server.url} "
+          f"(POST {{\"query\": [...]}} -> {{\"rewards\": [...]}}; bearer token "
+          f"{'required' if server.token else 'not required'}); Ctrl-C stops",
           flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    server.serve_forever()
     return 0

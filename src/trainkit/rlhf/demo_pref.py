@@ -1,0 +1,125 @@
+"""Demo section "preference learning": a reward model and DPO on generated pairs.
+
+``run_pref(out_dir, quick)`` trains a pairwise reward model and a DPO policy on the
+built-in format-following preference data (arithmetic prompts asking for the bare
+number; chosen = the bare number, rejected = a wordy reply) and reports held-out RM
+accuracy, DPO preference accuracy and reward margins, the share of greedy generations
+that follow the preferred format, and a PNG of the DPO margin curve.
+
+``quick``: the random ``tiny-llama`` (seconds; generations are noise);
+full: the real SmolLM2-135M-Instruct, LoRA for DPO (several minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trainkit.demo import Section
+
+ESTIMATE_S = {"quick": 60, "full": 900}
+
+
+def _configs(out_dir: Path, quick: bool):
+    from trainkit.config import load_config
+    from trainkit.rlhf.trainers.dpo import DPOConfig
+    from trainkit.rlhf.trainers.rm import RMConfig
+
+    root = Path(__file__).resolve().parents[3] / "configs" / "rlhf"
+    size = "tiny" if quick else "smollm2"
+    common = ["train.progress=false"]
+    rm_file, dpo_file = root / f"rm_{size}.yaml", root / f"dpo_{size}.yaml"
+    rm = load_config(RMConfig, rm_file if rm_file.is_file() else None,
+                     common + [f"output_dir={out_dir / 'rm'}"]
+                     + ([] if rm_file.is_file() else [f"model.name={_model(quick)}"]))
+    dpo = load_config(DPOConfig, dpo_file if dpo_file.is_file() else None,
+                      common + [f"output_dir={out_dir / 'dpo'}", "train.save=none",
+                                "train.log_every=1"]
+                      + ([] if dpo_file.is_file() else [f"model.name={_model(quick)}"]))
+    return rm, dpo, f"configs/rlhf/rm_{size}.yaml", f"configs/rlhf/dpo_{size}.yaml"
+
+
+def _model(quick: bool) -> str:
+    return "tiny-llama" if quick else "smollm2-135m-instruct"
+
+
+def plot_margins(metrics_file: Path, png: Path) -> Path:
+    """Plot the DPO train margin (and held-out margin points) per step as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trainkit.common.io import atomic_path
+
+    recs = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
+    tr = [(r["step"], r["margin"], r["chosen_reward"], r["rejected_reward"])
+          for r in recs if "margin" in r]
+    ev = [(r["step"], r["eval/margin"]) for r in recs if "eval/margin" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if tr:
+        s, m, c, j = zip(*tr)
+        ax.plot(s, m, label="train margin (r_c - r_r)", color="C0")
+        ax.plot(s, c, label="chosen reward", color="C2", lw=0.8, ls="--")
+        ax.plot(s, j, label="rejected reward", color="C3", lw=0.8, ls="--")
+    if ev:
+        s, m = zip(*ev)
+        ax.plot(s, m, "o", color="C1", label="held-out margin")
+    ax.axhline(0.0, color="#999", lw=0.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("implicit reward  beta * log(pi / pi_ref)")
+    ax.set_title("DPO reward margins")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return png
+
+
+def run_pref(out_dir: Path, quick: bool) -> Section:
+    """Train the RM and DPO recipes; return the report section."""
+    from trainkit.rlhf.trainers.dpo import train_dpo
+    from trainkit.rlhf.trainers.rm import train_rm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rm_cfg, dpo_cfg, rm_path, dpo_path = _configs(out_dir, quick)
+    rm = train_rm(rm_cfg)
+    dpo = train_dpo(dpo_cfg)
+    png = plot_margins(out_dir / "dpo" / "metrics.jsonl", out_dir / "dpo_margins.png")
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.0f}%"
+
+    headline = {
+        "RM held-out pairwise accuracy": f"{pct(rm['heldout_accuracy_before'])} -> "
+                                         f"{pct(rm['heldout_accuracy'])} "
+                                         f"({rm['n_heldout']} pairs)",
+        "DPO held-out preference accuracy": f"{pct(dpo['heldout_accuracy_before'])} -> "
+                                            f"{pct(dpo['heldout_accuracy'])}",
+        "DPO held-out reward margin": f"{dpo['heldout_margin']:.3f}",
+        "greedy answers in the preferred format": f"{pct(dpo['follow_rate_before'])} -> "
+                                                  f"{pct(dpo['follow_rate'])}",
+    }
+    samples = dpo.get("samples_after") or []
+    lines = [
+        f"Model: `{rm_cfg.model.name}` (RM, full fine-tune) and `{dpo_cfg.model.name}` "
+        f"(DPO{', LoRA; reference = adapter-disabled base' if dpo_cfg.lora.enabled else ''}). "
+        "Data: arithmetic prompts asking for the bare number; chosen = the bare number, "
+        "rejected = a wordy reply (trainkit.rlhf.tasks). Accuracy counts ties as 1/2, so "
+        "an untrained DPO policy (equal to its reference) scores exactly 50%.",
+    ]
+    if samples:
+        lines += ["", "| prompt | greedy answer after DPO | preferred format |", "|---|---|---|"]
+        for s in samples[:4]:
+            gen = s["generation"].replace("|", "/").replace("\n", " ")[:60]
+            lines.append(f"| {s['prompt'][:50]} | {gen} | {'yes' if s['follows'] else 'no'} |")
+    return Section(
+        title="RLHF: reward model and DPO",
+        headline=headline,
+        markdown="\n".join(lines),
+        images=[("DPO implicit-reward margins per step", png.name)],
+        command=(f"trainkit rlhf rm --config {rm_path}\n"
+                 f"trainkit rlhf dpo --config {dpo_path}"),
+    )
