@@ -221,7 +221,11 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     per_rank = cfg.train.batch_size // strategy.world_size
     mbs = cfg.train.micro_batch_size
     t_start, start_step = time.perf_counter(), step
-    eval_loss = None
+    eval_loss = initial_eval_loss = None
+    if ds.eval and step == 0:
+        eval_loss = initial_eval_loss = evaluate(module, strategy, ds.eval,
+                                                 cfg.train.eval_batch_size, pad_id)
+        logger.log(0, eval_loss=eval_loss)
     while step < cfg.train.max_steps:
         t0 = time.perf_counter()
         idx = sampler.next_batch()
@@ -272,7 +276,8 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
         merged = merge_adapter(final, out / "merged")
     strategy.barrier()
     result = {"output_dir": str(out), "final": str(final), "merged": str(merged) if merged else None,
-              "records": logger.records, "final_eval_loss": eval_loss,
+              "records": [r for r in logger.records if r["step"] > 0],
+              "initial_eval_loss": initial_eval_loss, "final_eval_loss": eval_loss,
               "data_stats": ds.stats, "world_size": strategy.world_size,
               "is_main": strategy.is_main}
     strategy.teardown()
