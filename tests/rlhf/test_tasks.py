@@ -132,3 +132,33 @@ def test_score_arithmetic_queries():
                                     q + "\nAnswer: 1290", q, "hello 3", chat,
                                     "What is 3 + 4? 3 + 4 = 7"])
     assert got == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_smollm2_sometimes_solves_the_default_task():
+    """The untrained SmolLM2-135M-Instruct earns some, not all, reward on `arithmetic`
+    (measured 2026-11-27: greedy exact 0.71, sampled exact 0.12, closeness 0.50)."""
+    import torch
+
+    from trainkit.llm.models import load_model
+    from trainkit.rlhf.rewards import math_closeness
+
+    torch.manual_seed(0)
+    model, tok = load_model("smollm2-135m-instruct")
+    model.eval()
+    tok.padding_side = "left"
+    _, held = load_task("arithmetic", seed=0, n_heldout=24)
+    texts = [tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
+                                     add_generation_prompt=True) for r in held]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    ans = [r["answer"] for r in held]
+    res = {}
+    for name, kw in [("greedy", {"do_sample": False}),
+                     ("sampled", {"do_sample": True, "temperature": 1.0, "top_p": 1.0})]:
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=48, pad_token_id=tok.pad_token_id, **kw)
+        comps = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        res[name] = (sum(math_exact(None, comps, answer=ans)) / len(ans),
+                     sum(math_closeness(None, comps, answer=ans)) / len(ans))
+    assert 0.3 <= res["greedy"][0] <= 0.95, res
+    assert 0.0 < res["sampled"][0] < 0.9 and res["sampled"][1] > 0.2, res
