@@ -75,64 +75,30 @@ def _inv_pow(p: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda u: _away_from_zero(u) ** (-p)
 
 
-def _sqrt(u):
-    return torch.sqrt(torch.clamp(u, min=SQRT_EPS))
-
-
-def _pow15(u):
-    return torch.clamp(u, min=0.0) ** 1.5
-
-
-def _rsqrt(u):
-    return torch.rsqrt(torch.clamp(u, min=EPS))
-
-
-def _log(u):
-    return torch.log(torch.clamp(u, min=EPS))
-
-
-def _exp(u):
-    return torch.exp(torch.clamp(u, max=EXP_MAX))
-
-
-def _tan(u):
-    return torch.sin(u) / _away_from_zero(torch.cos(u))
+_sqrt = lambda u: torch.sqrt(torch.clamp(u, min=SQRT_EPS))
+_pow15 = lambda u: torch.clamp(u, min=0.0) ** 1.5
+_rsqrt = lambda u: torch.rsqrt(torch.clamp(u, min=EPS))
+_log = lambda u: torch.log(torch.clamp(u, min=EPS))
+_exp = lambda u: torch.exp(torch.clamp(u, max=EXP_MAX))
+_tan = lambda u: torch.sin(u) / _away_from_zero(torch.cos(u))
+_gaussian = lambda u: torch.exp(-(u * u))
 
 
 def _arc(fn):
     return lambda u: fn(torch.clamp(u, -1.0 + ARC_EPS, 1.0 - ARC_EPS))
 
 
-def _gaussian(u):
-    return torch.exp(-(u * u))
-
-
 # Derivatives f'(u) of the guarded functions (0 where a guard clamps), used by the
 # Levenberg-Marquardt refinement; cheaper than autograd.
+_d_sqrt = lambda u: torch.where(u > SQRT_EPS, 0.5 * torch.rsqrt(torch.clamp(u, min=SQRT_EPS)), 0.0)
+_d_rsqrt = lambda u: torch.where(u > EPS, -0.5 * torch.clamp(u, min=EPS) ** -1.5, 0.0)
+_d_log = lambda u: torch.where(u > EPS, 1.0 / torch.clamp(u, min=EPS), 0.0)
+_d_exp = lambda u: torch.where(u < EXP_MAX, torch.exp(torch.clamp(u, max=EXP_MAX)), 0.0)
+_d_tan = lambda u: _away_from_zero(torch.cos(u)) ** -2
 
 
 def _d_inv_pow(p: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda u: -p * _away_from_zero(u) ** (-p - 1)
-
-
-def _d_sqrt(u):
-    return torch.where(u > SQRT_EPS, 0.5 * torch.rsqrt(torch.clamp(u, min=SQRT_EPS)), 0.0)
-
-
-def _d_rsqrt(u):
-    return torch.where(u > EPS, -0.5 * torch.clamp(u, min=EPS) ** -1.5, 0.0)
-
-
-def _d_log(u):
-    return torch.where(u > EPS, 1.0 / torch.clamp(u, min=EPS), 0.0)
-
-
-def _d_exp(u):
-    return torch.where(u < EXP_MAX, torch.exp(torch.clamp(u, max=EXP_MAX)), 0.0)
-
-
-def _d_tan(u):
-    return _away_from_zero(torch.cos(u)) ** -2
 
 
 def _d_arc(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -190,44 +156,27 @@ def _lib_entries() -> list[SymbolicFunction]:
     return [
         S("0", lambda u: u * 0.0, lambda sp, u: sp.Integer(0), 0, "zero", True,
           deriv=torch.zeros_like),
-        S("x", lambda u: u, lambda sp, u: u, 1, "linear", True,
-          deriv=torch.ones_like),
-        S("x^2", lambda u: u * u, lambda sp, u: u**2, 2, "shift", True,
-          deriv=lambda u: 2 * u),
-        S("x^3", lambda u: u**3, lambda sp, u: u**3, 3, "shift", True,
-          deriv=lambda u: 3 * u * u),
-        S("x^4", lambda u: u**4, lambda sp, u: u**4, 3, "shift", True,
-          deriv=lambda u: 4 * u**3),
-        S("x^5", lambda u: u**5, lambda sp, u: u**5, 4, "shift", True,
-          deriv=lambda u: 5 * u**4),
-        S("1/x", _inv_pow(1), lambda sp, u: 1 / u, 2, "shift", True,
-          deriv=_d_inv_pow(1)),
-        S("1/x^2", _inv_pow(2), lambda sp, u: u**-2, 2, "shift", True,
-          deriv=_d_inv_pow(2)),
-        S("1/x^3", _inv_pow(3), lambda sp, u: u**-3, 3, "shift", True,
-          deriv=_d_inv_pow(3)),
-        S("1/x^4", _inv_pow(4), lambda sp, u: u**-4, 4, "shift", True,
-          deriv=_d_inv_pow(4)),
-        S("sqrt", _sqrt, lambda sp, u: sp.sqrt(u), 2, "shift", False,
-          deriv=_d_sqrt),
+        S("x", lambda u: u, lambda sp, u: u, 1, "linear", True, deriv=torch.ones_like),
+        S("x^2", lambda u: u * u, lambda sp, u: u**2, 2, "shift", True, deriv=lambda u: 2 * u),
+        S("x^3", lambda u: u**3, lambda sp, u: u**3, 3, "shift", True, deriv=lambda u: 3 * u * u),
+        S("x^4", lambda u: u**4, lambda sp, u: u**4, 3, "shift", True, deriv=lambda u: 4 * u**3),
+        S("x^5", lambda u: u**5, lambda sp, u: u**5, 4, "shift", True, deriv=lambda u: 5 * u**4),
+        S("1/x", _inv_pow(1), lambda sp, u: 1 / u, 2, "shift", True, deriv=_d_inv_pow(1)),
+        S("1/x^2", _inv_pow(2), lambda sp, u: u**-2, 2, "shift", True, deriv=_d_inv_pow(2)),
+        S("1/x^3", _inv_pow(3), lambda sp, u: u**-3, 3, "shift", True, deriv=_d_inv_pow(3)),
+        S("1/x^4", _inv_pow(4), lambda sp, u: u**-4, 4, "shift", True, deriv=_d_inv_pow(4)),
+        S("sqrt", _sqrt, lambda sp, u: sp.sqrt(u), 2, "shift", False, deriv=_d_sqrt),
         S("x^1.5", _pow15, lambda sp, u: u ** sp.Rational(3, 2), 4, "shift", False,
           deriv=lambda u: 1.5 * torch.sqrt(torch.clamp(u, min=0.0))),
-        S("1/sqrt(x)", _rsqrt, lambda sp, u: 1 / sp.sqrt(u), 2, "shift", False,
-          deriv=_d_rsqrt),
-        S("exp", _exp, lambda sp, u: sp.exp(u), 2, "scale", False,
-          deriv=_d_exp),
-        S("log", _log, lambda sp, u: sp.log(u), 2, "shift", False,
-          deriv=_d_log),
-        S("abs", torch.abs, lambda sp, u: sp.Abs(u), 3, "shift", True,
-          deriv=torch.sign),
-        S("sgn", torch.sign, lambda sp, u: sp.sign(u), 3, "step", True,
-          deriv=torch.zeros_like),
-        S("sin", torch.sin, lambda sp, u: sp.sin(u), 2, "periodic", True, 0.0,
-          deriv=torch.cos),
+        S("1/sqrt(x)", _rsqrt, lambda sp, u: 1 / sp.sqrt(u), 2, "shift", False, deriv=_d_rsqrt),
+        S("exp", _exp, lambda sp, u: sp.exp(u), 2, "scale", False, deriv=_d_exp),
+        S("log", _log, lambda sp, u: sp.log(u), 2, "shift", False, deriv=_d_log),
+        S("abs", torch.abs, lambda sp, u: sp.Abs(u), 3, "shift", True, deriv=torch.sign),
+        S("sgn", torch.sign, lambda sp, u: sp.sign(u), 3, "step", True, deriv=torch.zeros_like),
+        S("sin", torch.sin, lambda sp, u: sp.sin(u), 2, "periodic", True, 0.0, deriv=torch.cos),
         S("cos", torch.cos, lambda sp, u: sp.cos(u), 2, "periodic", True, math.pi / 2,
           deriv=lambda u: -torch.sin(u)),
-        S("tan", _tan, lambda sp, u: sp.tan(u), 3, "general", True,
-          deriv=_d_tan),
+        S("tan", _tan, lambda sp, u: sp.tan(u), 3, "general", True, deriv=_d_tan),
         S("tanh", torch.tanh, lambda sp, u: sp.tanh(u), 3, "general", True,
           deriv=lambda u: 1 - torch.tanh(u) ** 2),
         S("arcsin", _arc(torch.asin), lambda sp, u: sp.asin(u), 4, "general", True,
