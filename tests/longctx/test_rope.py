@@ -49,6 +49,16 @@ def test_literal_frequencies_pure_functions():
     torch.testing.assert_close(rope.llama3_inv_freq(D, THETA, S, L), torch.tensor(EXPECTED["llama3"]), **close)
 
 
+def test_rope_frequencies_by_name():
+    for method in rope.METHODS:
+        inv, _ = rope.rope_frequencies(method, D, THETA, factor=S, original_max_position=L)
+        torch.testing.assert_close(inv, torch.tensor(EXPECTED[method]), rtol=1e-6, atol=1e-9)
+    inv, _ = rope.rope_frequencies("theta", D, THETA, new_theta=1e6)
+    torch.testing.assert_close(inv, torch.tensor([1.0, 0.0316227766, 0.001, 0.0000316227766]))
+    with pytest.raises(UserError):
+        rope.rope_frequencies("theta", D, THETA, factor=4)
+
+
 def test_suggest_theta_values():
     assert rope.suggest_theta(256, 8, 1e4, 64) == pytest.approx(63496.0421, rel=1e-9)
     # Llama-3-8B 8K -> 80K: 5e5 * 10**(128/126)

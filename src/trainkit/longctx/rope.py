@@ -226,6 +226,8 @@ def rope_frequencies(method: str, head_dim: int, theta: float, *, factor: float 
         return default_inv_freq(head_dim, theta), 1.0
     if method == "theta":
         if new_theta is None:
+            if original_max_position is None:
+                raise UserError("rope method 'theta' needs new_theta, or factor and original_max_position")
             new_theta = suggest_theta(int(original_max_position * factor), head_dim, theta,
                                       original_max_position)
         return default_inv_freq(head_dim, new_theta), 1.0
