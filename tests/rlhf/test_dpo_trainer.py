@@ -193,3 +193,17 @@ def test_demo_margin_plot_is_a_png(tmp_path):
     png = plot_margins(m, tmp_path / "margins.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*"))  # written atomically, no temp file left
+
+
+@pytest.mark.gpu
+def test_dpo_and_rm_on_cuda_bf16(pref_data, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    out = tmp_path / "cuda"
+    s = train_dpo(_cfg(pref_data, out, "lora.enabled=true", "lora.dropout=0", "optim.lr=5e-3",
+                       "train.max_steps=6", "model.dtype=bfloat16"))
+    first = next(r for r in _records(out) if r["step"] == 1 and "loss" in r)
+    assert abs(first["loss"] - math.log(2)) < 1e-3
+    assert s["heldout_accuracy"] >= 0.9
