@@ -108,6 +108,13 @@ def test_make_dataset_is_reproducible_and_typed():
     assert torch.allclose(f32[1].double(), a[1], atol=1e-6)
 
 
+def test_dataset_dict_matches_tuple():
+    d = F.make_dataset_dict("I.16.6", 16, 4, seed=2)
+    t = F.make_dataset("I.16.6", 16, 4, seed=2)
+    assert list(d) == ["train_input", "train_label", "test_input", "test_label"]
+    assert all(torch.equal(d[k], v) for k, v in zip(d, t))
+
+
 def test_unknown_equation_is_user_error():
     with pytest.raises(UserError, match="unknown Feynman equation 'I.99'"):
         F.make_dataset("I.99")

@@ -5,6 +5,8 @@ import time
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trainkit.common.errors import UserError
 from trainkit.kan import symbolic_lib as S
@@ -207,3 +209,20 @@ def test_suggest_is_fast():
     per_call = (time.process_time() - t) / 3
     # measured ~0.05 s CPU on the dev machine (full library, 1000 points)
     assert per_call < 0.3
+
+
+_finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(_finite, _finite), min_size=2, max_size=40))
+def test_suggest_on_arbitrary_finite_data_returns_finite_fits(pairs):
+    x = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
+    y = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
+    res = S.suggest(x, y, topk=4)
+    assert 1 <= len(res) <= 4
+    for f in res:
+        assert 0.0 <= f.r2 <= 1.0
+        assert all(math.isfinite(v) for v in f.params)
+        assert math.isfinite(f.score)
+    assert [f.score for f in res] == sorted(f.score for f in res)

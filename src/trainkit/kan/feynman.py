@@ -186,3 +186,11 @@ def make_dataset(name: str, train_num: int = 1000, test_num: int = 1000, seed: i
             raise RuntimeError(f"{name}: formula is not finite on its sampling ranges")
         out += [x.to(dtype), y.to(dtype)]
     return tuple(out)
+
+
+def make_dataset_dict(name: str, train_num: int = 1000, test_num: int = 1000, seed: int = 0,
+                      dtype: torch.dtype = torch.float64) -> dict:
+    """:func:`make_dataset` in the dict format of :meth:`trainkit.kan.KAN.fit`
+    (``train_input``, ``train_label``, ``test_input``, ``test_label``)."""
+    keys = ("train_input", "train_label", "test_input", "test_label")
+    return dict(zip(keys, make_dataset(name, train_num, test_num, seed, dtype)))
