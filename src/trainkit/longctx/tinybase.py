@@ -181,6 +181,8 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
     if cfg.init_from:
         from transformers import LlamaForCausalLM
 
+        if not (Path(cfg.init_from) / "config.json").is_file():
+            raise UserError(f"init_from: {cfg.init_from} is not a model folder saved by this recipe")
         model = LlamaForCausalLM.from_pretrained(cfg.init_from)
         state = getattr(model.config, "trainkit_tiny_state", None) or {}
         length, step0 = int(state.get("length", length)), int(state.get("step", 0))
