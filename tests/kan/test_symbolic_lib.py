@@ -187,6 +187,19 @@ def test_fit_sympy_expression_and_aliases():
     assert len(S.resolve_lib(None)) == len(S.LIBRARY)
 
 
+def test_library_entries_and_fits_pickle_by_name():
+    import copy
+    import pickle
+
+    fn = pickle.loads(pickle.dumps(S.LIBRARY["arctanh"]))
+    assert fn is S.LIBRARY["arctanh"]
+    x = _x(n=200, seed=9)
+    fit = S.fit_affine(x, torch.exp(x), "exp")
+    again = pickle.loads(pickle.dumps(fit))
+    assert again.params == fit.params and again.fn is S.LIBRARY["exp"]
+    assert torch.equal(copy.deepcopy(fit).predict(x), fit.predict(x))
+
+
 def test_user_errors():
     x = _x(n=10)
     with pytest.raises(UserError, match="unknown symbolic function 'bessel'"):

@@ -150,6 +150,13 @@ class SymbolicFunction:
 
         return self.sympy_fn(sympy, u)
 
+    def __reduce_ex__(self, protocol):
+        # Library entries hold lambdas: pickle them by name so models that store
+        # them (fixed symbolic edges) stay picklable.
+        if LIBRARY.get(self.name) is self:
+            return (get_function, (self.name,))
+        return super().__reduce_ex__(protocol)
+
 
 def _lib_entries() -> list[SymbolicFunction]:
     S = SymbolicFunction
