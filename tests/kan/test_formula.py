@@ -7,8 +7,6 @@ import pytest
 import torch
 
 sympy = pytest.importorskip("sympy")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 from trainkit.common.errors import UserError  # noqa: E402
 from trainkit.kan.formula import (  # noqa: E402
@@ -184,19 +182,38 @@ def _check_only_user_error(text):
     assert out.shape == (2, 1)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.text(alphabet=_FORMULA_CHARS, max_size=40))
-def test_random_formula_text_only_raises_user_error(text):
-    _check_only_user_error(text)
+try:  # hypothesis is a dev dependency (absent on the GPU machine)
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover
+    given = None
+
+if given is not None:
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.text(alphabet=_FORMULA_CHARS, max_size=40))
+    def test_random_formula_text_only_raises_user_error(text):
+        _check_only_user_error(text)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.sampled_from(_TOKENS), max_size=25))
-def test_random_token_sequences_only_raise_user_error(tokens):
-    _check_only_user_error("".join(tokens))
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.sampled_from(_TOKENS), max_size=25))
+    def test_random_token_sequences_only_raise_user_error(tokens):
+        _check_only_user_error("".join(tokens))
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.text(max_size=60))
-def test_random_unicode_only_raises_user_error(text):
-    _check_only_user_error(text)
+    @settings(max_examples=50, deadline=None)
+    @given(st.text(max_size=60))
+    def test_random_unicode_only_raises_user_error(text):
+        _check_only_user_error(text)
+
+
+@pytest.mark.gpu
+def test_to_callable_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    f = to_callable("exp(sin(pi*x1) + x2**2) + besselj(0, 20*x1) + 3")
+    x = torch.rand(64, 2, dtype=torch.float64)
+    out = f(x.cuda())
+    assert out.is_cuda and out.shape == (64, 1)
+    assert torch.allclose(out.cpu(), f(x), rtol=1e-10, atol=1e-12)

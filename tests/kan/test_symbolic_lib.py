@@ -5,8 +5,6 @@ import time
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from trainkit.common.errors import UserError
 from trainkit.kan import symbolic_lib as S
@@ -224,18 +222,43 @@ def test_suggest_is_fast():
     assert per_call < 0.3
 
 
-_finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+try:  # hypothesis is a dev dependency (absent on the GPU machine)
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover
+    given = None
+
+if given is not None:
+    _finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(_finite, _finite), min_size=2, max_size=40))
-def test_suggest_on_arbitrary_finite_data_returns_finite_fits(pairs):
-    x = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
-    y = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
-    res = S.suggest(x, y, topk=4)
-    assert 1 <= len(res) <= 4
-    for f in res:
-        assert 0.0 <= f.r2 <= 1.0
-        assert all(math.isfinite(v) for v in f.params)
-        assert math.isfinite(f.score)
-    assert [f.score for f in res] == sorted(f.score for f in res)
+    @settings(max_examples=25, deadline=None)
+    @given(st.lists(st.tuples(_finite, _finite), min_size=2, max_size=40))
+    def test_suggest_on_arbitrary_finite_data_returns_finite_fits(pairs):
+        x = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
+        y = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
+        res = S.suggest(x, y, topk=4)
+        assert 1 <= len(res) <= 4
+        for f in res:
+            assert 0.0 <= f.r2 <= 1.0
+            assert all(math.isfinite(v) for v in f.params)
+            assert math.isfinite(f.score)
+        assert [f.score for f in res] == sorted(f.score for f in res)
+
+
+@pytest.mark.gpu
+def test_cuda_guards_and_suggest():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    for fn in S.LIBRARY.values():
+        u = torch.tensor(BAD_U, dtype=torch.float32, device="cuda", requires_grad=True)
+        out = fn(u)
+        out.sum().backward()
+        assert out.is_cuda and torch.isfinite(out).all() and torch.isfinite(u.grad).all(), fn.name
+    x = _x(seed=10)
+    y = torch.sin(math.pi * x)
+    cpu = S.suggest(x, y, topk=2)
+    gpu = S.suggest(x.cuda(), y.cuda(), topk=2)  # fitted on the CPU in float64
+    assert [f.name for f in gpu] == [f.name for f in cpu] == ["sin", "cos"]
+    fit = gpu[0]
+    assert torch.allclose(fit.predict(x.cuda()).cpu(), y, atol=1e-8)
