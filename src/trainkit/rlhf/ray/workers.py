@@ -1,0 +1,173 @@
+"""The role actors of the Ray trainer (plain classes; :class:`Cluster.spawn` wraps them).
+
+* :class:`PolicyWorker`: the actor model and its optimizer, plus the reference and the
+  critic colocated in the same process (as in the single-process trainer: the reference
+  is a frozen copy, or with LoRA the adapter-free base). It turns a rollout and its
+  rewards into experience and runs the PPO update, saves and resumes checkpoints, and
+  hands out its weights (LoRA merged) for the rollout engines.
+* :class:`RolloutWorker`: one rollout engine (``rollout.engine``: ``hf`` or ``vllm``) on a
+  plain copy of the policy; receives weights after every update and runs evaluations.
+
+Both reuse the single-process building blocks (:mod:`~trainkit.rlhf.trainers.ppo`,
+:mod:`~trainkit.rlhf.trainers.experience`), so the maths is the same code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _threads(n: int) -> None:
+    torch.set_num_threads(max(1, int(n)))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, int(n)))
+
+
+class PolicyWorker:
+    """Actor (+ reference, + critic) training state in one process.
+
+    Args:
+        cfg: the run's RL config.
+        threads: torch CPU threads of this actor.
+    """
+
+    def __init__(self, cfg: Any, threads: int):
+        from trainkit.common.guard import NonFiniteGuard
+        from trainkit.common.seed import seed_everything
+        from trainkit.llm.strategy import Strategy
+        from trainkit.rlhf.trainers.ppo import build_models, make_optimizer
+
+        _threads(threads)
+        seed_everything(cfg.train.seed)
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.policy, self.tok, self.ref, self.critic = build_models(cfg)
+        self.strategy = Strategy()
+        self.strategy.setup()
+        self.opt, self.sched = make_optimizer(self.policy.parameters(), cfg.optim.lr,
+                                              cfg.optim, cfg.train.max_steps)
+        self.copt = self.csched = None
+        if self.critic is not None:
+            self.copt, self.csched = make_optimizer(self.critic.parameters(),
+                                                    cfg.optim.critic_lr, cfg.optim,
+                                                    cfg.train.max_steps)
+        self.guard = NonFiniteGuard(cfg.train.nonfinite)
+
+    def ready(self) -> int:
+        """The actor's process id (also proves it finished building)."""
+        return os.getpid()
+
+    def resume(self) -> int:
+        """Load the newest checkpoint of ``output_dir``; returns its step (0: none)."""
+        from trainkit.rlhf.trainers.ppo import _resume
+
+        step, _ = _resume(self.out, self.strategy, self.policy, self.opt, self.sched,
+                          self.critic, self.copt, self.csched)
+        return step
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Policy weights under HF checkpoint names, LoRA merged, copied to CPU."""
+        from trainkit.rlhf.rollout.sync import merged_state_dict
+
+        return merged_state_dict(self.policy, device="cpu")
+
+    def learn(self, rollout: Any, rewards: torch.Tensor, valid: torch.Tensor,
+              step: int) -> dict[str, float]:
+        """Experience + PPO update for one step; returns the metrics of both."""
+        from trainkit.rlhf.trainers.experience import make_experience
+        from trainkit.rlhf.trainers.ppo import ppo_update
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout etc., as single-process
+        exp, xstats = make_experience(rollout, rewards, policy=self.policy, algo=cfg.algo,
+                                      temperature=cfg.rollout.temperature,
+                                      micro_batch=cfg.train.micro_batch_size,
+                                      ref_model=self.ref, critic=self.critic, valid=valid)
+        ustats: dict[str, float] = {}
+        if exp is not None:
+            ustats = ppo_update(exp, self.policy, self.opt, self.sched, cfg, step, self.guard,
+                                self.critic, self.copt, self.csched)
+        else:
+            ustats["skipped_update"] = 1
+        return {**xstats, **ustats, "lr": self.sched.get_last_lr()[0],
+                "nonfinite_skipped": self.guard.skipped}
+
+    def save(self, step: int) -> str:
+        """Write the checkpoint of ``step`` (atomic); returns its folder."""
+        from trainkit.rlhf.trainers.ppo import _save
+
+        _save(self.out, step, self.strategy, self.policy, self.opt, self.sched, self.critic,
+              self.copt, self.csched, self.cfg.train.keep_last,
+              {"estimator": self.cfg.algo.estimator})
+        return str(self.out / "checkpoints")
+
+    def save_model(self) -> str:
+        """``output_dir/model``: the final policy (and tokenizer)."""
+        self.strategy.save_pretrained(self.policy, self.out / "model", tokenizer=self.tok)
+        return str(self.out / "model")
+
+
+class RolloutWorker:
+    """One rollout engine on its own copy of the policy weights.
+
+    Args:
+        cfg: the run's RL config (``model``, ``rollout``, ``data``, ``eval`` sections).
+        threads: torch CPU threads of this actor.
+    """
+
+    def __init__(self, cfg: Any, threads: int):
+        from trainkit.llm.models import load_model, load_tokenizer
+        from trainkit.rlhf.trainers import rl_data
+        from trainkit.rlhf.trainers.ppo import eos_ids
+
+        _threads(threads)
+        self.cfg = cfg
+        kind = getattr(cfg.rollout, "engine", "hf")
+        if kind == "vllm":
+            from trainkit.rlhf.rollout.vllm_engine import VLLMEngine
+
+            self.tok = load_tokenizer(cfg.model.name)
+            eos = sorted({i for i in (self.tok.eos_token_id,) if i is not None})
+            self.engine = VLLMEngine.from_config(cfg, self.tok.pad_token_id, eos)
+        else:
+            from trainkit.rlhf.rollout.hf import HFEngine
+
+            model, self.tok = load_model(cfg.model.name, dtype=cfg.model.dtype)
+            model.eval().requires_grad_(False)
+            self.engine = HFEngine(model, self.tok.pad_token_id, eos_ids(model, self.tok),
+                                   cfg.rollout.max_batch)
+        _, eval_recs = rl_data.load_prompt_records(cfg.data, cfg.train.seed)
+        self.eval_set = rl_data.tokenize_prompts(eval_recs, self.tok, cfg.data) \
+            if eval_recs else None
+        self.reward_fn = rl_data.build_reward(cfg.data)
+        from trainkit.rlhf.rewards import load_reward
+
+        self.acc_fn = load_reward(cfg.data.accuracy_reward) if cfg.data.accuracy_reward \
+            else None
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def generate(self, prompt_token_ids: list[list[int]], n: int, max_new_tokens: int,
+                 temperature: float, top_p: float, seed: int | None) -> Any:
+        return self.engine.generate(prompt_token_ids, n=n, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, top_p=top_p, seed=seed)
+
+    def update_weights(self, weights: dict[str, torch.Tensor]) -> int:
+        """Load the policy's weights; returns how many tensors arrived."""
+        self.engine.update_weights(weights)
+        return len(weights)
+
+    def evaluate(self, seed: int) -> dict[str, float] | None:
+        """Held-out reward/accuracy with the current weights (None: no eval split)."""
+        from trainkit.rlhf.trainers import rl_data
+
+        if self.eval_set is None:
+            return None
+        ev = self.cfg.eval
+        tokens = ev.max_new_tokens or self.cfg.rollout.max_new_tokens
+        return rl_data.evaluate(self.engine, self.tok, self.eval_set, self.reward_fn,
+                                self.acc_fn, ev, tokens, seed=seed)
