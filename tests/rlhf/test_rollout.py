@@ -141,8 +141,11 @@ def test_lora_merge_for_generation_matches_unmerged(tiny):
     prompts = [tok("1 + 1 =").input_ids]
     plain = HFEngine(peft_model, tok.pad_token_id, tok.eos_token_id).generate(
         prompts, n=2, max_new_tokens=6, seed=3)
+    base = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
     merged_eng = HFEngine(peft_model, tok.pad_token_id, tok.eos_token_id, merge_lora=True)
     merged = merged_eng.generate(prompts, n=2, max_new_tokens=6, seed=3)
+    # every weight is restored bit-exactly (no merge/unmerge rounding drift)
+    assert all(torch.equal(p.detach(), base[n]) for n, p in peft_model.named_parameters())
     assert torch.equal(plain.response_ids, merged.response_ids)
     assert torch.allclose(plain.logprobs, merged.logprobs, atol=1e-4)
     # adapters are unmerged again afterwards: the forward pass equals the unmerged one

@@ -10,7 +10,8 @@ Prompts are left padded; position ids are ``cumsum(mask) - 1`` as in training
 
 With a PEFT LoRA model, ``merge_lora=True`` folds the adapters into the base weights
 for the duration of generation (one ``W + s B A`` per layer, undone afterwards), which
-removes the adapter matmuls from every decoding step.
+removes the adapter matmuls from every decoding step; the base weights are restored
+bit-exactly afterwards from a transient copy.
 """
 
 from __future__ import annotations
@@ -95,16 +96,23 @@ class HFEngine:
     def _generation_mode(self):
         model = self.model
         was_training = model.training
-        merged = False
+        stash: list[tuple[Tensor, Tensor]] = []
         model.eval()
         try:
             if self.merge_lora and hasattr(model, "merge_adapter") and hasattr(model, "peft_config"):
+                # keep the exact base weights: W + BA - BA is not W in floating point, and
+                # the drift would accumulate over thousands of steps
+                stash = [(m.base_layer.weight, m.base_layer.weight.detach().clone())
+                         for m in model.modules()
+                         if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
                 model.merge_adapter()
-                merged = True
             yield
         finally:
-            if merged:
+            if stash:
                 model.unmerge_adapter()
+                with torch.no_grad():
+                    for w, saved in stash:
+                        w.copy_(saved)
             if was_training:
                 model.train()
 

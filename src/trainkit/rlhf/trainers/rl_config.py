@@ -60,8 +60,9 @@ class RolloutSection:
     temperature: float = 1.0
     top_p: float = 1.0
     max_batch: int | None = field(default=None, metadata={"help": "rows per generate call"})
-    merge_lora: bool = field(default=True, metadata={
-        "help": "fold LoRA into the weights while generating (faster decoding)"})
+    merge_lora: bool = field(default=False, metadata={
+        "help": "fold LoRA into the weights while generating (fewer matmuls per token; "
+                "costs a transient copy of the adapted weights)"})
 
 
 @dataclass
@@ -121,6 +122,8 @@ class EvalSection:
     n_prompts: int = 64
     max_new_tokens: int | None = field(default=None, metadata={"help": "null: rollout's"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    samples_per_prompt: int = field(default=1, metadata={
+        "help": "completions per held-out prompt (with temperature > 0: expected reward)"})
     batch_size: int = 64
 
 
@@ -183,6 +186,11 @@ class RLConfig:
                               f"values for {len(self.data.reward)} rewards")
         if not self.data.reward:
             raise ConfigError("data.reward must name at least one reward function")
+        if self.eval.samples_per_prompt < 1 or self.eval.n_prompts < 0:
+            raise ConfigError("eval.samples_per_prompt must be >= 1 and eval.n_prompts >= 0")
+        if self.eval.samples_per_prompt > 1 and self.eval.temperature == 0:
+            raise ConfigError("eval.samples_per_prompt > 1 needs eval.temperature > 0 "
+                              "(greedy samples are identical)")
         if self.train.max_steps < 0 or self.train.micro_batch_size < 1:
             raise ConfigError("train.max_steps must be >= 0 and train.micro_batch_size >= 1")
 

@@ -130,15 +130,17 @@ def evaluate(engine: Any, tokenizer: Any, prompts: PromptSet, reward_fn: Any, ac
              ev: Any, max_new_tokens: int, seed: int = 0) -> dict[str, float]:
     """Mean reward and exact accuracy on the first ``ev.n_prompts`` held-out prompts.
 
-    Greedy when ``ev.temperature == 0``. Accuracy counts completions whose accuracy
+    Greedy when ``ev.temperature == 0``; otherwise ``ev.samples_per_prompt`` samples per
+    prompt with a fixed seed (the same random numbers at every evaluation). Accuracy counts completions whose accuracy
     reward is 1.0. Returns ``eval_reward``, ``eval_accuracy``, ``eval_truncated_frac``.
     """
     from trainkit.rlhf.rewards import score
 
     n = min(ev.n_prompts, len(prompts))
+    k = ev.samples_per_prompt
     rew, acc, trunc = [], [], []
-    for s in range(0, n, ev.batch_size):
-        idx = list(range(s, min(n, s + ev.batch_size)))
+    for s in range(0, n, max(1, ev.batch_size // k)):
+        idx = [i for i in range(s, min(n, s + max(1, ev.batch_size // k))) for _ in range(k)]
         texts, ids, labels = prompts.take(idx)
         ro = engine.generate(ids, n=1, max_new_tokens=max_new_tokens,
                              temperature=ev.temperature, top_p=1.0, seed=seed + s)
