@@ -151,6 +151,11 @@ def test_equivalent():
     assert equivalent("1.0000001*x*y + 0.0000002", "x*y")
     assert not equivalent("x*y", "x + y")
     assert equivalent("(x + 1)**2", "x**2 + 2*x + 1")
+    # learned formulas: constant factors/offsets fold after exp(a + b) -> exp(a) exp(b)
+    learned = "1.6487*exp(0.5*(2.0*sin(3.14159*x1 + 0.00001) + 2.0*(1.0*x2 + 0.0001)**2 - 1.0002))"
+    assert equivalent(learned, "exp(sin(pi*x1) + x2**2)")
+    assert not equivalent(learned.replace("0.0001)", "0.01)"), "exp(sin(pi*x1) + x2**2)")
+    assert equivalent("0.25*(1.0*x + 1.0*y + 0.00001)**2 - 0.25*(x - y)**2", "x*y")
     # symbols are matched by name, whatever their assumptions
     xr = sympy.Symbol("x", real=True)
     assert equivalent(sympy.sin(xr), "sin(x)")

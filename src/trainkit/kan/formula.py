@@ -444,13 +444,11 @@ def round_constants(expr, digits: int = 4):
     return expr.xreplace(repl) if repl else expr
 
 
-def _numeric_rounded(expr, digits: int):
-    """evalf every numeric constant (pi -> 3.14159...) then round to ``digits``."""
+def _plain(expr):
+    """Parse strings; rename symbols to plain ones (assumptions such as real=True ignored)."""
     sp = _sympy()
     expr = _as_expr(expr)
-    # Rename symbols to plain ones so assumptions (real=True...) do not matter.
-    expr = expr.xreplace({s: sp.Symbol(s.name) for s in expr.free_symbols})
-    return round_constants(_evalf_numbers(expr), digits)
+    return expr.xreplace({s: sp.Symbol(s.name) for s in expr.free_symbols})
 
 
 def _evalf_numbers(node):
@@ -465,27 +463,41 @@ def _evalf_numbers(node):
     return node.func(*[_evalf_numbers(a) for a in node.args])
 
 
+def _expanded(expr):
+    """``expand`` with ``exp(a + b) -> exp(a) exp(b)``, so constant factors and offsets
+    of a learned formula fold into single numbers; None if it could blow up."""
+    sp = _sympy()
+    if any(p.exp.is_Integer and abs(p.exp) > 16 and p.base.is_Add for p in expr.atoms(sp.Pow)):
+        return None
+    return _evalf_numbers(sp.expand(expr, power_exp=True, power_base=False, log=False))
+
+
 def equivalent(expr_a, expr_b, digits: int = 3) -> bool:
     """True if two formulas agree after rounding every constant to ``digits`` decimals.
 
     ``pi`` and other exact constants are evaluated first, so ``sin(pi*x)`` and
     ``sin(3.1416*x)`` are equivalent at ``digits=3``. Symbols are matched by name.
-    The comparison is symbolic: the rounded difference must simplify to 0.
+    The comparison is symbolic: the rounded difference must simplify to 0. Both
+    formulas are compared as given and after expansion (``exp(u + b) -> exp(b) exp(u)``,
+    products and powers multiplied out), so that a learned
+    ``1.6487*exp(0.5*(2*sin(3.1416*x1) + 2*x2**2 - 1.0))`` matches ``exp(sin(pi*x1) + x2**2)``.
 
     Args:
         expr_a, expr_b: SymPy expressions or formula strings.
         digits: decimals kept for every constant.
     """
     sp = _sympy()
-    a = _numeric_rounded(expr_a, digits)
-    b = _numeric_rounded(expr_b, digits)
-    if a == b:
+    a0, b0 = _evalf_numbers(_plain(expr_a)), _evalf_numbers(_plain(expr_b))
+    a, b = round_constants(a0, digits), round_constants(b0, digits)
+    if a == b or sp.expand(a - b) == 0:
         return True
-    diff = sp.expand(a - b)
-    if diff == 0:
-        return True
+    ea, eb = _expanded(a0), _expanded(b0)
+    if ea is not None and eb is not None:
+        ra, rb = round_constants(ea, digits), round_constants(eb, digits)
+        if ra == rb or sp.expand(ra - rb) == 0:
+            return True
     try:
-        diff = sp.simplify(diff)
+        diff = sp.simplify(a - b)
     except Exception:  # pragma: no cover - SymPy internals
         return False
     return bool(diff == 0) or (diff.is_number and abs(complex(diff.evalf())) < 10.0 ** (-digits))
