@@ -69,6 +69,19 @@ def test_fit_affine_custom_callable_and_grid_only():
     assert 0.99 < coarse.r2  # the grid alone is already close
 
 
+def test_bessel_is_reported_honestly_and_custom_entries_without_autograd_work():
+    x = _x(seed=11)
+    y = torch.special.bessel_j0(20 * x)
+    res = S.suggest(x, y, topk=26)
+    assert max(f.r2 for f in res) < 0.9  # J0(20x) is not in the library
+    # torch.special.bessel_j0 has no autograd formula: finite differences are used
+    j0 = S.SymbolicFunction("J0", torch.special.bessel_j0, lambda sp, u: sp.besselj(0, u),
+                            complexity=4, reflect=True)
+    best = S.suggest(x, y, lib=[*S.LIBRARY.values(), j0], topk=2)[0]
+    assert best.name == "J0" and 1 - best.r2 < 1e-10
+    assert abs(best.a) == pytest.approx(20.0, abs=1e-6)
+
+
 # One true function per library family; the true function must rank first.
 TRUE = {
     "x": lambda x: 2 * x + 1,
