@@ -1,46 +1,39 @@
 """Symbolic function library and fast affine fits ``y ~ c * f(a * x + b) + d``.
 
-KAN paper (arXiv 2404.19756, section 2.5.1 "Simplification techniques", step 3):
-each learned edge activation is compared against a library of named functions
-``f`` by fitting the affine parameters ``(a, b, c, d)`` and ranking the candidates
-by R^2 and simplicity. This module is model independent: it sees 1-D samples
-``x, y`` of one edge.
+KAN paper (arXiv 2404.19756, section 2.5.1, step 3): each learned edge activation
+is compared with named functions ``f`` by fitting ``(a, b, c, d)`` and ranking by R^2
+and simplicity. Model independent: it sees 1-D samples ``x, y`` of one edge.
 
-Every library entry has a torch implementation guarded against singularities
-(never NaN/inf for finite inputs, finite gradients), a SymPy form and a complexity.
-Guards (``EPS = 1e-4``): denominators keep ``|u| >= EPS`` (so ``1/x <= 1e4``,
-``1/x^4 <= 1e16``), ``log`` and ``1/sqrt`` clamp ``u >= EPS``, ``sqrt`` clamps
-``u >= 1e-12``, ``x^1.5`` clamps ``u >= 0``, ``arcsin``/``arccos``/``arctanh`` clamp
-``|u| <= 1 - 1e-6``, ``tan`` keeps ``|cos u| >= EPS``, ``exp`` clamps ``u <= 80``.
+Each entry has a guarded torch function (never NaN/inf for finite inputs, finite
+gradients), its derivative, a SymPy form and a complexity. Guards: denominators
+keep ``|u| >= EPS = 1e-4`` (``1/x <= 1e4``), ``log``/``1/sqrt`` clamp ``u >= EPS``,
+``sqrt`` ``u >= 1e-12``, ``x^1.5`` ``u >= 0``, ``arcsin/arccos/arctanh``
+``|u| <= 1 - 1e-6``, ``tan`` ``|cos u| >= EPS``, ``exp`` ``u <= 80``.
 
-Fitting (:func:`fit_affine`) is done in float64 on standardised data
-``z = (x - mean x) / std x``, ``yn = (y - mean y) / std y`` (so the search grids do
-not depend on the data's units), in two stages:
+Fitting runs in float64 on standardised ``z = (x - mean) / std`` and ``y`` (grids
+are unit-free), in two stages:
 
-1. a vectorised grid search that uses each function's structure to shrink the
-   search: ``linear`` (``x``) is solved in closed form; ``shift`` functions (powers,
-   ``1/x``, ``log``, ``sqrt``, ``abs``, ``sgn``) only need the shift ``s`` of
-   ``f(+-(z - s))`` because the scale is absorbed by ``c``/``d``; ``scale`` (``exp``)
-   only needs ``a`` because ``exp(b)`` is absorbed by ``c``; ``periodic`` (``sin``,
-   ``cos``) uses ``c sin(az + b) = alpha sin(az) + beta cos(az)``, linear in
-   ``(alpha, beta)``, so only the frequency is searched; ``general`` functions
-   (``tanh``, ``arctan``, ``gaussian``, ...) search a ``(scale, centre)`` grid.
-   The R^2 of each grid point is the squared correlation (closed form), evaluated
-   on a quantile subsample of at most 256 points;
-2. Levenberg-Marquardt on all points from the best grid points, then exact linear
-   least squares for ``(c, d)``.
+1. a grid search exploiting each function's structure (``kind``): ``linear`` is
+   closed form; ``shift`` (powers, ``1/x``, ``log``, ``sqrt``, ``abs``) searches only
+   the shift of ``f(+-(z - s))`` (the scale is absorbed by ``c``); ``scale``
+   (``exp``) only ``a`` (``exp(b)`` is absorbed by ``c``); ``periodic`` uses
+   ``c sin(az + b) = alpha sin(az) + beta cos(az)`` (linear in alpha, beta) so only
+   the frequency is searched; ``step`` (``sgn``) finds the exact breakpoint by prefix
+   sums; ``general`` searches a (scale, centre) grid. R^2 of a grid point is the
+   squared correlation, on a 128-point quantile subsample;
+2. Levenberg-Marquardt batched over the best grid points of all functions at once
+   (subsample, then a few steps on all points), then least squares for ``(c, d)``.
 
-Periodic fits keep at least a quarter period across the data (``|a| * span >= pi/2``
-in standardised units): with less, ``sin``/``cos`` are indistinguishable from the
-polynomials already in the library and would win ties against ``x^2``.
+``sin``/``cos`` keep at least a quarter period across the data; with less they
+mimic the polynomials already in the library (and would tie with ``x^2``).
 
-Ranking rule (:func:`suggest`), lower score is better::
+Ranking rule (:func:`suggest`), lower is better::
 
     score = log10(1 - R^2 + r2_floor) + weight_simple * complexity
 
-i.e. each unit of complexity must buy ``weight_simple`` decades of unexplained
-variance; ``r2_floor`` (default 1e-10) caps the credit for fits already at the noise
-level. Ties are broken by higher R^2, then lower complexity, then name.
+each complexity unit must buy ``weight_simple`` decades of unexplained variance;
+``r2_floor`` (1e-10) caps the credit at the noise level. Ties: higher R^2, lower
+complexity, library order.
 """
 
 from __future__ import annotations
@@ -124,7 +117,7 @@ class SymbolicFunction:
         torch_fn: guarded elementwise torch function ``u -> f(u)`` (any shape).
         sympy_fn: ``(sympy_module, u) -> SymPy expression`` (the unguarded math).
         complexity: simplicity cost used by :func:`suggest` (``x`` is 1, ``0`` is 0).
-        kind: search strategy, one of ``zero, linear, shift, scale, periodic, general``
+        kind: search strategy, one of ``zero, linear, shift, scale, periodic, step, general``
             (see the module docstring). User functions should use ``general``.
         reflect: True when ``f(-u)`` is an affine function of ``f(u)`` (odd or even
             functions, ``arccos``), so the sign of ``a`` need not be searched.
