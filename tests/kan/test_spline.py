@@ -112,3 +112,26 @@ def test_adaptive_knots_follow_percentiles():
     assert k[0].tolist() == pytest.approx([0.0, 2.5, 5.0, 7.5, 10.0])
     const = spline.adaptive_knots(torch.ones(5, 1), grid=2, eps=0.02)
     assert const[0].tolist() == pytest.approx([0.5, 1.0, 1.5])
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_uniform_fast_path_matches_reference(k):
+    grid = spline.uniform_grid(3, 7, k, lo=-0.7, hi=1.3, dtype=torch.float64)
+    assert spline.is_uniform(grid) and not spline.is_uniform(
+        spline.extend_grid(torch.tensor([[-1.0, 0.1, 1.0]], dtype=torch.float64), k))
+    gen = torch.Generator().manual_seed(k)
+    for lo, hi in ((-0.7, 1.3), (-3.0, 3.0)):  # inside only / with points beyond the grid
+        x = lo + (hi - lo) * torch.rand(300, 3, generator=gen, dtype=torch.float64)
+        ref = torch.tensor([[[naive_bspline(x[n, i].item(), grid[i].tolist(), j, k)
+                              for j in range(grid.shape[1] - k - 1)] for i in range(3)]
+                            for n in range(300)], dtype=torch.float64)
+        assert (spline.bspline_basis(x, grid, k, uniform=True) - ref).abs().max().item() < 1e-12
+        f1, v1, d1 = spline.bspline_local(x, grid, k, deriv=True)
+        f2, v2, d2 = spline.bspline_local(x, grid, k, deriv=True, uniform=True)
+        nb = grid.shape[1] - k - 1
+        assert (spline.scatter_local(f1, d1, nb) - spline.scatter_local(f2, d2, nb)).abs().max() < 1e-11
+    xg = (torch.rand(8, 3, generator=gen, dtype=torch.float64) * 2.4 - 0.9).requires_grad_()
+    w = torch.randn(2, 3, grid.shape[1] - k - 1, generator=gen, dtype=torch.float64).requires_grad_()
+    for fast in (True, False):
+        assert torch.autograd.gradcheck(
+            lambda a, b: spline.spline_linear(a, grid, b, k, fast=fast, uniform=True), (xg, w))

@@ -117,6 +117,14 @@ class KANLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"grid={self.grid_size}, k={self.k}, base_fun={self.base_fun}")
 
+    def grid_is_uniform(self) -> bool:
+        """Whether the grid is equally spaced (cached until the grid tensor changes)."""
+        key = (self.grid.data_ptr(), self.grid._version, str(self.grid.device), self.grid.shape)
+        if getattr(self, "_uniform_key", None) != key:
+            self._uniform_flag = spline.is_uniform(self.grid)
+            self._uniform_key = key
+        return self._uniform_flag
+
     # ---- forward --------------------------------------------------------------------
     def spline_weight(self) -> torch.Tensor:
         """Folded spline weight ``mask * w_s * c``: ``[out, in, G + k]``."""
@@ -126,7 +134,8 @@ class KANLinear(nn.Module):
         """``[..., in]`` -> ``[..., out]``."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # [N, in]
-        y = spline.spline_linear(x2, self.grid, self.spline_weight(), self.k, fast=self.fast)
+        y = spline.spline_linear(x2, self.grid, self.spline_weight(), self.k, fast=self.fast,
+                                 uniform=self.grid_is_uniform())
         if self.base_fun != "zero":
             y = y + BASE_FUNS[self.base_fun](x2) @ (self.mask * self.scale_base).t()
         if self.sym_mask.any():
@@ -157,7 +166,7 @@ class KANLinear(nn.Module):
             last axis gives ``forward(x)``), ``spline [N, out, in]`` (``w_s * spline``,
             unmasked), ``base [N, out, in]`` (``w_b * b(x)``, unmasked) and ``symbolic``.
         """
-        b = spline.bspline_basis(x, self.grid, self.k)  # [N, in, G+k]
+        b = spline.bspline_basis(x, self.grid, self.k, self.grid_is_uniform())  # [N, in, G+k]
         sp = torch.einsum("nij,oij->noi", b, self.coef) * self.scale_sp  # [N, out, in]
         base = BASE_FUNS[self.base_fun](x).unsqueeze(1) * self.scale_base  # [N, out, in]
         sym = self.symbolic_activations(x)
