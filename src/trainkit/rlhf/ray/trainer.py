@@ -201,7 +201,7 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
                     pass
             where = f"checkpoint of step {saved} in {out / 'checkpoints'}" if saved else \
                 "no checkpoint yet"
-            raise RoleDiedError(e.role, f"{e} during step {done + 1}; {where}; rerun with "
+            raise RoleDiedError(e.role, f"{e} after step {done}; {where}; rerun with "
                                         "train.resume=true to continue") from None
         bar.close()
         if done > start or not evals:
