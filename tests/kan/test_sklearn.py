@@ -34,6 +34,15 @@ def test_regressor_learns_a_smooth_function():
     assert len(reg.history_) == 1 and reg.history_[0]["train_loss"][-1] < 0.1
 
 
+def test_regressor_multiplication_node_and_grid_schedule():
+    rng = np.random.default_rng(0)
+    X, Xt = rng.uniform(-1, 1, size=(100, 2)), rng.uniform(-1, 1, size=(200, 2))
+    reg = KANRegressor(hidden_layer_sizes=((0, 1),), grids=(3, 5), steps=3).fit(X, X[:, 0] * X[:, 1])
+    assert reg.model_.width == [[2, 0], [0, 1], [1, 0]] and reg.model_.grid == 5
+    assert len(reg.history_) == 2
+    assert reg.score(Xt, Xt[:, 0] * Xt[:, 1]) > 0.998  # measured 0.9994
+
+
 def test_classifier_learns_two_classes_with_string_labels():
     rng = np.random.default_rng(0)
     X = rng.uniform(-1, 1, size=(200, 2))
