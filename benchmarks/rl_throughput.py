@@ -1,0 +1,155 @@
+"""GRPO throughput: trainkit vs TRL's GRPOTrainer on the same model, prompts and settings.
+
+    python benchmarks/rl_throughput.py            # SmolLM2-135M-Instruct, LoRA r16
+    python benchmarks/rl_throughput.py --quick    # tiny-llama, for a fast check
+
+Both sides: the same saved model folder (``trainkit.llm.models.resolve``), the same
+chat-formatted prompts (the built-in ``arithmetic`` task), ``n`` completions of one
+prompt per step, ``max_new_tokens`` tokens, temperature 1, LoRA (r16, alpha 32, no
+dropout, q/k/v/o/gate/up/down), AdamW lr 1e-5, beta (KL) 0, one policy update per
+generation batch, the whole batch in one forward/backward, token-mean loss, the graded
+``math_closeness`` reward, the same torch thread count. A step is wall time between
+consecutive optimizer steps, generation included; we report the median over the steps
+after the first (warm-up). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def prompts_for(n_steps: int) -> list[dict]:
+    from trainkit.rlhf.tasks import load_task
+
+    train, _ = load_task("arithmetic", seed=0, n_train=max(n_steps, 1))
+    return train[:n_steps]
+
+
+def run_trainkit(model_path: str, recs: list[dict], a, out: Path) -> list[float]:
+    from trainkit.common.io import atomic_write_text
+    from trainkit.config import load_config
+    from trainkit.rlhf.trainers.ppo import GRPOConfig, train
+
+    data = out / "prompts.jsonl"
+    atomic_write_text(data, "".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"]})
+                                    + "\n" for r in recs))
+    over = [f"model.name={model_path}", f"data.path={data}", f"data.eval_path={data}",
+            "data.reward=[math_closeness]", "data.accuracy_reward=", "rollout.prompts_per_step=1",
+            f"rollout.n={a.n}", f"rollout.max_new_tokens={a.max_new_tokens}",
+            f"rollout.merge_lora={str(a.merge_lora).lower()}",
+            "algo.estimator=grpo", "algo.kl_coef=0.0", "lora.enabled=true", f"lora.r={a.lora_r}",
+            f"lora.alpha={2 * a.lora_r}", "lora.dropout=0.0", "optim.lr=1e-5",
+            f"train.micro_batch_size={a.n}", f"train.max_steps={a.steps}", "train.progress=false",
+            "train.save_model=false", "train.save_every=0", "eval.every=0", "eval.n_prompts=0",
+            f"output_dir={out / 'run'}", f"train.threads={a.threads}"]
+    cfg = load_config(GRPOConfig, None, over)
+    stamps: list[float] = []
+    parts: list[dict] = []
+
+    def on_log(rec: dict) -> None:
+        if "loss" in rec:
+            stamps.append(time.perf_counter())
+            parts.append({k: rec[k] for k in ("gen_s", "exp_s", "train_s")})
+
+    t0 = time.perf_counter()
+    train(cfg, on_log=on_log)
+    steps = [b - a_ for a_, b in zip([t0] + stamps[:-1], stamps)]
+    return steps, parts
+
+
+def run_trl(model_path: str, recs: list[dict], a, out: Path) -> list[float]:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from trainkit.rlhf.rewards import math_closeness
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+                             "answer": r["answer"]} for r in recs])
+
+    def reward(prompts, completions, answer, **kw):
+        texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+        return math_closeness(prompts, texts, answer=answer)
+
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    args = GRPOConfig(
+        output_dir=str(out / "trl"), per_device_train_batch_size=a.n, num_generations=a.n,
+        gradient_accumulation_steps=1, max_completion_length=a.max_new_tokens,
+        learning_rate=1e-5, beta=0.0, num_iterations=1, temperature=1.0, top_p=1.0, top_k=0,
+        max_steps=a.steps, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+        bf16=False, seed=0, disable_dropout=True, loss_type="dapo", scale_rewards="group",
+        lr_scheduler_type="constant", warmup_steps=0, dataloader_num_workers=0,
+        shuffle_dataset=False)
+    peft_cfg = LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0,
+                          target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds,
+                          processing_class=tok, peft_config=peft_cfg, callbacks=[Clock()])
+    t0 = time.perf_counter()
+    trainer.train()
+    return [b - a_ for a_, b in zip([t0] + stamps[:-1], stamps)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny-llama instead of SmolLM2-135M")
+    p.add_argument("--model", default=None)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per side")
+    p.add_argument("--n", type=int, default=8, help="completions per prompt (one prompt/step)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    p.add_argument("--merge-lora", action="store_true", help="trainkit: merge LoRA to generate")
+    p.add_argument("--only", choices=["trainkit", "trl"], default=None)
+    a = p.parse_args(argv)
+    a.steps = a.steps or (6 if a.quick else 5)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from trainkit.llm.models import resolve
+
+    name = a.model or ("tiny-llama" if a.quick else "smollm2-135m-instruct")
+    path = resolve(name)
+    recs = prompts_for(a.steps)
+    result = {"model": name, "n": a.n, "max_new_tokens": a.max_new_tokens, "lora_r": a.lora_r,
+              "steps": a.steps, "threads": a.threads, "merge_lora": a.merge_lora}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if a.only in (None, "trainkit"):
+            tk, parts = run_trainkit(path, recs, a, tmp / "tk")
+            result["trainkit_steps_s"] = [round(x, 3) for x in tk]
+            result["trainkit_s_per_step"] = statistics.median(tk[1:] or tk)
+            result["trainkit_parts_median_s"] = {
+                k: round(statistics.median(p_[k] for p_ in (parts[1:] or parts)), 3)
+                for k in ("gen_s", "exp_s", "train_s")}
+        if a.only in (None, "trl"):
+            trl_steps = run_trl(path, recs, a, tmp / "trl")
+            result["trl_steps_s"] = [round(x, 3) for x in trl_steps]
+            result["trl_s_per_step"] = statistics.median(trl_steps[1:] or trl_steps)
+    if "trainkit_s_per_step" in result and "trl_s_per_step" in result:
+        result["speedup"] = result["trl_s_per_step"] / result["trainkit_s_per_step"]
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
