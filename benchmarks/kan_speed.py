@@ -161,8 +161,8 @@ def main(argv=None) -> dict:
         tk = KAN(width, grid=5, k=3, seed=0, device=dev)
         impls = {"trainkit": lambda: tk, "cox_autograd": lambda: CoxKAN(tk),
                  "mlp": lambda: mlp_like(tk.n_params(), width[0], width[-1]).to(dev),
-                 "pykan_speed": lambda: make_pykan(width, True, dev),
-                 "pykan_default": lambda: make_pykan(width, False, dev)}
+                 "pykan_speed": lambda: make_pykan(list(width), True, dev),
+                 "pykan_default": lambda: make_pykan(list(width), False, dev)}
         case = {"width": width, "batch": batch, "kan_params": tk.n_params(), "impls": {}}
         for name, build in impls.items():
             if name in skip:
