@@ -1,0 +1,69 @@
+"""The KAN section of ``trainkit demo``: fit exp(sin(pi x) + y^2) with grid extension.
+
+Reproduces the paper's running example (Liu et al. 2024, section 3.1 / Fig. 3.1): a
+[2,1,1] KAN trained by LBFGS in float64 while the grid is refined. Quick mode stops at
+G=20 with fewer steps. The model is saved in ``out_dir/model`` so later sections
+(pruning, symbolic formulas) can start from it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from trainkit.demo import Section
+
+ESTIMATE_S = {"quick": 45, "full": 200}
+
+# the paper's [2,1,1] test RMSE per grid (original release), for the table
+PAPER_RMSE = {5: 6.2e-3, 10: 3.1e-4, 20: 2.0e-5, 50: 1.6e-6}
+
+
+def run(out_dir: Path, quick: bool) -> Section:
+    import torch
+
+    from trainkit.common.io import atomic_write_json
+    from trainkit.kan.datasets import create_dataset
+    from trainkit.kan.fit import fit_grids
+    from trainkit.kan.model import KAN
+    from trainkit.kan.recipes import plot_history
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grids = (3, 5, 10, 20) if quick else (3, 5, 10, 20, 50)
+    steps = 40 if quick else 200
+
+    def f(x):
+        return torch.exp(torch.sin(math.pi * x[:, 0]) + x[:, 1] ** 2)
+
+    ds = create_dataset(f, n_var=2, train_num=1000, test_num=1000, seed=0, dtype=torch.float64)
+    model = KAN([2, 1, 1], grid=grids[0], k=3, seed=1, dtype=torch.float64)
+    model, hist = fit_grids(model, ds, grids=grids, steps=steps, verbose=False)
+    model.save(out_dir / "model")
+    atomic_write_json(out_dir / "history.json", {"stages": hist["stages"],
+                                                 "train_loss": hist["train_loss"],
+                                                 "test_loss": hist["test_loss"]})
+    plot_history(hist, out_dir / "loss.png", title="[2,1,1] KAN on exp(sin(pi x) + y^2)")
+    rows = ["| grid G | parameters | train RMSE | test RMSE | paper test RMSE |",
+            "|---|---|---|---|---|"]
+    for s in hist["stages"]:
+        paper = f"{PAPER_RMSE[s['grid']]:.1e}" if s["grid"] in PAPER_RMSE else "-"
+        rows.append(f"| {s['grid']} | {s['params']} | {s['train_rmse']:.2e} | "
+                    f"{s['test_rmse']:.2e} | {paper} |")
+    last = hist["stages"][-1]
+    text = ("A [2,1,1] KAN fitted to f(x, y) = exp(sin(pi x) + y^2) on 1000 points, "
+            f"{steps} LBFGS steps per grid in float64, the grid refined through "
+            f"{', '.join(map(str, grids))} by knot insertion (the function is kept exactly "
+            "at each extension). Test RMSE on 1000 held-out points:\n\n" + "\n".join(rows))
+    cfg = "configs/kan/fit_quick.yaml" if quick else "configs/kan/fit_exp_sin.yaml"
+    return Section(
+        title="KAN: fitting exp(sin(pi x) + y^2) with grid extension",
+        headline={"test RMSE": f"{last['test_rmse']:.2e} (G={last['grid']})",
+                  "parameters": str(last["params"]),
+                  "paper (same G)": (f"{PAPER_RMSE[last['grid']]:.1e}"
+                                     if last["grid"] in PAPER_RMSE else "-")},
+        markdown=text,
+        images=[("train/test RMSE per LBFGS step; vertical lines mark grid extensions",
+                 "loss.png")],
+        command=f"trainkit kan fit --config {cfg}",
+    )
