@@ -166,3 +166,36 @@ def test_rollout_select_and_engine_protocol(tiny):
     assert torch.equal(sub.response_ids, ro.response_ids[[1, 3]])
     with pytest.raises(ValueError):
         eng.generate([tok("q").input_ids], n=1, max_new_tokens=0)
+
+
+def test_shared_prefix_logps_equal_full_forward_values_and_gradients(tiny):
+    import copy
+
+    from trainkit.llm.lora import LoraSection, apply_lora
+    from trainkit.rlhf.rollout.base import shared_prefix_logps
+
+    model, tok = tiny
+    peft_model = apply_lora(copy.deepcopy(model), LoraSection(enabled=True, r=4, dropout=0.0))
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    eng = HFEngine(peft_model, tok.pad_token_id, tok.eos_token_id)
+    ro = eng.generate([tok("What is 2 + 3?").input_ids, tok("Hi").input_ids], n=3,
+                      max_new_tokens=6, seed=0)
+    peft_model.train()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    full, _ = response_logps(peft_model, ro.sequences, ro.attention_mask, 6)
+    shared, ent = shared_prefix_logps(peft_model, ro.prompt_ids, ro.prompt_mask, ro.response_ids,
+                                      ro.action_mask, group=3, return_entropy=True)
+    m = ro.action_mask
+    assert ((full - shared).abs() * m).max().item() < 1e-4
+    assert ent.shape == (6, 6) and (ent[m.bool()] > 0).all()
+    g_full = torch.autograd.grad((full * m).sum(), params)
+    g_shared = torch.autograd.grad((shared * m).sum(), params)
+    scale = max(g.abs().max().item() for g in g_full)
+    assert scale > 0
+    assert max((a - b).abs().max().item() for a, b in zip(g_full, g_shared)) < 1e-4 * scale
+    # groups that do not divide the batch: not applicable, the caller falls back
+    assert shared_prefix_logps(peft_model, ro.prompt_ids, ro.prompt_mask, ro.response_ids,
+                               ro.action_mask, group=4) is None

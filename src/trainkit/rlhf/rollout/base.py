@@ -149,3 +149,75 @@ def response_logps(model: Any, sequences: Tensor, attention_mask: Tensor, n_resp
     logps = token_logps(logits, labels)
     ent = entropy_from_logits(logits) if return_entropy else None
     return logps, ent
+
+
+def _repeat_cache(cache: Any, repeats: int) -> bool:
+    """Repeat every row of a KV cache ``repeats`` times in place; False if unsupported."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or not all(hasattr(la, "batch_repeat_interleave") for la in layers):
+        return False
+    for la in layers:
+        la.batch_repeat_interleave(repeats)
+    return True
+
+
+def shared_prefix_logps(model: Any, prompt_ids: Tensor, prompt_mask: Tensor,
+                        response_ids: Tensor, action_mask: Tensor, group: int,
+                        temperature: float = 1.0, return_entropy: bool = False,
+                        ) -> tuple[Tensor, Tensor | None] | None:
+    """:func:`response_logps` with each group's prompt encoded once, not ``group`` times.
+
+    GRPO/RLOO sample ``n`` completions of one prompt; rows ``g*n .. g*n+n-1`` share
+    their (left-padded) prompt. The prompt runs through the model once per group, with
+    gradients, and its KV cache is repeated ``n`` times for the responses, so the body
+    of the model processes ``P + n R`` tokens per group instead of ``n (P + R)``. The
+    result equals the full forward pass up to float rounding; the gradient flows into
+    the prompt positions through the shared cache.
+
+    Args:
+        model: causal LM (HF or PEFT) that returns a KV cache.
+        prompt_ids: ``[B, P]`` left padded; equal within each group of ``group`` rows.
+        prompt_mask: ``[B, P]``.
+        response_ids: ``[B, R]``.
+        action_mask: ``[B, R]``.
+        group: rows per group (``B % group == 0``).
+        temperature: sampling temperature.
+        return_entropy: also return ``[B, R]`` entropies.
+
+    Returns:
+        ``(logps [B, R], entropy or None)``, or ``None`` when the model's cache cannot be
+        shared (the caller then uses :func:`response_logps`).
+    """
+    from trainkit.rlhf.losses import entropy_from_logits, token_logps
+
+    B, R = response_ids.shape
+    if group < 2 or B % group:
+        return None
+    u_ids, u_mask = prompt_ids[::group], prompt_mask[::group]
+    out = model(input_ids=u_ids, attention_mask=u_mask, position_ids=position_ids(u_mask),
+                use_cache=True, logits_to_keep=1)
+    cache = getattr(out, "cache", None)
+    cache = cache if cache is not None else getattr(out, "past_key_values", None)
+    if cache is None or not _repeat_cache(cache, group):
+        return None
+    first = out.logits[:, -1:, :].repeat_interleave(group, dim=0)  # [B, 1, V] scores token 0
+    full_mask = torch.cat([prompt_mask, action_mask.to(prompt_mask.dtype)], dim=1)
+    pos = position_ids(full_mask)[:, prompt_ids.shape[1]:]
+    kw = {_cache_kw(model): cache}
+    logits = first
+    if R > 1:
+        out2 = model(input_ids=response_ids[:, :-1], attention_mask=full_mask[:, :-1],
+                     position_ids=pos[:, :-1], use_cache=True, **kw)
+        logits = torch.cat([first, out2.logits], dim=1)  # [B, R, V]
+    if temperature != 1.0:
+        logits = logits / temperature
+    logps = token_logps(logits, response_ids)
+    ent = entropy_from_logits(logits) if return_entropy else None
+    return logps, ent
+
+
+def _cache_kw(model: Any) -> str:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

@@ -50,6 +50,7 @@ class Experience:
         ref_logp: ``[B, R]`` or None (no KL term).
         values: ``[B, R]`` critic values at rollout time, or None.
         returns: ``[B, R]`` critic targets, or None.
+        group: rows per prompt group (consecutive rows share their prompt).
     """
 
     sequences: Tensor
@@ -61,16 +62,22 @@ class Experience:
     ref_logp: Tensor | None = None
     values: Tensor | None = None
     returns: Tensor | None = None
+    group: int = 1
 
     def __len__(self) -> int:
         return self.sequences.shape[0]
 
     def select(self, idx: Tensor) -> Experience:
         """Rows ``idx``, with all-padding columns trimmed on both sides (less compute)."""
-        kw = {f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx])
-              for f in fields(self)}
+        kw = {f.name: (getattr(self, f.name) if f.name == "group" or getattr(self, f.name) is None
+                       else getattr(self, f.name)[idx]) for f in fields(self)}
         sub = Experience(**kw)
         return sub.trimmed()
+
+    def prompt_response(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(prompt_ids [B, P], prompt_mask [B, P], response_ids [B, R])``."""
+        P = self.sequences.shape[1] - self.action_mask.shape[1]
+        return self.sequences[:, :P], self.attention_mask[:, :P], self.sequences[:, P:]
 
     def trimmed(self) -> Experience:
         """Drop leading prompt columns that are padding in every row and trailing
@@ -85,7 +92,7 @@ class Experience:
         kw = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if v is None or v.dim() == 1:
+            if v is None or f.name == "group" or v.dim() == 1:
                 kw[f.name] = v
             elif f.name in ("sequences", "attention_mask"):
                 kw[f.name] = v[:, first:v.shape[1] - cut]
@@ -104,16 +111,35 @@ def ref_context(policy: Any, ref_model: Any | None):
     raise ValueError("no reference model: pass ref_model or use a LoRA policy")
 
 
+def policy_logps(model: Any, sequences: Tensor, attention_mask: Tensor, action_mask: Tensor,
+                 temperature: float, group: int = 1, return_entropy: bool = False,
+                 ) -> tuple[Tensor, Tensor | None]:
+    """Log-probs ``[B, R]`` of the response tokens; with ``group > 1`` each group's prompt
+    is encoded once (:func:`~trainkit.rlhf.rollout.base.shared_prefix_logps`)."""
+    from trainkit.rlhf.rollout.base import shared_prefix_logps
+
+    R = action_mask.shape[1]
+    if group > 1:
+        P = sequences.shape[1] - R
+        got = shared_prefix_logps(model, sequences[:, :P], attention_mask[:, :P],
+                                  sequences[:, P:], action_mask, group, temperature,
+                                  return_entropy)
+        if got is not None:
+            return got
+    return response_logps(model, sequences, attention_mask, R, temperature, return_entropy)
+
+
 @torch.no_grad()
-def forward_no_grad(model: Any, sequences: Tensor, attention_mask: Tensor, n_response: int,
-                    temperature: float, micro_batch: int) -> Tensor:
-    """:func:`response_logps` in eval mode over micro-batches: ``[B, T]`` -> ``[B, R]``."""
+def forward_no_grad(model: Any, sequences: Tensor, attention_mask: Tensor, action_mask: Tensor,
+                    temperature: float, micro_batch: int, group: int = 1) -> Tensor:
+    """:func:`policy_logps` in eval mode over micro-batches: ``[B, T]`` -> ``[B, R]``."""
     was = model.training
     model.eval()
+    step = max(group, (micro_batch // group) * group) if group > 1 else micro_batch
     try:
-        outs = [response_logps(model, sequences[s:s + micro_batch],
-                               attention_mask[s:s + micro_batch], n_response, temperature)[0]
-                for s in range(0, sequences.shape[0], micro_batch)]
+        outs = [policy_logps(model, sequences[s:s + step], attention_mask[s:s + step],
+                             action_mask[s:s + step], temperature, group)[0]
+                for s in range(0, sequences.shape[0], step)]
     finally:
         model.train(was)
     return torch.cat(outs)
@@ -178,6 +204,7 @@ def compute_advantages(estimator: str, rewards: Tensor, mask: Tensor, group_size
 
 def make_experience(rollout: Rollout, rewards: Tensor, *, policy: Any, algo: Any,
                     temperature: float, micro_batch: int, ref_model: Any | None = None,
+                    share_prompt: bool = True,
                     critic: Any | None = None, valid: Tensor | None = None,
                     ) -> tuple[Experience | None, dict[str, float]]:
     """Build an :class:`Experience` from a rollout and its scalar rewards.
@@ -192,6 +219,7 @@ def make_experience(rollout: Rollout, rewards: Tensor, *, policy: Any, algo: Any
         micro_batch: rows per no-grad forward.
         ref_model: a frozen reference, or None (LoRA: adapters disabled; or no KL).
         critic: the value model for gae.
+        share_prompt: encode each group's prompt once in the no-grad passes.
         valid: ``[B]`` bool, False for samples whose reward failed: they keep their place
             in their group but get no tokens in the loss.
 
@@ -213,8 +241,9 @@ def make_experience(rollout: Rollout, rewards: Tensor, *, policy: Any, algo: Any
     idx = keep.nonzero().squeeze(-1)
     seq, am, mask, rewards = seq[idx], am[idx], mask[idx], rewards[idx]
     old = rollout.logprobs[idx]
+    group = rollout.n if share_prompt else 1
     if algo.recompute_old_logp:
-        new = forward_no_grad(policy, seq, am, R, temperature, micro_batch)
+        new = forward_no_grad(policy, seq, am, mask, temperature, micro_batch, group)
         stats["logp_mismatch"] = float(((new - old).abs() * mask).max())
         old = new
     old = old * mask
@@ -222,7 +251,7 @@ def make_experience(rollout: Rollout, rewards: Tensor, *, policy: Any, algo: Any
     if algo.kl_coef > 0:
         model, ctx = ref_context(policy, ref_model)
         with ctx:
-            ref = forward_no_grad(model, seq, am, R, temperature, micro_batch) * mask
+            ref = forward_no_grad(model, seq, am, mask, temperature, micro_batch, group) * mask
         kl = kl_estimate(old, ref, algo.kl_kind, mask=mask)
         stats["kl"] = float(masked_mean(kl, mask))
     values = None
@@ -234,5 +263,6 @@ def make_experience(rollout: Rollout, rewards: Tensor, *, policy: Any, algo: Any
     if valid is not None:
         mask = mask & valid[idx].to(mask.device)[:, None]
     mask = mask.long()
-    exp = Experience(seq, am, mask, old * mask, adv * mask, rewards, ref, values, ret)
+    exp = Experience(seq, am, mask, old * mask, adv * mask, rewards, ref, values, ret,
+                     group=rollout.n)
     return exp, stats

@@ -90,6 +90,11 @@ def prompt_indices(n_items: int, per_step: int, step: int, seed: int) -> list[in
 
 
 # ------------------------------------------------------------------------ update
+def share_prompt(cfg: RLConfig) -> bool:
+    """Encode each prompt group once (needs a KV cache: off with gradient checkpointing)."""
+    return cfg.train.share_prompt and not cfg.model.gradient_checkpointing
+
+
 def _weights(mask: torch.Tensor, rows: int, agg: str, total_tokens: float, total_rows: int):
     """Share of a micro-batch in its mini-batch mean (exact token mean when accumulating)."""
     if agg == "token_mean":
@@ -101,30 +106,37 @@ def ppo_update(exp, policy, opt, sched, cfg: RLConfig, step: int, guard, critic=
                critic_opt=None, critic_sched=None) -> dict[str, float]:
     """``ppo_epochs`` x ``mini_batches`` optimizer steps on one batch of experience."""
     from trainkit.rlhf.losses import kl_estimate, masked_mean, policy_loss_with_stats, value_loss
-    from trainkit.rlhf.rollout.base import response_logps
+    from trainkit.rlhf.trainers.experience import policy_logps
 
-    a, mb_size = cfg.algo, cfg.train.micro_batch_size
+    a = cfg.algo
+    group = exp.group if share_prompt(cfg) else 1
+    n_groups = len(exp) // group
+    groups_per_micro = max(1, cfg.train.micro_batch_size // group)
     agg = a.loss_agg if a.loss_agg != "auto" else (
         "sum_norm" if a.estimator == "dr_grpo" else "token_mean")
     norm = float(cfg.rollout.max_new_tokens)
     g = torch.Generator().manual_seed(cfg.train.seed * 7919 + step)
+    offs = torch.arange(group)
     sums: dict[str, float] = {}
     count = 0
     for _ in range(a.ppo_epochs):
-        perm = torch.randperm(len(exp), generator=g)
-        for mini in perm.chunk(a.mini_batches):
+        # shuffle whole groups (a group's rows stay together so its prompt is shared)
+        gperm = torch.randperm(n_groups, generator=g)
+        for gmini in gperm.chunk(min(a.mini_batches, n_groups)):
+            mini = (gmini[:, None] * group + offs).reshape(-1)
             tot_tok = float(exp.action_mask[mini].sum())
             opt.zero_grad(set_to_none=True)
             if critic_opt is not None:
                 critic_opt.zero_grad(set_to_none=True)
             st: dict[str, float] = {}
-            for micro in mini.split(mb_size):
+            for gmicro in gmini.split(groups_per_micro):
+                micro = (gmicro[:, None] * group + offs).reshape(-1)
                 e = exp.select(micro)
                 R = e.action_mask.shape[1]
                 w = _weights(e.action_mask, len(micro), agg, tot_tok, len(mini))
-                logp, ent = response_logps(policy, e.sequences, e.attention_mask, R,
-                                           cfg.rollout.temperature,
-                                           return_entropy=a.entropy_coef > 0)
+                logp, ent = policy_logps(policy, e.sequences, e.attention_mask, e.action_mask,
+                                         cfg.rollout.temperature, group,
+                                         return_entropy=a.entropy_coef > 0)
                 pl, ps = policy_loss_with_stats(logp, e.old_logp, e.advantages, e.action_mask,
                                                 a.clip_low, a.clip_high, a.dual_clip, agg, norm)
                 loss = pl
@@ -292,6 +304,7 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
                                           temperature=cfg.rollout.temperature,
                                           micro_batch=cfg.train.micro_batch_size,
                                           ref_model=ref, critic=critic,
+                                          share_prompt=share_prompt(cfg),
                                           valid=torch.tensor(res.valid))
             t2 = time.perf_counter()
             ustats = {}

@@ -104,7 +104,10 @@ class OptimSection:
 class TrainSection:
     max_steps: int = 50
     seed: int = 0
-    micro_batch_size: int = field(default=8, metadata={"help": "rows per forward/backward"})
+    micro_batch_size: int = field(default=8, metadata={"help": "rows per forward/backward "
+                                                       "(rounded to whole prompt groups)"})
+    share_prompt: bool = field(default=True, metadata={
+        "help": "encode each prompt once per group of n samples (same result, fewer FLOPs)"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: end)"})
     keep_last: int = 2
     resume: bool = field(default=False, metadata={"help": "continue from the newest "
