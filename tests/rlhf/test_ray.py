@@ -61,8 +61,10 @@ def test_ray_section_validation_and_bundles():
     b, idx = role_bundles(RaySection(rollout=RoleResources(num_cpus=2, num_gpus=0.5, replicas=2)))
     assert b == [{"CPU": 1.0}, {"CPU": 2.0, "GPU": 0.5}, {"CPU": 2.0, "GPU": 0.5}]
     assert idx == {"policy": [0], "rollout": [1, 2]}
-    b, idx = role_bundles(RaySection(colocate=True, rollout=RoleResources(replicas=2)))
-    assert b == [{"CPU": 1.0}] and idx["rollout"] == [0, 0]
+    b, idx = role_bundles(RaySection(colocate=True, policy=RoleResources(num_gpus=0.5),
+                                     rollout=RoleResources(num_cpus=0.5, num_gpus=0.25,
+                                                           replicas=2)))
+    assert b == [{"CPU": 2.0, "GPU": 1.0}] and idx == {"policy": [0], "rollout": [0, 0]}
 
 
 def test_concat_rollouts_repads_prompts_and_responses():
@@ -144,3 +146,15 @@ def test_dead_actor_stops_with_role_message_and_resume_continues(cluster, tmp_pa
     rewards, _ = _rewards(out)
     assert sorted(rewards) == [1, 2, 3, 4]  # steps 3 and 4 from the resumed run
     assert [s for s, _ in list_checkpoints(out / "checkpoints")][-1] == 4
+
+
+@pytest.mark.slow  # ~40 s
+def test_colocated_run_with_two_rollout_replicas(cluster, tmp_path):
+    """Both rollout actors share the policy's 2-CPU bundle; prompts are split over them."""
+    rc = RaySection(enabled=True, colocate=True, policy=RoleResources(num_cpus=1),
+                    rollout=RoleResources(num_cpus=0.5, replicas=2))
+    recs = []
+    s = train_ray(_cfg(tmp_path, "train.max_steps=2"), on_log=recs.append, ray_cfg=rc)
+    steps = [r for r in recs if "reward" in r]
+    assert s["steps"] == 2 and len(steps) == 2
+    assert all(0.0 <= r["reward"] <= 2.0 and r["sync_s"] > 0 for r in steps)  # len % 3

@@ -2,8 +2,8 @@
 
 Placement: one placement group for the run with one bundle per actor
 (``{CPU: num_cpus, GPU: num_gpus}``), policy first. With ``colocate`` the rollout
-actors are pinned to the policy's bundle and ask for no resources of their own, so
-training and generation share one reservation (OpenRLHF's ``--colocate_all_models``).
+actors share the policy's bundle, which holds the resources of both, so fractional GPUs
+put training and generation on one device (OpenRLHF's ``--colocate_all_models``).
 
 Deadlock rule (DESIGN.md, "Machine facts"): actors may hold every CPU of the cluster, so
 any helper *task* the driver launches (reward scoring, ...) must use ``num_cpus=0``;
@@ -128,22 +128,24 @@ def helper_task(fn: Any) -> Any:
 def role_bundles(rc: Any) -> tuple[list[dict[str, float]], dict[str, list[int]]]:
     """Bundles of the placement group and the bundle index of every actor per role.
 
+    Without ``colocate`` each actor gets its own bundle. With ``colocate`` there is one
+    bundle holding the policy's and every rollout replica's resources together, so
+    fractional GPUs put training and generation on the same device (e.g.
+    ``policy.num_gpus=0.5 rollout.num_gpus=0.5`` -> one ``{GPU: 1}`` bundle).
+
     Returns:
-        ``(bundles, {"policy": [0], "rollout": [1, 2, ...]})``; with ``colocate`` every
-        rollout actor maps to bundle 0 (the policy's).
+        ``(bundles, {"policy": [0], "rollout": [...]})``.
     """
-    def res(r):
-        b = {"CPU": float(r.num_cpus)}
+    def res(r, times=1):
+        b = {"CPU": float(r.num_cpus) * times}
         if r.num_gpus:
-            b["GPU"] = float(r.num_gpus)
+            b["GPU"] = float(r.num_gpus) * times
         return b
 
-    bundles = [res(rc.policy)]
-    index = {"policy": [0], "rollout": []}
-    for _ in range(rc.rollout.replicas):
-        if rc.colocate:
-            index["rollout"].append(0)
-        else:
-            bundles.append(res(rc.rollout))
-            index["rollout"].append(len(bundles) - 1)
-    return bundles, index
+    k = rc.rollout.replicas
+    if rc.colocate:
+        pol, ro = res(rc.policy), res(rc.rollout, k)
+        bundle = {key: pol.get(key, 0.0) + ro.get(key, 0.0) for key in {*pol, *ro}}
+        return [bundle], {"policy": [0], "rollout": [0] * k}
+    bundles = [res(rc.policy)] + [res(rc.rollout) for _ in range(k)]
+    return bundles, {"policy": [0], "rollout": list(range(1, k + 1))}

@@ -104,12 +104,11 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
         bundles, index = role_bundles(rc)
         cluster.place(bundles)
         pol_threads = cfg.train.threads or max(1, int(rc.policy.num_cpus))
-        ro_threads = max(1, int(rc.rollout.num_cpus)) if not rc.colocate else pol_threads
+        ro_threads = max(1, int(rc.rollout.num_cpus))
         policy = cluster.spawn("policy", PolicyWorker, 0, rc.policy.num_cpus,
                                rc.policy.num_gpus, cfg, pol_threads)
-        engines = [cluster.spawn("rollout", RolloutWorker, b,
-                                 0 if rc.colocate else rc.rollout.num_cpus,
-                                 0 if rc.colocate else rc.rollout.num_gpus, cfg, ro_threads)
+        engines = [cluster.spawn("rollout", RolloutWorker, b, rc.rollout.num_cpus,
+                                 rc.rollout.num_gpus, cfg, ro_threads)
                    for b in index["rollout"]]
         cluster.get("policy", policy.ready.remote())
         cluster.get("rollout", [e.ready.remote() for e in engines])
