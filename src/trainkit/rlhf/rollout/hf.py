@@ -5,6 +5,7 @@ A small decoding loop instead of ``model.generate``: it samples with a seeded
 ``log_softmax(z / temperature)`` of each sampled token from the very logits it sampled
 from (no second forward pass for the "old" log-probs), stops each row at EOS and the
 whole batch once every row has stopped, and reports rows cut by ``max_new_tokens``.
+The ``n`` samples of a prompt share one prefill (its KV cache is repeated ``n`` times).
 Prompts are left padded; position ids are ``cumsum(mask) - 1`` as in training
 (:func:`trainkit.rlhf.rollout.base.response_logps`).
 
@@ -119,15 +120,33 @@ class HFEngine:
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
     def _decode(self, ids: Tensor, mask: Tensor, max_new_tokens: int, temperature: float,
-                top_p: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
-        """KV-cache decoding of one chunk: ``[b, P]`` -> response ids, logps, done ``[b, R]``."""
+                top_p: float, generator: torch.Generator | None,
+                group: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+        """KV-cache decoding of one chunk: ``[b, P]`` -> response ids, logps, done ``[b, R]``.
+
+        With ``group > 1`` (rows ``g*group ..`` share a prompt) each prompt is prefilled
+        once and its KV cache repeated ``group`` times.
+        """
+        from trainkit.rlhf.rollout.base import _repeat_cache
+
         dev = next(self.model.parameters()).device
         ids, mask = ids.to(dev), mask.to(dev)
         b = ids.shape[0]
         eos = torch.tensor(self.eos_ids, device=dev)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                         use_cache=True, logits_to_keep=1)
-        past, logits = _cache_of(out), out.logits[:, -1, :]
+        past = None
+        if group > 1 and b % group == 0:
+            u_mask = mask[::group]
+            out = self.model(input_ids=ids[::group], attention_mask=u_mask,
+                             position_ids=position_ids(u_mask), use_cache=True, logits_to_keep=1)
+            past = _cache_of(out)
+            if past is not None and _repeat_cache(past, group):
+                logits = out.logits[:, -1, :].repeat_interleave(group, dim=0)
+            else:
+                past = None
+        if past is None:
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                             use_cache=True, logits_to_keep=1)
+            past, logits = _cache_of(out), out.logits[:, -1, :]
         pos = mask.sum(-1, keepdim=True) - 1  # [b, 1] position of the last prompt token
         finished = torch.zeros(b, dtype=torch.bool, device=dev)
         toks, lps, valid = [], [], []
@@ -182,11 +201,15 @@ class HFEngine:
         gen = torch.Generator(device=dev)
         gen.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, ()).item()))
         step = self.max_batch or len(rows)
+        if step % n == 0:  # whole groups per chunk: prefill each prompt once
+            group = n
+        else:
+            group = 1
         chunks = []
         with self._generation_mode():
             for s in range(0, len(rows), step):
                 chunks.append(self._decode(ids[s:s + step], mask[s:s + step], max_new_tokens,
-                                           temperature, top_p, gen))
+                                           temperature, top_p, gen, group))
         width = max(c[0].shape[1] for c in chunks)
 
         def cat(i: int, fill) -> Tensor:
