@@ -317,7 +317,9 @@ class SplineLinear(torch.autograd.Function):
             first, vals, dvals, edge = _local_t(x, grid, k, ctx.needs_input_grad[0], uniform)
             d = _dense_t(first, vals, nb, edge).view(n_in * nb, n)  # freed after the matmul
             y = (weight @ d).t()  # [N, out]
-        ctx.save_for_backward(first, vals, dvals, weight)
+        # int32 start indices and no weight when x needs no gradient: less kept for backward
+        ctx.save_for_backward(first.to(torch.int32), vals, dvals,
+                              weight if ctx.needs_input_grad[0] else None)
         ctx.nb, ctx.edge = nb, edge
         return y
 
@@ -325,6 +327,7 @@ class SplineLinear(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):  # noqa: D102
         first, vals, dvals, weight = ctx.saved_tensors
+        first = first.long()
         n_in, n = first.shape
         nb = ctx.nb
         gx = gw = None
