@@ -33,7 +33,7 @@ def trained_rm(tmp_path_factory):
     cfg = load_config(RMConfig, None, [
         "data.path=", "data.generate_n=240", "data.generate_heldout=48", f"data.task={TASK}",
         "model.name=tiny-llama",
-        "train.max_steps=30", "train.batch_size=8", "optim.lr=1e-3", "train.progress=false",
+        "train.max_steps=15", "train.batch_size=8", "optim.lr=1e-3", "train.progress=false",
         "train.normalize_reward=true", "data.max_len=96", "eval.batch_size=48",
         f"output_dir={out}"])
     snap = {}
