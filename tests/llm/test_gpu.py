@@ -60,7 +60,7 @@ def test_chunked_loss_cuda_values_and_peak_memory():
         (loss / n).backward()
         torch.cuda.synchronize()
         peaks[name] = torch.cuda.max_memory_allocated() - base
-        results[name] = (float(loss / n), h.grad.clone(), w.grad.clone())
+        results[name] = (float(loss.detach() / n), h.grad.clone(), w.grad.clone())
         del h, w, loss
     print(json.dumps({"cuda_plain_peak_mib": peaks["plain"] / 2**20,
                       "cuda_chunked_peak_mib": peaks["chunked"] / 2**20,

@@ -17,7 +17,7 @@ def _generate(model, tok, questions):
         enc = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                       return_tensors="pt", return_dict=True)
         with torch.no_grad():
-            ids = model.generate(**enc, max_new_tokens=24, do_sample=False)
+            ids = model.generate(**enc, max_new_tokens=20, do_sample=False)
         outs.append(tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
     return outs
 
@@ -30,9 +30,10 @@ def test_lora_sft_smollm2_learns_answer_style(tmp_path):
 
     torch.set_num_threads(2)
     cfg = load_config(SFTConfig, "configs/rlhf/sft_smollm2.yaml",
-                      [f"output_dir={tmp_path}", "train.progress=false"])
+                      [f"output_dir={tmp_path}", "train.progress=false", "train.max_steps=20",
+                       "train.save_every=0"])
     held = [json.loads(x)["messages"][0]["content"] for x in
-            open(resolve_data_path("builtin:toy-chat-eval")).read().splitlines()[:12]]
+            open(resolve_data_path("builtin:toy-chat-eval")).read().splitlines()[:10]]
     base, tok = load_model("smollm2-135m-instruct")
     before = _generate(base.eval(), tok, held)
     res = train(cfg)
