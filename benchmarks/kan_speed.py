@@ -39,8 +39,10 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-from trainkit.kan import KAN  # noqa: E402
-from trainkit.kan import spline  # noqa: E402
+from trainkit.kan import (
+    KAN,  # noqa: E402
+    spline,  # noqa: E402
+)
 
 SHAPES = [([64, 64, 10], 1024), ([784, 256, 10], 512)]
 
@@ -82,12 +84,24 @@ def make_pykan(width, speed: bool, device: str):
 
     with in_tempdir() as d:
         with contextlib.redirect_stdout(sys.stderr):
-            m = pykan.KAN(width=width, grid=5, k=3, seed=0, device=device,
-                          ckpt_path=os.path.join(d, "model"))
+            m = pykan.KAN(
+                width=width, grid=5, k=3, seed=0, device=device, ckpt_path=os.path.join(d, "model")
+            )
         m.auto_save = False
         if speed:
             m = m.speed()
     return m
+
+
+def implementations(tk: KAN, width: list[int], dev: str) -> dict:
+    """Builders of every compared model (pykan gets a copy: it rewrites ``width``)."""
+    return {
+        "trainkit": lambda: tk,
+        "cox_autograd": lambda: CoxKAN(tk),
+        "mlp": lambda: mlp_like(tk.n_params(), width[0], width[-1]).to(dev),
+        "pykan_speed": lambda: make_pykan(list(width), True, dev),
+        "pykan_default": lambda: make_pykan(list(width), False, dev),
+    }
 
 
 def step_fn(model, x, y):
@@ -97,6 +111,7 @@ def step_fn(model, x, y):
         loss = torch.mean((model(x) - y) ** 2)
         loss.backward()
         return loss
+
     return step
 
 
@@ -148,10 +163,19 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     dev = args.device
-    result = {"benchmark": "kan_speed", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              "torch": torch.__version__, "device": dev, "threads": args.threads,
-              "machine": platform.platform(), "dtype": "float32", "grid": 5, "k": 3,
-              "step": "forward + MSE + backward", "cases": []}
+    result = {
+        "benchmark": "kan_speed",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "torch": torch.__version__,
+        "device": dev,
+        "threads": args.threads,
+        "machine": platform.platform(),
+        "dtype": "float32",
+        "grid": 5,
+        "k": 3,
+        "step": "forward + MSE + backward",
+        "cases": [],
+    }
     if dev == "cuda":
         result["gpu"] = torch.cuda.get_device_name(0)
     for width, batch in SHAPES[:1] if args.quick else SHAPES:
@@ -159,10 +183,7 @@ def main(argv=None) -> dict:
         x = (torch.rand(batch, width[0], generator=gen) * 2 - 1).to(dev)
         y = torch.randn(batch, width[-1], generator=gen).to(dev)
         tk = KAN(width, grid=5, k=3, seed=0, device=dev)
-        impls = {"trainkit": lambda: tk, "cox_autograd": lambda: CoxKAN(tk),
-                 "mlp": lambda: mlp_like(tk.n_params(), width[0], width[-1]).to(dev),
-                 "pykan_speed": lambda: make_pykan(list(width), True, dev),
-                 "pykan_default": lambda: make_pykan(list(width), False, dev)}
+        impls = implementations(tk, width, dev)
         case = {"width": width, "batch": batch, "kan_params": tk.n_params(), "impls": {}}
         for name, build in impls.items():
             if name in skip:

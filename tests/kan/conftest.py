@@ -24,5 +24,6 @@ def _one_thread():
 def exp_sin_data():
     from trainkit.kan import create_dataset
 
-    return create_dataset(target_fn, n_var=2, train_num=1000, test_num=1000, seed=0,
-                          dtype=torch.float64)
+    return create_dataset(
+        target_fn, n_var=2, train_num=1000, test_num=1000, seed=0, dtype=torch.float64
+    )

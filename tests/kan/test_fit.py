@@ -12,14 +12,28 @@ from trainkit.kan.fit import fit
 
 def test_create_dataset_values_and_ranges():
     # (also see conftest.target_fn for the paper's example)
-    ds = create_dataset(lambda x: x[:, 0] * x[:, 1], n_var=2, ranges=[(0, 1), (-2, -1)],
-                        train_num=50, test_num=20, seed=3, dtype=torch.float64)
+    ds = create_dataset(
+        lambda x: x[:, 0] * x[:, 1],
+        n_var=2,
+        ranges=[(0, 1), (-2, -1)],
+        train_num=50,
+        test_num=20,
+        seed=3,
+        dtype=torch.float64,
+    )
     assert ds["train_input"].shape == (50, 2) and ds["test_label"].shape == (20, 1)
     assert ds["train_input"][:, 0].min() >= 0 and ds["train_input"][:, 1].max() <= -1
     want = ds["train_input"][:, 0] * ds["train_input"][:, 1]
     assert torch.equal(ds["train_label"][:, 0], want)
-    again = create_dataset(lambda x: x[:, 0] * x[:, 1], n_var=2, ranges=[(0, 1), (-2, -1)],
-                           train_num=50, test_num=20, seed=3, dtype=torch.float64)
+    again = create_dataset(
+        lambda x: x[:, 0] * x[:, 1],
+        n_var=2,
+        ranges=[(0, 1), (-2, -1)],
+        train_num=50,
+        test_num=20,
+        seed=3,
+        dtype=torch.float64,
+    )
     assert torch.equal(again["test_input"], ds["test_input"])
     with pytest.raises(UserError, match="ranges"):
         create_dataset(lambda x: x[:, 0], n_var=3, ranges=[(0, 1), (0, 1)])
@@ -39,12 +53,28 @@ def test_lbfgs_history_and_small_accuracy(exp_sin_data):
 
 
 def test_regulariser_adam_minibatch_and_metrics():
-    ds = create_dataset(lambda x: torch.sin(math.pi * x[:, 0]), n_var=3, train_num=256,
-                        test_num=64, seed=1, dtype=torch.float64)
+    ds = create_dataset(
+        lambda x: torch.sin(math.pi * x[:, 0]),
+        n_var=3,
+        train_num=256,
+        test_num=64,
+        seed=1,
+        dtype=torch.float64,
+    )
     m = KAN([3, 3, 1], grid=5, seed=0, dtype=torch.float64)
     calls = []
-    hist = fit(m, ds, opt="Adam", lr=0.02, steps=60, lamb=0.01, batch=64, update_grid=False,
-               verbose=False, metrics={"n": lambda: len(calls) or calls.append(1) or 1})
+    hist = fit(
+        m,
+        ds,
+        opt="Adam",
+        lr=0.02,
+        steps=60,
+        lamb=0.01,
+        batch=64,
+        update_grid=False,
+        verbose=False,
+        metrics={"n": lambda: len(calls) or calls.append(1) or 1},
+    )
     assert set(hist) == {"train_loss", "test_loss", "reg", "n"} and len(hist["n"]) == 60
     assert hist["reg"][0] > 0 and hist["reg"][-1] < hist["reg"][0]
     assert hist["test_loss"][-1] < 0.5 * hist["test_loss"][0]
@@ -58,8 +88,14 @@ def test_nan_guard_restores_parameters_and_stops(exp_sin_data):
     m = KAN([2, 2, 1], grid=3, seed=0, dtype=torch.float64)
     m.fit(exp_sin_data, steps=2, verbose=False)
     before = [p.detach().clone() for p in m.parameters()]
-    hist = m.fit(exp_sin_data, steps=5, verbose=False, update_grid=False, opt="Adam",
-                 loss_fn=lambda p, y: torch.mean((p - y) ** 2) * float("nan"))
+    hist = m.fit(
+        exp_sin_data,
+        steps=5,
+        verbose=False,
+        update_grid=False,
+        opt="Adam",
+        loss_fn=lambda p, y: torch.mean((p - y) ** 2) * float("nan"),
+    )
     assert hist["train_loss"] == []
     for p, q in zip(m.parameters(), before):
         assert torch.equal(p, q)

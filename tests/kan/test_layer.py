@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from trainkit.common.errors import UserError
+from trainkit.kan import grid as kgrid
 from trainkit.kan import spline
 from trainkit.kan.layer import KANLinear
 
@@ -14,8 +15,13 @@ def smooth_layer(grid=5, dtype=torch.float64) -> KANLinear:
     """A 2->2 layer whose splines are fitted to smooth functions (like a trained layer)."""
     layer = KANLinear(2, 2, grid=grid, dtype=dtype, generator=torch.Generator().manual_seed(0))
     x = torch.linspace(-1, 1, 400, dtype=dtype)[:, None].expand(-1, 2)
-    y = torch.stack([torch.stack([torch.sin(2 * x[:, 0]), x[:, 1] ** 2], -1),
-                     torch.stack([torch.exp(x[:, 0]) / 3, torch.cos(x[:, 1])], -1)], 1)
+    y = torch.stack(
+        [
+            torch.stack([torch.sin(2 * x[:, 0]), x[:, 1] ** 2], -1),
+            torch.stack([torch.exp(x[:, 0]) / 3, torch.cos(x[:, 1])], -1),
+        ],
+        1,
+    )
     with torch.no_grad():
         layer.coef.copy_(spline.curve2coef(x, y / layer.scale_sp, layer.grid, layer.k))
     return layer
@@ -45,16 +51,19 @@ def test_forward_matches_edge_sum_and_leading_dims():
     # the edge formula itself: w_b silu(x) + w_s * spline
     n, o, i = 3, 2, 1
     xi = x.reshape(10, 3)[n, i]
-    b = spline.bspline_basis(xi.reshape(1, 1), layer.grid[i:i + 1], 3)[0, 0]
-    want = layer.scale_base[o, i] * torch.nn.functional.silu(xi) + layer.scale_sp[o, i] * (b @ layer.coef[o, i])
+    b = spline.bspline_basis(xi.reshape(1, 1), layer.grid[i : i + 1], 3)[0, 0]
+    want = layer.scale_base[o, i] * torch.nn.functional.silu(xi) + layer.scale_sp[o, i] * (
+        b @ layer.coef[o, i]
+    )
     assert acts["postacts"][n, o, i].item() == pytest.approx(want.item(), abs=1e-14)
 
 
 def test_fast_and_plain_paths_agree_with_gradients():
     torch.manual_seed(0)
     fast = KANLinear(3, 4, grid=7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    plain = KANLinear(3, 4, grid=7, dtype=torch.float64, fast=False,
-                      generator=torch.Generator().manual_seed(1))
+    plain = KANLinear(
+        3, 4, grid=7, dtype=torch.float64, fast=False, generator=torch.Generator().manual_seed(1)
+    )
     x = (torch.rand(64, 3, dtype=torch.float64) * 2.4 - 1.2).requires_grad_()
     (fast(x) ** 2).sum().backward()
     gx_fast = x.grad.clone()
@@ -72,8 +81,12 @@ def test_fast_path_saves_little_for_backward():
     x.requires_grad_()
     fast, _ = saved_bytes(lambda: layer(x))
     layer.fast = False
-    plain, _ = saved_bytes(lambda: (spline.bspline_basis_cox(x, layer.grid, 3).reshape(512, -1)
-                                    @ layer.spline_weight().reshape(64, -1).t()))
+    plain, _ = saved_bytes(
+        lambda: (
+            spline.bspline_basis_cox(x, layer.grid, 3).reshape(512, -1)
+            @ layer.spline_weight().reshape(64, -1).t()
+        )
+    )
     # local basis + derivative (2 x [N, in, 4]) + start index + weights vs the whole recursion
     assert fast < 0.25 * plain, (fast, plain)
 
@@ -109,9 +122,9 @@ def test_refine_nested_is_exact_and_non_nested_close():
 
 def test_nested_knots_allocation():
     k = torch.tensor([[-1.0, -1 / 3, 1 / 3, 1.0]], dtype=torch.float64)
-    new = spline.nested_knots(k, 5)
+    new = kgrid.nested_knots(k, 5)
     assert new[0].tolist() == pytest.approx([-1.0, -2 / 3, -1 / 3, 0.0, 1 / 3, 1.0])
-    uni = spline.nested_knots(torch.linspace(-1, 1, 6, dtype=torch.float64)[None], 10)
+    uni = kgrid.nested_knots(torch.linspace(-1, 1, 6, dtype=torch.float64)[None], 10)
     assert uni[0].tolist() == pytest.approx([i / 5 - 1 for i in range(11)], abs=1e-15)
 
 

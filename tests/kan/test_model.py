@@ -81,7 +81,10 @@ def test_save_load_pickle_deepcopy_identical(tmp_path):
     x = torch.rand(50, 2, dtype=torch.float64) * 2 - 1
     y = m(x)
     m.save(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
     for other in (KAN.load(tmp_path / "m"), pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
         assert torch.equal(other(x), y)
         assert other.layers[1].sym_fns[0][1] == "sin"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -14,14 +14,24 @@ def _ranges(ranges, n_var: int) -> torch.Tensor:
     if r.shape == (2,):
         r = r.expand(n_var, 2)
     if r.shape != (n_var, 2):
-        raise UserError(f"create_dataset: ranges must be (lo, hi) or {n_var} such pairs, got {ranges!r}")
+        raise UserError(
+            f"create_dataset: ranges must be (lo, hi) or {n_var} such pairs, got {ranges!r}"
+        )
     return r
 
 
-def create_dataset(f: Callable[[torch.Tensor], torch.Tensor], n_var: int = 2,
-                   ranges: Sequence = (-1, 1), train_num: int = 1000, test_num: int = 1000,
-                   seed: int = 0, dtype: torch.dtype = torch.float32, device=None,
-                   normalize_input: bool = False, normalize_label: bool = False) -> dict:
+def create_dataset(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    n_var: int = 2,
+    ranges: Sequence = (-1, 1),
+    train_num: int = 1000,
+    test_num: int = 1000,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+    normalize_input: bool = False,
+    normalize_label: bool = False,
+) -> dict:
     """Sample inputs uniformly in ``ranges`` and label them with ``f``.
 
     Args:
@@ -54,5 +64,9 @@ def create_dataset(f: Callable[[torch.Tensor], torch.Tensor], n_var: int = 2,
         mu, sd = ytr.mean(0), ytr.std(0)
         ytr, yte = (ytr - mu) / sd, (yte - mu) / sd
     cast = lambda t: t.to(dtype=dtype, device=device).contiguous()
-    return {"train_input": cast(xtr), "train_label": cast(ytr),
-            "test_input": cast(xte), "test_label": cast(yte)}
+    return {
+        "train_input": cast(xtr),
+        "train_label": cast(ytr),
+        "test_input": cast(xte),
+        "test_label": cast(yte),
+    }

@@ -40,30 +40,45 @@ def run(out_dir: Path, quick: bool) -> Section:
     model = KAN([2, 1, 1], grid=grids[0], k=3, seed=1, dtype=torch.float64)
     model, hist = fit_grids(model, ds, grids=grids, steps=steps, verbose=False)
     model.save(out_dir / "model")
-    atomic_write_json(out_dir / "history.json", {"stages": hist["stages"],
-                                                 "train_loss": hist["train_loss"],
-                                                 "test_loss": hist["test_loss"]})
+    atomic_write_json(
+        out_dir / "history.json",
+        {
+            "stages": hist["stages"],
+            "train_loss": hist["train_loss"],
+            "test_loss": hist["test_loss"],
+        },
+    )
     plot_history(hist, out_dir / "loss.png", title="[2,1,1] KAN on exp(sin(pi x) + y^2)")
-    rows = ["| grid G | parameters | train RMSE | test RMSE | paper test RMSE |",
-            "|---|---|---|---|---|"]
+    rows = [
+        "| grid G | parameters | train RMSE | test RMSE | paper test RMSE |",
+        "|---|---|---|---|---|",
+    ]
     for s in hist["stages"]:
         paper = f"{PAPER_RMSE[s['grid']]:.1e}" if s["grid"] in PAPER_RMSE else "-"
-        rows.append(f"| {s['grid']} | {s['params']} | {s['train_rmse']:.2e} | "
-                    f"{s['test_rmse']:.2e} | {paper} |")
+        rows.append(
+            f"| {s['grid']} | {s['params']} | {s['train_rmse']:.2e} | "
+            f"{s['test_rmse']:.2e} | {paper} |"
+        )
     last = hist["stages"][-1]
-    text = ("A [2,1,1] KAN fitted to f(x, y) = exp(sin(pi x) + y^2) on 1000 points, "
-            f"{steps} LBFGS steps per grid in float64, the grid refined through "
-            f"{', '.join(map(str, grids))} by knot insertion (the function is kept exactly "
-            "at each extension). Test RMSE on 1000 held-out points:\n\n" + "\n".join(rows))
+    text = (
+        "A [2,1,1] KAN fitted to f(x, y) = exp(sin(pi x) + y^2) on 1000 points, "
+        f"{steps} LBFGS steps per grid in float64, the grid refined through "
+        f"{', '.join(map(str, grids))} by knot insertion (the function is kept exactly "
+        "at each extension). Test RMSE on 1000 held-out points:\n\n" + "\n".join(rows)
+    )
     cfg = "configs/kan/fit_quick.yaml" if quick else "configs/kan/fit_exp_sin.yaml"
     return Section(
         title="KAN: fitting exp(sin(pi x) + y^2) with grid extension",
-        headline={"test RMSE": f"{last['test_rmse']:.2e} (G={last['grid']})",
-                  "parameters": str(last["params"]),
-                  "paper (same G)": (f"{PAPER_RMSE[last['grid']]:.1e}"
-                                     if last["grid"] in PAPER_RMSE else "-")},
+        headline={
+            "test RMSE": f"{last['test_rmse']:.2e} (G={last['grid']})",
+            "parameters": str(last["params"]),
+            "paper (same G)": (
+                f"{PAPER_RMSE[last['grid']]:.1e}" if last["grid"] in PAPER_RMSE else "-"
+            ),
+        },
         markdown=text,
-        images=[("train/test RMSE per LBFGS step; vertical lines mark grid extensions",
-                 "loss.png")],
+        images=[
+            ("train/test RMSE per LBFGS step; vertical lines mark grid extensions", "loss.png")
+        ],
         command=f"trainkit kan fit --config {cfg}",
     )

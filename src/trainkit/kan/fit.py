@@ -17,7 +17,7 @@ Follows pykan's ``fit`` (Liu et al. 2024, section 2.5 and 2.4) with these depart
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -34,29 +34,54 @@ def _rmse(pred: torch.Tensor, y: torch.Tensor) -> float:
 def _check(dataset: dict, model) -> None:
     missing = [k for k in _KEYS if k not in dataset]
     if missing:
-        raise UserError(f"fit: dataset lacks {', '.join(missing)} (expected keys {', '.join(_KEYS)})")
+        raise UserError(
+            f"fit: dataset lacks {', '.join(missing)} (expected keys {', '.join(_KEYS)})"
+        )
     n_in = model.width[0][0]
     if dataset["train_input"].shape[-1] != n_in:
-        raise UserError(f"fit: train_input has {dataset['train_input'].shape[-1]} columns, "
-                        f"the model's width[0] is {n_in}")
+        raise UserError(
+            f"fit: train_input has {dataset['train_input'].shape[-1]} columns, "
+            f"the model's width[0] is {n_in}"
+        )
 
 
 def _make_opt(opt: str, params, lr: float, max_iter: int, history_size: int):
     if opt == "LBFGS":
-        return torch.optim.LBFGS(params, lr=lr, max_iter=max_iter, history_size=history_size,
-                                 line_search_fn="strong_wolfe", tolerance_grad=1e-32,
-                                 tolerance_change=1e-32)
+        return torch.optim.LBFGS(
+            params,
+            lr=lr,
+            max_iter=max_iter,
+            history_size=history_size,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-32,
+            tolerance_change=1e-32,
+        )
     if opt == "Adam":
         return torch.optim.Adam(params, lr=lr)
     raise UserError(f"fit: opt must be 'LBFGS' or 'Adam', got {opt!r}")
 
 
-def fit(model, dataset: dict, opt: str = "LBFGS", steps: int = 100, lr: float = 1.0,
-        lamb: float = 0.0, lamb_l1: float = 1.0, lamb_entropy: float = 2.0,
-        update_grid: bool = True, grid_update_num: int = 10, start_grid_update_step: int = -1,
-        stop_grid_update_step: int = 50, batch: int = -1, loss_fn: Callable | None = None,
-        metrics: dict[str, Callable[[], float]] | None = None, verbose: bool = True,
-        max_iter: int = 20, history_size: int = 10, seed: int = 0) -> dict:
+def fit(
+    model,
+    dataset: dict,
+    opt: str = "LBFGS",
+    steps: int = 100,
+    lr: float = 1.0,
+    lamb: float = 0.0,
+    lamb_l1: float = 1.0,
+    lamb_entropy: float = 2.0,
+    update_grid: bool = True,
+    grid_update_num: int = 10,
+    start_grid_update_step: int = -1,
+    stop_grid_update_step: int = 50,
+    batch: int = -1,
+    loss_fn: Callable | None = None,
+    metrics: dict[str, Callable[[], float]] | None = None,
+    verbose: bool = True,
+    max_iter: int = 20,
+    history_size: int = 10,
+    seed: int = 0,
+) -> dict:
     """Train ``model`` in place on ``dataset``.
 
     Args:
@@ -106,7 +131,11 @@ def fit(model, dataset: dict, opt: str = "LBFGS", steps: int = 100, lr: float = 
     optimizer, scale = None, 1.0
     bar = progress(range(steps), desc="kan fit", disable=not verbose)
     for step in bar:
-        if (update_grid and step % every == 0 and start_grid_update_step <= step < stop_grid_update_step):
+        if (
+            update_grid
+            and step % every == 0
+            and start_grid_update_step <= step < stop_grid_update_step
+        ):
             model.update_grid(xtr)
             optimizer = None  # the refit invalidates LBFGS's curvature pairs
         if bs < n:
@@ -124,7 +153,8 @@ def fit(model, dataset: dict, opt: str = "LBFGS", steps: int = 100, lr: float = 
                 scale = 1.0 / obj0 if math.isfinite(obj0) and obj0 > 1e-300 else 1.0
         last_reg = [0.0]
 
-        def closure():
+        # defaults bind this step's values (the closure is called only within this step)
+        def closure(x=x, y=y, optimizer=optimizer, scale=scale, last_reg=last_reg):
             optimizer.zero_grad(set_to_none=True)
             obj, reg = objective(x, y)
             last_reg[0] = float(reg.detach())
@@ -153,8 +183,9 @@ def fit(model, dataset: dict, opt: str = "LBFGS", steps: int = 100, lr: float = 
     return hist
 
 
-def fit_grids(model, dataset: dict, grids=(3, 5, 10, 20, 50), steps: int = 200,
-              verbose: bool = True, **fit_kw):
+def fit_grids(
+    model, dataset: dict, grids=(3, 5, 10, 20, 50), steps: int = 200, verbose: bool = True, **fit_kw
+):
     """The paper's grid-extension schedule: train at each ``G`` in ``grids``, refining between.
 
     The model is first refined to ``grids[0]`` if its grid differs.
@@ -172,7 +203,12 @@ def fit_grids(model, dataset: dict, grids=(3, 5, 10, 20, 50), steps: int = 200,
         for key in ("train_loss", "test_loss", "reg"):
             out[key] += h[key]
         out["grid"] += [g] * len(h["train_loss"])
-        out["stages"].append({"grid": g, "train_rmse": h["train_loss"][-1] if h["train_loss"] else None,
-                              "test_rmse": h["test_loss"][-1] if h["test_loss"] else None,
-                              "params": model.n_params()})
+        out["stages"].append(
+            {
+                "grid": g,
+                "train_rmse": h["train_loss"][-1] if h["train_loss"] else None,
+                "test_rmse": h["test_loss"][-1] if h["test_loss"] else None,
+                "params": model.n_params(),
+            }
+        )
     return model, out

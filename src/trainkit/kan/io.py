@@ -26,8 +26,12 @@ def save(model, path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    cfg = {"format": FORMAT, "version": VERSION, **model.config(),
-           "sym_fns": [layer.sym_fns for layer in model.layers]}
+    cfg = {
+        "format": FORMAT,
+        "version": VERSION,
+        **model.config(),
+        "sym_fns": [layer.sym_fns for layer in model.layers],
+    }
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_dir(path) as tmp:
         save_file(state, str(tmp / "model.safetensors"))
@@ -52,8 +56,15 @@ def load(path: str | os.PathLike, device=None):
     if cfg.get("format") != FORMAT:
         raise UserError(f"{cfg_file}: field 'format' must be '{FORMAT}', got {cfg.get('format')!r}")
     dtype = getattr(torch, cfg.get("dtype", "float32"))
-    model = KAN(width=cfg["width"], grid=cfg["grid"], k=cfg["k"], seed=cfg.get("seed", 0),
-                grid_range=tuple(cfg["grid_range"]), dtype=dtype, **cfg.get("layer_kw", {}))
+    model = KAN(
+        width=cfg["width"],
+        grid=cfg["grid"],
+        k=cfg["k"],
+        seed=cfg.get("seed", 0),
+        grid_range=tuple(cfg["grid_range"]),
+        dtype=dtype,
+        **cfg.get("layer_kw", {}),
+    )
     state = load_file(str(w_file))
     # layers may have been refined to different sizes: adopt the stored shapes first
     for name, tensor in state.items():

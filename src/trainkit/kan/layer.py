@@ -21,13 +21,14 @@ registers one with :func:`register_symbolic`) and flips the masks.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainkit.common.errors import UserError
+from trainkit.kan import grid as grid_mod
 from trainkit.kan import spline
 
 BASE_FUNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -42,7 +43,7 @@ SYMBOLIC_FUNCS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "0": torch.zeros_like,
     "x": lambda x: x,
     "x^2": lambda x: x * x,
-    "x^3": lambda x: x ** 3,
+    "x^3": lambda x: x**3,
     "exp": torch.exp,
     "sin": torch.sin,
     "cos": torch.cos,
@@ -77,15 +78,29 @@ class KANLinear(nn.Module):
     ``mask [out, in]`` (1 = edge alive), ``sym_mask [out, in]`` (1 = symbolic branch on).
     """
 
-    def __init__(self, in_features: int, out_features: int, grid: int = 5, k: int = 3,
-                 grid_range: tuple[float, float] = (-1.0, 1.0), base_fun: str = "silu",
-                 noise_scale: float = 0.3, scale_base_mu: float = 0.0,
-                 scale_base_sigma: float = 1.0, scale_sp: float = 1.0, grid_eps: float = 0.02,
-                 fast: bool = True, dtype: torch.dtype | None = None, device=None,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        grid: int = 5,
+        k: int = 3,
+        grid_range: tuple[float, float] = (-1.0, 1.0),
+        base_fun: str = "silu",
+        noise_scale: float = 0.3,
+        scale_base_mu: float = 0.0,
+        scale_base_sigma: float = 1.0,
+        scale_sp: float = 1.0,
+        grid_eps: float = 0.02,
+        fast: bool = True,
+        dtype: torch.dtype | None = None,
+        device=None,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         if base_fun not in BASE_FUNS:
-            raise UserError(f"KANLinear: base_fun '{base_fun}' unknown; choose from {', '.join(BASE_FUNS)}")
+            raise UserError(
+                f"KANLinear: base_fun '{base_fun}' unknown; choose from {', '.join(BASE_FUNS)}"
+            )
         if grid < 1 or k < 0:
             raise UserError(f"KANLinear: need grid >= 1 and k >= 0, got grid={grid}, k={k}")
         self.in_features, self.out_features = in_features, out_features
@@ -94,10 +109,13 @@ class KANLinear(nn.Module):
         kw = {"dtype": dtype, "device": device}
         self.register_buffer("grid", spline.uniform_grid(in_features, grid, k, *grid_range, **kw))
         u = lambda *shape: torch.rand(*shape, generator=generator, dtype=dtype).to(device)
-        self.coef = nn.Parameter((u(out_features, in_features, grid + k) - 0.5) * noise_scale / grid)
+        self.coef = nn.Parameter(
+            (u(out_features, in_features, grid + k) - 0.5) * noise_scale / grid
+        )
         rs = 1.0 / math.sqrt(in_features)
         self.scale_base = nn.Parameter(
-            (scale_base_mu + scale_base_sigma * (2 * u(out_features, in_features) - 1)) * rs)
+            (scale_base_mu + scale_base_sigma * (2 * u(out_features, in_features) - 1)) * rs
+        )
         self.scale_sp = nn.Parameter(torch.full((out_features, in_features), scale_sp * rs, **kw))
         self.register_buffer("mask", torch.ones(out_features, in_features, **kw))
         self.register_buffer("sym_mask", torch.zeros(out_features, in_features, **kw))
@@ -114,8 +132,10 @@ class KANLinear(nn.Module):
         return self.grid.shape[1] - 2 * self.k - 1
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"grid={self.grid_size}, k={self.k}, base_fun={self.base_fun}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"grid={self.grid_size}, k={self.k}, base_fun={self.base_fun}"
+        )
 
     def grid_is_uniform(self) -> bool:
         """Whether the grid is equally spaced (cached until the grid tensor changes)."""
@@ -134,8 +154,14 @@ class KANLinear(nn.Module):
         """``[..., in]`` -> ``[..., out]``."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # [N, in]
-        y = spline.spline_linear(x2, self.grid, self.spline_weight(), self.k, fast=self.fast,
-                                 uniform=self.grid_is_uniform())
+        y = spline.spline_linear(
+            x2,
+            self.grid,
+            self.spline_weight(),
+            self.k,
+            fast=self.fast,
+            uniform=self.grid_is_uniform(),
+        )
         if self.base_fun != "zero":
             y = y + BASE_FUNS[self.base_fun](x2) @ (self.mask * self.scale_base).t()
         if self.sym_mask.any():
@@ -152,7 +178,9 @@ class KANLinear(nn.Module):
             fn = SYMBOLIC_FUNCS.get(name)
             if fn is None:
                 raise UserError(f"KANLinear: symbolic function '{name}' is not registered")
-            out[:, o, i] = self.sym_mask[o, i] * (c[o, i] * fn(a[o, i] * x[:, i] + b[o, i]) + d[o, i])
+            out[:, o, i] = self.sym_mask[o, i] * (
+                c[o, i] * fn(a[o, i] * x[:, i] + b[o, i]) + d[o, i]
+            )
         return out
 
     def edge_activations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -170,8 +198,12 @@ class KANLinear(nn.Module):
         sp = torch.einsum("nij,oij->noi", b, self.coef) * self.scale_sp  # [N, out, in]
         base = BASE_FUNS[self.base_fun](x).unsqueeze(1) * self.scale_base  # [N, out, in]
         sym = self.symbolic_activations(x)
-        return {"postacts": self.mask * (sp + base) + sym, "spline": sp, "base": base,
-                "symbolic": sym}
+        return {
+            "postacts": self.mask * (sp + base) + sym,
+            "spline": sp,
+            "base": base,
+            "symbolic": sym,
+        }
 
     # ---- grid -----------------------------------------------------------------------
     @torch.no_grad()
@@ -188,25 +220,26 @@ class KANLinear(nn.Module):
         """Adapt the grid to the samples ``x [N, in]`` (percentiles mixed with uniform by
         ``grid_eps``), keeping ``G``; the splines are refitted on ``x``."""
         x = x.reshape(-1, self.in_features).detach().to(self.grid)
-        knots = spline.adaptive_knots(x, self.grid_size, self.grid_eps)
+        knots = grid_mod.adaptive_knots(x, self.grid_size, self.grid_eps)
         if margin:
             knots = knots + margin * (knots[:, -1:] - knots[:, :1]) * torch.linspace(
-                -1, 1, knots.shape[1], dtype=knots.dtype, device=knots.device)
+                -1, 1, knots.shape[1], dtype=knots.dtype, device=knots.device
+            )
         self.set_grid(spline.extend_grid(knots, self.k), x)
 
     @torch.no_grad()
     def refine(self, new_size: int, points_per_interval: int = 8) -> None:
         """Grid extension in place: ``G -> new_size`` intervals over the same range.
 
-        Growing keeps every old knot (:func:`spline.nested_knots`), so the refit -- least
+        Growing keeps every old knot (:func:`grid_mod.nested_knots`), so the refit -- least
         squares on a dense sample of ``[lo, hi]``, no data needed -- reproduces each edge
         exactly inside the range. Shrinking interpolates the knots (an approximation).
         """
         knots = spline.interior(self.grid, self.k)
         if new_size >= self.grid_size:
-            new_knots = spline.nested_knots(knots, new_size)
+            new_knots = grid_mod.nested_knots(knots, new_size)
         else:
-            new_knots = spline.resample_knots(knots, new_size)
+            new_knots = grid_mod.resample_knots(knots, new_size)
         m = points_per_interval * (max(new_size, self.grid_size) + self.k)
         frac = torch.linspace(0, 1, m, dtype=self.grid.dtype, device=self.grid.device)
         x = knots[:, :1].t() + (knots[:, -1:] - knots[:, :1]).t() * frac[:, None]  # [m, in]

@@ -59,9 +59,17 @@ class KAN(nn.Module):
     ``forward(x)``: ``[..., n_0]`` -> ``[..., n_L]``.
     """
 
-    def __init__(self, width=(2, 5, 1), grid: int = 5, k: int = 3, seed: int = 0,
-                 grid_range: tuple[float, float] = (-1.0, 1.0), dtype: torch.dtype | None = None,
-                 device=None, **layer_kw):
+    def __init__(
+        self,
+        width=(2, 5, 1),
+        grid: int = 5,
+        k: int = 3,
+        seed: int = 0,
+        grid_range: tuple[float, float] = (-1.0, 1.0),
+        dtype: torch.dtype | None = None,
+        device=None,
+        **layer_kw,
+    ):
         super().__init__()
         self.width = normalize_width(list(width))
         self.k = k
@@ -71,9 +79,19 @@ class KAN(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         layers = []
         for (n_in_sum, n_in_mult), (n_sum, n_mult) in zip(self.width[:-1], self.width[1:]):
-            layers.append(KANLinear(n_in_sum + n_in_mult, n_sum + MULT_ARITY * n_mult, grid=grid,
-                                    k=k, grid_range=grid_range, dtype=dtype, device=device,
-                                    generator=gen, **layer_kw))
+            layers.append(
+                KANLinear(
+                    n_in_sum + n_in_mult,
+                    n_sum + MULT_ARITY * n_mult,
+                    grid=grid,
+                    k=k,
+                    grid_range=grid_range,
+                    dtype=dtype,
+                    device=device,
+                    generator=gen,
+                    **layer_kw,
+                )
+            )
         self.layers = nn.ModuleList(layers)
 
     # ---- description ----------------------------------------------------------------
@@ -88,9 +106,15 @@ class KAN(nn.Module):
 
     def config(self) -> dict:
         """JSON-ready constructor arguments reproducing this architecture at its current grid."""
-        return {"width": self.width, "grid": self.grid, "k": self.k, "seed": self.seed,
-                "grid_range": list(self.grid_range), "layer_kw": self.layer_kw,
-                "dtype": str(self.dtype).replace("torch.", "")}
+        return {
+            "width": self.width,
+            "grid": self.grid,
+            "k": self.k,
+            "seed": self.seed,
+            "grid_range": list(self.grid_range),
+            "layer_kw": self.layer_kw,
+            "dtype": str(self.dtype).replace("torch.", ""),
+        }
 
     @property
     def dtype(self) -> torch.dtype:
@@ -116,7 +140,9 @@ class KAN(nn.Module):
             h = self._nodes(layer(h), li + 1)
         return h.reshape(*lead, h.shape[-1])
 
-    def forward_with_acts(self, x: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    def forward_with_acts(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
         """Forward through the slow path, keeping each layer's activations.
 
         Args:
@@ -149,8 +175,12 @@ class KAN(nn.Module):
 
     # ---- regulariser ----------------------------------------------------------------
     @staticmethod
-    def regularization(acts: list[dict[str, torch.Tensor]], lamb_l1: float = 1.0,
-                       lamb_entropy: float = 2.0, eps: float = 1e-12) -> torch.Tensor:
+    def regularization(
+        acts: list[dict[str, torch.Tensor]],
+        lamb_l1: float = 1.0,
+        lamb_entropy: float = 2.0,
+        eps: float = 1e-12,
+    ) -> torch.Tensor:
         """The paper's sparsity penalty (section 2.5.1, eqs. 2.17-2.20).
 
         For layer ``l``: ``|phi_oi|_1 = mean_n |phi_oi(x_ni)|``, ``|Phi|_1 = sum_oi |phi_oi|_1``,

@@ -18,8 +18,12 @@ from trainkit.common.errors import UserError
 
 @dataclass
 class ModelSection:
-    width: list[Any] | None = field(default=None, metadata={
-        "help": "node counts, e.g. [2,5,1] or [2,[3,1],1]; default [n_inputs, 5, n_outputs]"})
+    width: list[Any] | None = field(
+        default=None,
+        metadata={
+            "help": "node counts, e.g. [2,5,1] or [2,[3,1],1]; default [n_inputs, 5, n_outputs]"
+        },
+    )
     k: int = field(default=3, metadata={"help": "spline order"})
     seed: int = field(default=1, metadata={"help": "initialisation seed"})
     grid_range: list[float] = field(default_factory=lambda: [-1.0, 1.0])
@@ -77,7 +81,9 @@ class KanFitConfig:
         if len(d.ranges) != 2 or not d.ranges[0] < d.ranges[1]:
             raise UserError(f"kan fit: data.ranges must be [lo, hi] with lo < hi, got {d.ranges}")
         if not self.train.grids or any(g < 1 for g in self.train.grids):
-            raise UserError(f"kan fit: train.grids must be positive integers, got {self.train.grids}")
+            raise UserError(
+                f"kan fit: train.grids must be positive integers, got {self.train.grids}"
+            )
         if not 0 < d.test_fraction < 1:
             raise UserError(f"kan fit: data.test_fraction must be in (0, 1), got {d.test_fraction}")
 
@@ -94,13 +100,22 @@ def formula_dataset(cfg: DataSection, dtype):
     if not names:
         raise UserError(f"formula '{cfg.formula}': has no variables")
     f = to_callable(expr, names)
-    ds = create_dataset(f, n_var=len(names), ranges=tuple(cfg.ranges), train_num=cfg.train_num,
-                        test_num=cfg.test_num, seed=cfg.seed, dtype=dtype)
+    ds = create_dataset(
+        f,
+        n_var=len(names),
+        ranges=tuple(cfg.ranges),
+        train_num=cfg.train_num,
+        test_num=cfg.test_num,
+        seed=cfg.seed,
+        dtype=dtype,
+    )
     for key in ("train_label", "test_label"):
         bad = (~torch.isfinite(ds[key])).sum().item()
         if bad:
-            raise UserError(f"formula '{cfg.formula}': not finite at {bad} sampled points of "
-                            f"{key.split('_')[0]} (data.ranges={cfg.ranges}); narrow the ranges")
+            raise UserError(
+                f"formula '{cfg.formula}': not finite at {bad} sampled points of "
+                f"{key.split('_')[0]} (data.ranges={cfg.ranges}); narrow the ranges"
+            )
     return ds, names
 
 
@@ -131,13 +146,14 @@ def read_csv(path: str, target: str) -> tuple[list[str], list[list[float]], list
                     try:
                         v = float(cell)
                     except ValueError:
-                        raise UserError(f"{p}: line {line}: column '{name}': '{cell.strip()}' "
-                                        "is not a number") from None
+                        raise UserError(
+                            f"{p}: line {line}: column '{name}': '{cell.strip()}' is not a number"
+                        ) from None
                     if not math.isfinite(v):
                         raise UserError(f"{p}: line {line}: column '{name}': value is not finite")
                     vals.append(v)
                 ys.append(vals[ti])
-                xs.append(vals[:ti] + vals[ti + 1:])
+                xs.append(vals[:ti] + vals[ti + 1 :])
     except UnicodeDecodeError:
         raise UserError(f"{p}: not UTF-8 text") from None
     except csv.Error as e:
@@ -159,8 +175,12 @@ def csv_dataset(cfg: DataSection, dtype):
     perm = torch.randperm(len(ys), generator=torch.Generator().manual_seed(cfg.seed))
     n_test = max(1, int(round(cfg.test_fraction * len(ys))))
     te, tr = perm[:n_test], perm[n_test:]
-    return {"train_input": x[tr], "train_label": y[tr], "test_input": x[te],
-            "test_label": y[te]}, names
+    return {
+        "train_input": x[tr],
+        "train_label": y[tr],
+        "test_input": x[te],
+        "test_label": y[te],
+    }, names
 
 
 # ---- outputs --------------------------------------------------------------------------
@@ -203,8 +223,10 @@ def run_fit(cfg: KanFitConfig, args=None) -> int:
 
     d = cfg.data
     if d.formula is None and d.csv is None:
-        raise UserError("kan fit: give a formula (--formula 'exp(sin(pi*x1)+x2**2)') "
-                        "or a CSV file (--data file.csv --target y)")
+        raise UserError(
+            "kan fit: give a formula (--formula 'exp(sin(pi*x1)+x2**2)') "
+            "or a CSV file (--data file.csv --target y)"
+        )
     if d.formula is not None and d.csv is not None:
         raise UserError("kan fit: give data.formula (--formula) or data.csv (--data), not both")
     if d.csv is not None and not d.target:
@@ -218,28 +240,58 @@ def run_fit(cfg: KanFitConfig, args=None) -> int:
         source = f"{cfg.data.csv} -> {cfg.data.target}"
     n_in, n_out = ds["train_input"].shape[1], ds["train_label"].shape[1]
     width = cfg.model.width if cfg.model.width is not None else [n_in, 5, n_out]
-    model = KAN(width, grid=cfg.train.grids[0], k=cfg.model.k, seed=cfg.model.seed,
-                grid_range=tuple(cfg.model.grid_range), dtype=dtype, device=cfg.model.device,
-                base_fun=cfg.model.base_fun)
+    model = KAN(
+        width,
+        grid=cfg.train.grids[0],
+        k=cfg.model.k,
+        seed=cfg.model.seed,
+        grid_range=tuple(cfg.model.grid_range),
+        dtype=dtype,
+        device=cfg.model.device,
+        base_fun=cfg.model.base_fun,
+    )
     if model.width[0][0] != n_in or sum(model.width[-1]) != n_out:
-        raise UserError(f"kan fit: model.width {width} must start with {n_in} (inputs: "
-                        f"{', '.join(names)}) and end with {n_out}")
+        raise UserError(
+            f"kan fit: model.width {width} must start with {n_in} (inputs: "
+            f"{', '.join(names)}) and end with {n_out}"
+        )
     run_dir = make_run_dir(cfg.out.name, cfg.out.root, config=cfg)
-    print(f"kan fit: {source}; width {width}; grids {cfg.train.grids}; run {run_dir}",
-          file=sys.stderr)
+    print(
+        f"kan fit: {source}; width {width}; grids {cfg.train.grids}; run {run_dir}", file=sys.stderr
+    )
     t = cfg.train
-    model, hist = fit_grids(model, ds, grids=t.grids, steps=t.steps, verbose=t.verbose, opt=t.opt,
-                            lr=t.lr, lamb=t.lamb, lamb_l1=t.lamb_l1, lamb_entropy=t.lamb_entropy,
-                            update_grid=t.update_grid, grid_update_num=t.grid_update_num,
-                            stop_grid_update_step=t.stop_grid_update_step, batch=t.batch)
+    model, hist = fit_grids(
+        model,
+        ds,
+        grids=t.grids,
+        steps=t.steps,
+        verbose=t.verbose,
+        opt=t.opt,
+        lr=t.lr,
+        lamb=t.lamb,
+        lamb_l1=t.lamb_l1,
+        lamb_entropy=t.lamb_entropy,
+        update_grid=t.update_grid,
+        grid_update_num=t.grid_update_num,
+        stop_grid_update_step=t.stop_grid_update_step,
+        batch=t.batch,
+    )
     for s in hist["stages"]:
-        print(f"grid {s['grid']:>4}: train RMSE {s['train_rmse']:.3e}  test RMSE "
-              f"{s['test_rmse']:.3e}  ({s['params']} parameters)")
+        print(
+            f"grid {s['grid']:>4}: train RMSE {s['train_rmse']:.3e}  test RMSE "
+            f"{s['test_rmse']:.3e}  ({s['params']} parameters)"
+        )
     model.save(run_dir / "model")
-    summary = {"inputs": names, "width": model.width, "stages": hist["stages"],
-               "train_rmse": hist["stages"][-1]["train_rmse"],
-               "test_rmse": hist["stages"][-1]["test_rmse"]}
-    atomic_write_json(run_dir / "history.json", {k: hist[k] for k in ("train_loss", "test_loss", "reg", "grid")})
+    summary = {
+        "inputs": names,
+        "width": model.width,
+        "stages": hist["stages"],
+        "train_rmse": hist["stages"][-1]["train_rmse"],
+        "test_rmse": hist["stages"][-1]["test_rmse"],
+    }
+    atomic_write_json(
+        run_dir / "history.json", {k: hist[k] for k in ("train_loss", "test_loss", "reg", "grid")}
+    )
     atomic_write_json(run_dir / "summary.json", summary)
     if cfg.out.plot:
         plot_history(hist, run_dir / "loss.png", title=source)

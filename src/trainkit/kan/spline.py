@@ -38,8 +38,15 @@ def extend_grid(knots: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([left, knots, right], dim=1)
 
 
-def uniform_grid(n_in: int, grid: int, k: int, lo: float = -1.0, hi: float = 1.0,
-                 dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+def uniform_grid(
+    n_in: int,
+    grid: int,
+    k: int,
+    lo: float = -1.0,
+    hi: float = 1.0,
+    dtype: torch.dtype | None = None,
+    device=None,
+) -> torch.Tensor:
     """An extended uniform grid, the same for every input.
 
     Returns:
@@ -53,7 +60,7 @@ def uniform_grid(n_in: int, grid: int, k: int, lo: float = -1.0, hi: float = 1.0
 
 def interior(grid: torch.Tensor, k: int) -> torch.Tensor:
     """The interior knots ``[in, G + 1]`` of an extended grid ``[in, G + 2k + 1]``."""
-    return grid[:, k:grid.shape[1] - k]
+    return grid[:, k : grid.shape[1] - k]
 
 
 def _recip(d: torch.Tensor) -> torch.Tensor:
@@ -81,8 +88,8 @@ def bspline_basis_cox(x: torch.Tensor, grid: torch.Tensor, k: int) -> torch.Tens
     t = grid.unsqueeze(0)  # [1, in, M]
     b = ((xe >= t[..., :-1]) & (xe < t[..., 1:])).to(x.dtype)  # [N, in, M-1]
     for p in range(1, k + 1):
-        left = (xe - t[..., :-(p + 1)]) * _recip(t[..., p:-1] - t[..., :-(p + 1)])
-        right = (t[..., p + 1:] - xe) * _recip(t[..., p + 1:] - t[..., 1:-p])
+        left = (xe - t[..., : -(p + 1)]) * _recip(t[..., p:-1] - t[..., : -(p + 1)])
+        right = (t[..., p + 1 :] - xe) * _recip(t[..., p + 1 :] - t[..., 1:-p])
         b = left * b[..., :-1] + right * b[..., 1:]  # [N, in, M-1-p]
     return b
 
@@ -95,8 +102,9 @@ def is_uniform(grid: torch.Tensor) -> bool:
     return bool(((d - h).abs() <= tol).all() and (h > 0).all())
 
 
-def bspline_local(x: torch.Tensor, grid: torch.Tensor, k: int, deriv: bool = False,
-                  uniform: bool = False):
+def bspline_local(
+    x: torch.Tensor, grid: torch.Tensor, k: int, deriv: bool = False, uniform: bool = False
+):
     """The ``k + 1`` B-splines that are non-zero at each ``x`` (de Boor's triangle).
 
     For ``t_j <= x < t_{j+1}`` only ``B_{j-k}, ..., B_j`` are non-zero. The same recursion
@@ -146,9 +154,14 @@ def _local_t(x, grid, k, deriv, uniform):
         # interval index j with t_j <= x < t_{j+1}
         j = torch.searchsorted(grid.contiguous(), xt.detach(), right=True) - 1
     first = j - k  # [in, N]
-    # inside the interior range [t_k, t_{M-1-k}) every listed function exists: no masking
-    edge = bool(((first < 0) | (first > m_knots - 2 * k - 2)).any()) if k > 0 else bool(
-        ((j < 0) | (j > m_knots - 2)).any())
+    # inside the interior range [t_k, t_{M-1-k}) every listed function exists: no masking.
+    # On an accelerator the check would cost a host sync: always mask there instead.
+    if x.device.type != "cpu":
+        edge = True
+    elif k > 0:
+        edge = bool(((first < 0) | (first > m_knots - 2 * k - 2)).any())
+    else:
+        edge = bool(((j < 0) | (j > m_knots - 2)).any())
     if edge:
         inside = ((j >= 0) & (j <= m_knots - 2)).to(x.dtype)
         j = j.clamp(0, m_knots - 2)
@@ -183,10 +196,10 @@ def _general_pieces(xt, j, grid, k, deriv):
     b = torch.ones_like(xe)  # order 0: [1, in, N]
     dvals = None
     for p in range(1, k + 1):
-        t_m = win[k - p:k + 1]  # t_{m}, m = j - p + r, r = 0..p
-        t_mp = win[k:k + p + 1]  # t_{m+p}
-        t_m1 = win[k - p + 1:k + 2]  # t_{m+1}
-        t_mp1 = win[k + 1:k + p + 2]  # t_{m+p+1}
+        t_m = win[k - p : k + 1]  # t_{m}, m = j - p + r, r = 0..p
+        t_mp = win[k : k + p + 1]  # t_{m+p}
+        t_m1 = win[k - p + 1 : k + 2]  # t_{m+1}
+        t_mp1 = win[k + 1 : k + p + 2]  # t_{m+p+1}
         zero = b.new_zeros(1, n_in, n)
         bl = torch.cat([zero, b], 0) * _recip(t_mp - t_m)  # B_m^{p-1} / (t_{m+p} - t_m)
         br = torch.cat([b, zero], 0) * _recip(t_mp1 - t_m1)  # B_{m+1}^{p-1} / (...)
@@ -258,7 +271,9 @@ def _uniform_cubic(u, h, deriv):
     return vals, dvals
 
 
-def _dense_t(first: torch.Tensor, vals: torch.Tensor, n_basis: int, clamp: bool = True) -> torch.Tensor:
+def _dense_t(
+    first: torch.Tensor, vals: torch.Tensor, n_basis: int, clamp: bool = True
+) -> torch.Tensor:
     """``first [in, N]``, ``vals [k+1, in, N]`` -> dense basis ``[in, n_basis, N]``.
 
     ``clamp=False`` is allowed when every ``first + r`` is a valid index (no edge points).
@@ -266,7 +281,8 @@ def _dense_t(first: torch.Tensor, vals: torch.Tensor, n_basis: int, clamp: bool 
     idx = _local_index(first, vals.shape[0], n_basis, clamp)
     # scatter_add: clamped out-of-range entries carry zeros and must not overwrite
     return vals.new_zeros(first.shape[0], n_basis, first.shape[1]).scatter_add_(
-        1, idx, vals.transpose(0, 1))
+        1, idx, vals.transpose(0, 1)
+    )
 
 
 def scatter_local(first: torch.Tensor, vals: torch.Tensor, n_basis: int) -> torch.Tensor:
@@ -274,7 +290,9 @@ def scatter_local(first: torch.Tensor, vals: torch.Tensor, n_basis: int) -> torc
     return _dense_t(first.t(), vals.permute(2, 1, 0), n_basis).permute(2, 0, 1)
 
 
-def bspline_basis(x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool = False) -> torch.Tensor:
+def bspline_basis(
+    x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool = False
+) -> torch.Tensor:
     """All order-``k`` B-splines at ``x``: ``[N, in]`` -> ``[N, in, G + k]``.
 
     Same values as :func:`bspline_basis_cox`, computed locally (:func:`bspline_local`) and
@@ -284,13 +302,17 @@ def bspline_basis(x: torch.Tensor, grid: torch.Tensor, k: int, uniform: bool = F
     return _dense_t(first, vals, grid.shape[1] - k - 1, edge).permute(2, 0, 1)
 
 
-def bspline_basis_deriv(x: torch.Tensor, grid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def bspline_basis_deriv(
+    x: torch.Tensor, grid: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The dense basis and its derivative in ``x`` (no autograd): two ``[N, in, G + k]``."""
     with torch.no_grad():
         first, vals, dvals, edge = _local_t(x, grid, k, True, False)
         nb = grid.shape[1] - k - 1
-        return (_dense_t(first, vals, nb, edge).permute(2, 0, 1),
-                _dense_t(first, dvals, nb, edge).permute(2, 0, 1))
+        return (
+            _dense_t(first, vals, nb, edge).permute(2, 0, 1),
+            _dense_t(first, dvals, nb, edge).permute(2, 0, 1),
+        )
 
 
 class SplineLinear(torch.autograd.Function):
@@ -318,8 +340,9 @@ class SplineLinear(torch.autograd.Function):
             d = _dense_t(first, vals, nb, edge).view(n_in * nb, n)  # freed after the matmul
             y = (weight @ d).t()  # [N, out]
         # int32 start indices and no weight when x needs no gradient: less kept for backward
-        ctx.save_for_backward(first.to(torch.int32), vals, dvals,
-                              weight if ctx.needs_input_grad[0] else None)
+        ctx.save_for_backward(
+            first.to(torch.int32), vals, dvals, weight if ctx.needs_input_grad[0] else None
+        )
         ctx.nb, ctx.edge = nb, edge
         return y
 
@@ -337,13 +360,21 @@ class SplineLinear(torch.autograd.Function):
             del d
         if ctx.needs_input_grad[0]:
             gb = (weight.t() @ gy.t()).view(n_in, nb, n)  # dL/dbasis [in, G+k, N]
-            local = gb.gather(1, _local_index(first, vals.shape[0], nb, ctx.edge))  # [in, k+1, N]: only the k+1 non-zero terms
+            local = gb.gather(
+                1, _local_index(first, vals.shape[0], nb, ctx.edge)
+            )  # [in, k+1, N]: only the k+1 non-zero terms
             gx = (local * dvals.transpose(0, 1)).sum(1).t()  # [N, in]
         return gx, None, gw, None, None
 
 
-def spline_linear(x: torch.Tensor, grid: torch.Tensor, weight: torch.Tensor, k: int,
-                  fast: bool = True, uniform: bool = False) -> torch.Tensor:
+def spline_linear(
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    weight: torch.Tensor,
+    k: int,
+    fast: bool = True,
+    uniform: bool = False,
+) -> torch.Tensor:
     """Sum over inputs of every edge's spline: ``y[n, o] = sum_i sum_j w[o, i, j] B_j(x[n, i])``.
 
     Args:
@@ -377,15 +408,16 @@ def _lstsq(a: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor:
     b64 = b.detach().to("cpu", torch.float64)
     if ridge > 0:
         p = a64.shape[-1]
-        eye = torch.eye(p, dtype=torch.float64).expand(a64.shape[0], p, p) * ridge ** 0.5
+        eye = torch.eye(p, dtype=torch.float64).expand(a64.shape[0], p, p) * ridge**0.5
         a64 = torch.cat([a64, eye], dim=1)
         b64 = torch.cat([b64, b64.new_zeros(b64.shape[0], p, b64.shape[-1])], dim=1)
     # gelsd (SVD) copes with basis functions that no sample touches (min-norm solution)
     return torch.linalg.lstsq(a64, b64, driver="gelsd").solution
 
 
-def curve2coef(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, k: int,
-               ridge: float = 0.0) -> torch.Tensor:
+def curve2coef(
+    x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, k: int, ridge: float = 0.0
+) -> torch.Tensor:
     """Least-squares spline coefficients of sampled curves.
 
     Args:
@@ -402,8 +434,9 @@ def curve2coef(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, k: int,
     return sol.permute(2, 0, 1).to(y.dtype).to(y.device).contiguous()
 
 
-def refit_matrix(x: torch.Tensor, old_grid: torch.Tensor, new_grid: torch.Tensor, k: int,
-                 ridge: float = 0.0) -> torch.Tensor:
+def refit_matrix(
+    x: torch.Tensor, old_grid: torch.Tensor, new_grid: torch.Tensor, k: int, ridge: float = 0.0
+) -> torch.Tensor:
     """Linear map from old-grid to new-grid coefficients, fitted by least squares at ``x``.
 
     A spline is linear in its coefficients, so refitting every edge of input ``i`` onto a
@@ -425,68 +458,3 @@ def refit_matrix(x: torch.Tensor, old_grid: torch.Tensor, new_grid: torch.Tensor
 def apply_refit(t: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     """``t [in, P', P]`` applied to ``coef [out, in, P]`` -> ``[out, in, P']``."""
     return torch.einsum("ipq,oiq->oip", t, coef).contiguous()
-
-
-def adaptive_knots(x: torch.Tensor, grid: int, eps: float) -> torch.Tensor:
-    """Interior knots from the data: percentiles mixed with a uniform grid (pykan's rule).
-
-    ``knots = eps * uniform(min, max) + (1 - eps) * sorted(x)[linspace(0, N - 1, G + 1)]``.
-
-    Args:
-        x: ``[N, in]`` samples of each input; grid: ``G``; eps: ``grid_eps`` in ``[0, 1]``.
-
-    Returns:
-        ``[in, G + 1]`` strictly increasing knots (a constant input gets a unit-width range).
-    """
-    xs = torch.sort(x.detach(), dim=0).values  # [N, in]
-    n = xs.shape[0]
-    idx = torch.linspace(0, n - 1, grid + 1, device=x.device).round().long()
-    adaptive = xs[idx].t()  # [in, G+1]
-    lo, hi = xs[0], xs[-1]
-    flat = (hi - lo) <= 1e-12 * (1 + hi.abs())
-    lo = torch.where(flat, lo - 0.5, lo)
-    hi = torch.where(flat, hi + 0.5, hi)
-    frac = torch.linspace(0, 1, grid + 1, dtype=x.dtype, device=x.device)
-    uniform = lo[:, None] + (hi - lo)[:, None] * frac[None, :]
-    adaptive = torch.where(flat[:, None], uniform, adaptive)
-    return eps * uniform + (1 - eps) * adaptive
-
-
-def resample_knots(knots: torch.Tensor, grid: int) -> torch.Tensor:
-    """``[in, G + 1]`` -> ``[in, grid + 1]`` by piecewise-linear interpolation of the knot
-    positions (keeps the old grid's density; nested only when ``grid`` is a multiple of ``G``)."""
-    g_old = knots.shape[1] - 1
-    pos = torch.linspace(0, g_old, grid + 1, dtype=torch.float64, device=knots.device)
-    lo_idx = pos.floor().long().clamp(max=g_old - 1)
-    frac = (pos - lo_idx).to(knots.dtype)
-    return knots[:, lo_idx] * (1 - frac) + knots[:, lo_idx + 1] * frac
-
-
-def nested_knots(knots: torch.Tensor, grid: int) -> torch.Tensor:
-    """Refine ``[in, G + 1]`` knots to ``[in, grid + 1]`` by knot insertion (``grid >= G``).
-
-    Every old knot is kept, so the old spline space is a subspace of the new one and a
-    least-squares refit on ``[lo, hi]`` reproduces the old splines exactly there. Old
-    interval ``i`` is split into ``n_i`` equal pieces, ``n_i`` allocated greedily to the
-    interval with the largest piece length ``L_i / n_i`` (uniform stays uniform when
-    ``grid`` is a multiple of ``G``).
-    """
-    n_in, g_old = knots.shape[0], knots.shape[1] - 1
-    if grid < g_old:
-        raise ValueError(f"nested_knots: new grid {grid} < old grid {g_old}")
-    lengths = (knots[:, 1:] - knots[:, :-1]).to(torch.float64)  # [in, G]
-    counts = torch.ones_like(lengths)
-    rows = torch.arange(n_in, device=knots.device)
-    for _ in range(grid - g_old):
-        # ties go to the leftmost interval; 1e-9 keeps equal lengths tied despite rounding
-        score = lengths / counts
-        best = torch.argmax(score - 1e-9 * torch.arange(g_old, device=knots.device), dim=1)
-        counts[rows, best] += 1
-    cum = counts.cumsum(1)  # [in, G]
-    q = torch.arange(grid, dtype=torch.float64, device=knots.device).expand(n_in, -1).contiguous()
-    i = torch.searchsorted(cum, q, right=True)  # old interval of new knot q
-    start = cum.gather(1, i) - counts.gather(1, i)
-    frac = ((q - start) / counts.gather(1, i)).to(knots.dtype)
-    left = knots.gather(1, i)
-    new = left + (knots.gather(1, i + 1) - left) * frac
-    return torch.cat([new, knots[:, -1:]], dim=1)
