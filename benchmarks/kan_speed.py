@@ -2,8 +2,8 @@
 
 Prints one JSON object. For each shape (``[64,64,10]`` at batch 1024 and
 ``[784,256,10]`` at batch 512, float32, G=5, k=3) and each implementation it times one
-training step (forward, MSE loss, backward; gradients zeroed) and reports the median and
-the ratios to trainkit:
+training step (forward, MSE loss, backward; gradients zeroed), interleaving the
+implementations round by round, and reports the median and the ratios to trainkit:
 
 - ``trainkit``: :class:`trainkit.kan.KAN` (local basis, custom backward);
 - ``cox_autograd``: the same layer computed with plain autograd through the dense
@@ -128,27 +128,37 @@ def saved_mb(step) -> float:
     return sum(seen.values()) / 2**20
 
 
-def measure(step, device: str, budget_s: float, max_reps: int = 50) -> dict:
+def measure_all(steps: dict, device: str, budget_s: float, max_reps: int = 40) -> dict:
+    """Time the steps interleaved (A B C A B C ...), so load changes on a shared machine
+    hit every implementation alike; each gets at most ``budget_s`` of timed steps
+    (at least 3, or 1 when a single step exceeds the budget)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    step()  # warm-up
+    for step in steps.values():
+        step()  # warm-up
     sync()
-    times, t_end = [], time.perf_counter() + budget_s
-    while len(times) < max_reps and (len(times) < 3 or time.perf_counter() < t_end):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-        if times[-1] > budget_s:  # one step longer than the budget: one sample is all we take
+    times = {name: [] for name in steps}
+    for _ in range(max_reps):
+        active = [n for n, ts in times.items() if sum(ts) < budget_s or len(ts) < 3]
+        active = [n for n in active if not (times[n] and times[n][0] > budget_s)]
+        if not active:
             break
-    out = {"median_ms": statistics.median(times) * 1e3, "reps": len(times)}
-    out["saved_mb"] = saved_mb(step)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        out["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        for name in active:
+            t0 = time.perf_counter()
+            steps[name]()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, step in steps.items():
+        r = {"median_ms": statistics.median(times[name]) * 1e3, "reps": len(times[name])}
+        r["saved_mb"] = saved_mb(step)
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step()
+            torch.cuda.synchronize()
+            r["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        out[name] = r
     return out
 
 
@@ -156,7 +166,12 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--budget", type=float, default=15.0, help="seconds of timing per case")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=15.0,
+        help="seconds of timed steps per implementation and shape",
+    )
     ap.add_argument("--quick", action="store_true", help="only the [64,64,10] shape")
     ap.add_argument("--skip", default="", help="comma-separated implementations to skip")
     args = ap.parse_args(argv)
@@ -185,16 +200,16 @@ def main(argv=None) -> dict:
         tk = KAN(width, grid=5, k=3, seed=0, device=dev)
         impls = implementations(tk, width, dev)
         case = {"width": width, "batch": batch, "kan_params": tk.n_params(), "impls": {}}
+        steps = {}
         for name, build in impls.items():
             if name in skip:
                 continue
             try:
-                model = build()
+                steps[name] = step_fn(build(), x, y)
             except ImportError as e:
                 case["impls"][name] = {"skipped": f"import failed: {e}"}
-                continue
-            print(f"[kan_speed] {width} batch {batch}: {name}", file=sys.stderr, flush=True)
-            case["impls"][name] = measure(step_fn(model, x, y), dev, args.budget)
+        print(f"[kan_speed] {width} batch {batch}: {', '.join(steps)}", file=sys.stderr, flush=True)
+        case["impls"].update(measure_all(steps, dev, args.budget))
         base = case["impls"]["trainkit"]
         ratios = {}
         for name, r in case["impls"].items():
