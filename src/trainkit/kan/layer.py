@@ -213,6 +213,7 @@ class KANLinear(nn.Module):
         t = spline.refit_matrix(x_fit.to(self.grid), self.grid, new_grid.to(self.grid), self.k)
         coef = spline.apply_refit(t, self.coef.detach())
         self.grid = new_grid.to(self.grid).contiguous()
+        self._uniform_key = None  # re-check uniformity for the new grid
         self.coef = nn.Parameter(coef, requires_grad=self.coef.requires_grad)
 
     @torch.no_grad()
