@@ -108,10 +108,28 @@ def test_float32_and_to():
 @pytest.mark.gpu
 def test_cuda_matches_cpu():
     m = KAN([3, 4, 2], grid=6, seed=0, dtype=torch.float64)
-    x = torch.rand(64, 3, dtype=torch.float64) * 2 - 1
+    x = torch.rand(64, 3, dtype=torch.float64) * 2.6 - 1.3  # some points beyond the grid
     y = m(x)
     mc = copy.deepcopy(m).to("cuda")
+    assert mc(x.cuda()).device.type == "cuda"
     assert (mc(x.cuda()).cpu() - y).abs().max().item() < 1e-12
+    # gradients of the custom backward agree
+    (m(x) ** 2).sum().backward()
+    (mc(x.cuda()) ** 2).sum().backward()
+    for p, q in zip(m.parameters(), mc.parameters()):
+        if p.grad is not None:
+            assert (p.grad - q.grad.cpu()).abs().max().item() < 1e-10
     mc.update_grid(x.cuda())
     m.update_grid(x)
     assert (mc(x.cuda()).cpu() - m(x)).abs().max().item() < 1e-10
+    ds = {
+        k: v.cuda()
+        for k, v in {
+            "train_input": x,
+            "train_label": y.detach(),
+            "test_input": x,
+            "test_label": y.detach(),
+        }.items()
+    }
+    hist = mc.fit(ds, steps=2, verbose=False)
+    assert len(hist["test_loss"]) == 2 and math.isfinite(hist["test_loss"][-1])
