@@ -58,6 +58,27 @@ def build_models(cfg: RLConfig):
     return policy, tok, ref, critic
 
 
+def make_engine(cfg: RLConfig, policy: Any, tok: Any):
+    """The rollout engine of ``rollout.engine``.
+
+    ``hf`` shares the policy object (no weight sync); ``vllm`` is a separate engine
+    (:mod:`trainkit.rlhf.rollout.vllm_engine`) that gets the policy's weights after each
+    update through ``update_weights(policy)``.
+    """
+    eos = eos_ids(policy, tok)
+    if cfg.rollout.engine == "vllm":
+        from trainkit.rlhf.rollout.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine.from_config(cfg, tok.pad_token_id, eos)
+        engine.update_weights(policy)
+        return engine
+    from trainkit.rlhf.rollout.hf import HFEngine
+
+    return HFEngine(policy, tok.pad_token_id, eos, cfg.rollout.max_batch,
+                    merge_lora=cfg.rollout.merge_lora and cfg.lora.enabled
+                    and cfg.model.quantization is None)
+
+
 def eos_ids(model: Any, tok: Any) -> list[int]:
     ids = {tok.eos_token_id}
     gen = getattr(model, "generation_config", None)
@@ -230,7 +251,6 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
     from trainkit.common.seed import seed_everything
     from trainkit.llm.strategy import Strategy
     from trainkit.rlhf.rewards import load_reward, score
-    from trainkit.rlhf.rollout.hf import HFEngine
     from trainkit.rlhf.trainers import rl_data
     from trainkit.rlhf.trainers.experience import make_experience
 
@@ -247,9 +267,7 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
     eval_set = rl_data.tokenize_prompts(eval_recs, tok, cfg.data) if eval_recs else None
     reward_fn = rl_data.build_reward(cfg.data)
     acc_fn = load_reward(cfg.data.accuracy_reward) if cfg.data.accuracy_reward else None
-    engine = HFEngine(policy, tok.pad_token_id, eos_ids(policy, tok), cfg.rollout.max_batch,
-                      merge_lora=cfg.rollout.merge_lora and cfg.lora.enabled
-                      and cfg.model.quantization is None)
+    engine = make_engine(cfg, policy, tok)
     strategy = Strategy()
     strategy.setup()
     opt, sched = make_optimizer(policy.parameters(), cfg.optim.lr, cfg.optim, cfg.train.max_steps)
@@ -266,7 +284,7 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
     evals: list[dict] = []
 
     def do_eval(step: int) -> None:
-        if eval_set is None:
+        if eval_set is None or cfg.eval.n_prompts == 0:
             return
         t = time.perf_counter()
         rec = rl_data.evaluate(engine, tok, eval_set, reward_fn, acc_fn, cfg.eval, eval_tokens,
@@ -311,6 +329,11 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
             if exp is not None:
                 ustats = ppo_update(exp, policy, opt, sched, cfg, step, guard, critic,
                                     critic_opt, critic_sched)
+            sync_s = 0.0
+            if exp is not None and getattr(engine, "model", None) is not policy:  # separate engine
+                ts = time.perf_counter()
+                engine.update_weights(policy)
+                sync_s = time.perf_counter() - ts
             t3 = time.perf_counter()
             acc = None
             if acc_fn is not None:
@@ -320,7 +343,8 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
             rec = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()),
                    "truncated": ro.num_truncated, "truncated_frac": ro.truncated_frac,
                    "response_len": float(ro.response_lengths.float().mean()),
-                   "gen_s": t1 - t0, "exp_s": t2 - t1, "train_s": t3 - t2,
+                   "gen_s": t1 - t0, "exp_s": t2 - t1, "train_s": t3 - t2 - sync_s,
+                   "sync_s": sync_s,
                    "step_s": t3 - t0, "tokens_per_s": ro.info["gen_tokens"] / max(t3 - t0, 1e-9),
                    "lr": sched.get_last_lr()[0], **res.stats(), **xstats, **ustats}
             if acc is not None:

@@ -53,7 +53,9 @@ class DataSection:
 
 @dataclass
 class RolloutSection:
-    engine: Literal["hf"] = "hf"
+    engine: Literal["hf", "vllm"] = field(default="hf", metadata={
+        "help": "hf: in-process, shares the policy; vllm: separate engine, weights synced "
+                "after every update (needs the vllm extra)"})
     n: int = field(default=8, metadata={"help": "samples per prompt (group size)"})
     prompts_per_step: int = 1
     max_new_tokens: int = 32
