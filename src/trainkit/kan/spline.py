@@ -155,10 +155,9 @@ def _local_t(x, grid, k, deriv, uniform):
         j = torch.searchsorted(grid.contiguous(), xt.detach(), right=True) - 1
     first = j - k  # [in, N]
     # inside the interior range [t_k, t_{M-1-k}) every listed function exists: no masking.
-    # On an accelerator the check would cost a host sync: always mask there instead.
-    if x.device.type != "cpu":
-        edge = True
-    elif k > 0:
+    # (On CUDA the check is a host sync; always masking instead raised the measured H100
+    # peak of a [784,256,10] step from 33 to 42 MB at about the same time.)
+    if k > 0:
         edge = bool(((first < 0) | (first > m_knots - 2 * k - 2)).any())
     else:
         edge = bool(((j < 0) | (j > m_knots - 2)).any())
