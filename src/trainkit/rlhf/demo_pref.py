@@ -17,7 +17,7 @@ from pathlib import Path
 
 from trainkit.demo import Section
 
-ESTIMATE_S = {"quick": 60, "full": 900}
+ESTIMATE_S = {"quick": 60, "full": 1200}
 
 
 def _configs(out_dir: Path, quick: bool):
