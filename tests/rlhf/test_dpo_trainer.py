@@ -196,7 +196,7 @@ def test_demo_margin_plot_is_a_png(tmp_path):
 
 
 @pytest.mark.gpu
-def test_dpo_and_rm_on_cuda_bf16(pref_data, tmp_path):
+def test_dpo_lora_on_cuda_bf16(pref_data, tmp_path):
     import torch
 
     if not torch.cuda.is_available():
