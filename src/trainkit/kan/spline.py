@@ -165,10 +165,12 @@ def _local_t(x, grid, k, deriv, uniform):
         inside = ((j >= 0) & (j <= m_knots - 2)).to(x.dtype)
         j = j.clamp(0, m_knots - 2)
         first = j - k
+        if uniform and k > 0:
+            jf = jf.clamp(0, m_knots - 2)
     else:
         inside = None
     if uniform and k > 0:
-        vals, dvals = _uniform_pieces(pos - j.to(pos.dtype), h, k, deriv)
+        vals, dvals = _uniform_pieces(pos - jf, h, k, deriv)
     else:
         vals, dvals = _general_pieces(xt, j, grid, k, deriv)
     if edge:
