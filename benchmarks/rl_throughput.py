@@ -39,7 +39,7 @@ def prompts_for(n_steps: int) -> list[dict]:
     return train[:n_steps]
 
 
-def run_trainkit(model_path: str, recs: list[dict], a, out: Path) -> list[float]:
+def run_trainkit(model_path: str, recs: list[dict], a, out: Path) -> tuple[list, list]:
     from trainkit.common.io import atomic_write_text
     from trainkit.config import load_config
     from trainkit.rlhf.trainers.ppo import GRPOConfig, train
@@ -63,7 +63,7 @@ def run_trainkit(model_path: str, recs: list[dict], a, out: Path) -> list[float]
     def on_log(rec: dict) -> None:
         if "loss" in rec:
             stamps.append(time.perf_counter())
-            parts.append({k: rec[k] for k in ("gen_s", "exp_s", "train_s")})
+            parts.append({k: rec[k] for k in ("gen_s", "exp_s", "train_s", "response_len")})
 
     t0 = time.perf_counter()
     train(cfg, on_log=on_log)
@@ -71,7 +71,7 @@ def run_trainkit(model_path: str, recs: list[dict], a, out: Path) -> list[float]
     return steps, parts
 
 
-def run_trl(model_path: str, recs: list[dict], a, out: Path) -> list[float]:
+def run_trl(model_path: str, recs: list[dict], a, out: Path) -> tuple[list[float], list[float]]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -92,10 +92,15 @@ def run_trl(model_path: str, recs: list[dict], a, out: Path) -> list[float]:
         return math_closeness(prompts, texts, answer=answer)
 
     stamps: list[float] = []
+    lengths: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             stamps.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(float(logs["completions/mean_length"]))
 
     args = GRPOConfig(
         output_dir=str(out / "trl"), per_device_train_batch_size=a.n, num_generations=a.n,
@@ -111,7 +116,7 @@ def run_trl(model_path: str, recs: list[dict], a, out: Path) -> list[float]:
                           processing_class=tok, peft_config=peft_cfg, callbacks=[Clock()])
     t0 = time.perf_counter()
     trainer.train()
-    return [b - a_ for a_, b in zip([t0] + stamps[:-1], stamps)]
+    return [b - a_ for a_, b in zip([t0] + stamps[:-1], stamps)], lengths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,12 +153,21 @@ def main(argv: list[str] | None = None) -> int:
             result["trainkit_parts_median_s"] = {
                 k: round(statistics.median(p_[k] for p_ in (parts[1:] or parts)), 3)
                 for k in ("gen_s", "exp_s", "train_s")}
+            result["trainkit_mean_completion_len"] = statistics.mean(
+                p_["response_len"] for p_ in parts)
         if a.only in (None, "trl"):
-            trl_steps = run_trl(path, recs, a, tmp / "trl")
+            trl_steps, trl_len = run_trl(path, recs, a, tmp / "trl")
+            result["trl_mean_completion_len"] = statistics.mean(trl_len) if trl_len else None
             result["trl_steps_s"] = [round(x, 3) for x in trl_steps]
             result["trl_s_per_step"] = statistics.median(trl_steps[1:] or trl_steps)
     if "trainkit_s_per_step" in result and "trl_s_per_step" in result:
         result["speedup"] = result["trl_s_per_step"] / result["trainkit_s_per_step"]
+        # completions differ in length between the two runs (different random streams);
+        # seconds per generated token is the length-fair comparison
+        if result.get("trl_mean_completion_len"):
+            tk_tok = result["trainkit_s_per_step"] / result["trainkit_mean_completion_len"]
+            trl_tok = result["trl_s_per_step"] / result["trl_mean_completion_len"]
+            result["speedup_per_token"] = trl_tok / tk_tok
     print(json.dumps(result))
     return 0
 
