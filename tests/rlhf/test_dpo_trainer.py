@@ -31,16 +31,34 @@ def pref_data(tmp_path_factory):
 
 
 def _cfg(pref_data, out, *extra):
-    return load_config(DPOConfig, None, [
-        f"data.path={pref_data[0]}", f"data.eval_path={pref_data[1]}", "model.name=tiny-llama",
-        "train.batch_size=4", "train.log_every=1", "train.progress=false", "data.max_len=64",
-        "eval.batch_size=24", "eval.num_prompts=4", "eval.max_new_tokens=4",
-        f"output_dir={out}", *extra])
+    return load_config(
+        DPOConfig,
+        None,
+        [
+            f"data.path={pref_data[0]}",
+            f"data.eval_path={pref_data[1]}",
+            "model.name=tiny-llama",
+            "train.batch_size=4",
+            "train.log_every=1",
+            "train.progress=false",
+            "data.max_len=64",
+            "eval.batch_size=24",
+            "eval.num_prompts=4",
+            "eval.max_new_tokens=4",
+            f"output_dir={out}",
+            *extra,
+        ],
+    )
 
 
 # one step on 8 pairs, no held-out split, no generation, nothing saved
-NO_EVAL = ("data.limit=8", "data.eval_path=", "data.eval_fraction=0", "eval.generate=false",
-           "train.save=none")
+NO_EVAL = (
+    "data.limit=8",
+    "data.eval_path=",
+    "data.eval_fraction=0",
+    "eval.generate=false",
+    "train.save=none",
+)
 
 
 def _records(out: Path) -> list[dict]:
@@ -64,24 +82,36 @@ def _run(cfg):
 
 def test_dpo_full_finetune_frozen_copy(pref_data, tmp_path):
     out = tmp_path / "full"
-    s, moved, trainable = _run(_cfg(pref_data, out, "train.max_steps=6", "optim.lr=1e-3",
-                                    "train.save=none"))
+    s, moved, trainable = _run(
+        _cfg(pref_data, out, "train.max_steps=6", "optim.lr=1e-3", "train.save=none")
+    )
     first = next(r for r in _records(out) if r["step"] == 1 and "loss" in r)
     assert abs(first["loss"] - math.log(2)) < 1e-5  # policy == reference at step 0
     assert first["margin"] == 0.0
     assert s["heldout_accuracy_before"] == 0.5  # every implicit reward is 0: all ties
     assert s["heldout_accuracy"] >= 0.9
     assert s["heldout_margin"] > 0.5
-    assert len(trainable) > 10 and all(moved[n] for n in trainable), \
-        [n for n in trainable if not moved[n]]
+    assert len(trainable) > 10 and all(moved[n] for n in trainable), [
+        n for n in trainable if not moved[n]
+    ]
     assert 0.0 <= s["follow_rate_before"] <= 1.0 and len(s["samples_after"]) == 4
 
 
 def test_dpo_lora_adapter_disabled_reference(pref_data, tmp_path):
     out = tmp_path / "lora"
-    s, moved, trainable = _run(_cfg(
-        pref_data, out, "lora.enabled=true", "lora.r=8", "lora.alpha=16", "lora.dropout=0",
-        "train.max_steps=6", "optim.lr=5e-3", "eval.generate=false"))
+    s, moved, trainable = _run(
+        _cfg(
+            pref_data,
+            out,
+            "lora.enabled=true",
+            "lora.r=8",
+            "lora.alpha=16",
+            "lora.dropout=0",
+            "train.max_steps=6",
+            "optim.lr=5e-3",
+            "eval.generate=false",
+        )
+    )
     first = next(r for r in _records(out) if r["step"] == 1 and "loss" in r)
     assert abs(first["loss"] - math.log(2)) < 1e-5
     assert all("lora_" in n for n in trainable) and len(trainable) == 2 * 2 * 7
@@ -94,16 +124,33 @@ def test_dpo_lora_adapter_disabled_reference(pref_data, tmp_path):
 def test_ipo_precomputed_reference_step0_value(pref_data, tmp_path):
     # IPO at step 0: (delta - 1/(2 beta))^2 with delta = 0 and beta = 0.1 -> 25.
     out = tmp_path / "ipo"
-    train_dpo(_cfg(pref_data, out, "train.loss_type=ipo", "train.ref=precompute",
-                   "train.max_steps=1", "optim.lr=1e-4", *NO_EVAL))
+    train_dpo(
+        _cfg(
+            pref_data,
+            out,
+            "train.loss_type=ipo",
+            "train.ref=precompute",
+            "train.max_steps=1",
+            "optim.lr=1e-4",
+            *NO_EVAL,
+        )
+    )
     first = next(r for r in _records(out) if r["step"] == 1 and "loss" in r)
     assert first["loss"] == pytest.approx(25.0, abs=1e-4)
 
 
 def test_cdpo_step0_is_ln2_and_average_logps(pref_data, tmp_path):
     out = tmp_path / "cdpo"
-    train_dpo(_cfg(pref_data, out, "train.label_smoothing=0.2", "train.average_logps=true",
-                   "train.max_steps=1", *NO_EVAL))
+    train_dpo(
+        _cfg(
+            pref_data,
+            out,
+            "train.label_smoothing=0.2",
+            "train.average_logps=true",
+            "train.max_steps=1",
+            *NO_EVAL,
+        )
+    )
     first = next(r for r in _records(out) if r["step"] == 1 and "loss" in r)
     assert abs(first["loss"] - math.log(2)) < 1e-5
     assert -20 < first["logp_chosen"] < 0  # a per-token mean, not a sum
@@ -113,8 +160,12 @@ def test_encode_pair_masks_prompt_and_appends_eos():
     from trainkit.llm.models import load_tokenizer
 
     tok = load_tokenizer("tiny-llama")
-    e = encode_pair(tok, {"prompt": "What is 2 + 3?", "chosen": "5", "rejected": "It is 5."},
-                    max_prompt_len=512, max_len=512)
+    e = encode_pair(
+        tok,
+        {"prompt": "What is 2 + 3?", "chosen": "5", "rejected": "It is 5."},
+        max_prompt_len=512,
+        max_len=512,
+    )
     p = e["prompt_len"]
     assert e["chosen"][:p] == e["rejected"][:p]
     assert e["chosen"][-1] == e["rejected"][-1] == tok.eos_token_id
@@ -137,8 +188,10 @@ def test_batch_logps_response_only_logits_match_full_logits():
 
     model, tok = load_model("tiny-llama")
     model.eval()
-    recs = [{"prompt": "What is 2 + 3?", "chosen": "5", "rejected": "It is 5, I think."},
-            {"prompt": "A much longer prompt: what is 12 + 3?", "chosen": "15", "rejected": "15"}]
+    recs = [
+        {"prompt": "What is 2 + 3?", "chosen": "5", "rejected": "It is 5, I think."},
+        {"prompt": "A much longer prompt: what is 12 + 3?", "chosen": "15", "rejected": "15"},
+    ]
     b = collate([encode_pair(tok, r, 512, 512) for r in recs], tok.pad_token_id)
     with torch.no_grad():
         fast = batch_logps(model, b, average=False)
@@ -153,7 +206,12 @@ def test_batch_logps_response_only_logits_match_full_logits():
 def test_generation_rules():
     rec = {"prompt": "What is 2 + 3?", "chosen": "5", "rejected": "Let me think. It is 5."}
     assert [RULES["number_only"](g, rec) for g in ("5", " 42\n", "-7", "5.", "It is 5")] == [
-        True, True, True, False, False]
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
     assert [RULES["match_chosen"](g, rec) for g in ("5", " 5 ", "6")] == [True, True, False]
     assert RULES["not_rejected_prefix"]("Let me think about it", rec) is False
     assert RULES["not_rejected_prefix"]("5", rec) is True
@@ -172,10 +230,23 @@ def test_dpo_configs_parse_and_validate():
 
 @pytest.mark.slow
 def test_dpo_lora_smollm2_raises_heldout_accuracy_and_following(tmp_path):
-    s = train_dpo(load_config(DPOConfig, CONFIGS / "dpo_smollm2.yaml", [
-        f"output_dir={tmp_path / 'out'}", "train.progress=false", "train.save=none"]))
-    print("smollm2 DPO held-out accuracy", s["heldout_accuracy_before"], "->",
-          s["heldout_accuracy"], "follow rate", s["follow_rate_before"], "->", s["follow_rate"])
+    s = train_dpo(
+        load_config(
+            DPOConfig,
+            CONFIGS / "dpo_smollm2.yaml",
+            [f"output_dir={tmp_path / 'out'}", "train.progress=false", "train.save=none"],
+        )
+    )
+    print(
+        "smollm2 DPO held-out accuracy",
+        s["heldout_accuracy_before"],
+        "->",
+        s["heldout_accuracy"],
+        "follow rate",
+        s["follow_rate_before"],
+        "->",
+        s["follow_rate"],
+    )
     assert s["heldout_accuracy_before"] == pytest.approx(0.5)
     assert s["heldout_accuracy"] >= 0.8
     assert s["follow_rate"] > s["follow_rate_before"]
@@ -185,11 +256,18 @@ def test_demo_margin_plot_is_a_png(tmp_path):
     from trainkit.rlhf.demo_pref import plot_margins
 
     m = tmp_path / "metrics.jsonl"
-    m.write_text("\n".join(json.dumps(r) for r in [
-        {"step": 0, "eval/margin": 0.0},
-        {"step": 1, "margin": 0.0, "chosen_reward": 0.0, "rejected_reward": 0.0},
-        {"step": 2, "margin": 0.5, "chosen_reward": 0.1, "rejected_reward": -0.4},
-        {"step": 2, "eval/margin": 0.4}]) + "\n")
+    m.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"step": 0, "eval/margin": 0.0},
+                {"step": 1, "margin": 0.0, "chosen_reward": 0.0, "rejected_reward": 0.0},
+                {"step": 2, "margin": 0.5, "chosen_reward": 0.1, "rejected_reward": -0.4},
+                {"step": 2, "eval/margin": 0.4},
+            ]
+        )
+        + "\n"
+    )
     png = plot_margins(m, tmp_path / "margins.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*"))  # written atomically, no temp file left
@@ -202,8 +280,17 @@ def test_dpo_lora_on_cuda_bf16(pref_data, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     out = tmp_path / "cuda"
-    s = train_dpo(_cfg(pref_data, out, "lora.enabled=true", "lora.dropout=0", "optim.lr=5e-3",
-                       "train.max_steps=6", "model.dtype=bfloat16"))
+    s = train_dpo(
+        _cfg(
+            pref_data,
+            out,
+            "lora.enabled=true",
+            "lora.dropout=0",
+            "optim.lr=5e-3",
+            "train.max_steps=6",
+            "model.dtype=bfloat16",
+        )
+    )
     first = next(r for r in _records(out) if r["step"] == 1 and "loss" in r)
     assert abs(first["loss"] - math.log(2)) < 1e-3
     assert s["heldout_accuracy"] >= 0.9

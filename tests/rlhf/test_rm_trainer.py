@@ -30,12 +30,25 @@ def trained_rm(tmp_path_factory):
     import torch
 
     out = tmp_path_factory.mktemp("rm")
-    cfg = load_config(RMConfig, None, [
-        "data.path=", "data.generate_n=240", "data.generate_heldout=48", f"data.task={TASK}",
-        "model.name=tiny-llama",
-        "train.max_steps=15", "train.batch_size=8", "optim.lr=1e-3", "train.progress=false",
-        "train.normalize_reward=true", "data.max_len=96", "eval.batch_size=48",
-        f"output_dir={out}"])
+    cfg = load_config(
+        RMConfig,
+        None,
+        [
+            "data.path=",
+            "data.generate_n=240",
+            "data.generate_heldout=48",
+            f"data.task={TASK}",
+            "model.name=tiny-llama",
+            "train.max_steps=15",
+            "train.batch_size=8",
+            "optim.lr=1e-3",
+            "train.progress=false",
+            "train.normalize_reward=true",
+            "data.max_len=96",
+            "eval.batch_size=48",
+            f"output_dir={out}",
+        ],
+    )
     snap = {}
 
     def hook(model):
@@ -78,13 +91,20 @@ def test_rm_saved_folder_loads_in_transformers_with_same_scores(trained_rm):
     score = score_texts(folder)
     tok = AutoTokenizer.from_pretrained(folder)
     hf = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    texts = [tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}],
-                                     tokenize=False, add_generation_prompt=True) + r
-             for r in ("5", "Sure! The answer is 5.")]
+    texts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": "What is 2 + 3?"}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        + r
+        for r in ("5", "Sure! The answer is 5.")
+    ]
     got = score(texts)
     with torch.no_grad():
-        raw = [hf(**tok(t, add_special_tokens=False, return_tensors="pt")).logits.item()
-               for t in texts]
+        raw = [
+            hf(**tok(t, add_special_tokens=False, return_tensors="pt")).logits.item() for t in texts
+        ]
     want = [(r - meta["reward_mean"]) / meta["reward_std"] for r in raw]
     assert got == pytest.approx(want, abs=1e-4)
     assert got[0] > got[1]  # the bare number is preferred
@@ -106,8 +126,10 @@ def test_rm_normalised_train_rewards_have_zero_mean_unit_std(trained_rm):
 
 def test_rm_bad_data_line_is_a_user_error(tmp_path):
     p = tmp_path / "bad.jsonl"
-    p.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
-                 '{"prompt": "a", "chosen": 3, "rejected": "c"}\n')
+    p.write_text(
+        '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+        '{"prompt": "a", "chosen": 3, "rejected": "c"}\n'
+    )
     with pytest.raises(UserError, match=r"bad.jsonl:2: field 'chosen' must be a string"):
         read_pairs(p)
     p.write_text("{not json\n")
@@ -125,11 +147,13 @@ def test_rm_configs_parse():
 
 @pytest.mark.slow
 def test_rm_smollm2_reaches_90pct_heldout_accuracy(tmp_path):
-    cfg = load_config(RMConfig, CONFIGS / "rm_smollm2.yaml", [
-        f"output_dir={tmp_path / 'out'}", "train.progress=false"])
+    cfg = load_config(
+        RMConfig,
+        CONFIGS / "rm_smollm2.yaml",
+        [f"output_dir={tmp_path / 'out'}", "train.progress=false"],
+    )
     s = train_rm(cfg)
-    print("smollm2 RM held-out accuracy", s["heldout_accuracy_before"], "->",
-          s["heldout_accuracy"])
+    print("smollm2 RM held-out accuracy", s["heldout_accuracy_before"], "->", s["heldout_accuracy"])
     assert s["heldout_accuracy"] >= 0.9
 
 
@@ -146,13 +170,19 @@ def test_serve_rm_answers_concurrent_requests_and_checks_token(trained_rm):
     add_args(parser)
     args = parser.parse_args(["--model", str(out / "model"), "--port", "0", "--token", "s3"])
     direct = score_texts(out / "model")
-    queries = [[f"<|im_start|>user\nWhat is {i} + 1?<|im_end|>\n<|im_start|>assistant\n{a}"]
-               for i in range(6) for a in ("7", "Sure! The answer is 7.")]
+    queries = [
+        [f"<|im_start|>user\nWhat is {i} + 1?<|im_end|>\n<|im_start|>assistant\n{a}"]
+        for i in range(6)
+        for a in ("7", "Sure! The answer is 7.")
+    ]
 
     def post(q, token="s3"):
         req = urllib.request.Request(
-            server.url, data=json.dumps({"query": q}).encode(), method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+            server.url,
+            data=json.dumps({"query": q}).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())["rewards"]
 

@@ -29,13 +29,20 @@ def _configs(out_dir: Path, quick: bool):
     size = "tiny" if quick else "smollm2"
     common = ["train.progress=false"]
     rm_file, dpo_file = root / f"rm_{size}.yaml", root / f"dpo_{size}.yaml"
-    rm = load_config(RMConfig, rm_file if rm_file.is_file() else None,
-                     common + [f"output_dir={out_dir / 'rm'}"]
-                     + ([] if rm_file.is_file() else [f"model.name={_model(quick)}"]))
-    dpo = load_config(DPOConfig, dpo_file if dpo_file.is_file() else None,
-                      common + [f"output_dir={out_dir / 'dpo'}", "train.save=none",
-                                "train.log_every=1"]
-                      + ([] if dpo_file.is_file() else [f"model.name={_model(quick)}"]))
+    rm = load_config(
+        RMConfig,
+        rm_file if rm_file.is_file() else None,
+        common
+        + [f"output_dir={out_dir / 'rm'}"]
+        + ([] if rm_file.is_file() else [f"model.name={_model(quick)}"]),
+    )
+    dpo = load_config(
+        DPOConfig,
+        dpo_file if dpo_file.is_file() else None,
+        common
+        + [f"output_dir={out_dir / 'dpo'}", "train.save=none", "train.log_every=1"]
+        + ([] if dpo_file.is_file() else [f"model.name={_model(quick)}"]),
+    )
     return rm, dpo, f"configs/rlhf/rm_{size}.yaml", f"configs/rlhf/dpo_{size}.yaml"
 
 
@@ -53,8 +60,11 @@ def plot_margins(metrics_file: Path, png: Path) -> Path:
     from trainkit.common.io import atomic_path
 
     recs = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
-    tr = [(r["step"], r["margin"], r["chosen_reward"], r["rejected_reward"])
-          for r in recs if "margin" in r]
+    tr = [
+        (r["step"], r["margin"], r["chosen_reward"], r["rejected_reward"])
+        for r in recs
+        if "margin" in r
+    ]
     ev = [(r["step"], r["eval/margin"]) for r in recs if "eval/margin" in r]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     if tr:
@@ -94,13 +104,13 @@ def run_pref(out_dir: Path, quick: bool) -> Section:
 
     headline = {
         "RM held-out pairwise accuracy": f"{pct(rm['heldout_accuracy_before'])} -> "
-                                         f"{pct(rm['heldout_accuracy'])} "
-                                         f"({rm['n_heldout']} pairs)",
+        f"{pct(rm['heldout_accuracy'])} "
+        f"({rm['n_heldout']} pairs)",
         "DPO held-out preference accuracy": f"{pct(dpo['heldout_accuracy_before'])} -> "
-                                            f"{pct(dpo['heldout_accuracy'])}",
+        f"{pct(dpo['heldout_accuracy'])}",
         "DPO held-out reward margin": f"{dpo['heldout_margin']:.3f}",
         "greedy answers in the preferred format": f"{pct(dpo['follow_rate_before'])} -> "
-                                                  f"{pct(dpo['follow_rate'])}",
+        f"{pct(dpo['follow_rate'])}",
     }
     samples = dpo.get("samples_after") or []
     lines = [
@@ -120,6 +130,5 @@ def run_pref(out_dir: Path, quick: bool) -> Section:
         headline=headline,
         markdown="\n".join(lines),
         images=[("DPO implicit-reward margins per step", png.name)],
-        command=(f"trainkit rlhf rm --config {rm_path}\n"
-                 f"trainkit rlhf dpo --config {dpo_path}"),
+        command=(f"trainkit rlhf rm --config {rm_path}\ntrainkit rlhf dpo --config {dpo_path}"),
     )

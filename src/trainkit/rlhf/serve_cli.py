@@ -20,15 +20,25 @@ from trainkit.common.errors import UserError
 def add_args(parser: Any) -> None:
     """The flags of ``serve-rm`` (argparse)."""
     parser.add_argument("--model", required=True, help="reward-model folder (from `rlhf rm`)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="bind address (default 127.0.0.1: this machine only)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)"
+    )
     parser.add_argument("--port", type=int, default=5000, help="TCP port (default 5000)")
-    parser.add_argument("--token", default=None,
-                        help="require 'Authorization: Bearer TOKEN' (default: $TRAINKIT_RM_TOKEN)")
-    parser.add_argument("--max-bytes", type=int, default=1 << 20,
-                        help="largest accepted request body in bytes (default 1 MiB)")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="require 'Authorization: Bearer TOKEN' (default: $TRAINKIT_RM_TOKEN)",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=int,
+        default=1 << 20,
+        help="largest accepted request body in bytes (default 1 MiB)",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="texts per forward pass")
-    parser.add_argument("--max-len", type=int, default=1024, help="tokens per text (left-truncated)")
+    parser.add_argument(
+        "--max-len", type=int, default=1024, help="tokens per text (left-truncated)"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
 
 
@@ -42,18 +52,22 @@ def build_server(args: Any):
     if args.max_bytes < 1:
         raise UserError(f"--max-bytes must be >= 1, got {args.max_bytes}")
     token = args.token if args.token is not None else os.environ.get("TRAINKIT_RM_TOKEN")
-    score = score_texts(args.model, batch_size=args.batch_size, max_len=args.max_len,
-                        device=args.device)
-    return make_server(score, host=args.host, port=args.port, token=token,
-                       max_body_bytes=args.max_bytes)
+    score = score_texts(
+        args.model, batch_size=args.batch_size, max_len=args.max_len, device=args.device
+    )
+    return make_server(
+        score, host=args.host, port=args.port, token=token, max_body_bytes=args.max_bytes
+    )
 
 
 def run(cfg: Any, args: Any) -> int:
     """``serve-rm``: load the reward model and serve it until Ctrl-C."""
     server = build_server(args)
-    print(f"reward model {args.model} served on {server.url} "
-          f"(POST {{\"query\": [...]}} -> {{\"rewards\": [...]}}; bearer token "
-          f"{'required' if server.token else 'not required'}); Ctrl-C stops",
-          flush=True)
+    print(
+        f"reward model {args.model} served on {server.url} "
+        f'(POST {{"query": [...]}} -> {{"rewards": [...]}}; bearer token '
+        f"{'required' if server.token else 'not required'}); Ctrl-C stops",
+        flush=True,
+    )
     server.serve_forever()
     return 0

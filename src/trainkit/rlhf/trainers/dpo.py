@@ -74,13 +74,20 @@ class TrainSection:
     beta: float = 0.1
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO eps (0: DPO)"})
     loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
-    average_logps: bool = field(default=False, metadata={
-        "help": "mean instead of sum of response-token log-probs"})
-    ref: Literal["model", "precompute"] = field(default="model", metadata={
-        "help": "reference: a frozen model (adapter-disabled base with LoRA) or log-probs "
-                "precomputed once"})
-    save: Literal["auto", "merged", "none"] = field(default="auto", metadata={
-        "help": "auto: adapter with LoRA, full model otherwise; merged: plain HF folder"})
+    average_logps: bool = field(
+        default=False, metadata={"help": "mean instead of sum of response-token log-probs"}
+    )
+    ref: Literal["model", "precompute"] = field(
+        default="model",
+        metadata={
+            "help": "reference: a frozen model (adapter-disabled base with LoRA) or log-probs "
+            "precomputed once"
+        },
+    )
+    save: Literal["auto", "merged", "none"] = field(
+        default="auto",
+        metadata={"help": "auto: adapter with LoRA, full model otherwise; merged: plain HF folder"},
+    )
     progress: bool = True
 
 
@@ -92,8 +99,10 @@ class EvalSection:
     generate: bool = True
     num_prompts: int = 32
     max_new_tokens: int = 24
-    rule: str = field(default="number_only", metadata={
-        "help": "generation rule: number_only, match_chosen, not_rejected_prefix"})
+    rule: str = field(
+        default="number_only",
+        metadata={"help": "generation rule: number_only, match_chosen, not_rejected_prefix"},
+    )
 
 
 @dataclass
@@ -110,8 +119,9 @@ class DPOConfig:
         if self.train.beta <= 0:
             raise UserError(f"train.beta must be > 0, got {self.train.beta}")
         if not 0.0 <= self.train.label_smoothing < 0.5:
-            raise UserError(f"train.label_smoothing must be in [0, 0.5), got "
-                            f"{self.train.label_smoothing}")
+            raise UserError(
+                f"train.label_smoothing must be in [0, 0.5), got {self.train.label_smoothing}"
+            )
         if self.eval.rule not in RULES:
             raise UserError(f"eval.rule must be one of {', '.join(RULES)}, got {self.eval.rule!r}")
 
@@ -171,9 +181,13 @@ def collate(encoded: list[dict], pad_id: int) -> dict:
     for i, (s, p) in enumerate(zip(seqs, plens)):
         ids[i, : len(s)] = torch.tensor(s)
         att[i, : len(s)] = 1
-        lab[i, p: len(s)] = torch.tensor(s[p:])
-    return {"input_ids": ids, "attention_mask": att, "labels": lab,
-            "prompt_len": torch.tensor(plens, dtype=torch.long)}
+        lab[i, p : len(s)] = torch.tensor(s[p:])
+    return {
+        "input_ids": ids,
+        "attention_mask": att,
+        "labels": lab,
+        "prompt_len": torch.tensor(plens, dtype=torch.long),
+    }
 
 
 def batch_logps(model: Any, batch: dict, average: bool) -> Any:
@@ -187,9 +201,10 @@ def batch_logps(model: Any, batch: dict, average: bool) -> Any:
     # reaching back to the shortest prompt's last token. The [*, T, vocab] logits of
     # the prompt would dominate time and memory (vocab 49152, prompts of ~40 tokens).
     K = min(T, T - int(batch["prompt_len"].min()) + 1)
-    logits = model(input_ids=ids, attention_mask=att, use_cache=False,
-                   logits_to_keep=K).logits  # [2B, K, V]: positions T-K .. T-1
-    labels = lab[:, T - K + 1:]  # logits at t predict token t + 1
+    logits = model(
+        input_ids=ids, attention_mask=att, use_cache=False, logits_to_keep=K
+    ).logits  # [2B, K, V]: positions T-K .. T-1
+    labels = lab[:, T - K + 1 :]  # logits at t predict token t + 1
     lp = token_logps(logits[:, :-1], labels)  # [2B, K-1]
     return sequence_logps(lp, None, labels != IGNORE, average=average)
 
@@ -223,13 +238,14 @@ class Reference:
             finally:
                 self.model.train(was)
 
-    def precompute(self, encoded: list[dict], pad_id: int, batch_size: int, desc: str,
-                   show: bool) -> None:
+    def precompute(
+        self, encoded: list[dict], pad_id: int, batch_size: int, desc: str, show: bool
+    ) -> None:
         """Fill the table for every pair (policy must still equal the reference)."""
         from trainkit.common.logging import progress
 
         for i in progress(range(0, len(encoded), batch_size), desc=desc, disable=not show):
-            chunk = encoded[i:i + batch_size]
+            chunk = encoded[i : i + batch_size]
             lp = self._compute(collate(chunk, pad_id)).float().cpu()
             for j in range(len(chunk)):
                 self.table[i + j] = (float(lp[j]), float(lp[len(chunk) + j]))
@@ -244,8 +260,13 @@ class Reference:
         return self._compute(batch)
 
 
-def evaluate(model: Any, encoded: list[dict], ref_lp: list[tuple[float, float]] | None,
-             pad_id: int, cfg: DPOConfig) -> tuple[dict, list[tuple[float, float]]]:
+def evaluate(
+    model: Any,
+    encoded: list[dict],
+    ref_lp: list[tuple[float, float]] | None,
+    pad_id: int,
+    cfg: DPOConfig,
+) -> tuple[dict, list[tuple[float, float]]]:
     """Held-out preference accuracy (ties 1/2) and mean implicit-reward margin.
 
     Args:
@@ -262,7 +283,7 @@ def evaluate(model: Any, encoded: list[dict], ref_lp: list[tuple[float, float]] 
     pol = []
     with torch.no_grad():
         for i in range(0, len(encoded), cfg.eval.batch_size):
-            chunk = encoded[i:i + cfg.eval.batch_size]
+            chunk = encoded[i : i + cfg.eval.batch_size]
             lp = batch_logps(model, collate(chunk, pad_id), cfg.train.average_logps).float().cpu()
             pol += [(float(lp[j]), float(lp[len(chunk) + j])) for j in range(len(chunk))]
     model.train(was)
@@ -274,8 +295,13 @@ def evaluate(model: Any, encoded: list[dict], ref_lp: list[tuple[float, float]] 
     rewards = cfg.train.beta * (p - r)  # [n, 2]: chosen, rejected
     c, j = rewards[:, 0], rewards[:, 1]
     acc = ((c > j).float() + 0.5 * (c == j).float()).mean().item()
-    return {"accuracy": acc, "margin": (c - j).mean().item(), "chosen": c.mean().item(),
-            "rejected": j.mean().item(), "n": len(pol)}, ref_lp
+    return {
+        "accuracy": acc,
+        "margin": (c - j).mean().item(),
+        "chosen": c.mean().item(),
+        "rejected": j.mean().item(),
+        "n": len(pol),
+    }, ref_lp
 
 
 def generate_eval(model: Any, tok: Any, recs: list[dict], cfg: DPOConfig) -> dict:
@@ -294,31 +320,42 @@ def generate_eval(model: Any, tok: Any, recs: list[dict], cfg: DPOConfig) -> dic
     gens: list[str] = []
     try:
         for i in range(0, len(recs), cfg.eval.batch_size):
-            prompts = [chat_prompt(tok, r["prompt"]) for r in recs[i:i + cfg.eval.batch_size]]
+            prompts = [chat_prompt(tok, r["prompt"]) for r in recs[i : i + cfg.eval.batch_size]]
             enc = tok(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
             with torch.no_grad():
-                out = model.generate(input_ids=enc["input_ids"].to(dev),
-                                     attention_mask=enc["attention_mask"].to(dev),
-                                     do_sample=False, max_new_tokens=cfg.eval.max_new_tokens,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            new = out[:, enc["input_ids"].shape[1]:]
+                out = model.generate(
+                    input_ids=enc["input_ids"].to(dev),
+                    attention_mask=enc["attention_mask"].to(dev),
+                    do_sample=False,
+                    max_new_tokens=cfg.eval.max_new_tokens,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                )
+            new = out[:, enc["input_ids"].shape[1] :]
             gens += tok.batch_decode(new, skip_special_tokens=True)
     finally:
         tok.padding_side = old_side
         model.train(was)
     ok = [rule(g, r) for g, r in zip(gens, recs)]
-    return {"follow_rate": sum(ok) / len(ok),
-            "samples": [{"prompt": r["prompt"], "generation": g, "follows": o}
-                        for r, g, o in zip(recs[:8], gens[:8], ok[:8])]}
+    return {
+        "follow_rate": sum(ok) / len(ok),
+        "samples": [
+            {"prompt": r["prompt"], "generation": g, "follows": o}
+            for r, g, o in zip(recs[:8], gens[:8], ok[:8])
+        ],
+    }
 
 
 def build_policy(cfg: DPOConfig):
     """``(model, tokenizer)``: the policy, LoRA-wrapped when enabled."""
     from trainkit.llm.models import load_model
 
-    model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype,
-                            lora=cfg.lora if cfg.lora.enabled else None,
-                            gradient_checkpointing=cfg.model.gradient_checkpointing)
+    model, tok = load_model(
+        cfg.model.name,
+        dtype=cfg.model.dtype,
+        lora=cfg.lora if cfg.lora.enabled else None,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+    )
     return model, tok
 
 
@@ -376,8 +413,11 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
     log = MetricsLogger(out)
     before, held_ref = evaluate(model, enc_held, None, pad, cfg)
     gen_before = generate_eval(model, tok, held, cfg) if E.generate else None
-    log.log(0, **{f"eval/{k}": v for k, v in before.items()},
-            **({"eval/follow_rate": gen_before["follow_rate"]} if gen_before else {}))
+    log.log(
+        0,
+        **{f"eval/{k}": v for k, v in before.items()},
+        **({"eval/follow_rate": gen_before["follow_rate"]} if gen_before else {}),
+    )
     ref = Reference(model, T.ref, cfg.lora.enabled, T.average_logps)
     if T.ref == "precompute":
         ref.precompute(enc_train, pad, E.batch_size, "ref logps", T.progress)
@@ -393,14 +433,21 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
             perm = list(range(len(enc_train)))
             rng.shuffle(perm)
             order += perm
-        idx, order = order[: T.batch_size], order[T.batch_size:]
+        idx, order = order[: T.batch_size], order[T.batch_size :]
         batch = collate([enc_train[i] for i in idx], pad)
         ref_lp = ref.logps(idx, batch)
         pol_lp = batch_logps(model, batch, T.average_logps)  # [2B]
         B = len(idx)
         ref_lp = ref_lp.to(pol_lp.device, pol_lp.dtype)
-        loss, cr, rr = dpo_loss(pol_lp[:B], pol_lp[B:], ref_lp[:B], ref_lp[B:], beta=T.beta,
-                                label_smoothing=T.label_smoothing, loss_type=T.loss_type)
+        loss, cr, rr = dpo_loss(
+            pol_lp[:B],
+            pol_lp[B:],
+            ref_lp[:B],
+            ref_lp[B:],
+            beta=T.beta,
+            label_smoothing=T.label_smoothing,
+            loss_type=T.loss_type,
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
@@ -409,12 +456,18 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
         sched.step()
         bar.update(1)
         if step == 1 or step % T.log_every == 0 or step == T.max_steps:
-            rec = log.log(step, loss=loss.item(), reward_acc=(cr > rr).float().mean().item(),
-                          chosen_reward=cr.mean().item(), rejected_reward=rr.mean().item(),
-                          margin=(cr - rr).mean().item(),
-                          logp_chosen=pol_lp[:B].mean().item(),
-                          logp_rejected=pol_lp[B:].mean().item(), grad_norm=float(gnorm),
-                          lr=sched.get_last_lr()[0])
+            rec = log.log(
+                step,
+                loss=loss.item(),
+                reward_acc=(cr > rr).float().mean().item(),
+                chosen_reward=cr.mean().item(),
+                rejected_reward=rr.mean().item(),
+                margin=(cr - rr).mean().item(),
+                logp_chosen=pol_lp[:B].mean().item(),
+                logp_rejected=pol_lp[B:].mean().item(),
+                grad_norm=float(gnorm),
+                lr=sched.get_last_lr()[0],
+            )
             bar.set_postfix(loss=f"{rec['loss']:.4f}", margin=f"{rec['margin']:.3f}")
         if E.every and step % E.every == 0 and step < T.max_steps:
             ev, _ = evaluate(model, enc_held, held_ref, pad, cfg)
@@ -422,18 +475,27 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
     bar.close()
     after, _ = evaluate(model, enc_held, held_ref, pad, cfg)
     gen_after = generate_eval(model, tok, held, cfg) if E.generate else None
-    log.log(T.max_steps, **{f"eval/{k}": v for k, v in after.items()},
-            **({"eval/follow_rate": gen_after["follow_rate"]} if gen_after else {}))
+    log.log(
+        T.max_steps,
+        **{f"eval/{k}": v for k, v in after.items()},
+        **({"eval/follow_rate": gen_after["follow_rate"]} if gen_after else {}),
+    )
     log.close()
     saved = save_policy(model, tok, cfg, out)
     summary = {
-        "heldout_accuracy_before": before["accuracy"], "heldout_accuracy": after["accuracy"],
-        "heldout_margin": after["margin"], "n_train": len(train), "n_heldout": after["n"],
+        "heldout_accuracy_before": before["accuracy"],
+        "heldout_accuracy": after["accuracy"],
+        "heldout_margin": after["margin"],
+        "n_train": len(train),
+        "n_heldout": after["n"],
         "follow_rate_before": gen_before["follow_rate"] if gen_before else None,
         "follow_rate": gen_after["follow_rate"] if gen_after else None,
         "samples_before": gen_before["samples"] if gen_before else [],
         "samples_after": gen_after["samples"] if gen_after else [],
-        "steps": T.max_steps, "saved": saved, "config": asdict(cfg)}
+        "steps": T.max_steps,
+        "saved": saved,
+        "config": asdict(cfg),
+    }
     atomic_write_json(out / "summary.json", summary)
     return summary
 
@@ -441,10 +503,14 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
 def run(cfg: DPOConfig, args: Any = None) -> int:
     """CLI entry of ``trainkit rlhf dpo``."""
     s = train_dpo(cfg)
-    msg = (f"held-out preference accuracy {s['heldout_accuracy_before']:.3f} -> "
-           f"{s['heldout_accuracy']:.3f} on {s['n_heldout']} pairs")
+    msg = (
+        f"held-out preference accuracy {s['heldout_accuracy_before']:.3f} -> "
+        f"{s['heldout_accuracy']:.3f} on {s['n_heldout']} pairs"
+    )
     if s["follow_rate"] is not None:
-        msg += (f"; greedy generations following '{cfg.eval.rule}' "
-                f"{s['follow_rate_before']:.3f} -> {s['follow_rate']:.3f}")
+        msg += (
+            f"; greedy generations following '{cfg.eval.rule}' "
+            f"{s['follow_rate_before']:.3f} -> {s['follow_rate']:.3f}"
+        )
     print(msg + (f"; saved: {s['saved']}" if s["saved"] else ""))
     return 0

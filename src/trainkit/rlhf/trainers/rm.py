@@ -45,21 +45,32 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    path: str = field(default="", metadata={
-        "help": "jsonl of {prompt, chosen, rejected}; empty: generate the built-in "
-                "format-following preference data into output_dir"})
-    eval_path: str = field(default="", metadata={
-        "help": "held-out jsonl; empty: hold out eval_fraction of path"})
+    path: str = field(
+        default="",
+        metadata={
+            "help": "jsonl of {prompt, chosen, rejected}; empty: generate the built-in "
+            "format-following preference data into output_dir"
+        },
+    )
+    eval_path: str = field(
+        default="", metadata={"help": "held-out jsonl; empty: hold out eval_fraction of path"}
+    )
     eval_fraction: float = 0.1
     max_len: int = field(default=256, metadata={"help": "tokens per sequence (left-truncated)"})
     limit: int = field(default=0, metadata={"help": "use only the first N train pairs (0: all)"})
     generate_n: int = field(default=600, metadata={"help": "pairs generated when path is empty"})
     generate_heldout: int = field(default=100, metadata={"help": "held-out pairs generated"})
-    task: str = field(default="arithmetic_number_only", metadata={
-        "help": "built-in task of the generated pairs (trainkit.rlhf.tasks.PRESETS)"})
-    kind: Literal["format", "answer", "mixed"] = field(default="format", metadata={
-        "help": "generated preference: format (bare number over a wordy reply), answer "
-                "(right over wrong number) or mixed"})
+    task: str = field(
+        default="arithmetic_number_only",
+        metadata={"help": "built-in task of the generated pairs (trainkit.rlhf.tasks.PRESETS)"},
+    )
+    kind: Literal["format", "answer", "mixed"] = field(
+        default="format",
+        metadata={
+            "help": "generated preference: format (bare number over a wordy reply), answer "
+            "(right over wrong number) or mixed"
+        },
+    )
 
 
 @dataclass
@@ -78,8 +89,12 @@ class TrainSection:
     log_every: int = 10
     loss: Literal["sigmoid", "logexp"] = "sigmoid"
     margin: float = field(default=0.0, metadata={"help": "m in -log sigmoid(r_c - r_r - m)"})
-    normalize_reward: bool = field(default=False, metadata={
-        "help": "record train-set reward mean/std in the saved config and normalise scores"})
+    normalize_reward: bool = field(
+        default=False,
+        metadata={
+            "help": "record train-set reward mean/std in the saved config and normalise scores"
+        },
+    )
     progress: bool = True
 
 
@@ -130,8 +145,9 @@ def read_pairs(path: str | Path) -> list[dict]:
                 raise UserError(f"{p}:{i}: expected an object with prompt, chosen, rejected")
             for k in ("prompt", "chosen", "rejected"):
                 if not isinstance(rec.get(k), str):
-                    raise UserError(f"{p}:{i}: field '{k}' must be a string, got "
-                                    f"{type(rec.get(k)).__name__}")
+                    raise UserError(
+                        f"{p}:{i}: field '{k}' must be a string, got {type(rec.get(k)).__name__}"
+                    )
             out.append(rec)
     if not out:
         raise UserError(f"{p}: no preference records")
@@ -172,17 +188,23 @@ def builtin_pairs(folder: Path, data: Any, seed: int) -> tuple[str, str]:
     """
     from trainkit.rlhf.tasks import write_preference_data
 
-    tp, hp = write_preference_data(folder, n=data.generate_n, seed=seed,
-                                   n_heldout=data.generate_heldout, kind=data.kind,
-                                   task=data.task)
+    tp, hp = write_preference_data(
+        folder,
+        n=data.generate_n,
+        seed=seed,
+        n_heldout=data.generate_heldout,
+        kind=data.kind,
+        task=data.task,
+    )
     return str(tp), str(hp)
 
 
 def chat_prompt(tok: Any, prompt: str) -> str:
     """``prompt`` as a user turn in the model's chat template, ready for the answer."""
     if getattr(tok, "chat_template", None):
-        return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                       add_generation_prompt=True)
+        return tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
     return prompt + "\n"
 
 
@@ -194,8 +216,14 @@ def encode_texts(tok: Any, texts: list[str], max_len: int) -> dict:
     old = tok.truncation_side
     tok.truncation_side = "left"
     try:
-        enc = tok(texts, add_special_tokens=False, padding=True, truncation=True,
-                  max_length=max_len, return_tensors="pt")
+        enc = tok(
+            texts,
+            add_special_tokens=False,
+            padding=True,
+            truncation=True,
+            max_length=max_len,
+            return_tensors="pt",
+        )
     finally:
         tok.truncation_side = old
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
@@ -205,7 +233,8 @@ def pair_texts(tok: Any, pairs: list[dict]) -> list[str]:
     """``[chosen_0..chosen_{B-1}, rejected_0..rejected_{B-1}]`` full texts (2B)."""
     heads = [chat_prompt(tok, r["prompt"]) for r in pairs]
     return [h + r["chosen"] for h, r in zip(heads, pairs)] + [
-        h + r["rejected"] for h, r in zip(heads, pairs)]
+        h + r["rejected"] for h, r in zip(heads, pairs)
+    ]
 
 
 def make_optimizer(params: list, optim: Any, max_steps: int):
@@ -215,7 +244,8 @@ def make_optimizer(params: list, optim: Any, max_steps: int):
     opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
     warm = max(0, optim.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+    )
     return opt, sched
 
 
@@ -225,9 +255,15 @@ def peft_config(lora: Any, task_type: str | None = None):
 
     kw = {"task_type": task_type} if task_type else {}
     lora.validate()
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=list(lora.target_modules),
-                      modules_to_save=list(lora.modules_to_save) or None, bias="none", **kw)
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        modules_to_save=list(lora.modules_to_save) or None,
+        bias="none",
+        **kw,
+    )
 
 
 # --------------------------------------------------------------------------- model
@@ -266,21 +302,26 @@ def evaluate(model: Any, tok: Any, pairs: list[dict], max_len: int, batch_size: 
     ch, rj = [], []
     with torch.no_grad():
         for i in range(0, len(pairs), batch_size):
-            chunk = pairs[i:i + batch_size]
+            chunk = pairs[i : i + batch_size]
             s = batch_scores(model, tok, pair_texts(tok, chunk), max_len)
             ch.append(s[: len(chunk)])
-            rj.append(s[len(chunk):])
+            rj.append(s[len(chunk) :])
     model.train(was)
     if not ch:
         return {"accuracy": float("nan"), "margin": float("nan"), "loss": float("nan"), "n": 0}
     c, r = torch.cat(ch), torch.cat(rj)
     acc = ((c > r).float() + 0.5 * (c == r).float()).mean().item()
-    return {"accuracy": acc, "margin": (c - r).mean().item(),
-            "loss": -F.logsigmoid(c - r).mean().item(), "n": len(c)}
+    return {
+        "accuracy": acc,
+        "margin": (c - r).mean().item(),
+        "loss": -F.logsigmoid(c - r).mean().item(),
+        "n": len(c),
+    }
 
 
-def reward_stats(model: Any, tok: Any, pairs: list[dict], max_len: int,
-                 batch_size: int) -> tuple[float, float]:
+def reward_stats(
+    model: Any, tok: Any, pairs: list[dict], max_len: int, batch_size: int
+) -> tuple[float, float]:
     """Mean and std of the rewards of every chosen and rejected text in ``pairs``."""
     import torch
 
@@ -288,8 +329,9 @@ def reward_stats(model: Any, tok: Any, pairs: list[dict], max_len: int,
     vals = []
     with torch.no_grad():
         for i in range(0, len(pairs), batch_size):
-            vals.append(batch_scores(model, tok, pair_texts(tok, pairs[i:i + batch_size]),
-                                     max_len))
+            vals.append(
+                batch_scores(model, tok, pair_texts(tok, pairs[i : i + batch_size]), max_len)
+            )
     v = torch.cat(vals)
     return v.mean().item(), max(v.std().item(), 1e-6) if len(v) > 1 else 1.0
 
@@ -338,10 +380,10 @@ def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> di
             perm = list(range(len(train)))
             rng.shuffle(perm)
             order += perm
-        idx, order = order[: cfg.train.batch_size], order[cfg.train.batch_size:]
+        idx, order = order[: cfg.train.batch_size], order[cfg.train.batch_size :]
         pairs = [train[i] for i in idx]
         s = batch_scores(model, tok, pair_texts(tok, pairs), L)  # [2B]
-        c, r = s[: len(pairs)], s[len(pairs):]
+        c, r = s[: len(pairs)], s[len(pairs) :]
         if cfg.train.loss == "logexp":
             loss = pairwise_rm_loss_logexp(c, r)
         else:
@@ -353,10 +395,16 @@ def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> di
         sched.step()
         bar.update(1)
         if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            rec = log.log(step, loss=loss.item(), acc=(c > r).float().mean().item(),
-                          margin=(c - r).mean().item(), chosen=c.mean().item(),
-                          rejected=r.mean().item(), grad_norm=float(gnorm),
-                          lr=sched.get_last_lr()[0])
+            rec = log.log(
+                step,
+                loss=loss.item(),
+                acc=(c > r).float().mean().item(),
+                margin=(c - r).mean().item(),
+                chosen=c.mean().item(),
+                rejected=r.mean().item(),
+                grad_norm=float(gnorm),
+                lr=sched.get_last_lr()[0],
+            )
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.2f}")
         if E.every and step % E.every == 0 and step < cfg.train.max_steps:
             ev = evaluate(model, tok, held_eval, L, E.batch_size)
@@ -376,12 +424,19 @@ def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> di
     else:
         bcfg.normalize_reward, bcfg.reward_mean, bcfg.reward_std = False, 0.0, 1.0
     save_model.save_pretrained(out / "model", tokenizer=tok)
-    summary = {"heldout_accuracy_before": before["accuracy"],
-               "heldout_accuracy": after["accuracy"], "heldout_margin": after["margin"],
-               "heldout_loss": after["loss"], "n_train": len(train), "n_heldout": after["n"],
-               "steps": cfg.train.max_steps, "reward_mean": bcfg.reward_mean,
-               "reward_std": bcfg.reward_std, "model_dir": str(out / "model"),
-               "config": asdict(cfg)}
+    summary = {
+        "heldout_accuracy_before": before["accuracy"],
+        "heldout_accuracy": after["accuracy"],
+        "heldout_margin": after["margin"],
+        "heldout_loss": after["loss"],
+        "n_train": len(train),
+        "n_heldout": after["n"],
+        "steps": cfg.train.max_steps,
+        "reward_mean": bcfg.reward_mean,
+        "reward_std": bcfg.reward_std,
+        "model_dir": str(out / "model"),
+        "config": asdict(cfg),
+    }
     atomic_write_json(out / "summary.json", summary)
     return summary
 
@@ -389,14 +444,17 @@ def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> di
 def run(cfg: RMConfig, args: Any = None) -> int:
     """CLI entry of ``trainkit rlhf rm``."""
     s = train_rm(cfg)
-    print(f"held-out pairwise accuracy {s['heldout_accuracy_before']:.3f} -> "
-          f"{s['heldout_accuracy']:.3f} on {s['n_heldout']} pairs; model: {s['model_dir']}")
+    print(
+        f"held-out pairwise accuracy {s['heldout_accuracy_before']:.3f} -> "
+        f"{s['heldout_accuracy']:.3f} on {s['n_heldout']} pairs; model: {s['model_dir']}"
+    )
     return 0
 
 
 # --------------------------------------------------------------------------- scoring
-def score_texts(model_dir: str | Path, *, batch_size: int = 16, max_len: int = 1024,
-                device: str | None = None) -> Callable[[list[str]], list[float]]:
+def score_texts(
+    model_dir: str | Path, *, batch_size: int = 16, max_len: int = 1024, device: str | None = None
+) -> Callable[[list[str]], list[float]]:
     """Load a saved reward model; return ``score(texts) -> rewards`` (thread-safe).
 
     Each text is a full ``chat_template(prompt) + response`` string (what the RM was
@@ -430,7 +488,7 @@ def score_texts(model_dir: str | Path, *, batch_size: int = 16, max_len: int = 1
         out: list[float] = []
         with lock, torch.no_grad():
             for i in range(0, len(texts), batch_size):
-                s = batch_scores(model, tok, list(texts[i:i + batch_size]), max_len)
+                s = batch_scores(model, tok, list(texts[i : i + batch_size]), max_len)
                 out += [(float(v) - mean) / std for v in s.float().cpu()]
         return [v if math.isfinite(v) else 0.0 for v in out]
 
