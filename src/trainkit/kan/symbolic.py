@@ -173,19 +173,22 @@ def auto_symbolic(model, lib=None, r2_threshold: float = 0.0, weight_simple: flo
 
     Returns:
         One dict per edge: ``l, i, j, name, r2, params, fixed`` (``fixed`` False when
-        ``R^2 < r2_threshold``; ``name`` is then the best candidate, for the record).
+        ``R^2 < r2_threshold``; ``name`` is then the best candidate, for the record) and
+        ``candidates``, the top 3 ``(name, R^2)`` by score.
     """
     x = _inputs(model, x)
     report = []
     for l in range(model.depth):
         edges = [e for e in spline_edges(model) if e[0] == l]
         for _, i, j in edges:
-            best = suggest_symbolic(model, l, i, j, topk=1, lib=lib, x=x, weight_simple=weight_simple)[0]
+            cands = suggest_symbolic(model, l, i, j, topk=3, lib=lib, x=x, weight_simple=weight_simple)
+            best = cands[0]
             ok = best.r2 >= r2_threshold
             if ok:
                 fix_symbolic(model, l, i, j, best.name, x=x, fit=best)
             rec = {"l": l, "i": i, "j": j, "name": best.name, "r2": best.r2,
-                   "params": list(canonical(best.name, *best.params)), "fixed": ok}
+                   "params": list(canonical(best.name, *best.params)), "fixed": ok,
+                   "candidates": [(c.name, c.r2) for c in cands]}
             report.append(rec)
             if verbose:
                 state = "fixed" if ok else f"kept spline (R^2 < {r2_threshold})"
