@@ -23,7 +23,6 @@ the left, keeping the response end that is scored.
 from __future__ import annotations
 
 import json
-import math
 import random
 import threading
 from collections.abc import Callable
@@ -490,7 +489,7 @@ def score_texts(
             for i in range(0, len(texts), batch_size):
                 s = batch_scores(model, tok, list(texts[i : i + batch_size]), max_len)
                 out += [(float(v) - mean) / std for v in s.float().cpu()]
-        return [v if math.isfinite(v) else 0.0 for v in out]
+        return out  # NaN/inf pass through: the server answers null for those
 
     score.normalized = bool(meta.get("normalize_reward"))  # type: ignore[attr-defined]
     return score
