@@ -196,3 +196,69 @@ def test_serve_rm_answers_concurrent_requests_and_checks_token(trained_rm):
     want = [direct(q) for q in queries]
     assert [g[0] for g in got] == pytest.approx([w[0] for w in want], abs=1e-5)
     assert got[0][0] > got[1][0]  # the bare number outranks the wordy reply
+
+
+# The registry entries proposed for trainkit/rlhf/commands.py (owned by the lead).
+PROPOSED_COMMANDS = {
+    "rm": dict(
+        help="train a pairwise reward model (value head on the last token)",
+        run="trainkit.rlhf.trainers.rm:run",
+        config="trainkit.rlhf.trainers.rm:RMConfig",
+        flags={
+            "--model": "model.name",
+            "--data": "data.path",
+            "--max-steps": "train.max_steps",
+            "--output-dir": "output_dir",
+        },
+    ),
+    "dpo": dict(
+        help="DPO / IPO / cDPO preference training (frozen, adapter-disabled or precomputed reference)",
+        run="trainkit.rlhf.trainers.dpo:run",
+        config="trainkit.rlhf.trainers.dpo:DPOConfig",
+        flags={
+            "--model": "model.name",
+            "--data": "data.path",
+            "--max-steps": "train.max_steps",
+            "--output-dir": "output_dir",
+        },
+    ),
+}
+
+
+def test_cli_entries_parse_configs(monkeypatch, capsys):
+    import trainkit.rlhf.commands as rc
+    from trainkit.cli import main
+    from trainkit.commands import Command
+    from trainkit.rlhf.serve_cli import add_args
+
+    for name, kw in PROPOSED_COMMANDS.items():
+        monkeypatch.setitem(rc.COMMANDS, name, Command(**kw))
+    monkeypatch.setitem(
+        rc.COMMANDS,
+        "serve-rm",
+        Command(
+            help="serve a reward model over HTTP",
+            run="trainkit.rlhf.serve_cli:run",
+            add_args=add_args,
+        ),
+    )
+    assert main(["rlhf", "rm", "--print-config", "--max-steps", "3", "train.margin=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "max_steps: 3" in out and "margin: 0.5" in out
+    assert (
+        main(
+            [
+                "rlhf",
+                "dpo",
+                "--config",
+                str(CONFIGS / "dpo_tiny.yaml"),
+                "--print-config",
+                "train.loss_type=ipo",
+            ]
+        )
+        == 0
+    )
+    assert "loss_type: ipo" in capsys.readouterr().out
+    assert main(["rlhf", "dpo", "train.loss_type=kto"]) == 2
+    assert "train.loss_type" in capsys.readouterr().err
+    assert main(["rlhf", "serve-rm", "--model", "/nonexistent/rm", "--port", "0"]) == 2
