@@ -13,6 +13,13 @@ _EXPORTS = {
     "KANLinear": "trainkit.kan.layer",
     "create_dataset": "trainkit.kan.datasets",
     "fit_grids": "trainkit.kan.fit",
+    "KANRegressor": "trainkit.kan.sklearn",
+    "KANClassifier": "trainkit.kan.sklearn",
+    "parse_formula": "trainkit.kan.formula",
+    "to_callable": "trainkit.kan.formula",
+    "to_latex": "trainkit.kan.formula",
+    "suggest": "trainkit.kan.symbolic_lib",
+    "fit_affine": "trainkit.kan.symbolic_lib",
 }
 
 __all__ = list(_EXPORTS)
