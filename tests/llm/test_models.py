@@ -1,7 +1,5 @@
 """Model loading, built-ins, missing-path errors and the value-head model."""
 
-import subprocess
-import sys
 import time
 
 import pytest
@@ -21,13 +19,27 @@ def test_missing_model_path_is_one_line_user_error(tmp_path):
         models.resolve(tmp_path / "empty")
 
 
-def test_missing_model_via_cli_exit_code_2(tmp_path):
-    code = ("import sys; from trainkit.cli import main; "
-            f"sys.exit(main(['llm', 'info', '--model', '{tmp_path / 'nope'}']))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and "not found" in lines[0]
+def test_missing_model_via_cli_exit_code_2(tmp_path, capsys):
+    from trainkit.cli import main
+
+    assert main(["llm", "info", "--model", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("trainkit: error: model") and "not found" in err[0]
+
+
+def test_cli_convert_and_info(tmp_path, capsys):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from trainkit.cli import main
+
+    assert main(["llm", "convert", "tiny-qwen2", "--out", str(tmp_path / "q")]) == 0
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "q").config.model_type == "qwen2"
+    capsys.readouterr()
+    assert main(["llm", "info", "--model", str(tmp_path / "q"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["head_dim"] == 32 and info["vocab_size"] == 49152 and info["chat_template"]
 
 
 def test_tiny_builtins_deterministic_and_shapes():
