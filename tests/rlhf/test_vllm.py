@@ -190,20 +190,37 @@ def test_one_grpo_step_with_vllm_rollouts(engine, tmp_path):
 
 
 def test_trainer_runs_with_vllm_engine(tmp_path):
-    """The full recipe with ``rollout.engine=vllm`` (needs the trainer's engine hook)."""
+    """The full recipe with ``rollout.engine=vllm``, in a subprocess: a second in-process
+    engine in this interpreter would tear down the module engine's global state."""
+    import subprocess
+    import sys
+
     from trainkit.config import ConfigError
 
     try:
-        cfg = _grpo_cfg(tmp_path, "rollout.engine=vllm", "train.max_steps=2")
+        _grpo_cfg(tmp_path, "rollout.engine=vllm")
     except ConfigError as e:
         pytest.skip(f"trainer has no rollout.engine=vllm hook yet ({e})")
-    from trainkit.rlhf.trainers.ppo import train
-
-    recs = []
-    summary = train(cfg, on_log=recs.append)
-    steps = [r for r in recs if "reward" in r and "step_s" in r]
-    assert summary["steps"] == 2 and len(steps) == 2
-    assert all(r.get("logp_mismatch", 0.0) < TOL for r in steps)
+    code = f"""
+import json, sys
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from test_vllm import _grpo_cfg
+from trainkit.rlhf.trainers.ppo import train
+recs = []
+cfg = _grpo_cfg({str(tmp_path)!r}, "rollout.engine=vllm", "train.max_steps=2",
+                "algo.recompute_old_logp=true")
+s = train(cfg, on_log=recs.append)
+print("RESULT " + json.dumps({{"steps": s["steps"], "recs": [r for r in recs if "reward" in r]}}))
+"""
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=900)
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    assert p.returncode == 0 and line, p.stderr[-3000:]
+    res = json.loads(line[0][7:])
+    assert res["steps"] == 2 and len(res["recs"]) == 2
+    assert all(r["logp_mismatch"] < TOL for r in res["recs"]), res["recs"]
+    assert all(r["sync_s"] > 0 for r in res["recs"])
 
 
 def test_throughput_vllm_vs_hf(engine):

@@ -116,6 +116,20 @@ class VLLMEngine:
                    max_model_len=getattr(r, "vllm_max_model_len", None),
                    gpu_memory_utilization=getattr(r, "vllm_gpu_memory_utilization", 0.3))
 
+    def close(self) -> None:
+        """Shut the engine down now (idempotent).
+
+        vLLM's in-process engine keeps its distributed state in process globals and tears
+        it down when its client is garbage collected, whenever that happens. Two engines
+        in one process (a second run in the same interpreter, a test suite) must
+        therefore close the first explicitly before building the next, or the late
+        collection of the first breaks the second.
+        """
+        llm, self.llm = getattr(self, "llm", None), None
+        client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if client is not None:
+            client.shutdown()
+
     # ---------------------------------------------------------------- weights
     def update_weights(self, weights: Any) -> None:
         """Load new policy weights into the live engine and drop the prefix cache.
