@@ -10,7 +10,8 @@ dropout, q/k/v/o/gate/up/down), AdamW lr 1e-5, beta (KL) 0, one policy update pe
 generation batch, the whole batch in one forward/backward, token-mean loss, the graded
 ``math_closeness`` reward, the same torch thread count. A step is wall time between
 consecutive optimizer steps, generation included; we report the median over the steps
-after the first (warm-up). Prints one JSON object.
+after the first (warm-up), in wall seconds and in CPU seconds of the process (the fair
+figure when other jobs share the cores; use ``--threads 1``). Prints one JSON object.
 
 Where trainkit saves time (same algorithm, same numbers up to float rounding): its decoding
 loop folds LoRA into the weights while generating (``rollout.merge_lora``), prefills each
@@ -39,7 +40,7 @@ def prompts_for(n_steps: int) -> list[dict]:
     return train[:n_steps]
 
 
-def run_trainkit(model_path: str, recs: list[dict], a, out: Path) -> tuple[list, list]:
+def run_trainkit(model_path: str, recs: list[dict], a, out: Path) -> tuple[list, list, list]:
     from trainkit.common.io import atomic_write_text
     from trainkit.config import load_config
     from trainkit.rlhf.trainers.ppo import GRPOConfig, train
@@ -58,20 +59,25 @@ def run_trainkit(model_path: str, recs: list[dict], a, out: Path) -> tuple[list,
             f"output_dir={out / 'run'}", f"train.threads={a.threads}"]
     cfg = load_config(GRPOConfig, None, over)
     stamps: list[float] = []
+    cpu: list[float] = []
     parts: list[dict] = []
 
     def on_log(rec: dict) -> None:
         if "loss" in rec:
             stamps.append(time.perf_counter())
+            cpu.append(time.process_time())
             parts.append({k: rec[k] for k in ("gen_s", "exp_s", "train_s", "response_len")})
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     train(cfg, on_log=on_log)
-    steps = [b - a_ for a_, b in zip([t0] + stamps[:-1], stamps)]
-    return steps, parts
+    return _diffs(t0, stamps), _diffs(c0, cpu), parts
 
 
-def run_trl(model_path: str, recs: list[dict], a, out: Path) -> tuple[list[float], list[float]]:
+def _diffs(t0: float, stamps: list[float]) -> list[float]:
+    return [b - a_ for a_, b in zip([t0] + stamps[:-1], stamps)]
+
+
+def run_trl(model_path: str, recs: list[dict], a, out: Path) -> tuple[list, list, list]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -92,11 +98,13 @@ def run_trl(model_path: str, recs: list[dict], a, out: Path) -> tuple[list[float
         return math_closeness(prompts, texts, answer=answer)
 
     stamps: list[float] = []
+    cpu: list[float] = []
     lengths: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             stamps.append(time.perf_counter())
+            cpu.append(time.process_time())
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "completions/mean_length" in logs:
@@ -114,9 +122,9 @@ def run_trl(model_path: str, recs: list[dict], a, out: Path) -> tuple[list[float
                           target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds,
                           processing_class=tok, peft_config=peft_cfg, callbacks=[Clock()])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.train()
-    return [b - a_ for a_, b in zip([t0] + stamps[:-1], stamps)], lengths
+    return _diffs(t0, stamps), _diffs(c0, cpu), lengths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,21 +155,25 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if a.only in (None, "trainkit"):
-            tk, parts = run_trainkit(path, recs, a, tmp / "tk")
+            tk, tk_cpu, parts = run_trainkit(path, recs, a, tmp / "tk")
             result["trainkit_steps_s"] = [round(x, 3) for x in tk]
             result["trainkit_s_per_step"] = statistics.median(tk[1:] or tk)
+            result["trainkit_cpu_s_per_step"] = statistics.median(tk_cpu[1:] or tk_cpu)
             result["trainkit_parts_median_s"] = {
                 k: round(statistics.median(p_[k] for p_ in (parts[1:] or parts)), 3)
                 for k in ("gen_s", "exp_s", "train_s")}
             result["trainkit_mean_completion_len"] = statistics.mean(
                 p_["response_len"] for p_ in parts)
         if a.only in (None, "trl"):
-            trl_steps, trl_len = run_trl(path, recs, a, tmp / "trl")
+            trl_steps, trl_cpu, trl_len = run_trl(path, recs, a, tmp / "trl")
+            result["trl_cpu_s_per_step"] = statistics.median(trl_cpu[1:] or trl_cpu)
             result["trl_mean_completion_len"] = statistics.mean(trl_len) if trl_len else None
             result["trl_steps_s"] = [round(x, 3) for x in trl_steps]
             result["trl_s_per_step"] = statistics.median(trl_steps[1:] or trl_steps)
     if "trainkit_s_per_step" in result and "trl_s_per_step" in result:
         result["speedup"] = result["trl_s_per_step"] / result["trainkit_s_per_step"]
+        # CPU seconds of this process: robust when other jobs share the cores
+        result["speedup_cpu_time"] = result["trl_cpu_s_per_step"] / result["trainkit_cpu_s_per_step"]
         # completions differ in length between the two runs (different random streams);
         # seconds per generated token is the length-fair comparison
         if result.get("trl_mean_completion_len"):

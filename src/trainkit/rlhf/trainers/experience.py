@@ -74,6 +74,12 @@ class Experience:
         sub = Experience(**kw)
         return sub.trimmed()
 
+    def to(self, device: Any) -> Experience:
+        """The same experience with every tensor on ``device``."""
+        kw = {f.name: (v.to(device) if isinstance(v := getattr(self, f.name), Tensor) else v)
+              for f in fields(self)}
+        return Experience(**kw)
+
     def prompt_response(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(prompt_ids [B, P], prompt_mask [B, P], response_ids [B, R])``."""
         P = self.sequences.shape[1] - self.action_mask.shape[1]
@@ -135,10 +141,12 @@ def forward_no_grad(model: Any, sequences: Tensor, attention_mask: Tensor, actio
     """:func:`policy_logps` in eval mode over micro-batches: ``[B, T]`` -> ``[B, R]``."""
     was = model.training
     model.eval()
+    dev = next(model.parameters()).device
     step = max(group, (micro_batch // group) * group) if group > 1 else micro_batch
     try:
-        outs = [policy_logps(model, sequences[s:s + step], attention_mask[s:s + step],
-                             action_mask[s:s + step], temperature, group)[0]
+        outs = [policy_logps(model, sequences[s:s + step].to(dev),
+                             attention_mask[s:s + step].to(dev), action_mask[s:s + step].to(dev),
+                             temperature, group)[0].float().cpu()
                 for s in range(0, sequences.shape[0], step)]
     finally:
         model.train(was)
@@ -157,13 +165,14 @@ def critic_values(critic: Any, sequences: Tensor, attention_mask: Tensor, n_resp
     micro_batch = micro_batch or sequences.shape[0]
     was = critic.training
     critic.eval()
+    dev = next(critic.parameters()).device
     try:
         outs = []
         for s in range(0, sequences.shape[0], micro_batch):
-            am = attention_mask[s:s + micro_batch]
-            v = critic(sequences[s:s + micro_batch], attention_mask=am,
+            am = attention_mask[s:s + micro_batch].to(dev)
+            v = critic(sequences[s:s + micro_batch].to(dev), attention_mask=am,
                        position_ids=position_ids(am))
-            outs.append(v[:, -n_response - 1:-1])
+            outs.append(v[:, -n_response - 1:-1].float().cpu())
     finally:
         critic.train(was)
     return torch.cat(outs).float()

@@ -43,18 +43,21 @@ def build_models(cfg: RLConfig):
     policy, tok = load_model(cfg.model.name, quantization=cfg.model.quantization, lora=lora,
                              dtype=cfg.model.dtype,
                              gradient_checkpointing=cfg.model.gradient_checkpointing)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.model.quantization is None:  # quantised models are placed by load_model
+        policy.to(dev)
     policy.train()
     ref = None
     if cfg.algo.kl_coef > 0 and lora is None:  # LoRA: the reference is the adapter-free base
         ref, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
-        ref.eval().requires_grad_(False)
+        ref.to(dev).eval().requires_grad_(False)
     critic = None
     if cfg.uses_critic:
         from trainkit.llm.value_head import ValueHeadModel
 
         name = cfg.model.name if cfg.model.critic == "auto" else cfg.model.critic
         critic = ValueHeadModel.from_pretrained(name, dtype=cfg.model.dtype)
-        critic.train()
+        critic.to(dev).train()
     return policy, tok, ref, critic
 
 
@@ -130,6 +133,7 @@ def ppo_update(exp, policy, opt, sched, cfg: RLConfig, step: int, guard, critic=
     from trainkit.rlhf.trainers.experience import policy_logps
 
     a = cfg.algo
+    dev = next(policy.parameters()).device
     group = exp.group if share_prompt(cfg) else 1
     n_groups = len(exp) // group
     groups_per_micro = max(1, cfg.train.micro_batch_size // group)
@@ -152,7 +156,7 @@ def ppo_update(exp, policy, opt, sched, cfg: RLConfig, step: int, guard, critic=
             st: dict[str, float] = {}
             for gmicro in gmini.split(groups_per_micro):
                 micro = (gmicro[:, None] * group + offs).reshape(-1)
-                e = exp.select(micro)
+                e = exp.select(micro).to(dev)
                 R = e.action_mask.shape[1]
                 w = _weights(e.action_mask, len(micro), agg, tot_tok, len(mini))
                 logp, ent = policy_logps(policy, e.sequences, e.attention_mask, e.action_mask,
