@@ -273,3 +273,16 @@ def test_ppo_with_critic_raises_heldout_reward(warm_model, tmp_path):
     # the reward).
     before, after = _learn(PPOConfig, warm_model, tmp_path, 5)
     assert after > before + 0.1
+
+
+@pytest.mark.gpu
+def test_grpo_steps_on_cuda(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cfg = _cfg(GRPOConfig, tmp_path, "train.max_steps=2", "lora.enabled=true", "lora.r=4",
+               "algo.kl_coef=0.05")
+    s = train(cfg)
+    rec = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rec if "loss" in r]
+    assert s["steps"] == 2 and len(steps) == 2
+    assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in steps)

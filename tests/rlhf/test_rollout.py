@@ -199,3 +199,23 @@ def test_shared_prefix_logps_equal_full_forward_values_and_gradients(tiny):
     # groups that do not divide the batch: not applicable, the caller falls back
     assert shared_prefix_logps(peft_model, ro.prompt_ids, ro.prompt_mask, ro.response_ids,
                                ro.action_mask, group=4) is None
+
+
+@pytest.mark.gpu
+def test_cuda_engine_logprobs_match_recomputation(tiny):
+    import copy
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model, tok = tiny
+    cuda_model = copy.deepcopy(model).cuda().eval()
+    eng = HFEngine(cuda_model, tok.pad_token_id, tok.eos_token_id)
+    ro = eng.generate([tok("What is 2 + 3?").input_ids, tok("Hi").input_ids], n=4,
+                      max_new_tokens=8, seed=0)
+    assert ro.response_ids.device.type == "cpu" and ro.response_ids.shape == (8, 8)
+    with torch.no_grad():
+        lp, _ = response_logps(cuda_model, ro.sequences.cuda(), ro.attention_mask.cuda(), 8)
+    assert ((lp.cpu() - ro.logprobs).abs() * ro.action_mask).max().item() < 1e-4
+    again = eng.generate([tok("What is 2 + 3?").input_ids, tok("Hi").input_ids], n=4,
+                         max_new_tokens=8, seed=0)
+    assert torch.equal(again.response_ids, ro.response_ids)
