@@ -32,11 +32,22 @@ def varied_reward(prompts, completions, **labels):
 
 
 def _cfg(out, *over):
-    base = ["model.name=tiny-llama", "data.path=arithmetic_number_only",
-            "data.chat_template=false", "rollout.max_new_tokens=4", "rollout.n=4",
-            "rollout.prompts_per_step=2", "eval.n_prompts=4", "eval.every=0",
-            "train.progress=false", "train.save_model=false", f"output_dir={out}",
-            f"data.reward=[{__file__}:varied_reward]", "optim.lr=1e-3", "train.threads=1"]
+    base = [
+        "model.name=tiny-llama",
+        "data.path=arithmetic_number_only",
+        "data.chat_template=false",
+        "rollout.max_new_tokens=4",
+        "rollout.n=4",
+        "rollout.prompts_per_step=2",
+        "eval.n_prompts=4",
+        "eval.every=0",
+        "train.progress=false",
+        "train.save_model=false",
+        f"output_dir={out}",
+        f"data.reward=[{__file__}:varied_reward]",
+        "optim.lr=1e-3",
+        "train.threads=1",
+    ]
     return load_config(GRPOConfig, None, base + list(over))
 
 
@@ -46,8 +57,13 @@ RC = RaySection(enabled=True, policy=RoleResources(num_cpus=1), rollout=RoleReso
 @pytest.fixture(scope="module")
 def cluster():
     t = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
-             namespace=RC.namespace)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=False,
+        namespace=RC.namespace,
+    )
     init_s = time.perf_counter() - t
     yield init_s
     ray.shutdown()
@@ -61,17 +77,35 @@ def test_ray_section_validation_and_bundles():
     b, idx = role_bundles(RaySection(rollout=RoleResources(num_cpus=2, num_gpus=0.5, replicas=2)))
     assert b == [{"CPU": 1.0}, {"CPU": 2.0, "GPU": 0.5}, {"CPU": 2.0, "GPU": 0.5}]
     assert idx == {"policy": [0], "rollout": [1, 2]}
-    b, idx = role_bundles(RaySection(colocate=True, policy=RoleResources(num_gpus=0.5),
-                                     rollout=RoleResources(num_cpus=0.5, num_gpus=0.25,
-                                                           replicas=2)))
+    b, idx = role_bundles(
+        RaySection(
+            colocate=True,
+            policy=RoleResources(num_gpus=0.5),
+            rollout=RoleResources(num_cpus=0.5, num_gpus=0.25, replicas=2),
+        )
+    )
     assert b == [{"CPU": 2.0, "GPU": 1.0}] and idx == {"policy": [0], "rollout": [0, 0]}
 
 
 def test_concat_rollouts_repads_prompts_and_responses():
-    a = Rollout(torch.tensor([[5, 6]]), torch.tensor([[1, 1]]), torch.tensor([[7]]),
-                torch.tensor([[1]]), torch.tensor([[-0.5]]), torch.tensor([True]), 1)
-    b = Rollout(torch.tensor([[8]]), torch.tensor([[1]]), torch.tensor([[9, 2]]),
-                torch.tensor([[1, 1]]), torch.tensor([[-1.0, -2.0]]), torch.tensor([False]), 1)
+    a = Rollout(
+        torch.tensor([[5, 6]]),
+        torch.tensor([[1, 1]]),
+        torch.tensor([[7]]),
+        torch.tensor([[1]]),
+        torch.tensor([[-0.5]]),
+        torch.tensor([True]),
+        1,
+    )
+    b = Rollout(
+        torch.tensor([[8]]),
+        torch.tensor([[1]]),
+        torch.tensor([[9, 2]]),
+        torch.tensor([[1, 1]]),
+        torch.tensor([[-1.0, -2.0]]),
+        torch.tensor([False]),
+        1,
+    )
     c = concat_rollouts([a, b], pad=0)
     assert c.prompt_ids.tolist() == [[5, 6], [0, 8]]
     assert c.prompt_mask.tolist() == [[1, 1], [0, 1]]
@@ -100,9 +134,11 @@ def test_ray_run_matches_single_process_curve(cluster, tmp_path):
     # same seeds, same prompts, same weights after every sync: the same samples up to
     # float noise between 1-thread actors and the test process
     diffs = [abs(r1[s] - r2[s]) for s in r1]
-    print(f"\nRAY_VS_SINGLE rewards single={[r1[s] for s in sorted(r1)]} "
-          f"ray={[r2[s] for s in sorted(r2)]} single_s={single_s:.1f} ray_s={ray_s:.1f} "
-          f"startup_s={dist['startup_s']:.1f} cluster_init_s={cluster:.1f}")
+    print(
+        f"\nRAY_VS_SINGLE rewards single={[r1[s] for s in sorted(r1)]} "
+        f"ray={[r2[s] for s in sorted(r2)]} single_s={single_s:.1f} ray_s={ray_s:.1f} "
+        f"startup_s={dist['startup_s']:.1f} cluster_init_s={cluster:.1f}"
+    )
     assert max(diffs) <= 0.25 and sum(diffs) / len(diffs) <= 0.1
     assert abs(single["last_eval"]["eval_reward"] - dist["last_eval"]["eval_reward"]) <= 0.25
     assert all(r["sync_s"] > 0 for r in recs if "reward" in r)
@@ -135,13 +171,18 @@ def test_dead_actor_stops_with_role_message_and_resume_continues(cluster, tmp_pa
 
     # the rollout dies before step 3 (step 2 is saved); the policy dies before saving step 2
     kept = 2 if role == "rollout" else 1
-    with pytest.raises(RoleDiedError, match=rf"^ray: the {role} actor died .*after step 2; "
-                                            rf"checkpoint of step {kept} in .*train.resume=true"):
-        train_ray(_cfg(out, "train.max_steps=4", "train.save_every=1"), on_log=kill_at_step_2,
-                  ray_cfg=RC)
+    with pytest.raises(
+        RoleDiedError,
+        match=rf"^ray: the {role} actor died .*after step 2; "
+        rf"checkpoint of step {kept} in .*train.resume=true",
+    ):
+        train_ray(
+            _cfg(out, "train.max_steps=4", "train.save_every=1"), on_log=kill_at_step_2, ray_cfg=RC
+        )
     assert [s for s, _ in list_checkpoints(out / "checkpoints")][-1] == kept
-    s = train_ray(_cfg(out, "train.max_steps=4", "train.save_every=1", "train.resume=true"),
-                  ray_cfg=RC)
+    s = train_ray(
+        _cfg(out, "train.max_steps=4", "train.save_every=1", "train.resume=true"), ray_cfg=RC
+    )
     assert s["steps"] == 4
     rewards, _ = _rewards(out)
     assert sorted(rewards) == [1, 2, 3, 4]  # steps 3 and 4 from the resumed run
@@ -151,8 +192,12 @@ def test_dead_actor_stops_with_role_message_and_resume_continues(cluster, tmp_pa
 @pytest.mark.slow  # ~40 s
 def test_colocated_run_with_two_rollout_replicas(cluster, tmp_path):
     """Both rollout actors share the policy's 2-CPU bundle; prompts are split over them."""
-    rc = RaySection(enabled=True, colocate=True, policy=RoleResources(num_cpus=1),
-                    rollout=RoleResources(num_cpus=0.5, replicas=2))
+    rc = RaySection(
+        enabled=True,
+        colocate=True,
+        policy=RoleResources(num_cpus=1),
+        rollout=RoleResources(num_cpus=0.5, replicas=2),
+    )
     recs = []
     s = train_ray(_cfg(tmp_path, "train.max_steps=2"), on_log=recs.append, ray_cfg=rc)
     steps = [r for r in recs if "reward" in r]

@@ -34,8 +34,15 @@ TOL = 1e-4
 def engine():
     path = resolve(MODEL)
     tok_eos = 2  # tiny models: eos = pad = 2
-    eng = VLLMEngine(path, pad_id=tok_eos, eos_ids=[tok_eos], dtype="float32", seed=0,
-                     max_model_len=256, gpu_memory_utilization=0.2)
+    eng = VLLMEngine(
+        path,
+        pad_id=tok_eos,
+        eos_ids=[tok_eos],
+        dtype="float32",
+        seed=0,
+        max_model_len=256,
+        gpu_memory_utilization=0.2,
+    )
     yield eng
     del eng
 
@@ -56,8 +63,13 @@ def mismatch(model, ro, temperature):
     """Max |vLLM logp - HF recomputed logp| over valid response tokens."""
     dev = next(model.parameters()).device
     with torch.no_grad():
-        lp, _ = response_logps(model, ro.sequences.to(dev), ro.attention_mask.to(dev),
-                               ro.response_ids.shape[1], temperature)
+        lp, _ = response_logps(
+            model,
+            ro.sequences.to(dev),
+            ro.attention_mask.to(dev),
+            ro.response_ids.shape[1],
+            temperature,
+        )
     return float(((lp.cpu() - ro.logprobs).abs() * ro.action_mask).max())
 
 
@@ -71,7 +83,7 @@ def test_generate_layout_and_determinism(engine):
     for i, p in enumerate(PROMPTS):
         for j in range(3):
             row = i * 3 + j
-            assert ro.prompt_ids[row, -len(p):].tolist() == p
+            assert ro.prompt_ids[row, -len(p) :].tolist() == p
             assert int(ro.prompt_mask[row].sum()) == len(p)
     assert ro.logprobs.dtype == torch.float32
     assert bool((ro.logprobs <= 0).all())
@@ -99,7 +111,7 @@ def test_eos_ends_rows_and_is_part_of_the_response(engine):
         last = int(ro.response_ids[r, n - 1])
         if 100 <= last < 40000:
             assert not bool(ro.truncated[r])
-            assert all(not 100 <= int(t) < 40000 for t in ro.response_ids[r, :n - 1])
+            assert all(not 100 <= int(t) < 40000 for t in ro.response_ids[r, : n - 1])
         else:
             assert n == 6 and bool(ro.truncated[r])
         assert bool((ro.response_ids[r, n:] == 2).all())
@@ -128,8 +140,9 @@ def test_lora_weights_are_merged_before_sync(engine):
     from peft import LoraConfig, get_peft_model
 
     base = fresh_model()
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj",
-                                                                               "down_proj"]))
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    )
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # B = 0 at init; give the adapters a real effect
         for n, p in model.named_parameters():
@@ -153,11 +166,22 @@ def _grpo_cfg(tmp_path, *over):
     from trainkit.config import load_config
     from trainkit.rlhf.trainers.rl_config import GRPOConfig
 
-    base = [f"model.name={MODEL}", "model.dtype=float32", "data.path=arithmetic_number_only",
-            "data.chat_template=false", "rollout.max_new_tokens=8", "rollout.n=4",
-            "rollout.prompts_per_step=2", "eval.n_prompts=4", "eval.every=0",
-            "train.progress=false", "train.save_model=false", f"output_dir={tmp_path}",
-            "optim.lr=1e-3", "train.max_steps=1"]
+    base = [
+        f"model.name={MODEL}",
+        "model.dtype=float32",
+        "data.path=arithmetic_number_only",
+        "data.chat_template=false",
+        "rollout.max_new_tokens=8",
+        "rollout.n=4",
+        "rollout.prompts_per_step=2",
+        "eval.n_prompts=4",
+        "eval.every=0",
+        "train.progress=false",
+        "train.save_model=false",
+        f"output_dir={tmp_path}",
+        "optim.lr=1e-3",
+        "train.max_steps=1",
+    ]
     return load_config(GRPOConfig, None, base + list(over))
 
 
@@ -173,16 +197,20 @@ def test_one_grpo_step_with_vllm_rollouts(engine, tmp_path):
     engine.update_weights(model)
     ro = engine.generate(PROMPTS[:2], n=4, max_new_tokens=8, temperature=1.0, seed=11)
     rewards = (ro.response_ids[:, 0] % 3).float()  # varied, deterministic per sample
-    exp, _ = make_experience(ro, rewards, policy=model, algo=cfg.algo, temperature=1.0,
-                             micro_batch=8)
+    exp, _ = make_experience(
+        ro, rewards, policy=model, algo=cfg.algo, temperature=1.0, micro_batch=8
+    )
     assert exp is not None and len(exp) == 8
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt, sched = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim, 1)
     stats = ppo_update(exp, model, opt, sched, cfg, 0, NonFiniteGuard("stop"))
     # behaviour log-probs came from vLLM: ratio ~1 on the first (only) mini-batch
     assert abs(stats["ratio_mean"] - 1.0) < 1e-4 and stats["clip_frac"] == 0.0
-    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters()
-               if p.requires_grad and "embed" not in n)
+    assert all(
+        not torch.equal(before[n], p)
+        for n, p in model.named_parameters()
+        if p.requires_grad and "embed" not in n
+    )
     model.eval()
     engine.update_weights(model)
     ro2 = engine.generate(PROMPTS[:2], n=4, max_new_tokens=8, temperature=1.0, seed=12)
@@ -213,8 +241,9 @@ s = train(cfg, on_log=recs.append)
 print("RESULT " + json.dumps({{"steps": s["steps"], "recs": [r for r in recs if "reward" in r]}}))
 """
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=900)
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900
+    )
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     assert p.returncode == 0 and line, p.stderr[-3000:]
     res = json.loads(line[0][7:])
@@ -224,10 +253,26 @@ print("RESULT " + json.dumps({{"steps": s["steps"], "recs": [r for r in recs if 
 
 
 def test_throughput_vllm_vs_hf(engine):
-    """Same tiny model, prompts, n and lengths; figures printed for docs/RESULTS.md."""
+    """Same model, prompts, n and lengths; figures printed for docs/RESULTS.md.
+
+    ``TRAINKIT_VLLM_BENCH_MODEL=smollm2-135m-instruct`` measures a real model instead (a
+    separate engine, so run it alone: ``scripts/test_vllm.sh -k throughput -s``).
+    """
     from trainkit.rlhf.rollout.hf import HFEngine
 
-    model = fresh_model()
+    name = os.environ.get("TRAINKIT_VLLM_BENCH_MODEL", MODEL)
+    if name != MODEL:
+        engine.close()  # one in-process engine at a time
+        engine = VLLMEngine(
+            resolve(name),
+            pad_id=2,
+            eos_ids=[2],
+            dtype="float32",
+            max_model_len=512,
+            gpu_memory_utilization=0.2,
+        )
+    model, _ = load_model(name, dtype="float32")
+    model = model.to(DEV).eval()
     engine.update_weights(model)
     prompts = [[1] + list(range(10 + 7 * i, 30 + 7 * i)) for i in range(8)]
     kw = dict(n=8, max_new_tokens=32, temperature=1.0)
@@ -235,15 +280,16 @@ def test_throughput_vllm_vs_hf(engine):
     engine.generate(prompts[:1], n=2, max_new_tokens=4, seed=0)  # warm-up
     hf.generate(prompts[:1], n=2, max_new_tokens=4, seed=0)
     res = {}
-    for name, eng in (("vllm", engine), ("hf", hf)):
+    for kind, eng in (("vllm", engine), ("hf", hf)):
         t = time.perf_counter()
         ro = eng.generate(prompts, seed=1, **kw)
         dt = time.perf_counter() - t
         assert ro.response_ids.shape[0] == 64
-        res[f"{name}_tokens_per_s"] = round(ro.info["gen_tokens"] / dt, 1)
-        res[f"{name}_s"] = round(dt, 3)
+        res[f"{kind}_tokens_per_s"] = round(ro.info["gen_tokens"] / dt, 1)
+        res[f"{kind}_s"] = round(dt, 3)
     res["speedup"] = round(res["hf_s"] / res["vllm_s"], 2)
     res["device"] = DEV
+    res["model"] = name
     print("\nROLLOUT_THROUGHPUT " + json.dumps(res))
     assert res["vllm_tokens_per_s"] > 0 and res["hf_tokens_per_s"] > 0
 
@@ -255,12 +301,17 @@ def test_ray_trainer_with_a_vllm_rollout_actor(tmp_path):
     from trainkit.rlhf.ray.config import RaySection, RoleResources
     from trainkit.rlhf.ray.trainer import train_ray
 
-    cfg = _grpo_cfg(tmp_path, "train.max_steps=3", "algo.recompute_old_logp=true",
-                    "train.threads=1")
+    cfg = _grpo_cfg(
+        tmp_path, "train.max_steps=3", "algo.recompute_old_logp=true", "train.threads=1"
+    )
     cfg.rollout.engine = "vllm"  # set directly: the config field may not list vllm yet
     gpu = 1.0 if torch.cuda.is_available() else 0.0
-    rc = RaySection(enabled=True, num_cpus=2, policy=RoleResources(num_cpus=1),
-                    rollout=RoleResources(num_cpus=1, num_gpus=gpu))
+    rc = RaySection(
+        enabled=True,
+        num_cpus=2,
+        policy=RoleResources(num_cpus=1),
+        rollout=RoleResources(num_cpus=1, num_gpus=gpu),
+    )
     recs = []
     try:
         s = train_ray(cfg, on_log=recs.append, ray_cfg=rc)
@@ -270,5 +321,7 @@ def test_ray_trainer_with_a_vllm_rollout_actor(tmp_path):
     steps = [r for r in recs if "reward" in r]
     assert s["steps"] == 3 and len(steps) == 3
     assert all(r["logp_mismatch"] < TOL for r in steps), [r["logp_mismatch"] for r in steps]
-    print(f"\nRAY_VLLM startup_s={s['startup_s']:.1f} step_s="
-          f"{[round(r['step_s'], 2) for r in steps]} sync_s={[round(r['sync_s'], 3) for r in steps]}")
+    print(
+        f"\nRAY_VLLM startup_s={s['startup_s']:.1f} step_s="
+        f"{[round(r['step_s'], 2) for r in steps]} sync_s={[round(r['sync_s'], 3) for r in steps]}"
+    )

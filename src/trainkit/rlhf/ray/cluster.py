@@ -44,8 +44,12 @@ class Cluster:
         self.actors: dict[str, list[Any]] = {}
         t0 = time.perf_counter()
         if not self.ray.is_initialized():
-            kw: dict[str, Any] = dict(namespace=rc.namespace, include_dashboard=False,
-                                      configure_logging=False, log_to_driver=True)
+            kw: dict[str, Any] = dict(
+                namespace=rc.namespace,
+                include_dashboard=False,
+                configure_logging=False,
+                log_to_driver=True,
+            )
             if rc.address:
                 kw["address"] = rc.address
             else:
@@ -63,23 +67,37 @@ class Cluster:
         ready = self.ray.wait([self.pg.ready()], timeout=self.rc.startup_timeout_s)[0]
         if not ready:
             have = self.ray.cluster_resources()
-            raise UserError(f"ray: could not reserve {bundles} within "
-                            f"{self.rc.startup_timeout_s:.0f} s (cluster has "
-                            f"CPU={have.get('CPU', 0)}, GPU={have.get('GPU', 0)}); lower "
-                            "ray.<role>.num_cpus/num_gpus or add nodes")
+            raise UserError(
+                f"ray: could not reserve {bundles} within "
+                f"{self.rc.startup_timeout_s:.0f} s (cluster has "
+                f"CPU={have.get('CPU', 0)}, GPU={have.get('GPU', 0)}); lower "
+                "ray.<role>.num_cpus/num_gpus or add nodes"
+            )
 
-    def spawn(self, role: str, cls: type, bundle: int, num_cpus: float, num_gpus: float,
-              *args: Any, **kwargs: Any) -> Any:
+    def spawn(
+        self,
+        role: str,
+        cls: type,
+        bundle: int,
+        num_cpus: float,
+        num_gpus: float,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
         """Start one actor of ``role`` on bundle ``bundle`` of the placement group."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         idx = len(self.actors.get(role, []))
         actor_cls = self.ray.remote(cls)
         handle = actor_cls.options(
-            num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_concurrency=1,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            max_restarts=0,
+            max_concurrency=1,
             name=f"{role}-{idx}-{os.getpid()}",
             scheduling_strategy=PlacementGroupSchedulingStrategy(
-                placement_group=self.pg, placement_group_bundle_index=bundle),
+                placement_group=self.pg, placement_group_bundle_index=bundle
+            ),
         ).remote(*args, **kwargs)
         self.actors.setdefault(role, []).append(handle)
         return handle
@@ -136,6 +154,7 @@ def role_bundles(rc: Any) -> tuple[list[dict[str, float]], dict[str, list[int]]]
     Returns:
         ``(bundles, {"policy": [0], "rollout": [...]})``.
     """
+
     def res(r, times=1):
         b = {"CPU": float(r.num_cpus) * times}
         if r.num_gpus:

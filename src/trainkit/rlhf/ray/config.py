@@ -18,39 +18,56 @@ class RoleResources:
     """Resources of one role (each replica is one Ray actor in its own bundle)."""
 
     num_cpus: float = field(default=1.0, metadata={"help": "CPUs per replica"})
-    num_gpus: float = field(default=0.0, metadata={"help": "GPUs per replica (fractions "
-                                                   "share a GPU)"})
+    num_gpus: float = field(
+        default=0.0, metadata={"help": "GPUs per replica (fractions share a GPU)"}
+    )
     replicas: int = field(default=1, metadata={"help": "actors of this role"})
 
 
 @dataclass
 class RaySection:
-    enabled: bool = field(default=False, metadata={
-        "help": "run the policy and the rollout engines as Ray actors"})
-    address: str | None = field(default=None, metadata={
-        "help": "null: start a local Ray sized to the machine; 'auto' or host:port: attach "
-                "to a running cluster (`ray start --head` first)"})
-    num_cpus: int | None = field(default=None, metadata={
-        "help": "CPUs of the local cluster (null: all of the machine's)"})
+    enabled: bool = field(
+        default=False, metadata={"help": "run the policy and the rollout engines as Ray actors"}
+    )
+    address: str | None = field(
+        default=None,
+        metadata={
+            "help": "null: start a local Ray sized to the machine; 'auto' or host:port: attach "
+            "to a running cluster (`ray start --head` first)"
+        },
+    )
+    num_cpus: int | None = field(
+        default=None, metadata={"help": "CPUs of the local cluster (null: all of the machine's)"}
+    )
     policy: RoleResources = field(default_factory=RoleResources)
     rollout: RoleResources = field(default_factory=RoleResources)
-    colocate: bool = field(default=False, metadata={
-        "help": "rollout actors share the policy's bundle (one set of resources, e.g. one "
-                "GPU for training and generation)"})
-    placement_strategy: str = field(default="PACK", metadata={
-        "help": "placement-group strategy: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD"})
-    startup_timeout_s: float = field(default=300.0, metadata={
-        "help": "give up when the placement group is not ready by then"})
+    colocate: bool = field(
+        default=False,
+        metadata={
+            "help": "rollout actors share the policy's bundle (one set of resources, e.g. one "
+            "GPU for training and generation)"
+        },
+    )
+    placement_strategy: str = field(
+        default="PACK",
+        metadata={"help": "placement-group strategy: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD"},
+    )
+    startup_timeout_s: float = field(
+        default=300.0, metadata={"help": "give up when the placement group is not ready by then"}
+    )
     namespace: str = field(default="trainkit", metadata={"help": "Ray namespace of the actors"})
 
     def validate(self) -> None:
         """Reject settings the Ray trainer cannot honour, one line each."""
         if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
-            raise ConfigError(f"ray.placement_strategy must be PACK, SPREAD, STRICT_PACK or "
-                              f"STRICT_SPREAD, got {self.placement_strategy!r}")
+            raise ConfigError(
+                f"ray.placement_strategy must be PACK, SPREAD, STRICT_PACK or "
+                f"STRICT_SPREAD, got {self.placement_strategy!r}"
+            )
         if self.policy.replicas != 1:
-            raise ConfigError("ray.policy.replicas > 1 (data-parallel training) is not "
-                              "supported yet; use 1")
+            raise ConfigError(
+                "ray.policy.replicas > 1 (data-parallel training) is not supported yet; use 1"
+            )
         if self.rollout.replicas < 1:
             raise ConfigError("ray.rollout.replicas must be >= 1")
         for role in ("policy", "rollout"):

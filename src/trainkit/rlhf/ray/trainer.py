@@ -43,14 +43,20 @@ def concat_rollouts(parts: list[Rollout], pad: int) -> Rollout:
     def right(t, w, v):
         return torch.nn.functional.pad(t, (0, w - t.shape[1]), value=v)
 
-    info = {"gen_s": max(p.info.get("gen_s", 0.0) for p in parts),
-            "gen_tokens": sum(p.info.get("gen_tokens", 0) for p in parts)}
-    return Rollout(torch.cat([left(p.prompt_ids, P, pad) for p in parts]),
-                   torch.cat([left(p.prompt_mask, P, 0) for p in parts]),
-                   torch.cat([right(p.response_ids, R, pad) for p in parts]),
-                   torch.cat([right(p.action_mask, R, 0) for p in parts]),
-                   torch.cat([right(p.logprobs, R, 0.0) for p in parts]),
-                   torch.cat([p.truncated for p in parts]), parts[0].n, info)
+    info = {
+        "gen_s": max(p.info.get("gen_s", 0.0) for p in parts),
+        "gen_tokens": sum(p.info.get("gen_tokens", 0) for p in parts),
+    }
+    return Rollout(
+        torch.cat([left(p.prompt_ids, P, pad) for p in parts]),
+        torch.cat([left(p.prompt_mask, P, 0) for p in parts]),
+        torch.cat([right(p.response_ids, R, pad) for p in parts]),
+        torch.cat([right(p.action_mask, R, 0) for p in parts]),
+        torch.cat([right(p.logprobs, R, 0.0) for p in parts]),
+        torch.cat([p.truncated for p in parts]),
+        parts[0].n,
+        info,
+    )
 
 
 def _split(items: list, k: int) -> list[list]:
@@ -105,11 +111,21 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
         cluster.place(bundles)
         pol_threads = cfg.train.threads or max(1, int(rc.policy.num_cpus))
         ro_threads = max(1, int(rc.rollout.num_cpus))
-        policy = cluster.spawn("policy", PolicyWorker, 0, rc.policy.num_cpus,
-                               rc.policy.num_gpus, cfg, pol_threads)
-        engines = [cluster.spawn("rollout", RolloutWorker, b, rc.rollout.num_cpus,
-                                 rc.rollout.num_gpus, cfg, ro_threads)
-                   for b in index["rollout"]]
+        policy = cluster.spawn(
+            "policy", PolicyWorker, 0, rc.policy.num_cpus, rc.policy.num_gpus, cfg, pol_threads
+        )
+        engines = [
+            cluster.spawn(
+                "rollout",
+                RolloutWorker,
+                b,
+                rc.rollout.num_cpus,
+                rc.rollout.num_gpus,
+                cfg,
+                ro_threads,
+            )
+            for b in index["rollout"]
+        ]
         cluster.get("policy", policy.ready.remote())
         cluster.get("rollout", [e.ready.remote() for e in engines])
         startup_s = time.perf_counter() - t_start
@@ -136,43 +152,68 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
         if start == 0:
             do_eval(0)
         t_run = time.perf_counter()
-        bar = progress(total=cfg.train.max_steps, initial=start,
-                       desc=f"rl {cfg.algo.estimator} (ray)", disable=not cfg.train.progress)
+        bar = progress(
+            total=cfg.train.max_steps,
+            initial=start,
+            desc=f"rl {cfg.algo.estimator} (ray)",
+            disable=not cfg.train.progress,
+        )
         done = saved = start
         try:
             with GracefulInterrupt() as stop:
                 for step in range(start, cfg.train.max_steps):
                     t0 = time.perf_counter()
-                    idx = prompt_indices(len(train_set), cfg.rollout.prompts_per_step, step,
-                                         cfg.train.seed)
+                    idx = prompt_indices(
+                        len(train_set), cfg.rollout.prompts_per_step, step, cfg.train.seed
+                    )
                     texts, ids, labels = train_set.take(idx)
                     seed = cfg.train.seed * 1_000_003 + step
                     chunks = _split(list(ids), len(engines))
-                    refs = [e.generate.remote(c, cfg.rollout.n, cfg.rollout.max_new_tokens,
-                                              cfg.rollout.temperature, cfg.rollout.top_p,
-                                              seed + k)
-                            for k, (e, c) in enumerate(zip(engines, chunks))]
+                    refs = [
+                        e.generate.remote(
+                            c,
+                            cfg.rollout.n,
+                            cfg.rollout.max_new_tokens,
+                            cfg.rollout.temperature,
+                            cfg.rollout.top_p,
+                            seed + k,
+                        )
+                        for k, (e, c) in enumerate(zip(engines, chunks))
+                    ]
                     ro = concat_rollouts(cluster.get("rollout", refs), tok.pad_token_id)
                     t1 = time.perf_counter()
                     comps = rl_data.decode(tok, ro.response_ids, ro.action_mask)
                     n = cfg.rollout.n
                     rep = {k: [v for v in vals for _ in range(n)] for k, vals in labels.items()}
                     rtexts = [t for t in texts for _ in range(n)]
-                    res = score(reward_fn, rtexts, comps, rep,
-                                max_invalid_fraction=cfg.data.max_invalid_fraction)
+                    res = score(
+                        reward_fn,
+                        rtexts,
+                        comps,
+                        rep,
+                        max_invalid_fraction=cfg.data.max_invalid_fraction,
+                    )
                     rewards = torch.tensor(res.rewards, dtype=torch.float32)
-                    stats = cluster.get("policy", policy.learn.remote(
-                        ro, rewards, torch.tensor(res.valid), step))
+                    stats = cluster.get(
+                        "policy", policy.learn.remote(ro, rewards, torch.tensor(res.valid), step)
+                    )
                     t2 = time.perf_counter()
                     sync_s = sync()
                     t3 = time.perf_counter()
-                    rec = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()),
-                           "truncated": ro.num_truncated, "truncated_frac": ro.truncated_frac,
-                           "response_len": float(ro.response_lengths.float().mean()),
-                           "gen_s": t1 - t0, "train_s": t2 - t1, "sync_s": sync_s,
-                           "step_s": t3 - t0,
-                           "tokens_per_s": ro.info["gen_tokens"] / max(t3 - t0, 1e-9),
-                           **res.stats(), **stats}
+                    rec = {
+                        "reward": float(rewards.mean()),
+                        "reward_std": float(rewards.std()),
+                        "truncated": ro.num_truncated,
+                        "truncated_frac": ro.truncated_frac,
+                        "response_len": float(ro.response_lengths.float().mean()),
+                        "gen_s": t1 - t0,
+                        "train_s": t2 - t1,
+                        "sync_s": sync_s,
+                        "step_s": t3 - t0,
+                        "tokens_per_s": ro.info["gen_tokens"] / max(t3 - t0, 1e-9),
+                        **res.stats(),
+                        **stats,
+                    }
                     if acc_fn is not None:
                         hits = score(acc_fn, rtexts, comps, rep, max_invalid_fraction=1.0).rewards
                         rec["accuracy"] = sum(v == 1.0 for v in hits) / len(comps)
@@ -181,11 +222,11 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
                         on_log(r)
                     bar.update(1)
                     done = step + 1
-                    if cfg.eval.every and done % cfg.eval.every == 0 \
-                            and done < cfg.train.max_steps:
+                    if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.train.max_steps:
                         do_eval(done)
-                    if (cfg.train.save_every and done % cfg.train.save_every == 0) \
-                            or stop.requested:
+                    if (
+                        cfg.train.save_every and done % cfg.train.save_every == 0
+                    ) or stop.requested:
                         cluster.get("policy", policy.save.remote(done))
                         saved = done
                     if stop.requested:
@@ -198,10 +239,14 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
                     saved = done
                 except RoleDiedError:
                     pass
-            where = f"checkpoint of step {saved} in {out / 'checkpoints'}" if saved else \
-                "no checkpoint yet"
-            raise RoleDiedError(e.role, f"{e} after step {done}; {where}; rerun with "
-                                        "train.resume=true to continue") from None
+            where = (
+                f"checkpoint of step {saved} in {out / 'checkpoints'}"
+                if saved
+                else "no checkpoint yet"
+            )
+            raise RoleDiedError(
+                e.role, f"{e} after step {done}; {where}; rerun with train.resume=true to continue"
+            ) from None
         bar.close()
         if done > start or not evals:
             do_eval(done)
@@ -209,10 +254,14 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
             cluster.get("policy", policy.save.remote(done))
         if cfg.train.save_model:
             cluster.get("policy", policy.save_model.remote())
-        summary = {"steps": done, "seconds": time.perf_counter() - t_run,
-                   "first_eval": evals[0] if evals else None,
-                   "last_eval": evals[-1] if evals else None,
-                   "startup_s": startup_s, "ray_init_s": cluster.init_s}
+        summary = {
+            "steps": done,
+            "seconds": time.perf_counter() - t_run,
+            "first_eval": evals[0] if evals else None,
+            "last_eval": evals[-1] if evals else None,
+            "startup_s": startup_s,
+            "ray_init_s": cluster.init_s,
+        }
         atomic_write_json(out / "summary.json", summary)
         return summary
     finally:

@@ -47,13 +47,14 @@ class PolicyWorker:
         self.policy, self.tok, self.ref, self.critic = build_models(cfg)
         self.strategy = Strategy()
         self.strategy.setup()
-        self.opt, self.sched = make_optimizer(self.policy.parameters(), cfg.optim.lr,
-                                              cfg.optim, cfg.train.max_steps)
+        self.opt, self.sched = make_optimizer(
+            self.policy.parameters(), cfg.optim.lr, cfg.optim, cfg.train.max_steps
+        )
         self.copt = self.csched = None
         if self.critic is not None:
-            self.copt, self.csched = make_optimizer(self.critic.parameters(),
-                                                    cfg.optim.critic_lr, cfg.optim,
-                                                    cfg.train.max_steps)
+            self.copt, self.csched = make_optimizer(
+                self.critic.parameters(), cfg.optim.critic_lr, cfg.optim, cfg.train.max_steps
+            )
         self.guard = NonFiniteGuard(cfg.train.nonfinite)
 
     def ready(self) -> int:
@@ -64,8 +65,16 @@ class PolicyWorker:
         """Load the newest checkpoint of ``output_dir``; returns its step (0: none)."""
         from trainkit.rlhf.trainers.ppo import _resume
 
-        step, _ = _resume(self.out, self.strategy, self.policy, self.opt, self.sched,
-                          self.critic, self.copt, self.csched)
+        step, _ = _resume(
+            self.out,
+            self.strategy,
+            self.policy,
+            self.opt,
+            self.sched,
+            self.critic,
+            self.copt,
+            self.csched,
+        )
         return step
 
     def weights(self) -> dict[str, torch.Tensor]:
@@ -74,34 +83,66 @@ class PolicyWorker:
 
         return merged_state_dict(self.policy, device="cpu")
 
-    def learn(self, rollout: Any, rewards: torch.Tensor, valid: torch.Tensor,
-              step: int) -> dict[str, float]:
+    def learn(
+        self, rollout: Any, rewards: torch.Tensor, valid: torch.Tensor, step: int
+    ) -> dict[str, float]:
         """Experience + PPO update for one step; returns the metrics of both."""
         from trainkit.rlhf.trainers.experience import make_experience
         from trainkit.rlhf.trainers.ppo import ppo_update
 
         cfg = self.cfg
         torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout etc., as single-process
-        exp, xstats = make_experience(rollout, rewards, policy=self.policy, algo=cfg.algo,
-                                      temperature=cfg.rollout.temperature,
-                                      micro_batch=cfg.train.micro_batch_size,
-                                      ref_model=self.ref, critic=self.critic, valid=valid)
+        exp, xstats = make_experience(
+            rollout,
+            rewards,
+            policy=self.policy,
+            algo=cfg.algo,
+            temperature=cfg.rollout.temperature,
+            micro_batch=cfg.train.micro_batch_size,
+            ref_model=self.ref,
+            critic=self.critic,
+            valid=valid,
+        )
         ustats: dict[str, float] = {}
         if exp is not None:
-            ustats = ppo_update(exp, self.policy, self.opt, self.sched, cfg, step, self.guard,
-                                self.critic, self.copt, self.csched)
+            ustats = ppo_update(
+                exp,
+                self.policy,
+                self.opt,
+                self.sched,
+                cfg,
+                step,
+                self.guard,
+                self.critic,
+                self.copt,
+                self.csched,
+            )
         else:
             ustats["skipped_update"] = 1
-        return {**xstats, **ustats, "lr": self.sched.get_last_lr()[0],
-                "nonfinite_skipped": self.guard.skipped}
+        return {
+            **xstats,
+            **ustats,
+            "lr": self.sched.get_last_lr()[0],
+            "nonfinite_skipped": self.guard.skipped,
+        }
 
     def save(self, step: int) -> str:
         """Write the checkpoint of ``step`` (atomic); returns its folder."""
         from trainkit.rlhf.trainers.ppo import _save
 
-        _save(self.out, step, self.strategy, self.policy, self.opt, self.sched, self.critic,
-              self.copt, self.csched, self.cfg.train.keep_last,
-              {"estimator": self.cfg.algo.estimator})
+        _save(
+            self.out,
+            step,
+            self.strategy,
+            self.policy,
+            self.opt,
+            self.sched,
+            self.critic,
+            self.copt,
+            self.csched,
+            self.cfg.train.keep_last,
+            {"estimator": self.cfg.algo.estimator},
+        )
         return str(self.out / "checkpoints")
 
     def save_model(self) -> str:
@@ -127,13 +168,12 @@ class RolloutWorker:
         self.cfg = cfg
         kind = getattr(cfg.rollout, "engine", "hf")
         if kind == "vllm":
-            from trainkit.rlhf.rollout.vllm_engine import VLLMEngine
-
             from types import SimpleNamespace
 
             from transformers import GenerationConfig
 
             from trainkit.llm.models import resolve
+            from trainkit.rlhf.rollout.vllm_engine import VLLMEngine
 
             self.tok = load_tokenizer(cfg.model.name)
             try:
@@ -147,24 +187,38 @@ class RolloutWorker:
 
             model, self.tok = load_model(cfg.model.name, dtype=cfg.model.dtype)
             model.eval().requires_grad_(False)
-            self.engine = HFEngine(model, self.tok.pad_token_id, eos_ids(model, self.tok),
-                                   cfg.rollout.max_batch)
+            self.engine = HFEngine(
+                model, self.tok.pad_token_id, eos_ids(model, self.tok), cfg.rollout.max_batch
+            )
         _, eval_recs = rl_data.load_prompt_records(cfg.data, cfg.train.seed)
-        self.eval_set = rl_data.tokenize_prompts(eval_recs, self.tok, cfg.data) \
-            if eval_recs else None
+        self.eval_set = (
+            rl_data.tokenize_prompts(eval_recs, self.tok, cfg.data) if eval_recs else None
+        )
         self.reward_fn = rl_data.build_reward(cfg.data)
         from trainkit.rlhf.rewards import load_reward
 
-        self.acc_fn = load_reward(cfg.data.accuracy_reward) if cfg.data.accuracy_reward \
-            else None
+        self.acc_fn = load_reward(cfg.data.accuracy_reward) if cfg.data.accuracy_reward else None
 
     def ready(self) -> int:
         return os.getpid()
 
-    def generate(self, prompt_token_ids: list[list[int]], n: int, max_new_tokens: int,
-                 temperature: float, top_p: float, seed: int | None) -> Any:
-        return self.engine.generate(prompt_token_ids, n=n, max_new_tokens=max_new_tokens,
-                                    temperature=temperature, top_p=top_p, seed=seed)
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> Any:
+        return self.engine.generate(
+            prompt_token_ids,
+            n=n,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )
 
     def update_weights(self, weights: dict[str, torch.Tensor]) -> int:
         """Load the policy's weights; returns how many tensors arrived."""
@@ -179,5 +233,6 @@ class RolloutWorker:
             return None
         ev = self.cfg.eval
         tokens = ev.max_new_tokens or self.cfg.rollout.max_new_tokens
-        return rl_data.evaluate(self.engine, self.tok, self.eval_set, self.reward_fn,
-                                self.acc_fn, ev, tokens, seed=seed)
+        return rl_data.evaluate(
+            self.engine, self.tok, self.eval_set, self.reward_fn, self.acc_fn, ev, tokens, seed=seed
+        )

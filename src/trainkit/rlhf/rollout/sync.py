@@ -35,17 +35,23 @@ def is_peft(model: Any) -> bool:
 
 def _lora_modules(base: torch.nn.Module) -> dict[str, Any]:
     """``{module name: peft LoraLayer}`` for every module that wraps a base layer."""
-    return {name: m for name, m in base.named_modules()
-            if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
+    return {
+        name: m
+        for name, m in base.named_modules()
+        if hasattr(m, "lora_A") and hasattr(m, "base_layer")
+    }
 
 
 def _is_quantized(weight: Tensor) -> bool:
     return type(weight).__name__ in ("Params4bit", "Int8Params") or weight.dtype in (
-        torch.uint8, torch.int8)
+        torch.uint8,
+        torch.int8,
+    )
 
 
-def hf_weights(model: Any, dtype: torch.dtype | None = None,
-               device: str | torch.device | None = None) -> Iterator[tuple[str, Tensor]]:
+def hf_weights(
+    model: Any, dtype: torch.dtype | None = None, device: str | torch.device | None = None
+) -> Iterator[tuple[str, Tensor]]:
     """Yield ``(checkpoint name, tensor)`` for every parameter of ``model``, LoRA merged.
 
     Tied parameters are yielded once (under the first name, e.g. ``embed_tokens``), as
@@ -91,21 +97,25 @@ def hf_weights(model: Any, dtype: torch.dtype | None = None,
             mod = loras.get(mod_name)
             if mod is not None and pname == "weight" and adapter in getattr(mod, "lora_A", {}):
                 if _is_quantized(p):
-                    raise UserError(f"cannot merge LoRA into quantised weight {out_name}: "
-                                    "weight sync needs an unquantised base model")
+                    raise UserError(
+                        f"cannot merge LoRA into quantised weight {out_name}: "
+                        "weight sync needs an unquantised base model"
+                    )
                 with torch.no_grad():
                     delta = mod.get_delta_weight(adapter)
                     t = t + delta.to(t.dtype)
         elif _is_quantized(p):
-            raise UserError(f"cannot sync quantised weight {name}: weight sync needs an "
-                            "unquantised base model")
+            raise UserError(
+                f"cannot sync quantised weight {name}: weight sync needs an unquantised base model"
+            )
         if dtype is not None or device is not None:
             t = t.to(device=device or t.device, dtype=dtype or t.dtype)
         yield out_name, t
 
 
-def merged_state_dict(model: Any, dtype: torch.dtype | None = None,
-                      device: str | torch.device | None = None) -> dict[str, Tensor]:
+def merged_state_dict(
+    model: Any, dtype: torch.dtype | None = None, device: str | torch.device | None = None
+) -> dict[str, Tensor]:
     """:func:`hf_weights` as a dict of *copies* (safe to ship while training goes on)."""
     return {k: v.clone() for k, v in hf_weights(model, dtype=dtype, device=device)}
 

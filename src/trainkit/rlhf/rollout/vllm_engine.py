@@ -72,10 +72,20 @@ class VLLMEngine:
         **llm_kwargs: passed to ``vllm.LLM`` unchanged.
     """
 
-    def __init__(self, model_path: str, pad_id: int, eos_ids: int | list[int], *,
-                 dtype: str = "auto", seed: int = 0, max_model_len: int | None = None,
-                 gpu_memory_utilization: float = 0.3, kv_cache_gib: int = 1,
-                 enable_prefix_caching: bool = True, **llm_kwargs: Any):
+    def __init__(
+        self,
+        model_path: str,
+        pad_id: int,
+        eos_ids: int | list[int],
+        *,
+        dtype: str = "auto",
+        seed: int = 0,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.3,
+        kv_cache_gib: int = 1,
+        enable_prefix_caching: bool = True,
+        **llm_kwargs: Any,
+    ):
         _import_vllm()
         from vllm import LLM
 
@@ -87,9 +97,14 @@ class VLLMEngine:
         self.pad_id = int(pad_id)
         self.eos_ids = [int(eos_ids)] if isinstance(eos_ids, int) else [int(e) for e in eos_ids]
         self.dtype = dtype
-        kw: dict[str, Any] = dict(model=str(model_path), dtype=dtype, seed=int(seed),
-                                  enforce_eager=True, logprobs_mode="processed_logprobs",
-                                  enable_prefix_caching=enable_prefix_caching)
+        kw: dict[str, Any] = dict(
+            model=str(model_path),
+            dtype=dtype,
+            seed=int(seed),
+            enforce_eager=True,
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=enable_prefix_caching,
+        )
         if max_model_len:
             kw["max_model_len"] = int(max_model_len)
         if cuda:
@@ -110,11 +125,16 @@ class VLLMEngine:
         from trainkit.llm.models import resolve
 
         r = cfg.rollout
-        dtype = cfg.model.dtype if cfg.model.dtype in ("float32", "bfloat16", "float16") \
-            else "auto"
-        return cls(resolve(cfg.model.name), pad_id, eos_ids, dtype=dtype, seed=cfg.train.seed,
-                   max_model_len=getattr(r, "vllm_max_model_len", None),
-                   gpu_memory_utilization=getattr(r, "vllm_gpu_memory_utilization", 0.3))
+        dtype = cfg.model.dtype if cfg.model.dtype in ("float32", "bfloat16", "float16") else "auto"
+        return cls(
+            resolve(cfg.model.name),
+            pad_id,
+            eos_ids,
+            dtype=dtype,
+            seed=cfg.train.seed,
+            max_model_len=getattr(r, "vllm_max_model_len", None),
+            gpu_memory_utilization=getattr(r, "vllm_gpu_memory_utilization", 0.3),
+        )
 
     def close(self) -> None:
         """Shut the engine down now (idempotent).
@@ -153,9 +173,15 @@ class VLLMEngine:
         self.syncs += 1
 
     # ---------------------------------------------------------------- sampling
-    def generate(self, prompt_token_ids: list[list[int]], n: int = 1, max_new_tokens: int = 64,
-                 temperature: float = 1.0, top_p: float = 1.0,
-                 seed: int | None = None) -> Rollout:
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        n: int = 1,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Rollout:
         """Sample ``n`` completions per prompt (rows ``i*n .. i*n+n-1`` belong to prompt i).
 
         Args:
@@ -179,11 +205,19 @@ class VLLMEngine:
         t0 = time.perf_counter()
         rows = [p for p in prompt_token_ids for _ in range(n)]
         ids, mask = pad_left(rows, self.pad_id)  # validates non-empty prompts
-        params = [SamplingParams(n=1, temperature=float(temperature), top_p=float(top_p),
-                                 max_tokens=int(max_new_tokens), logprobs=0,
-                                 stop_token_ids=list(self.eos_ids), detokenize=False,
-                                 seed=None if seed is None else row_seed(seed, i))
-                  for i in range(len(rows))]
+        params = [
+            SamplingParams(
+                n=1,
+                temperature=float(temperature),
+                top_p=float(top_p),
+                max_tokens=int(max_new_tokens),
+                logprobs=0,
+                stop_token_ids=list(self.eos_ids),
+                detokenize=False,
+                seed=None if seed is None else row_seed(seed, i),
+            )
+            for i in range(len(rows))
+        ]
         prompts = [TokensPrompt(prompt_token_ids=list(map(int, r))) for r in rows]
         outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
         toks, lps = [], []
@@ -196,8 +230,12 @@ class VLLMEngine:
         eos = torch.tensor(self.eos_ids)
         has_eos = (torch.isin(resp, eos) & valid).any(-1)
         truncated = ~has_eos & (valid.sum(-1) >= max_new_tokens)
-        info = {"gen_s": time.perf_counter() - t0, "gen_tokens": int(valid.sum()),
-                "engine": "vllm", "logprobs_exact": top_p >= 1.0}
+        info = {
+            "gen_s": time.perf_counter() - t0,
+            "gen_tokens": int(valid.sum()),
+            "engine": "vllm",
+            "logprobs_exact": top_p >= 1.0,
+        }
         return Rollout(ids, mask, resp, valid.long(), logps, truncated, n, info)
 
 
@@ -228,8 +266,9 @@ def _logprob_of(entry: Any, token: int) -> float:
     return float(lp.logprob)
 
 
-def _right_pad(toks: list[list[int]], lps: list[list[float]],
-               pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+def _right_pad(
+    toks: list[list[int]], lps: list[list[float]], pad_id: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Token and log-prob lists -> ``(ids [B, R], logps [B, R] float32, valid [B, R])``."""
     width = max(1, max((len(t) for t in toks), default=1))
     b = len(toks)
@@ -238,8 +277,7 @@ def _right_pad(toks: list[list[int]], lps: list[list[float]],
     valid = torch.zeros((b, width), dtype=torch.bool)
     for i, (t, lp) in enumerate(zip(toks, lps)):
         if t:
-            ids[i, :len(t)] = torch.tensor(t, dtype=torch.long)
-            logps[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
-            valid[i, :len(t)] = True
+            ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+            logps[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
+            valid[i, : len(t)] = True
     return ids, logps, valid
-
