@@ -76,7 +76,7 @@ def test_ray_section_validation_and_bundles():
         RaySection(placement_strategy="ANY").validate()
     b, idx = role_bundles(RaySection(rollout=RoleResources(num_cpus=2, num_gpus=0.5, replicas=2)))
     assert b == [{"CPU": 1.0}, {"CPU": 2.0, "GPU": 0.5}, {"CPU": 2.0, "GPU": 0.5}]
-    assert idx == {"policy": [0], "rollout": [1, 2]}
+    assert idx == {"policy": [0], "rollout": [1, 2], "reward": []}
     b, idx = role_bundles(
         RaySection(
             colocate=True,
@@ -84,7 +84,11 @@ def test_ray_section_validation_and_bundles():
             rollout=RoleResources(num_cpus=0.5, num_gpus=0.25, replicas=2),
         )
     )
-    assert b == [{"CPU": 2.0, "GPU": 1.0}] and idx == {"policy": [0], "rollout": [0, 0]}
+    assert b == [{"CPU": 2.0, "GPU": 1.0}]
+    assert idx == {"policy": [0], "rollout": [0, 0], "reward": []}
+    b, idx = role_bundles(RaySection(reward=RoleResources(num_cpus=0.5, num_gpus=1, replicas=1)))
+    assert b == [{"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 0.5, "GPU": 1.0}]
+    assert idx == {"policy": [0], "rollout": [1], "reward": [2]}
 
 
 def test_concat_rollouts_repads_prompts_and_responses():
@@ -190,13 +194,15 @@ def test_dead_actor_stops_with_role_message_and_resume_continues(cluster, tmp_pa
 
 
 @pytest.mark.slow  # ~40 s
-def test_colocated_run_with_two_rollout_replicas(cluster, tmp_path):
-    """Both rollout actors share the policy's 2-CPU bundle; prompts are split over them."""
+def test_colocated_run_with_two_rollout_replicas_and_a_reward_actor(cluster, tmp_path):
+    """Both rollout actors and the reward actor share the policy's 2-CPU bundle; prompts
+    are split over the rollouts, completions over the reward actors."""
     rc = RaySection(
         enabled=True,
         colocate=True,
         policy=RoleResources(num_cpus=1),
-        rollout=RoleResources(num_cpus=0.5, replicas=2),
+        rollout=RoleResources(num_cpus=0.25, replicas=2),
+        reward=RoleResources(num_cpus=0.5, replicas=1),
     )
     recs = []
     s = train_ray(_cfg(tmp_path, "train.max_steps=2"), on_log=recs.append, ray_cfg=rc)

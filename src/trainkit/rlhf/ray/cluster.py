@@ -147,12 +147,12 @@ def role_bundles(rc: Any) -> tuple[list[dict[str, float]], dict[str, list[int]]]
     """Bundles of the placement group and the bundle index of every actor per role.
 
     Without ``colocate`` each actor gets its own bundle. With ``colocate`` there is one
-    bundle holding the policy's and every rollout replica's resources together, so
+    bundle holding the resources of the policy and of every rollout/reward replica, so
     fractional GPUs put training and generation on the same device (e.g.
     ``policy.num_gpus=0.5 rollout.num_gpus=0.5`` -> one ``{GPU: 1}`` bundle).
 
     Returns:
-        ``(bundles, {"policy": [0], "rollout": [...]})``.
+        ``(bundles, {"policy": [0], "rollout": [...], "reward": [...]})``.
     """
 
     def res(r, times=1):
@@ -161,10 +161,16 @@ def role_bundles(rc: Any) -> tuple[list[dict[str, float]], dict[str, list[int]]]
             b["GPU"] = float(r.num_gpus) * times
         return b
 
-    k = rc.rollout.replicas
+    k, m = rc.rollout.replicas, rc.reward.replicas
     if rc.colocate:
-        pol, ro = res(rc.policy), res(rc.rollout, k)
-        bundle = {key: pol.get(key, 0.0) + ro.get(key, 0.0) for key in {*pol, *ro}}
-        return [bundle], {"policy": [0], "rollout": [0] * k}
+        parts = [res(rc.policy), res(rc.rollout, k)] + ([res(rc.reward, m)] if m else [])
+        keys = sorted({key for p in parts for key in p})
+        bundle = {key: sum(p.get(key, 0.0) for p in parts) for key in keys}
+        return [bundle], {"policy": [0], "rollout": [0] * k, "reward": [0] * m}
     bundles = [res(rc.policy)] + [res(rc.rollout) for _ in range(k)]
-    return bundles, {"policy": [0], "rollout": list(range(1, k + 1))}
+    bundles += [res(rc.reward) for _ in range(m)]
+    return bundles, {
+        "policy": [0],
+        "rollout": list(range(1, k + 1)),
+        "reward": list(range(k + 1, k + 1 + m)),
+    }

@@ -41,6 +41,13 @@ class RaySection:
     )
     policy: RoleResources = field(default_factory=RoleResources)
     rollout: RoleResources = field(default_factory=RoleResources)
+    reward: RoleResources = field(
+        default_factory=lambda: RoleResources(num_cpus=1.0, replicas=0),
+        metadata={
+            "help": "reward actors; replicas=0 scores in the driver, 1+ runs data.reward in "
+            "actors (e.g. a reward model on its own GPU), rows split over replicas"
+        },
+    )
     colocate: bool = field(
         default=False,
         metadata={
@@ -70,7 +77,9 @@ class RaySection:
             )
         if self.rollout.replicas < 1:
             raise ConfigError("ray.rollout.replicas must be >= 1")
-        for role in ("policy", "rollout"):
+        if self.reward.replicas < 0:
+            raise ConfigError("ray.reward.replicas must be >= 0 (0: score in the driver)")
+        for role in ("policy", "rollout", "reward"):
             r = getattr(self, role)
             if r.num_cpus < 0 or r.num_gpus < 0:
                 raise ConfigError(f"ray.{role}.num_cpus and num_gpus must be >= 0")

@@ -7,6 +7,8 @@ first); what moves where:
   functions: it picks the step's prompts, sends them to the rollout actors (split evenly
   over ``ray.rollout.replicas``; replica ``k`` samples with seed ``step_seed + k``, so one
   replica reproduces the single-process samples), decodes and scores the completions;
+* with ``ray.reward.replicas > 0`` the scoring runs in reward actors instead (a reward
+  model then lives on its own CPUs/GPU), rows split evenly over them;
 * the policy actor makes experience and runs the PPO update
   (:class:`~trainkit.rlhf.ray.workers.PolicyWorker`);
 * after every update the policy's weights (LoRA merged) are put in the Ray object store
@@ -86,7 +88,7 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
     from trainkit.common.run import save_config
     from trainkit.llm.models import load_tokenizer
     from trainkit.rlhf.ray.cluster import Cluster, RoleDiedError, role_bundles
-    from trainkit.rlhf.ray.workers import PolicyWorker, RolloutWorker
+    from trainkit.rlhf.ray.workers import PolicyWorker, RewardWorker, RolloutWorker
     from trainkit.rlhf.rewards import load_reward, score
     from trainkit.rlhf.trainers import rl_data
     from trainkit.rlhf.trainers.ppo import prompt_indices
@@ -126,8 +128,13 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
             )
             for b in index["rollout"]
         ]
+        scorers = [
+            cluster.spawn("reward", RewardWorker, b, rc.reward.num_cpus, rc.reward.num_gpus, cfg, 1)
+            for b in index["reward"]
+        ]
         cluster.get("policy", policy.ready.remote())
         cluster.get("rollout", [e.ready.remote() for e in engines])
+        cluster.get("reward", [w.ready.remote() for w in scorers])
         startup_s = time.perf_counter() - t_start
         start = cluster.get("policy", policy.resume.remote()) if cfg.train.resume else 0
 
@@ -136,6 +143,36 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
             w = policy.weights.remote()  # an ObjectRef: engines fetch it from the store
             cluster.get("rollout", [e.update_weights.remote(w) for e in engines])
             return time.perf_counter() - t
+
+        def score_rows(prompts: list, comps: list, labels: dict):
+            """Rewards in the driver, or split over the reward actors."""
+            if not scorers:
+                res = score(
+                    reward_fn,
+                    prompts,
+                    comps,
+                    labels,
+                    max_invalid_fraction=cfg.data.max_invalid_fraction,
+                )
+                hits = None
+                if acc_fn is not None:
+                    hits = score(acc_fn, prompts, comps, labels, max_invalid_fraction=1.0).rewards
+                return res.rewards, res.valid, res.stats(), hits
+            rows = _split(list(range(len(comps))), len(scorers))
+            refs = [
+                w.score.remote(
+                    [prompts[i] for i in r],
+                    [comps[i] for i in r],
+                    {k: [v[i] for i in r] for k, v in labels.items()},
+                )
+                for w, r in zip(scorers, rows)
+            ]
+            parts = cluster.get("reward", refs)
+            rew = [x for p in parts for x in p[0]]
+            valid = [x for p in parts for x in p[1]]
+            stats = {k: sum(p[2][k] for p in parts) for k in parts[0][2]}
+            hits = None if parts[0][3] is None else [x for p in parts for x in p[3]]
+            return rew, valid, stats, hits
 
         def do_eval(step: int) -> None:
             t = time.perf_counter()
@@ -186,16 +223,10 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
                     n = cfg.rollout.n
                     rep = {k: [v for v in vals for _ in range(n)] for k, vals in labels.items()}
                     rtexts = [t for t in texts for _ in range(n)]
-                    res = score(
-                        reward_fn,
-                        rtexts,
-                        comps,
-                        rep,
-                        max_invalid_fraction=cfg.data.max_invalid_fraction,
-                    )
-                    rewards = torch.tensor(res.rewards, dtype=torch.float32)
+                    rew, valid, rstats, hits = score_rows(rtexts, comps, rep)
+                    rewards = torch.tensor(rew, dtype=torch.float32)
                     stats = cluster.get(
-                        "policy", policy.learn.remote(ro, rewards, torch.tensor(res.valid), step)
+                        "policy", policy.learn.remote(ro, rewards, torch.tensor(valid), step)
                     )
                     t2 = time.perf_counter()
                     sync_s = sync()
@@ -211,11 +242,10 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
                         "sync_s": sync_s,
                         "step_s": t3 - t0,
                         "tokens_per_s": ro.info["gen_tokens"] / max(t3 - t0, 1e-9),
-                        **res.stats(),
+                        **rstats,
                         **stats,
                     }
-                    if acc_fn is not None:
-                        hits = score(acc_fn, rtexts, comps, rep, max_invalid_fraction=1.0).rewards
+                    if hits is not None:
                         rec["accuracy"] = sum(v == 1.0 for v in hits) / len(comps)
                     r = logger.log(step + 1, **rec)
                     if on_log:

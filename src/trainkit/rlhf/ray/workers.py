@@ -5,6 +5,8 @@
   is a frozen copy, or with LoRA the adapter-free base). It turns a rollout and its
   rewards into experience and runs the PPO update, saves and resumes checkpoints, and
   hands out its weights (LoRA merged) for the rollout engines.
+* :class:`RewardWorker`: the reward functions of ``data.reward`` (a reward model, a
+  remote scorer, rules) scoring a slice of each step's completions;
 * :class:`RolloutWorker`: one rollout engine (``rollout.engine``: ``hf`` or ``vllm``) on a
   plain copy of the policy; receives weights after every update and runs evaluations.
 
@@ -236,3 +238,44 @@ class RolloutWorker:
         return rl_data.evaluate(
             self.engine, self.tok, self.eval_set, self.reward_fn, self.acc_fn, ev, tokens, seed=seed
         )
+
+
+class RewardWorker:
+    """The run's reward (and accuracy) functions in their own process.
+
+    Args:
+        cfg: the run's RL config (``data`` section).
+        threads: torch CPU threads of this actor (a reward model uses them).
+    """
+
+    def __init__(self, cfg: Any, threads: int):
+        from trainkit.rlhf.rewards import load_reward
+        from trainkit.rlhf.trainers import rl_data
+
+        _threads(threads)
+        self.cfg = cfg
+        self.reward_fn = rl_data.build_reward(cfg.data)
+        self.acc_fn = load_reward(cfg.data.accuracy_reward) if cfg.data.accuracy_reward else None
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def score(
+        self, prompts: list[str], completions: list[str], labels: dict[str, list]
+    ) -> tuple[list[float], list[bool], dict[str, float], list[float] | None]:
+        """``(rewards, valid, failure counts, accuracy rewards or None)`` of the rows."""
+        from trainkit.rlhf.rewards import score
+
+        res = score(
+            self.reward_fn,
+            prompts,
+            completions,
+            labels,
+            max_invalid_fraction=self.cfg.data.max_invalid_fraction,
+        )
+        hits = None
+        if self.acc_fn is not None:
+            hits = score(
+                self.acc_fn, prompts, completions, labels, max_invalid_fraction=1.0
+            ).rewards
+        return list(res.rewards), list(res.valid), res.stats(), hits
