@@ -110,7 +110,8 @@ def discover(data, width=None, *, target: str | None = None, var_names=None,
              sparse_steps: int = 50, prune_rounds: int = 3, resparse_steps: int = 20,
              node_th: float = 1e-2, edge_th: float = 3e-2, grids=(5, 10, 20), steps: int = 50,
              lib=None, r2_threshold: float = 0.999, weight_simple: float = 1.0,
-             finetune_steps: int = 50, digits: int = 4, out_dir=None, verbose: bool = False) -> dict:
+             finetune_steps: int = 50, digits: int = 4, out_dir=None, truth=None,
+             verbose: bool = False) -> dict:
     """Fit, prune, refine, snap to symbols and fine-tune; report the formula and its error.
 
     Args:
@@ -132,6 +133,8 @@ def discover(data, width=None, *, target: str | None = None, var_names=None,
         digits: decimals of the reported formula's constants.
         out_dir: if given, ``before_pruning.png``, ``after_pruning.png`` and
             ``symbolic.png`` are written there.
+        truth: the generating formula (string or SymPy) when ``data`` is a dataset dict;
+            a formula ``data`` is its own truth.
 
     Returns:
         dict with ``var_names``, ``width_initial``, ``width_pruned``, ``kan_test_rmse``
@@ -154,7 +157,8 @@ def discover(data, width=None, *, target: str | None = None, var_names=None,
     if penalty not in ("std", "paper"):
         raise UserError(f"discover: penalty must be 'std' or 'paper', got {penalty!r}")
     t0, c0 = time.perf_counter(), time.process_time()
-    ds, names, truth = load_data(data, target, var_names, ranges, train_num, test_num, data_seed)
+    ds, names, parsed = load_data(data, target, var_names, ranges, train_num, test_num, data_seed)
+    truth = parsed if truth is None else truth
     n_in, n_out = ds["train_input"].shape[1], ds["train_label"].shape[1]
     width = list(width) if width is not None else [n_in, 5, n_out]
     model = KAN(width, grid=grid, k=k, seed=seed, dtype=torch.float64)
