@@ -209,3 +209,44 @@ def test_colocated_run_with_two_rollout_replicas_and_a_reward_actor(cluster, tmp
     steps = [r for r in recs if "reward" in r]
     assert s["steps"] == 2 and len(steps) == 2
     assert all(0.0 <= r["reward"] <= 2.0 and r["sync_s"] > 0 for r in steps)  # len % 3
+
+
+def test_merged_lora_weights_load_into_a_plain_model():
+    """What the policy actor ships to HF rollout actors: LoRA merged, plain HF names."""
+    from peft import LoraConfig, get_peft_model
+
+    from trainkit.llm.models import load_model
+    from trainkit.rlhf.rollout.hf import HFEngine
+    from trainkit.rlhf.rollout.sync import merged_state_dict
+
+    base, _ = load_model("tiny-llama", dtype="float32")
+    lora = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "o_proj", "up_proj"])
+    )
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in lora.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    sd = merged_state_dict(lora)
+    assert not any("lora" in k or "base_layer" in k for k in sd)
+    plain, _ = load_model("tiny-llama", dtype="float32")
+    HFEngine(plain, pad_id=2, eos_ids=[2]).update_weights(sd)
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        want = lora(input_ids=ids).logits
+        got = plain(input_ids=ids).logits
+        untouched = load_model("tiny-llama", dtype="float32")[0](input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert (untouched - want).abs().max() > 1e-2  # the adapters matter
+
+
+@pytest.mark.slow  # ~60 s
+def test_ray_lora_run_matches_single_process(cluster, tmp_path):
+    over = ["train.max_steps=3", "lora.enabled=true", "lora.r=4", "optim.lr=5e-3"]
+    train(_cfg(tmp_path / "single", *over))
+    train_ray(_cfg(tmp_path / "ray", *over), ray_cfg=RC)
+    r1, _ = _rewards(tmp_path / "single")
+    r2, _ = _rewards(tmp_path / "ray")
+    assert sorted(r1) == sorted(r2) == [1, 2, 3]
+    assert max(abs(r1[s] - r2[s]) for s in r1) <= 0.25
