@@ -18,4 +18,12 @@ COMMANDS = {
                "--depths": "depths", "--out": "out", "--seed": "seed",
                "--samples": "samples", "--unit": "unit"},
     ),
+    "extend": Command(
+        help="extend a model's context: RoPE rule + (Q)LoRA fine-tune + merge (arXiv 2404.19553)",
+        run="trainkit.longctx.recipe:run",
+        config="trainkit.longctx.recipe:ExtendConfig",
+        flags={"--model": "model.name", "--out": "output_dir", "--method": "rope.method",
+               "--factor": "rope.factor", "--theta": "rope.theta",
+               "--max-steps": "train.max_steps", "--max-seconds": "train.max_seconds"},
+    ),
 }

@@ -2,16 +2,24 @@
 
 A ~1M-parameter Llama (4 layers, hidden 128, 4 heads of 32, the 64-token character
 vocabulary of :mod:`trainkit.longctx.chartok`) is trained from scratch on passkey and
-multi-key key-value retrieval in real-text haystacks (stdlib docstrings), with
+multi-key key-value retrieval, with
 
 * loss on the answer tokens only (and the ``<|end|>`` that closes them),
 * a length curriculum: start at ``curriculum.start`` tokens and double the context
   whenever training-batch answer accuracy passes ``curriculum.threshold``, up to
-  ``curriculum.max_len`` (the model's native window, e.g. 256),
+  ``curriculum.max_len`` (the model's native window, e.g. 256); each batch mixes lengths
+  in ``[length / 2, length]`` so shorter contexts are not forgotten,
+* a constant learning rate (after warm-up) until the model passes the threshold at
+  ``max_len``, then a linear decay to ``train.final_lr_frac`` over ``extra_steps_at_max``.
 
-following the setup that DESIGN.md reports to learn retrieval on 2 cores. Accuracy here is
-teacher-forced exact match of the whole answer, which equals greedy-decoding exact match
-(greedy reproduces the answer iff every answer token is the argmax given the previous ones).
+Haystack ``train.source``: ``random`` (default; random letters and spaces, the setup
+DESIGN.md reports to learn on 2 cores) or a :mod:`trainkit.longctx.tasks` source
+(``stdlib`` real text, ``bio``, ``repeat``), which the first attempt used and which
+plateaued at ~0.45 training accuracy (docs fragment ``_frag_longctx.md``).
+
+Accuracy here is teacher-forced exact match of the whole answer, which equals greedy
+exact match (greedy reproduces the answer iff every answer token is the argmax given the
+previous ones), so grids are evaluated in batches without ``generate``.
 
 ``train(cfg)`` returns the model and a log; ``save(model, tokenizer, path)`` writes an HF
 folder that plain ``AutoModelForCausalLM`` / ``AutoTokenizer`` load.
@@ -31,6 +39,13 @@ from trainkit.common.io import atomic_dir
 from trainkit.longctx.haystack import Meter
 from trainkit.longctx.tasks import make_sample
 
+#: random filler alphabet: letters and spaces, no digits (answers are digits)
+FILLER = "abcdefghijklmnopqrstuvwxyz "
+#: between context and question (chartok maps "\n" to <unk>: its Split regex "." skips it)
+SEP = " ; "
+#: the shipped checkpoint (trained by ``examples/train_tiny_retrieval.py``)
+ASSET_DIR = Path(__file__).resolve().parent / "assets" / "tiny_base"
+
 
 @dataclass
 class TinyModelSection:
@@ -44,7 +59,7 @@ class TinyModelSection:
 
 @dataclass
 class CurriculumSection:
-    start: int = 128
+    start: int = 32
     max_len: int = 256
     threshold: float = 0.95
     window: int = 20  # steps averaged for the promotion test
@@ -53,15 +68,16 @@ class CurriculumSection:
 @dataclass
 class TinyTrainSection:
     tasks: list[str] = field(default_factory=lambda: ["passkey", "kv"])
-    source: str = "stdlib"
+    source: str = field(default="random", metadata={"help": "random, stdlib, bio or repeat"})
     n_keys: list[int] = field(default_factory=lambda: [2, 4])
     batch: int = 16
-    lr: float = 2e-3
+    lr: float = 1e-3
+    final_lr_frac: float = 0.1
     warmup: int = 50
     weight_decay: float = 0.0
-    max_steps: int = 3000
+    max_steps: int = 6000
     max_seconds: float = 3600.0
-    extra_steps_at_max: int = 200  # keep training this long once at max_len and above threshold
+    extra_steps_at_max: int = 300  # decay steps once at max_len and above threshold
     threads: int = 1
 
 
@@ -97,6 +113,71 @@ def build_model(m: TinyModelSection, seed: int = 0):
     return LlamaForCausalLM(cfg)
 
 
+def random_sample(rng: random.Random, task: str, length: int, depth: float,
+                  n_keys: int = 4) -> tuple[str, str, str]:
+    """``(context, question, answer)`` with random-letter filler, ``length`` characters in
+    all (context + `SEP` + question), the asked fact starting at ``depth`` of the context.
+
+    passkey: " pass key: NNNNN. " once, asked "pass key?"; kv: ``n_keys`` pairs
+    " abcd: NNNNN. " at random places (fewer when they would fill over half of ``length``),
+    one of them asked "abcd?".
+    """
+    def digits() -> str:
+        return str(rng.randint(10_000, 99_999))
+
+    if task == "passkey":
+        ans = digits()
+        facts, q = [f" pass key: {ans}. "], "pass key?"
+    elif task == "kv":
+        # at most as many pairs as fit in half of the length (short curriculum stages)
+        n_keys = max(1, min(n_keys, (length // 2) // 14))
+        keys: list[str] = []
+        while len(keys) < n_keys:
+            k = "".join(rng.choice(FILLER[:-1]) for _ in range(4))
+            if k not in keys:
+                keys.append(k)
+        vals = [digits() for _ in keys]
+        ans = vals[0]
+        facts, q = [f" {k}: {v}. " for k, v in zip(keys, vals)], f"{keys[0]}?"
+    else:
+        raise UserError(f"random filler supports tasks passkey and kv, not '{task}'")
+    budget = length - len(q) - len(SEP)
+    n_fill = budget - sum(len(f) for f in facts)
+    if n_fill < 0:
+        raise UserError(f"length {length} is too short for a {task} sample")
+    filler = "".join(rng.choices(FILLER, k=n_fill))
+    # insertion points in the filler: the asked fact at depth, the others at random
+    points = [round(depth * n_fill)] + [rng.randint(0, n_fill) for _ in facts[1:]]
+    order = sorted(range(len(facts)), key=lambda i: (points[i], i))
+    parts, prev = [], 0
+    for i in order:
+        parts += [filler[prev:points[i]], facts[i]]
+        prev = points[i]
+    parts.append(filler[prev:])
+    return "".join(parts), q, ans
+
+
+def sample_ids(tok: Any, t: TinyTrainSection, task: str, length: int, depth: float,
+               seed: int, index: int, n_keys: int) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` of one sample: chat prompt + answer + ``<|end|>``, labels
+    -100 on the prompt. Random filler is encoded character by character (the chat
+    template's tokens, as :func:`trainkit.longctx.eval.common.prompt_ids` gives them)."""
+    if t.source == "random":
+        from trainkit.longctx.chartok import vocab
+
+        v = vocab()
+        rng = random.Random(f"tiny-random:{seed}:{task}:{index}")
+        ctx, q, ans = random_sample(rng, task, length, depth, n_keys)
+        prompt = [v["<|user|>"]] + [v[c] for c in ctx + SEP + q] + [v["<|end|>"], v["<|assistant|>"]]
+        answer = [v[c] for c in ans] + [v["<|end|>"]]
+        return prompt + answer, [-100] * len(prompt) + answer
+    opts: dict[str, Any] = {"source": t.source}
+    if task == "kv":
+        opts["n_keys"] = n_keys
+    rec = make_sample(task, seed=seed, index=index, length=length, depth=depth, meter=Meter(), **opts)
+    return encode_sample(tok, rec)
+
+
 def encode_sample(tok: Any, rec: dict) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)``: chat prompt + answer + ``<|end|>``; labels -100 on the prompt."""
     from trainkit.longctx.eval.common import prompt_ids
@@ -106,24 +187,14 @@ def encode_sample(tok: Any, rec: dict) -> tuple[list[int], list[int]]:
     return prompt + answer, [-100] * len(prompt) + answer
 
 
-def make_batch(tok: Any, rng: random.Random, t: TinyTrainSection, length: int, seed: int,
-               index0: int, batch: int):
-    """A right-padded batch ``(input_ids, attention_mask, labels)`` of shape ``[batch, T]``."""
+def pad_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-pad ``(ids, labels)`` pairs to ``(input_ids, attention_mask, labels)`` ``[B, T]``."""
     import torch
 
-    seqs = []
-    for b in range(batch):
-        task = t.tasks[(index0 + b) % len(t.tasks)]
-        opts: dict[str, Any] = {"source": t.source}
-        if task == "kv":
-            opts["n_keys"] = rng.randint(min(t.n_keys), max(t.n_keys))
-        rec = make_sample(task, seed=seed, index=index0 + b, length=length,
-                          depth=round(rng.random(), 4), meter=Meter(), **opts)
-        seqs.append(encode_sample(tok, rec))
-    T = max(len(s[0]) for s in seqs)
-    ids = torch.full((batch, T), tok.pad_token_id, dtype=torch.long)
-    lab = torch.full((batch, T), -100, dtype=torch.long)
-    att = torch.zeros((batch, T), dtype=torch.long)
+    B, T = len(seqs), max(len(s[0]) for s in seqs)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    lab = torch.full((B, T), -100, dtype=torch.long)
+    att = torch.zeros((B, T), dtype=torch.long)
     for i, (x, y) in enumerate(seqs):
         ids[i, :len(x)] = torch.tensor(x)
         lab[i, :len(y)] = torch.tensor(y)
@@ -131,18 +202,68 @@ def make_batch(tok: Any, rng: random.Random, t: TinyTrainSection, length: int, s
     return ids, att, lab
 
 
+def make_batch(tok: Any, rng: random.Random, t: TinyTrainSection, length: int, seed: int,
+               index0: int, batch: int, min_length: int | None = None):
+    """A right-padded batch ``(input_ids, attention_mask, labels)`` of shape ``[batch, T]``;
+    sample lengths uniform in ``[min_length, length]`` (default: ``length``), depths uniform."""
+    seqs = []
+    for b in range(batch):
+        task = t.tasks[(index0 + b) % len(t.tasks)]
+        n_keys = rng.randint(min(t.n_keys), max(t.n_keys))
+        L = length if min_length is None else rng.randint(min_length, length)
+        seqs.append(sample_ids(tok, t, task, L, round(rng.random(), 4), seed, index0 + b, n_keys))
+    return pad_batch(seqs, tok.pad_token_id)
+
+
 def answer_loss_and_accuracy(model: Any, ids, att, lab):
     """Mean cross-entropy over answer tokens and the fraction of samples whose every answer
     token is the argmax (= greedy exact match). Shapes: ``[B, T]`` in, scalars out."""
+    loss, hits = answer_stats(model, ids, att, lab)
+    return loss, hits.float().mean()
+
+
+def answer_stats(model: Any, ids, att, lab):
+    """``(mean answer-token loss, per-sample exact-match bool [B])``."""
     import torch.nn.functional as F
 
     logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]  # [B, T-1, V]
     target = lab[:, 1:]  # [B, T-1]
     mask = target != -100
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                           ignore_index=-100)
     hit = (logits.argmax(-1) == target) | ~mask
-    acc = hit.all(dim=1).float().mean()
-    return loss, acc
+    return loss, hit.all(dim=1)
+
+
+def grid_accuracy(model: Any, tok: Any, t: TinyTrainSection, task: str, lengths: list[int],
+                  depths: list[float], samples: int, seed: int, n_keys: int = 4,
+                  batch: int = 8) -> dict:
+    """Exact-match accuracy on a lengths x depths grid (``samples`` fresh haystacks a cell).
+
+    Returns the summary of :func:`trainkit.longctx.eval.common.summarize` plus ``nll``
+    (mean answer-token loss over the grid, for an answer perplexity ``exp(nll)``).
+    """
+    import torch
+
+    from trainkit.longctx.eval.common import cell_index, summarize
+
+    rows, nll = [], []
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        for L in lengths:
+            for d in depths:
+                for s0 in range(0, samples, batch):
+                    idx = [cell_index(L, d, s) for s in range(s0, min(samples, s0 + batch))]
+                    seqs = [sample_ids(tok, t, task, L, d, seed + 10_000, i, n_keys) for i in idx]
+                    ids, att, lab = pad_batch(seqs, tok.pad_token_id)
+                    loss, hit = answer_stats(model, ids, att, lab)
+                    nll.append(float(loss))
+                    rows += [{"length_target": L, "depth_target": d, "score": float(h)} for h in hit]
+    model.train(was)
+    out = summarize(rows, list(lengths), list(depths))
+    out["nll"] = sum(nll) / len(nll)
+    return out
 
 
 def evaluate_accuracy(model: Any, tok: Any, t: TinyTrainSection, length: int, n: int, seed: int,
@@ -152,6 +273,7 @@ def evaluate_accuracy(model: Any, tok: Any, t: TinyTrainSection, length: int, n:
 
     sub = TinyTrainSection(**{**t.__dict__, "tasks": [task] if task else list(t.tasks)})
     rng = random.Random(f"tiny-eval:{seed}:{length}:{task}")
+    was = model.training
     model.eval()
     hits = 0.0
     with torch.inference_mode():
@@ -159,7 +281,7 @@ def evaluate_accuracy(model: Any, tok: Any, t: TinyTrainSection, length: int, n:
             b = min(16, n - start)
             ids, att, lab = make_batch(tok, rng, sub, length, seed + 10_000, 10**7 + start, b)
             hits += float(answer_loss_and_accuracy(model, ids, att, lab)[1]) * b
-    model.train()
+    model.train(was)
     return hits / n
 
 
@@ -177,7 +299,7 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
     torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     tok = char_tokenizer()
-    length, step0 = cfg.curriculum.start, 0
+    length, step0, decay_from = cfg.curriculum.start, 0, -1
     if cfg.init_from:
         from transformers import LlamaForCausalLM
 
@@ -186,6 +308,7 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
         model = LlamaForCausalLM.from_pretrained(cfg.init_from)
         state = getattr(model.config, "trainkit_tiny_state", None) or {}
         length, step0 = int(state.get("length", length)), int(state.get("step", 0))
+        decay_from = int(state.get("decay_from", -1))
     else:
         model = build_model(cfg.model, cfg.seed)
     model.train()
@@ -193,27 +316,36 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.98))
     if cfg.init_from and (Path(cfg.init_from) / "optimizer.pt").is_file():
         opt.load_state_dict(torch.load(Path(cfg.init_from) / "optimizer.pt"))
-        for g in opt.param_groups:
-            g["lr"] = t.lr
     warm = 0 if step0 else t.warmup
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warm)))
+
+    def lr_at(step: int) -> float:
+        f = min(1.0, (step - step0 + 1) / max(1, warm)) if warm else 1.0
+        if decay_from >= 0:
+            frac = min(1.0, (step - decay_from) / max(1, t.extra_steps_at_max))
+            f *= 1.0 - (1.0 - t.final_lr_frac) * frac
+        return t.lr * f
+
     rng = random.Random(f"tiny-train:{cfg.seed}:{step0}")
     recent, history = [], []
-    t0, at_max_ok = time.time(), 0
+    t0 = time.time()
+    step = step0
     for step in range(step0, step0 + t.max_steps):
-        ids, att, lab = make_batch(tok, rng, t, length, cfg.seed, step * t.batch, t.batch)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        ids, att, lab = make_batch(tok, rng, t, length, cfg.seed, step * t.batch, t.batch,
+                                   min_length=max(cfg.curriculum.start, length // 2))
         loss, acc = answer_loss_and_accuracy(model, ids, att, lab)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sched.step()
         loss, acc = loss.detach(), float(acc)
         recent = (recent + [acc])[-cfg.curriculum.window:]
         mean_acc = sum(recent) / len(recent)
         if step % 25 == 0:
             rec = {"step": step, "length": length, "loss": round(float(loss), 4),
-                   "acc": round(mean_acc, 3), "seconds": round(time.time() - t0, 1)}
+                   "acc": round(mean_acc, 3), "lr": round(lr_at(step), 6),
+                   "seconds": round(time.time() - t0, 1)}
             history.append(rec)
             log(rec)
         full = len(recent) == cfg.curriculum.window and mean_acc >= cfg.curriculum.threshold
@@ -221,14 +353,16 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
             length = min(cfg.curriculum.max_len, length * 2)
             recent = []
             log({"step": step, "promote_to": length})
-        elif full:
-            at_max_ok += 1
-            if at_max_ok >= t.extra_steps_at_max:
-                break
+        elif full and decay_from < 0:
+            decay_from = step
+            log({"step": step, "decay_from": step})
+        if decay_from >= 0 and step - decay_from >= t.extra_steps_at_max:
+            break
         if time.time() - t0 > t.max_seconds or not math.isfinite(float(loss)):
             break
     history.append({"step": step, "length": length, "final": True, "seconds": round(time.time() - t0, 1)})
-    model.config.trainkit_tiny_state = {"length": length, "step": step + 1}
+    model.config.trainkit_tiny_state = {"length": length, "step": step + 1, "decay_from": decay_from,
+                                        "source": t.source}
     return model, tok, history, opt
 
 
@@ -243,3 +377,16 @@ def save(model: Any, tok: Any, path: str | Path, optimizer: Any = None) -> Path:
 
             torch.save(optimizer.state_dict(), Path(tmp) / "optimizer.pt")
     return Path(path)
+
+
+def load_shipped(path: str | Path | None = None):
+    """``(model, tokenizer)`` of the shipped tiny base (or of ``path``), float32, eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path) if path else ASSET_DIR
+    if not (p / "config.json").is_file():
+        raise UserError(f"no tiny base model at {p}: train one with "
+                        "examples/train_tiny_retrieval.py --config configs/longctx/tiny_base.yaml")
+    model = AutoModelForCausalLM.from_pretrained(p, dtype="float32")
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(p)

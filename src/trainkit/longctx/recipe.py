@@ -1,0 +1,299 @@
+"""``trainkit longctx extend``: the context-extension recipe of arXiv 2404.19553.
+
+Steps (one config, ``configs/longctx/<name>.yaml``):
+
+1. load the base model: 4-bit NF4 + LoRA (QLoRA) by default, through
+   :func:`trainkit.llm.models.load_model`; ``model.full_finetune: true`` trains every
+   weight in float32 instead (the tiny CPU model);
+2. apply the RoPE rule (:func:`trainkit.longctx.rope.apply_rope`; the paper's is ``theta``,
+   500K -> 200M for 8K -> 80K) to the config and rebuild the rotary tables in place;
+3. LoRA with the paper's defaults: r=32, alpha=16 on q/k/v/o, ``embed_tokens`` trained fully;
+4. train with gradient checkpointing and the chunked loss
+   (:class:`trainkit.llm.loss.CausalLMLoss`: the ``[T, vocab]`` logits never exist at once),
+   loss on assistant turns only, no packing, linear LR decay (the paper), until
+   ``train.max_steps`` or ``train.max_seconds``;
+5. merge the adapter into a full-precision copy of the base (never into NF4 weights) and
+   save an HF folder that plain ``AutoModelForCausalLM.from_pretrained`` loads, with the
+   rule in ``config.rope_parameters`` and ``config.trainkit_longctx``, plus
+   ``trainkit_extend.json`` (steps, seconds, losses).
+
+Data: ``data.path`` (JSONL of ``{"messages": [...]}`` from ``trainkit longctx make-data``,
+or any :class:`trainkit.llm.data.DataConfig` source), or ``data.synthetic: random``:
+random-filler passkey/kv samples made on the fly (:mod:`trainkit.longctx.tinybase`,
+the tiny experiment), lengths uniform in ``[data.min_length, data.max_length]``.
+
+Departures from the paper: one process (no multi-GPU); no teacher data unless given in
+``data.path``; a time budget as well as a step budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from trainkit.common.errors import UserError
+from trainkit.common.io import atomic_dir, atomic_write_json
+from trainkit.llm.data import DataConfig
+from trainkit.llm.lora import LoraSection
+
+
+@dataclass
+class ExtendModelSection:
+    name: str = field(default="smollm2-135m-instruct", metadata={"help": "model folder or built-in name"})
+    quantization: Literal["nf4", "int8"] | None = field(
+        default="nf4", metadata={"help": "4-bit QLoRA base (null: full precision)"})
+    full_finetune: bool = field(default=False, metadata={"help": "train every weight (no LoRA)"})
+    dtype: str = "float32"
+    gradient_checkpointing: bool = True
+
+
+@dataclass
+class RopeSection:
+    method: Literal["theta", "linear", "dynamic", "yarn", "llama3", "none"] = "theta"
+    factor: float | None = field(default=None, metadata={"help": "extension ratio (target / original)"})
+    theta: float | None = field(default=None, metadata={"help": "new rope_theta for method theta"})
+    original_max_position: int | None = field(default=None, metadata={
+        "help": "pretraining length (default: the config's max_position_embeddings)"})
+
+
+@dataclass
+class ExtendLoraSection(LoraSection):
+    """LoRA defaults of the paper (sec. 2): r=32, alpha=16, q/k/v/o, embeddings trained."""
+
+    enabled: bool = True
+    r: int = 32
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    modules_to_save: list[str] = field(default_factory=lambda: ["embed_tokens"])
+
+
+@dataclass
+class ExtendDataSection(DataConfig):
+    synthetic: Literal["", "random"] = field(default="", metadata={
+        "help": "'random': random-filler passkey/kv samples made on the fly (no data.path)"})
+    tasks: list[str] = field(default_factory=lambda: ["passkey", "kv"])
+    n_keys: list[int] = field(default_factory=lambda: [2, 4])
+    min_length: int = 256
+
+
+@dataclass
+class ExtendTrainSection:
+    max_steps: int = 1000
+    max_seconds: float = 0.0  # 0 = no time budget
+    batch_size: int = 1
+    lr: float = 5e-5
+    warmup_steps: int = 0
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    loss_chunk: int = 1024
+    threads: int = 0  # 0 = torch default
+    log_every: int = 10
+
+
+@dataclass
+class ExtendConfig:
+    model: ExtendModelSection = field(default_factory=ExtendModelSection)
+    rope: RopeSection = field(default_factory=RopeSection)
+    lora: ExtendLoraSection = field(default_factory=ExtendLoraSection)
+    data: ExtendDataSection = field(default_factory=ExtendDataSection)
+    train: ExtendTrainSection = field(default_factory=ExtendTrainSection)
+    seed: int = 0
+    output_dir: str = "runs/longctx/extended"
+
+    def validate(self) -> None:
+        if not self.data.synthetic and not self.data.path:
+            raise UserError("no training data: set data.path (JSONL from `trainkit longctx make-data`) "
+                            "or data.synthetic=random")
+        if self.train.max_steps < 1 and self.train.max_seconds <= 0:
+            raise UserError("set train.max_steps >= 1 or train.max_seconds > 0")
+        if self.rope.method not in ("none", "theta") and self.rope.factor is None:
+            raise UserError(f"rope.method={self.rope.method} needs rope.factor")
+
+
+def apply_rope_inplace(model: Any, rope: RopeSection) -> dict | None:
+    """Write the rule into ``model.config`` and rebuild every ``rotary_emb`` module from it.
+
+    Returns ``config.trainkit_longctx`` (``None`` for ``method: none``).
+    """
+    if rope.method == "none":
+        return None
+    from trainkit.longctx.rope import apply_rope
+
+    cfg = model.config
+    new = apply_rope(cfg, rope.method, factor=rope.factor, theta=rope.theta,
+                     original_max_position=rope.original_max_position)
+    for k in ("rope_parameters", "max_position_embeddings", "trainkit_longctx"):
+        setattr(cfg, k, getattr(new, k))
+    for name, mod in list(model.named_modules()):
+        if name.endswith("rotary_emb"):
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            new_mod = type(mod)(config=cfg)
+            dev = next((b.device for b in mod.buffers()), None)
+            setattr(parent, name.rsplit(".", 1)[-1], new_mod.to(dev) if dev is not None else new_mod)
+    return cfg.trainkit_longctx
+
+
+def load_for_extension(cfg: ExtendConfig):
+    """``(model, tokenizer)`` ready to train: base (NF4 + LoRA by default), RoPE rule applied."""
+    from trainkit.llm.models import load_model
+
+    m = cfg.model
+    if m.full_finetune:
+        model, tok = load_model(m.name, dtype=m.dtype, gradient_checkpointing=m.gradient_checkpointing)
+    else:
+        from trainkit.llm.lora import peft_config
+
+        lcfg = peft_config(cfg.lora)
+        if hasattr(lcfg, "ensure_weight_tying"):  # embed_tokens trained and tied to lm_head
+            lcfg.ensure_weight_tying = True
+        model, tok = load_model(m.name, quantization=m.quantization, dtype=m.dtype,
+                                lora=lcfg, gradient_checkpointing=m.gradient_checkpointing)
+    apply_rope_inplace(model, cfg.rope)
+    model.train()
+    return model, tok
+
+
+def batches(cfg: ExtendConfig, tok: Any):
+    """Endless generator of padded batches (``input_ids, attention_mask, labels``)."""
+    import torch
+
+    d, bs = cfg.data, cfg.train.batch_size
+    rng = random.Random(f"extend:{cfg.seed}")
+    if d.synthetic == "random":
+        from trainkit.longctx import tinybase
+
+        t = tinybase.TinyTrainSection(tasks=list(d.tasks), n_keys=list(d.n_keys), source="random")
+        i = 0
+        while True:
+            ids, att, lab = tinybase.make_batch(tok, rng, t, d.max_length, cfg.seed + 1, 10**8 + i * bs,
+                                                bs, min_length=min(d.min_length, d.max_length))
+            i += 1
+            yield {"input_ids": ids, "attention_mask": att, "labels": lab}
+    from trainkit.llm.collate import pad_batch
+    from trainkit.llm.data import build_datasets
+
+    ds = build_datasets(d, tok)
+    order: list[int] = []
+    while True:
+        if len(order) < bs:
+            extra = list(range(len(ds.train)))
+            rng.shuffle(extra)
+            order += extra
+        pick, order = order[:bs], order[bs:]
+        b = pad_batch([ds.train[j] for j in pick], tok.pad_token_id)
+        yield {k: v if isinstance(v, torch.Tensor) else torch.tensor(v) for k, v in b.items()}
+
+
+def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
+    """Train ``model`` in place; returns ``{"steps", "seconds", "tokens", "losses"}``."""
+    import torch
+
+    from trainkit.llm.loss import CausalLMLoss
+    from trainkit.llm.sft import lr_factor
+
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("nothing to train: no parameter requires grad")
+    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    loss_mod = CausalLMLoss(model, chunk_size=t.loss_chunk)
+    dev = next(model.parameters()).device
+    steps_cap = t.max_steps if t.max_steps > 0 else 10**9
+    gen = batches(cfg, tok)
+    t0, tokens, losses, step = time.time(), 0, [], 0
+    while step < steps_cap:
+        if t.max_seconds > 0 and time.time() - t0 >= t.max_seconds:
+            break
+        b = {k: v.to(dev) for k, v in next(gen).items()}
+        f = lr_factor(step, steps_cap if t.max_steps > 0 else 10**9, t.warmup_steps, t.schedule)
+        for g in opt.param_groups:
+            g["lr"] = t.lr * f
+        loss_sum, n = loss_mod(**b)
+        loss = loss_sum / n.clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        opt.step()
+        step += 1
+        tokens += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+        losses.append(round(float(loss.detach()), 5))
+        if not math.isfinite(losses[-1]):
+            raise UserError(f"loss is {losses[-1]} at step {step}; lower train.lr")
+        if log and (step % max(1, t.log_every) == 0 or step == 1):
+            log({"step": step, "loss": losses[-1], "lr": t.lr * f, "seconds": round(time.time() - t0, 1)})
+    return {"steps": step, "seconds": round(time.time() - t0, 2), "tokens": tokens, "losses": losses}
+
+
+def save_extended(model: Any, tok: Any, cfg: ExtendConfig, out: str | Path) -> Path:
+    """Save a plain HF folder: the model itself (full fine-tune) or the LoRA adapter merged
+    into a full-precision copy of the base with the extended config."""
+    m = cfg.model
+    if m.full_finetune or not hasattr(model, "merge_and_unload"):
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+        return Path(out)
+    import tempfile
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from trainkit.llm.models import resolve, to_dtype
+
+    config = model.get_base_model().config
+    base_cfg = type(config).from_dict(config.to_dict())
+    if hasattr(base_cfg, "quantization_config"):
+        del base_cfg.quantization_config
+    with tempfile.TemporaryDirectory() as adir:
+        model.save_pretrained(adir, safe_serialization=True)
+        base = AutoModelForCausalLM.from_pretrained(resolve(m.name), config=base_cfg,
+                                                    dtype=to_dtype(m.dtype))
+        merged = PeftModel.from_pretrained(base, adir).merge_and_unload()
+    with atomic_dir(out) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return Path(out)
+
+
+def extend(cfg: ExtendConfig, log=print) -> tuple[Any, Any, dict]:
+    """Load, apply the rule, train, save (see the module docstring).
+
+    Returns:
+        ``(model, tokenizer, report)``; ``report`` is also ``OUTPUT/trainkit_extend.json``.
+    """
+    cfg.validate()
+    log = log or (lambda _rec: None)
+    model, tok = load_for_extension(cfg)
+    from trainkit.llm.lora import trainable_parameters
+
+    trainable, total = trainable_parameters(model)
+    rec = model.config.to_dict().get("trainkit_longctx")
+    log({"rope": rec, "trainable": trainable, "total": total})
+    stats = train_loop(model, tok, cfg, log=log)
+    out = save_extended(model, tok, cfg, cfg.output_dir)
+    from trainkit.config import to_dict
+
+    report = {"output_dir": str(out), "rope": rec, "trainable_params": trainable,
+              "total_params": total, **stats, "config": to_dict(cfg)}
+    atomic_write_json(Path(out) / "trainkit_extend.json", report)
+    return model, tok, report
+
+
+def run(cfg: ExtendConfig, args: Any = None) -> int:
+    """CLI entry of ``trainkit longctx extend``."""
+    _, _, report = extend(cfg, log=lambda r: print(json.dumps(r), flush=True))
+    last = report["losses"][-1] if report["losses"] else None
+    print(json.dumps({"output_dir": report["output_dir"], "steps": report["steps"],
+                      "seconds": report["seconds"], "final_loss": last}))
+    return 0

@@ -1,0 +1,87 @@
+"""`trainkit longctx extend`: QLoRA path on a tiny random Llama, full fine-tune on the
+char-level tiny model; the saved folder reloads with plain transformers and keeps the rule."""
+
+import json
+
+import pytest
+import torch
+
+from trainkit.config import load_config
+from trainkit.longctx import recipe, tinybase
+
+
+def _jsonl(path, n=6):
+    from trainkit.longctx.tasks import make_sample
+
+    with open(path, "w") as f:
+        for i in range(n):
+            rec = make_sample("passkey", seed=0, index=i, length=300, depth=0.5)
+            f.write(json.dumps({"messages": rec["messages"]}) + "\n")
+    return path
+
+
+def test_configs_load():
+    for name in ("llama3_8b_80k", "smollm2_16k", "tiny_8x"):
+        cfg = load_config(recipe.ExtendConfig, f"configs/longctx/{name}.yaml", [])
+        assert cfg.rope.method == "theta"
+    cfg = load_config(recipe.ExtendConfig, "configs/longctx/llama3_8b_80k.yaml", [])
+    assert (cfg.rope.theta, cfg.lora.r, cfg.lora.alpha, cfg.train.lr) == (2e8, 32, 16.0, 5e-5)
+    assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert cfg.lora.modules_to_save == ["embed_tokens"] and cfg.model.quantization == "nf4"
+    with pytest.raises(Exception, match="no training data"):
+        recipe.ExtendConfig().validate()
+
+
+@pytest.mark.slow
+def test_qlora_extend_merge_reload(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM
+
+    data = _jsonl(tmp_path / "d.jsonl")
+    cfg = recipe.ExtendConfig()
+    cfg.model.name = "tiny-llama"
+    cfg.rope.method, cfg.rope.factor = "yarn", 4.0
+    cfg.data.path, cfg.data.max_length = str(data), 512
+    cfg.train.max_steps, cfg.train.lr, cfg.train.loss_chunk = 2, 1e-3, 64
+    cfg.output_dir = str(tmp_path / "out")
+    model, tok, rep = recipe.extend(cfg, log=None)
+    assert rep["steps"] == 2 and all(map(lambda v: v == v, rep["losses"]))
+    assert rep["trainable_params"] < rep["total_params"]
+    # LoRA on q/k/v/o only, embeddings fully trained
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("q_proj.lora_A" in n for n in names) and any("embed_tokens" in n for n in names)
+    assert not any("gate_proj" in n for n in names)
+    re = AutoModelForCausalLM.from_pretrained(cfg.output_dir)
+    p = re.config.rope_parameters
+    assert p["rope_type"] == "yarn" and p["factor"] == 4.0
+    assert re.config.max_position_embeddings == 4 * 8192
+    assert re.config.trainkit_longctx["method"] == "yarn"
+    assert getattr(re.config, "quantization_config", None) is None
+    assert not any("lora" in n for n, _ in re.named_parameters())
+    assert json.loads((tmp_path / "out" / "trainkit_extend.json").read_text())["steps"] == 2
+
+
+def test_full_finetune_tiny_theta(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    base = tinybase.build_model(tinybase.TinyModelSection(), seed=0)
+    from trainkit.longctx.chartok import char_tokenizer
+
+    tinybase.save(base, char_tokenizer(), tmp_path / "base")
+    cfg = load_config(recipe.ExtendConfig, "configs/longctx/tiny_8x.yaml",
+                      [f"model.name={tmp_path / 'base'}", "data.max_length=300", "data.min_length=100",
+                       "train.max_steps=2", f"output_dir={tmp_path / 'ext'}"])
+    model, tok, rep = recipe.extend(cfg, log=None)
+    assert rep["steps"] == 2
+    # the rotary tables were rebuilt with theta 8e4: inv_freq[1] = 8e4 ** (-2/32)
+    inv = model.model.rotary_emb.inv_freq
+    assert float(inv[1]) == pytest.approx(80000.0 ** (-2 / 32), rel=1e-6)
+    re = AutoModelForCausalLM.from_pretrained(tmp_path / "ext")
+    assert re.config.rope_parameters["rope_theta"] == 80000.0
+    assert re.config.max_position_embeddings == 2048
+    ids = torch.tensor([[4, 10, 11, 12]])
+    with torch.no_grad():
+        torch.testing.assert_close(re(input_ids=ids).logits, model(input_ids=ids).logits)
+    # moved from the base
+    assert not torch.equal(re.model.layers[0].self_attn.q_proj.weight,
+                           base.model.layers[0].self_attn.q_proj.weight)
