@@ -72,6 +72,8 @@ def cluster():
 def test_ray_section_validation_and_bundles():
     with pytest.raises(ConfigError, match="policy.replicas"):
         RaySection(policy=RoleResources(replicas=2)).validate()
+    with pytest.raises(ConfigError, match="weight_sync"):
+        RaySection(weight_sync="nccl-magic").validate()
     with pytest.raises(ConfigError, match="placement_strategy"):
         RaySection(placement_strategy="ANY").validate()
     b, idx = role_bundles(RaySection(rollout=RoleResources(num_cpus=2, num_gpus=0.5, replicas=2)))
@@ -250,3 +252,22 @@ def test_ray_lora_run_matches_single_process(cluster, tmp_path):
     r2, _ = _rewards(tmp_path / "ray")
     assert sorted(r1) == sorted(r2) == [1, 2, 3]
     assert max(abs(r1[s] - r2[s]) for s in r1) <= 0.25
+
+
+@pytest.mark.slow  # ~45 s
+def test_broadcast_weight_sync_gives_the_same_run(cluster, tmp_path):
+    from dataclasses import replace
+
+    over = ["train.max_steps=3"]
+    train(_cfg(tmp_path / "single", *over))
+    recs = []
+    train_ray(
+        _cfg(tmp_path / "ray", *over),
+        on_log=recs.append,
+        ray_cfg=replace(RC, weight_sync="broadcast"),
+    )
+    r1, _ = _rewards(tmp_path / "single")
+    r2, _ = _rewards(tmp_path / "ray")
+    assert sorted(r1) == sorted(r2) == [1, 2, 3]
+    assert max(abs(r1[s] - r2[s]) for s in r1) <= 0.25
+    assert all(r["sync_s"] > 0 for r in recs if "reward" in r)

@@ -55,6 +55,13 @@ class RaySection:
             "GPU for training and generation)"
         },
     )
+    weight_sync: str = field(
+        default="object_store",
+        metadata={
+            "help": "object_store: the policy puts its weights in Ray's object store once "
+            "per step; broadcast: a private gloo group policy -> engines (no store copy)"
+        },
+    )
     placement_strategy: str = field(
         default="PACK",
         metadata={"help": "placement-group strategy: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD"},
@@ -70,6 +77,10 @@ class RaySection:
             raise ConfigError(
                 f"ray.placement_strategy must be PACK, SPREAD, STRICT_PACK or "
                 f"STRICT_SPREAD, got {self.placement_strategy!r}"
+            )
+        if self.weight_sync not in ("object_store", "broadcast"):
+            raise ConfigError(
+                f"ray.weight_sync must be object_store or broadcast, got {self.weight_sync!r}"
             )
         if self.policy.replicas != 1:
             raise ConfigError(

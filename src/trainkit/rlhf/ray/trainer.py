@@ -13,7 +13,9 @@ first); what moves where:
   (:class:`~trainkit.rlhf.ray.workers.PolicyWorker`);
 * after every update the policy's weights (LoRA merged) are put in the Ray object store
   once and every rollout actor loads them before the next step: weights travel policy ->
-  object store -> engines, never through the driver.
+  object store -> engines, never through the driver. With ``ray.weight_sync=broadcast``
+  they go over a private gloo group instead (policy rank 0, engines 1..k), streamed
+  tensor by tensor into the engines (:class:`~trainkit.rlhf.rollout.sync.WeightChannel`).
 
 Fault handling: every ``ray.get`` names its role; when an actor dies the run stops with
 ``ray: the <role> actor died ...``. If the policy actor is still alive its state after
@@ -138,10 +140,26 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
         startup_s = time.perf_counter() - t_start
         start = cluster.get("policy", policy.resume.remote()) if cfg.train.resume else 0
 
+        meta = None
+        if rc.weight_sync == "broadcast":
+            host, port = cluster.get("policy", policy.sync_endpoint.remote())
+            world = len(engines) + 1
+            refs = [policy.open_channel.remote(host, port, world)]
+            refs += [e.open_channel.remote(host, port, i + 1, world) for i, e in enumerate(engines)]
+            cluster.get("rollout", refs[1:])
+            cluster.get("policy", refs[0])
+            meta = cluster.get("policy", policy.weight_meta.remote())
+
         def sync() -> float:
             t = time.perf_counter()
-            w = policy.weights.remote()  # an ObjectRef: engines fetch it from the store
-            cluster.get("rollout", [e.update_weights.remote(w) for e in engines])
+            if meta is not None:  # every rank in the same collective, engines first
+                recv = [e.receive_weights.remote(meta) for e in engines]
+                sent = policy.send_weights.remote()
+                cluster.get("rollout", recv)
+                cluster.get("policy", sent)
+            else:
+                w = policy.weights.remote()  # an ObjectRef: engines fetch it from the store
+                cluster.get("rollout", [e.update_weights.remote(w) for e in engines])
             return time.perf_counter() - t
 
         def score_rows(prompts: list, comps: list, labels: dict):

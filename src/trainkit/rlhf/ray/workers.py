@@ -28,6 +28,18 @@ def _threads(n: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(max(1, int(n)))
 
 
+def _endpoint() -> tuple[str, int]:
+    """This node's IP (as Ray sees it) and a port that is free right now."""
+    import socket
+
+    import ray
+
+    with socket.socket() as sk:
+        sk.bind(("", 0))
+        port = sk.getsockname()[1]
+    return ray.util.get_node_ip_address(), int(port)
+
+
 class PolicyWorker:
     """Actor (+ reference, + critic) training state in one process.
 
@@ -84,6 +96,28 @@ class PolicyWorker:
         from trainkit.rlhf.rollout.sync import merged_state_dict
 
         return merged_state_dict(self.policy, device="cpu")
+
+    # ---- weight broadcast (ray.weight_sync=broadcast)
+    def sync_endpoint(self) -> tuple[str, int]:
+        """``(this node's IP, a free port)`` for the weight channel's store."""
+        return _endpoint()
+
+    def open_channel(self, host: str, port: int, world_size: int) -> bool:
+        from trainkit.rlhf.rollout.sync import WeightChannel
+
+        self.channel = WeightChannel(host, port, 0, world_size)
+        return True
+
+    def weight_meta(self) -> list:
+        from trainkit.rlhf.rollout.sync import WeightChannel, hf_weights
+
+        return WeightChannel.describe(hf_weights(self.policy))
+
+    def send_weights(self) -> int:
+        from trainkit.rlhf.rollout.sync import hf_weights
+
+        with torch.no_grad():
+            return self.channel.send(hf_weights(self.policy))
 
     def learn(
         self, rollout: Any, rewards: torch.Tensor, valid: torch.Tensor, step: int
@@ -226,6 +260,20 @@ class RolloutWorker:
         """Load the policy's weights; returns how many tensors arrived."""
         self.engine.update_weights(weights)
         return len(weights)
+
+    def open_channel(self, host: str, port: int, rank: int, world_size: int) -> bool:
+        from trainkit.rlhf.rollout.sync import WeightChannel
+
+        self.channel = WeightChannel(host, port, rank, world_size)
+        return True
+
+    def receive_weights(self, meta: list) -> int:
+        """Take part in one broadcast; the engine loads the tensors as they arrive."""
+        from trainkit.rlhf.rollout.hf import HFEngine
+
+        it = self.channel.receive(meta)
+        self.engine.update_weights(dict(it) if isinstance(self.engine, HFEngine) else it)
+        return len(meta)
 
     def evaluate(self, seed: int) -> dict[str, float] | None:
         """Held-out reward/accuracy with the current weights (None: no eval split)."""

@@ -13,6 +13,8 @@ trip that would round the base weights twice in bf16). Known pain point this avo
 LoRA + vLLM weight sync breaking on adapter names (PAPERS.md section 2).
 
 The functions are pure with respect to the model: nothing is modified.
+:class:`WeightChannel` moves such weights between processes over a private gloo group
+(the Ray trainer's ``ray.weight_sync=broadcast``).
 """
 
 from __future__ import annotations
@@ -136,3 +138,56 @@ def as_named_tensors(weights: Any) -> NamedTensors:
 def weights_fingerprint(weights: NamedTensors) -> float:
     """A cheap scalar summary (sum of ``|x|`` means) to check two copies agree."""
     return float(sum(float(t.float().abs().mean()) for _, t in weights))
+
+
+class WeightChannel:
+    """A private gloo process group that broadcasts weights from a trainer to engines.
+
+    Rank 0 is the trainer (it hosts the ``TCPStore``), ranks ``1..k`` the engines. The
+    group is built directly (``ProcessGroupGloo(store, rank, size)``), not through
+    ``init_process_group``, so it coexists with a default group that an engine (vLLM
+    initialises its own) or a trainer may already have. Every rank must construct it at
+    the same time (rendezvous) and take part in every transfer in the same order.
+
+    Args:
+        host: address of rank 0, reachable from every rank.
+        port: a free TCP port on ``host``.
+        rank: this process's rank.
+        world_size: ``1 + number of engines``.
+        timeout_s: rendezvous and per-transfer timeout (a dead peer fails the others
+            after this long).
+    """
+
+    def __init__(self, host: str, port: int, rank: int, world_size: int, timeout_s: float = 300.0):
+        import datetime
+
+        dist = torch.distributed
+        timeout = datetime.timedelta(seconds=timeout_s)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.store = dist.TCPStore(
+            host, int(port), self.world_size, is_master=self.rank == 0, timeout=timeout
+        )
+        self.pg = dist.ProcessGroupGloo(self.store, self.rank, self.world_size, timeout)
+
+    @staticmethod
+    def describe(weights: NamedTensors) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        """``(name, shape, dtype)`` of each tensor: what receivers allocate."""
+        return [(n, tuple(t.shape), t.dtype) for n, t in weights]
+
+    def send(self, weights: NamedTensors) -> int:
+        """Rank 0: broadcast every tensor in order; returns the bytes sent."""
+        sent = 0
+        for _, t in weights:
+            t = t.detach().to("cpu").contiguous()
+            self.pg.broadcast(t, 0).wait()
+            sent += t.numel() * t.element_size()
+        return sent
+
+    def receive(
+        self, meta: list[tuple[str, tuple[int, ...], torch.dtype]]
+    ) -> Iterator[tuple[str, Tensor]]:
+        """Ranks > 0: yield ``(name, tensor)`` as each broadcast arrives (consume them all)."""
+        for name, shape, dtype in meta:
+            buf = torch.empty(shape, dtype=dtype)
+            self.pg.broadcast(buf, 0).wait()
+            yield name, buf
