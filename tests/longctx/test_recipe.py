@@ -29,7 +29,7 @@ def test_configs_load():
     assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert cfg.lora.modules_to_save == ["embed_tokens"] and cfg.model.quantization == "nf4"
     with pytest.raises(Exception, match="no training data"):
-        recipe.ExtendConfig().validate()
+        recipe.ExtendConfig().check()
 
 
 @pytest.mark.slow
@@ -85,3 +85,11 @@ def test_full_finetune_tiny_theta(tmp_path):
     # moved from the base
     assert not torch.equal(re.model.layers[0].self_attn.q_proj.weight,
                            base.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_tiny_8x_yaml_matches_code():
+    from trainkit.config import to_dict
+
+    a = load_config(recipe.ExtendConfig, "configs/longctx/tiny_8x.yaml", [])
+    b = load_config(recipe.ExtendConfig, None, recipe.TINY_8X)
+    assert to_dict(a) == to_dict(b)
