@@ -23,9 +23,11 @@ demo: setup
 	$(VENV)/bin/trainkit demo $(DEMO_ARGS)
 
 test: setup
-	$(PY) -m pytest -q -x --durations=15 $(PYTEST_ARGS)
+	bash scripts/test_vllm.sh
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 test-all: setup
+	bash scripts/test_vllm.sh
 	$(PY) -m pytest -q -m '' --durations=25 $(PYTEST_ARGS)
 
 bench: setup
