@@ -51,7 +51,8 @@ def mlp_baseline(ds: dict, n_params: int, seed: int = 0, steps: int = 300) -> di
     return {"hidden": h, "params": sum(p.numel() for p in net.parameters()), "test_rmse": rmse}
 
 
-def run(names, width_hidden, n_mult: int, steps: int, grids, seed: int, mlp_steps: int) -> dict:
+def run(names, width_hidden, n_mult: int, steps: int, grids, seed: int, mlp_steps: int,
+        lamb_relative: bool = True) -> dict:
     from trainkit.kan import feynman
     from trainkit.kan.discover import discover
 
@@ -62,7 +63,7 @@ def run(names, width_hidden, n_mult: int, steps: int, grids, seed: int, mlp_step
         width = [eq.n_var, [width_hidden, n_mult], 1]
         t = time.process_time()
         r = discover(ds, width, var_names=list(eq.variables), truth=eq.expr(), seed=seed,
-                     grids=grids, steps=steps)
+                     grids=grids, steps=steps, lamb_relative=lamb_relative)
         kan_cpu = time.process_time() - t
         t = time.process_time()
         mlp = mlp_baseline(ds, r["model"].n_params(), seed=seed, steps=mlp_steps)
@@ -75,7 +76,8 @@ def run(names, width_hidden, n_mult: int, steps: int, grids, seed: int, mlp_step
             "kan_cpu_s": round(kan_cpu, 1), "mlp_cpu_s": round(time.process_time() - t, 1)})
     return {"benchmark": "kan_feynman", "torch": torch.__version__, "machine": platform.machine(),
             "threads": torch.get_num_threads(), "steps": steps, "grids": list(grids),
-            "width": f"[n, [{width_hidden}, {n_mult}], 1]", "rows": rows}
+            "width": f"[n, [{width_hidden}, {n_mult}], 1]", "lamb_relative": lamb_relative,
+            "rows": rows}
 
 
 def markdown(res: dict) -> str:
@@ -101,9 +103,11 @@ def main(argv=None) -> int:
     p.add_argument("--grids", type=int, nargs="+", default=[5, 10, 20])
     p.add_argument("--mlp-steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--absolute-lamb", action="store_true",
+                   help="do not scale lamb by the labels' std (discover's default)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    res = run(a.equations, a.hidden, a.mult, a.steps, a.grids, a.seed, a.mlp_steps)
+    res = run(a.equations, a.hidden, a.mult, a.steps, a.grids, a.seed, a.mlp_steps, not a.absolute_lamb)
     print(json.dumps(res))
     print()
     print(markdown(res))

@@ -200,13 +200,26 @@ def _tidy(expr, digits: int | None):
     """Expand function arguments, fold constants, round to ``digits``, recombine exponentials."""
     import sympy as sp
 
-    from trainkit.kan.formula import round_constants
-
     expr = sp.expand(expr, deep=True, power_exp=True, mul=True, multinomial=True,
                      power_base=False, log=False)
     if digits is not None:
-        expr = round_constants(expr, digits)
+        expr = _round(expr, digits)
     return sp.powsimp(expr)
+
+
+def _round(expr, digits: int):
+    """Round every Float to ``digits`` decimals (integers become Integers, zeros vanish);
+    constants too large for a Python float (``exp(800)``) are kept as they are."""
+    import sympy as sp
+
+    repl = {}
+    for f in expr.atoms(sp.Float):
+        v = float(f)
+        if not math.isfinite(v) or abs(v) >= 1e15:
+            continue
+        r = round(v, digits)
+        repl[f] = sp.Integer(int(r)) if r == int(r) else sp.Float(r)
+    return expr.xreplace(repl) if repl else expr
 
 
 def symbolic_formula(model, var_names: Sequence[str] | None = None, digits: int | None = 4,
@@ -265,12 +278,17 @@ def symbolic_formula(model, var_names: Sequence[str] | None = None, digits: int 
 
 
 def formula_rmse(exprs: Sequence, var_names: Sequence[str], x: torch.Tensor, y: torch.Tensor) -> float:
-    """RMSE of formulas (one per output) on ``x [N, n_0]``, ``y [N, n_L]``; inf if not finite."""
+    """RMSE of formulas (one per output) on ``x [N, n_0]``, ``y [N, n_L]``; inf if not finite
+    (including constants beyond float range, e.g. a snapped ``exp`` with a huge shift)."""
     from trainkit.kan.formula import to_callable
 
     cols = []
     for e in exprs:
-        cols.append(to_callable(e, list(var_names))(x.double()))
+        try:
+            f = to_callable(e, list(var_names))
+        except UserError:
+            return math.inf
+        cols.append(f(x.double()))
     pred = torch.cat(cols, 1)
     err = torch.sqrt(torch.mean((pred - y.double()) ** 2)).item()
     return err if math.isfinite(err) else math.inf
