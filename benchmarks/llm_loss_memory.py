@@ -61,15 +61,34 @@ def _worker(a) -> dict:
     else:
         peak = _rss_kb("VmHWM") * 1024 - base
     secs = time.perf_counter() - t
-    return {"peak_bytes": int(peak), "seconds": round(secs, 3), "loss": float(loss / n),
-            "grad_hidden": hidden.grad.double().cpu().numpy().ravel()[:4096].tolist(),
-            "grad_weight_norm": float(weight.grad.double().norm())}
+    return {
+        "peak_bytes": int(peak),
+        "seconds": round(secs, 3),
+        "loss": float(loss / n),
+        "grad_hidden": hidden.grad.double().cpu().numpy().ravel()[:4096].tolist(),
+        "grad_weight_norm": float(weight.grad.double().norm()),
+    }
 
 
 def _run(variant: str, a) -> dict:
-    cmd = [sys.executable, __file__, "--worker", variant, "--seq", str(a.seq), "--vocab",
-           str(a.vocab), "--hidden", str(a.hidden), "--chunk", str(a.chunk), "--device",
-           a.device, "--threads", str(a.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        variant,
+        "--seq",
+        str(a.seq),
+        "--vocab",
+        str(a.vocab),
+        "--hidden",
+        str(a.hidden),
+        "--chunk",
+        str(a.chunk),
+        "--device",
+        a.device,
+        "--threads",
+        str(a.threads),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -91,13 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     plain, chunked = _run("plain", a), _run("chunked", a)
     gh = max(abs(x - y) for x, y in zip(plain["grad_hidden"], chunked["grad_hidden"]))
     res = {
-        "benchmark": "llm_loss_memory", "device": a.device, "seq": a.seq, "vocab": a.vocab,
-        "hidden": a.hidden, "chunk": a.chunk, "threads": a.threads,
+        "benchmark": "llm_loss_memory",
+        "device": a.device,
+        "seq": a.seq,
+        "vocab": a.vocab,
+        "hidden": a.hidden,
+        "chunk": a.chunk,
+        "threads": a.threads,
         "plain_peak_mib": round(plain["peak_bytes"] / 2**20, 1),
         "chunked_peak_mib": round(chunked["peak_bytes"] / 2**20, 1),
         "peak_ratio": round(chunked["peak_bytes"] / max(plain["peak_bytes"], 1), 4),
-        "plain_seconds": plain["seconds"], "chunked_seconds": chunked["seconds"],
-        "loss_plain": plain["loss"], "loss_chunked": chunked["loss"],
+        "plain_seconds": plain["seconds"],
+        "chunked_seconds": chunked["seconds"],
+        "loss_plain": plain["loss"],
+        "loss_chunked": chunked["loss"],
         "loss_abs_diff": abs(plain["loss"] - chunked["loss"]),
         "grad_hidden_max_abs_diff": gh,
         "grad_weight_norm_rel_diff": abs(plain["grad_weight_norm"] - chunked["grad_weight_norm"])

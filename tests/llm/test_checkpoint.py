@@ -30,11 +30,17 @@ def test_roundtrip_rotation_and_rng(tmp_path):
     m, opt, sched = _setup(0)
     for step in (1, 2, 3):
         _step(m, opt, sched)
-        ckpt.save_checkpoint(tmp_path, step, s, m, opt, sched, {"epoch": 0, "index": step},
-                             keep_last=2)
+        ckpt.save_checkpoint(
+            tmp_path, step, s, m, opt, sched, {"epoch": 0, "index": step}, keep_last=2
+        )
     assert [st for st, _ in ckpt.list_checkpoints(tmp_path)] == [2, 3]
     assert sorted(p.name for p in (tmp_path / "step-000003").iterdir()) == [
-        "model.safetensors", "optimizer.pt", "rng.pt", "scheduler.pt", "trainer_state.json"]
+        "model.safetensors",
+        "optimizer.pt",
+        "rng.pt",
+        "scheduler.pt",
+        "trainer_state.json",
+    ]
     expect_next = torch.rand(3)  # drawn right after the step-3 save
     _step(m, opt, sched)
     after_one_more = [p.detach().clone() for p in m.parameters()]

@@ -14,8 +14,10 @@ import sys
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 TINY = "configs/rlhf/sft_tiny.yaml"
 
 
@@ -62,9 +64,15 @@ def test_chunked_loss_cuda_values_and_peak_memory():
         peaks[name] = torch.cuda.max_memory_allocated() - base
         results[name] = (float(loss.detach() / n), h.grad.clone(), w.grad.clone())
         del h, w, loss
-    print(json.dumps({"cuda_plain_peak_mib": peaks["plain"] / 2**20,
-                      "cuda_chunked_peak_mib": peaks["chunked"] / 2**20,
-                      "cuda_peak_ratio": peaks["chunked"] / peaks["plain"]}))
+    print(
+        json.dumps(
+            {
+                "cuda_plain_peak_mib": peaks["plain"] / 2**20,
+                "cuda_chunked_peak_mib": peaks["chunked"] / 2**20,
+                "cuda_peak_ratio": peaks["chunked"] / peaks["plain"],
+            }
+        )
+    )
     assert abs(results["plain"][0] - results["chunked"][0]) < 1e-5
     assert torch.allclose(results["plain"][1], results["chunked"][1], atol=1e-6)
     assert peaks["chunked"] <= 0.3 * peaks["plain"]
@@ -86,9 +94,23 @@ def test_sft_single_gpu_bf16_learns(tmp_path):
 def test_fsdp2_one_gpu_matches_single(tmp_path):
     over = ["train.max_steps=4", "train.eval_every=0", "train.save_every=0", "model.dtype=float32"]
     single = [r["loss"] for r in _sft(tmp_path / "s", *over)["records"]]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
-           "-m", "trainkit.cli", "rlhf", "sft", "--config", TINY,
-           f"output_dir={tmp_path / 'f'}", *over, "train.strategy=fsdp2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "1",
+        "-m",
+        "trainkit.cli",
+        "rlhf",
+        "sft",
+        "--config",
+        TINY,
+        f"output_dir={tmp_path / 'f'}",
+        *over,
+        "train.strategy=fsdp2",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert r.returncode == 0, r.stderr[-3000:]
     recs = [json.loads(x) for x in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
@@ -107,8 +129,9 @@ def test_value_head_cuda():
     assert s.shape == (2,) and torch.isfinite(s).all()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
-                    reason="bitsandbytes not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed"
+)
 def test_qlora_nf4_cuda():
     from trainkit.llm.lora import LoraSection
     from trainkit.llm.models import load_model
@@ -120,8 +143,9 @@ def test_qlora_nf4_cuda():
     assert torch.isfinite(loss)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None,
-                    reason="flash-attn not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("flash_attn") is None, reason="flash-attn not installed"
+)
 def test_flash_attention_matches_sdpa():
     ids = torch.randint(0, 1024, (2, 64), device="cuda")
     a = _tiny(torch.bfloat16, "sdpa")(input_ids=ids).logits.float()

@@ -68,10 +68,11 @@ def test_smollm2_builtin_loads_fast_and_answers():
     assert tok.chat_template and model.config.vocab_size == 49152
     assert model.config.rope_parameters["rope_theta"] == 1e5
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
-    enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)
+    enc = tok.apply_chat_template(
+        msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**enc, max_new_tokens=8, do_sample=False)
-    assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1]:])
+    assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1] :])
 
 
 def test_value_head_roundtrip_and_hf_loadable(tmp_path):

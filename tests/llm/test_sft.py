@@ -48,14 +48,24 @@ def test_tiny_sft_via_cli_learns_and_saves(tmp_path):
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.5  # 10.8 -> ~9.5 at lr 1e-3
     evals = [r["eval_loss"] for r in recs if "eval_loss" in r]
     assert len(evals) == 3 and evals[-1] < evals[0] - 0.5
-    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-000003", "step-000006"]
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == [
+        "step-000003",
+        "step-000006",
+    ]
     assert (out / "config.yaml").is_file()
     AutoModelForCausalLM.from_pretrained(out / "final")
 
 
 def test_kill_and_resume_reproduces_losses(tmp_path):
-    over = ["lora.enabled=true", "lora.dropout=0.1", "lora.r=4", "optim.lr=1e-2",
-            "train.save_every=2", "train.max_steps=5", "train.eval_every=0"]
+    over = [
+        "lora.enabled=true",
+        "lora.dropout=0.1",
+        "lora.r=4",
+        "optim.lr=1e-2",
+        "train.save_every=2",
+        "train.max_steps=5",
+        "train.eval_every=0",
+    ]
     full = _losses(train(_cfg(tmp_path / "a", *over)))
 
     class Killed(Exception):
@@ -93,9 +103,21 @@ def test_qlora_cpu_adapter_and_merged_load(tmp_path):
     assert isinstance(q, bnb.nn.Linear4bit)
     assert q.weight.quant_type == "nf4" and q.weight.quant_state.nested  # double quant
     del m
-    res = train(_cfg(tmp_path, "model.quantization=nf4", "lora.enabled=true", "lora.r=8",
-                     "lora.alpha=16", "lora.dropout=0.0", "optim.lr=1e-2", "train.max_steps=4",
-                     "train.eval_every=0", "train.save_every=0", "train.merge_lora=true"))
+    res = train(
+        _cfg(
+            tmp_path,
+            "model.quantization=nf4",
+            "lora.enabled=true",
+            "lora.r=8",
+            "lora.alpha=16",
+            "lora.dropout=0.0",
+            "optim.lr=1e-2",
+            "train.max_steps=4",
+            "train.eval_every=0",
+            "train.save_every=0",
+            "train.merge_lora=true",
+        )
+    )
     losses = _losses(res)
     assert losses[-1] < losses[0] - 0.3
     final = Path(res["final"])
@@ -111,14 +133,33 @@ def test_qlora_cpu_adapter_and_merged_load(tmp_path):
 
 
 def test_fsdp2_two_processes_match_single(tmp_path):
-    over = ["train.max_steps=5", "train.eval_every=0", "train.save_every=0",
-            "train.batch_size=4", "optim.warmup_steps=1"]
+    over = [
+        "train.max_steps=5",
+        "train.eval_every=0",
+        "train.save_every=0",
+        "train.batch_size=4",
+        "optim.warmup_steps=1",
+    ]
     single = _losses(train(_cfg(tmp_path / "single", *over, "train.micro_batch_size=2")))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "trainkit.cli", "rlhf", "sft", "--config", TINY,
-           f"output_dir={tmp_path / 'fsdp'}", *over, "train.strategy=fsdp2",
-           "train.micro_batch_size=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "trainkit.cli",
+        "rlhf",
+        "sft",
+        "--config",
+        TINY,
+        f"output_dir={tmp_path / 'fsdp'}",
+        *over,
+        "train.strategy=fsdp2",
+        "train.micro_batch_size=1",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     recs = [json.loads(x) for x in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]

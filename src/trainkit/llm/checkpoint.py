@@ -36,8 +36,11 @@ def rng_state() -> dict:
     """The RNG states of Python, NumPy and torch (CPU, and CUDA when present)."""
     import numpy as np
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -71,9 +74,17 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
-def save_checkpoint(root: str | os.PathLike, step: int, strategy, module, optimizer,
-                    scheduler=None, data_state: dict | None = None, extra: dict | None = None,
-                    keep_last: int = 2) -> Path:
+def save_checkpoint(
+    root: str | os.PathLike,
+    step: int,
+    strategy,
+    module,
+    optimizer,
+    scheduler=None,
+    data_state: dict | None = None,
+    extra: dict | None = None,
+    keep_last: int = 2,
+) -> Path:
     """Gather and write one checkpoint; collective under fsdp2 (every rank calls it).
 
     Args:
@@ -98,13 +109,19 @@ def save_checkpoint(root: str | os.PathLike, step: int, strategy, module, optimi
     if strategy.is_main:
         with atomic_dir(path) as tmp:
             tmp = Path(tmp)
-            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors")
+            )
             torch.save(optim, tmp / "optimizer.pt")
             if scheduler is not None:
                 torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(rngs, tmp / "rng.pt")
-            state = {"step": int(step), "world_size": strategy.world_size,
-                     "data": data_state or {}, **(extra or {})}
+            state = {
+                "step": int(step),
+                "world_size": strategy.world_size,
+                "data": data_state or {},
+                **(extra or {}),
+            }
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         if keep_last > 0:
             for _, old in list_checkpoints(root)[:-keep_last]:
@@ -113,8 +130,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, strategy, module, optimi
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, strategy, module, optimizer,
-                    scheduler=None) -> dict:
+def load_checkpoint(path: str | os.PathLike, strategy, module, optimizer, scheduler=None) -> dict:
     """Restore a checkpoint into ``module`` / ``optimizer`` / ``scheduler`` and the RNGs.
 
     Returns:
@@ -131,8 +147,10 @@ def load_checkpoint(path: str | os.PathLike, strategy, module, optimizer,
     expected = {n for n, p in module.named_parameters() if p.requires_grad}
     if set(weights) != expected:
         missing = sorted(expected - set(weights))[:3]
-        raise UserError(f"{path}: checkpoint parameters do not match the model "
-                        f"(e.g. missing {missing}); was it made with other model/lora settings?")
+        raise UserError(
+            f"{path}: checkpoint parameters do not match the model "
+            f"(e.g. missing {missing}); was it made with other model/lora settings?"
+        )
     strategy.load_model_state_dict(module, weights, strict=False)
     optim = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
     strategy.load_optimizer_state_dict(module, optimizer, optim)

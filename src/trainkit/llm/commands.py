@@ -12,12 +12,19 @@ from trainkit.common.errors import UserError
 
 
 def _convert_args(p):
-    p.add_argument("model", help="built-in name (smollm2-135m-instruct, tiny-llama, ...), "
-                                 "HF folder or .gguf file")
-    p.add_argument("--out", default=None,
-                   help="also copy the converted folder here (default: only the cache)")
-    p.add_argument("--merge-adapter", default=None, metavar="ADAPTER_DIR",
-                   help="merge this LoRA adapter into the model and save to --out")
+    p.add_argument(
+        "model",
+        help="built-in name (smollm2-135m-instruct, tiny-llama, ...), HF folder or .gguf file",
+    )
+    p.add_argument(
+        "--out", default=None, help="also copy the converted folder here (default: only the cache)"
+    )
+    p.add_argument(
+        "--merge-adapter",
+        default=None,
+        metavar="ADAPTER_DIR",
+        help="merge this LoRA adapter into the model and save to --out",
+    )
 
 
 def _info_args(p):
@@ -66,8 +73,12 @@ def info(cfg: Any, args: Any) -> int:
 COMMANDS = {
     "convert": Command(
         help="convert a built-in or GGUF model to a cached safetensors HF folder",
-        run="trainkit.llm.commands:convert", add_args=_convert_args),
+        run="trainkit.llm.commands:convert",
+        add_args=_convert_args,
+    ),
     "info": Command(
         help="show a model's architecture, size, context length and chat template",
-        run="trainkit.llm.commands:info", add_args=_info_args),
+        run="trainkit.llm.commands:info",
+        add_args=_info_args,
+    ),
 }

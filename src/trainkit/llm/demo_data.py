@@ -21,8 +21,10 @@ def resolve_data_path(path: str | None) -> str | None:
         return path
     name = path.split(":", 1)[1]
     if name not in BUILTIN_DATA:
-        raise UserError(f"data path '{path}': unknown built-in dataset; known: "
-                        + ", ".join(f"builtin:{k}" for k in BUILTIN_DATA))
+        raise UserError(
+            f"data path '{path}': unknown built-in dataset; known: "
+            + ", ".join(f"builtin:{k}" for k in BUILTIN_DATA)
+        )
     from trainkit.llm.models import cache_dir
     from trainkit.llm.toy_data import write_toy_chat
 

@@ -34,8 +34,9 @@ class LoraSection:
     alpha: float = field(default=32.0, metadata={"help": "scale is alpha / r"})
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_TARGETS))
-    modules_to_save: list[str] = field(default_factory=list,
-                                       metadata={"help": "fully trained modules, e.g. embed_tokens"})
+    modules_to_save: list[str] = field(
+        default_factory=list, metadata={"help": "fully trained modules, e.g. embed_tokens"}
+    )
 
     def validate(self) -> None:
         if self.r < 1:
@@ -55,14 +56,18 @@ def peft_config(lora: Any):
     if isinstance(lora, dict):
         lora = LoraSection(**{k: v for k, v in lora.items()})
     lora.validate()
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=list(lora.target_modules),
-                      modules_to_save=list(lora.modules_to_save) or None,
-                      bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        modules_to_save=list(lora.modules_to_save) or None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
-def apply_lora(model, lora: Any, *, quantized: bool = False,
-               gradient_checkpointing: bool = False):
+def apply_lora(model, lora: Any, *, quantized: bool = False, gradient_checkpointing: bool = False):
     """Wrap ``model`` with LoRA adapters; only adapter (and ``modules_to_save``) train.
 
     Args:
@@ -81,13 +86,17 @@ def apply_lora(model, lora: Any, *, quantized: bool = False,
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in cfg.target_modules if t not in names]
     if missing:
-        raise UserError(f"lora.target_modules {missing} not found in the model; "
-                        f"linear layers there include: {sorted(_linear_names(model))}")
+        raise UserError(
+            f"lora.target_modules {missing} not found in the model; "
+            f"linear layers there include: {sorted(_linear_names(model))}"
+        )
     gc_kwargs = {"use_reentrant": False}
     if quantized:
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs=gc_kwargs)
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs=gc_kwargs,
+        )
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
         model.enable_input_require_grads()
@@ -99,8 +108,9 @@ def apply_lora(model, lora: Any, *, quantized: bool = False,
 def _linear_names(model) -> set[str]:
     import torch
 
-    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear)}
+    return {
+        n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+    }
 
 
 def trainable_parameters(model) -> tuple[int, int]:
@@ -119,8 +129,13 @@ def save_adapter(model, out_dir: str | os.PathLike, tokenizer=None) -> Path:
     return Path(out_dir)
 
 
-def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                  base: str | os.PathLike | None = None, dtype: Any = "float32") -> Path:
+def merge_adapter(
+    adapter_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    base: str | os.PathLike | None = None,
+    dtype: Any = "float32",
+) -> Path:
     """Merge a saved adapter into a full-precision base and save a plain HF folder.
 
     QLoRA adapters are merged into the unquantised base weights (merging into NF4

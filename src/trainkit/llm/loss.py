@@ -26,8 +26,12 @@ from torch import nn
 IGNORE_INDEX = -100
 
 
-def plain_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                        ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+def plain_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference: full logits ``[N, V]``, then ``F.cross_entropy(reduction="sum")``.
 
     Args:
@@ -61,9 +65,11 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         ctx.weight_dtype = weight.dtype
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_w = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        )
         for s in range(0, hidden.shape[0], chunk_size):
-            h, y = hidden[s:s + chunk_size], targets[s:s + chunk_size]
+            h, y = hidden[s : s + chunk_size], targets[s : s + chunk_size]
             logits, lse, valid, safe_y, loss = _chunk_stats(h, weight, y, ignore_index)
             total += loss
             if need_h or need_w:
@@ -73,7 +79,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
                 g.mul_(valid[:, None])
                 g = g.to(hidden.dtype)
                 if need_h:
-                    grad_h[s:s + chunk_size] = g @ weight  # [C, H]
+                    grad_h[s : s + chunk_size] = g @ weight  # [C, H]
                 if need_w:
                     grad_w.addmm_(g.t().float(), h.float())  # [V, H]
             del logits
@@ -88,9 +94,13 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          chunk_size: int = 1024, ignore_index: int = IGNORE_INDEX
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+def chunked_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 1024,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy sum over ``N`` rows without materialising ``[N, V]`` logits.
 
     Args:
@@ -108,8 +118,9 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for s in range(0, hidden.shape[0], chunk_size):
-            total += _chunk_stats(hidden[s:s + chunk_size], weight, targets[s:s + chunk_size],
-                                  ignore_index)[-1]
+            total += _chunk_stats(
+                hidden[s : s + chunk_size], weight, targets[s : s + chunk_size], ignore_index
+            )[-1]
         return total, n_tokens
     loss = ChunkedCrossEntropy.apply(hidden, weight, targets, int(chunk_size), ignore_index)
     return loss, n_tokens
@@ -143,13 +154,22 @@ class CausalLMLoss(nn.Module):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return base.get_decoder(), base.get_output_embeddings()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                **_: object) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **_: object,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``input_ids, labels: [B, T]`` (labels unshifted, ``-100`` = no loss)."""
         decoder, head = self._parts()
-        out = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids, use_cache=False)
+        out = decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        )
         hidden = out.last_hidden_state  # [B, T, H]
         targets = shift_targets(labels if labels is not None else input_ids)
         if attention_mask is not None and labels is None:
@@ -157,5 +177,6 @@ class CausalLMLoss(nn.Module):
         weight = head.weight
         if self.chunk_size and self.chunk_size > 0:
             return chunked_cross_entropy(hidden, weight, targets, self.chunk_size)
-        return plain_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), weight,
-                                   targets.reshape(-1))
+        return plain_cross_entropy(
+            hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1)
+        )

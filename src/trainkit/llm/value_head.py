@@ -63,8 +63,9 @@ class ValueHeadModel(nn.Module):
     def config(self):
         return self.backbone.config
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                **kw: Any) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw: Any
+    ) -> torch.Tensor:
         """Per-token values ``[batch, seq]`` (float32) for ``input_ids`` ``[batch, seq]``."""
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kw)
         h = out.last_hidden_state  # [batch, seq, hidden]
@@ -78,7 +79,8 @@ class ValueHeadModel(nn.Module):
 
     def gradient_checkpointing_enable(self, **kw):
         self.backbone.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}, **kw)
+            gradient_checkpointing_kwargs={"use_reentrant": False}, **kw
+        )
 
     def save_pretrained(self, out_dir: str | os.PathLike, tokenizer=None) -> Path:
         """Save as a ``*ForSequenceClassification`` (num_labels=1) folder, atomically."""
@@ -95,8 +97,9 @@ class ValueHeadModel(nn.Module):
         cfg["label2id"] = {"LABEL_0": 0}
         if cfg.get("pad_token_id") is None and tokenizer is not None:
             cfg["pad_token_id"] = tokenizer.pad_token_id
-        state = {f"model.{k}": v.detach().contiguous().cpu()
-                 for k, v in backbone.state_dict().items()}
+        state = {
+            f"model.{k}": v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()
+        }
         state["score.weight"] = self.score_head.weight.detach().contiguous().cpu()
         with atomic_dir(out_dir) as tmp:
             save_file(state, str(Path(tmp) / "model.safetensors"), metadata={"format": "pt"})
@@ -106,8 +109,9 @@ class ValueHeadModel(nn.Module):
         return Path(out_dir)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype: Any = None,
-                        attn: str | None = None) -> ValueHeadModel:
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, *, dtype: Any = None, attn: str | None = None
+    ) -> ValueHeadModel:
         """Load from a causal-LM folder/built-in (new head) or a saved value-head folder."""
         from safetensors import safe_open
         from transformers import AutoModel
@@ -116,8 +120,9 @@ class ValueHeadModel(nn.Module):
 
         path = Path(resolve(name_or_path))
         torch_dtype = to_dtype(dtype)
-        backbone = AutoModel.from_pretrained(str(path), dtype=torch_dtype,
-                                             attn_implementation=attn or attn_implementation())
+        backbone = AutoModel.from_pretrained(
+            str(path), dtype=torch_dtype, attn_implementation=attn or attn_implementation()
+        )
         head = None
         cfg = json.loads((path / "config.json").read_text())
         if any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or []):

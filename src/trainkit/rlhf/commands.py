@@ -6,11 +6,15 @@ COMMANDS = {
     "sft": Command(
         help="supervised fine-tuning (full, LoRA or QLoRA; single process or FSDP2)",
         description="Supervised fine-tuning of a causal LM on chat / prompt-response / text "
-                    "data. Multi-process: torchrun --nproc-per-node N -m trainkit.cli rlhf sft "
-                    "... train.strategy=fsdp2",
+        "data. Multi-process: torchrun --nproc-per-node N -m trainkit.cli rlhf sft "
+        "... train.strategy=fsdp2",
         run="trainkit.llm.sft:run",
         config="trainkit.llm.sft:SFTConfig",
-        flags={"--model": "model.name", "--data": "data.path", "--max-steps": "train.max_steps",
-               "--output-dir": "output_dir"},
+        flags={
+            "--model": "model.name",
+            "--data": "data.path",
+            "--max-steps": "train.max_steps",
+            "--output-dir": "output_dir",
+        },
     ),
 }
