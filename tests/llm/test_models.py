@@ -98,3 +98,19 @@ def test_value_head_roundtrip_and_hf_loadable(tmp_path):
     ids2 = ids.clone()
     ids2[1, 4:] = tok.pad_token_id  # HF pools at the last non-pad token (right padding)
     assert torch.allclose(hf(input_ids=ids2, attention_mask=am).logits[:, 0], s, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_gguf_file_converts_like_the_builtin(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    builtin = models.resolve("smollm2-135m-instruct")
+    gguf = models.smollm2_gguf()
+    monkeypatch.setenv("TRAINKIT_CACHE", str(tmp_path))
+    path = models.resolve(gguf)
+    assert path.startswith(str(tmp_path)) and models.resolve(gguf) == path  # cached
+    ids = torch.tensor([[1, 504, 3458, 314, 4649, 30]])
+    with torch.no_grad():
+        a = AutoModelForCausalLM.from_pretrained(path)(input_ids=ids).logits
+        b = AutoModelForCausalLM.from_pretrained(builtin)(input_ids=ids).logits
+    assert torch.equal(a, b)
