@@ -133,3 +133,14 @@ def test_snapped_model_saves_and_loads(tmp_path):
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
     assert str(S.symbolic_formula(m2, digits=3)[0]) == str(S.symbolic_formula(m, digits=3)[0])
+
+
+def test_formula_pulls_constants_out_of_roots():
+    """sqrt(2.2754 (a^2 + b^2 + 1)) * 0.6629 reads as sqrt(a^2 + b^2 + 1) (Feynman III.10.19)."""
+    m = KAN([2, 1, 1], dtype=torch.float64)
+    _set(m, 0, 0, 0, "x^2", [1.0, 0.0, 2.2754, 1.1377])
+    _set(m, 0, 1, 0, "x^2", [1.0, 0.0, 2.2754, 1.1377])
+    _set(m, 1, 0, 0, "sqrt", [1.0, 0.0, 0.6629, 0.0])
+    (expr,) = S.symbolic_formula(m, ["a", "b"])
+    assert str(expr) == "0.9999*sqrt(a**2 + b**2 + 1)"
+    assert equivalent(expr, "sqrt(1 + a**2 + b**2)", 3)
