@@ -286,3 +286,23 @@ def test_grpo_steps_on_cuda(tmp_path):
     steps = [r for r in rec if "loss" in r]
     assert s["steps"] == 2 and len(steps) == 2
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in steps)
+
+
+@pytest.mark.slow
+def test_grpo_lora_smollm2_raises_heldout_accuracy(tmp_path):
+    """The recorded run of configs/rlhf/grpo_smollm2.yaml (about 8 minutes on 2 busy cores).
+
+    Measured 2026-11-27: held-out greedy exact accuracy 0.72 -> 0.88 (0.92 at step 10),
+    held-out mean reward 0.917 -> 1.135 in 20 steps.
+    """
+    from pathlib import Path
+
+    cfg = load_config(GRPOConfig, Path(__file__).resolve().parents[2] / "configs" / "rlhf" /
+                      "grpo_smollm2.yaml",
+                      ["train.max_steps=20", "eval.every=10", "eval.n_prompts=32",
+                       "train.threads=1", "train.progress=false", "train.save_every=0",
+                       f"output_dir={tmp_path}"])
+    s = train(cfg)
+    first, last = s["first_eval"], s["last_eval"]
+    assert last["eval_accuracy"] >= first["eval_accuracy"] + 0.10
+    assert last["eval_reward"] >= first["eval_reward"] + 0.2
