@@ -76,6 +76,9 @@ def test_config_command_overrides_flags_and_print_config(with_echo, capsys):
     # explicit overrides come after flags and win
     assert cli.main(["kan", "echo", "--n", "5", "sec.n=6"]) == 0
     assert capsys.readouterr().out.strip() == "n=6 name=a out=out"
+    # overrides may sit between flags
+    assert cli.main(["kan", "echo", "sec.name=c", "--n", "7", "output_dir=o2"]) == 0
+    assert capsys.readouterr().out.strip() == "n=7 name=c out=o2"
     assert cli.main(["kan", "echo", "--print-config", "sec.n=3"]) == 0
     assert capsys.readouterr().out == "sec:\n  n: 3\n  name: a\noutput_dir: out\n"
 
