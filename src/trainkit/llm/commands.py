@@ -81,4 +81,10 @@ COMMANDS = {
         run="trainkit.llm.commands:info",
         add_args=_info_args,
     ),
+    "data-check": Command(
+        help="validate and tokenise a dataset; print length/packing stats",
+        run="trainkit.llm.data:check",
+        config="trainkit.llm.data:DataCheckConfig",
+        flags={"--data": "data.path", "--model": "model"},
+    ),
 }
