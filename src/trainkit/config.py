@@ -147,11 +147,18 @@ def _build(cls: type, data: dict, src: str, prefix: str = "", base: Any = None) 
                 kwargs[f.name] = _coerce(data[f.name], tp, prefix + f.name, src)
         elif base is not None:
             kwargs[f.name] = cur
-    obj = cls(**kwargs)
+    return cls(**kwargs)
+
+
+def _validate(obj: Any) -> None:
+    """Call ``validate()`` on every section, innermost first, then on ``obj``."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            _validate(v)
     check = getattr(obj, "validate", None)
     if callable(check):
         check()
-    return obj
 
 
 def _read_yaml(path: str | os.PathLike) -> dict:
@@ -205,6 +212,7 @@ def load_config(
     for text in overrides:
         parts, value = parse_override(text)
         obj = _build(cls, _nest(parts, value), f"override '{text}'", base=obj)
+    _validate(obj)  # once, after every override: cross-section checks see the final values
     return obj
 
 

@@ -191,3 +191,26 @@ def test_any_yaml_text_is_accepted_or_a_config_error(tmp_path_factory, text):
         load_config(Cfg, p)
     except ConfigError:
         pass
+
+
+@dataclass
+class _Pair:
+    a: int = 0
+    b: int = 0
+
+
+@dataclass
+class _Cross:
+    pair: _Pair = field(default_factory=_Pair)
+
+    def validate(self):
+        if self.pair.a > self.pair.b:
+            raise ConfigError(f"pair.a ({self.pair.a}) must not exceed pair.b ({self.pair.b})")
+
+
+def test_validate_runs_once_after_all_overrides():
+    # each override alone would be invalid; together they are fine
+    cfg = load_config(_Cross, None, ["pair.a=5", "pair.b=6"])
+    assert (cfg.pair.a, cfg.pair.b) == (5, 6)
+    with pytest.raises(ConfigError, match=r"pair.a \(7\) must not exceed pair.b \(6\)"):
+        load_config(_Cross, None, ["pair.b=6", "pair.a=7"])
