@@ -202,6 +202,8 @@ def _tidy(expr, digits: int | None):
 
     expr = sp.expand(expr, deep=True, power_exp=True, mul=True, multinomial=True,
                      power_base=False, log=False)
+    if digits is not None:  # equal-looking constants become equal, so they factor below
+        expr = _round(expr, digits)
     # sqrt(2.3*a**2 + 2.3) -> 1.52*sqrt(a**2 + 1): SymPy pulls a positive factor out of a
     # power's base once it is a product, so constants can meet (and round) outside
     expr = expr.replace(lambda e: e.is_Pow and e.base.is_Add and not e.exp.is_Integer,
