@@ -258,6 +258,10 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
     from trainkit.rlhf.trainers import rl_data
     from trainkit.rlhf.trainers.experience import make_experience
 
+    if cfg.ray.enabled:  # same config, actors on a Ray cluster
+        from trainkit.rlhf.ray.trainer import train_ray
+
+        return train_ray(cfg, on_log)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
@@ -282,6 +286,8 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
     start = 0
     if cfg.train.resume:
         start, _ = _resume(out, strategy, policy, opt, sched, critic, critic_opt, critic_sched)
+        if getattr(engine, "model", None) is not policy:  # a separate engine samples from
+            engine.update_weights(policy)  # the resumed weights, not the initial ones
     guard = NonFiniteGuard(cfg.train.nonfinite)
     eval_tokens = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
     logger = MetricsLogger(out, tensorboard=False)
@@ -378,6 +384,8 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
     if cfg.train.save_model:
         strategy.save_pretrained(policy, out / "model", tokenizer=tok)
     logger.close()
+    if hasattr(engine, "close"):
+        engine.close()  # in-process vLLM engines must be released explicitly
     summary = {"steps": done, "seconds": time.perf_counter() - t_run,
                "first_eval": evals[0] if evals else None, "last_eval": evals[-1] if evals else None,
                "nonfinite_skipped": guard.skipped}

@@ -12,6 +12,7 @@ from typing import Literal
 
 from trainkit.config import ConfigError
 from trainkit.llm.lora import LoraSection
+from trainkit.rlhf.ray.config import RaySection
 
 Estimator = Literal["gae", "reinforce", "reinforce_baseline", "grpo", "dr_grpo", "rloo"]
 GROUP = ("grpo", "dr_grpo", "rloo", "reinforce_baseline")
@@ -142,6 +143,7 @@ class RLConfig:
     lora: LoraSection = field(default_factory=LoraSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    ray: RaySection = field(default_factory=RaySection)
     output_dir: str = "runs/rl"
 
     @property
