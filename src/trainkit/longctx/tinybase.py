@@ -6,7 +6,8 @@ multi-key key-value retrieval, with
 
 * loss on the answer tokens only (and the ``<|end|>`` that closes them),
 * a length curriculum: start at ``curriculum.start`` tokens and double the context
-  whenever training-batch answer accuracy passes ``curriculum.threshold``, up to
+  whenever training-batch answer accuracy passes ``curriculum.threshold`` (or, with
+  ``curriculum.stage_steps``, after that many steps at a length), up to
   ``curriculum.max_len`` (the model's native window, e.g. 256); each batch mixes lengths
   in ``[length / 2, length]`` so shorter contexts are not forgotten,
 * a constant learning rate (after warm-up) until the model passes the threshold at
@@ -63,6 +64,7 @@ class CurriculumSection:
     max_len: int = 256
     threshold: float = 0.95
     window: int = 20  # steps averaged for the promotion test
+    stage_steps: int = 0  # > 0: promote (or start the decay) after this many steps anyway
 
 
 @dataclass
@@ -327,6 +329,7 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
 
     rng = random.Random(f"tiny-train:{cfg.seed}:{step0}")
     recent, history = [], []
+    stage_start = step0
     t0 = time.time()
     step = step0
     for step in range(step0, step0 + t.max_steps):
@@ -349,9 +352,11 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
             history.append(rec)
             log(rec)
         full = len(recent) == cfg.curriculum.window and mean_acc >= cfg.curriculum.threshold
+        if cfg.curriculum.stage_steps > 0 and step - stage_start >= cfg.curriculum.stage_steps:
+            full = True
         if full and length < cfg.curriculum.max_len:
             length = min(cfg.curriculum.max_len, length * 2)
-            recent = []
+            recent, stage_start = [], step
             log({"step": step, "promote_to": length})
         elif full and decay_from < 0:
             decay_from = step
