@@ -4,6 +4,12 @@ Read top to bottom: build (strategy, model, data, optimizer, schedule), resume, 
 (micro-batches -> token-normalised backward -> clip + step -> log -> eval -> checkpoint),
 save.
 
+Reliability: a step whose loss or gradient norm is NaN/inf is never applied
+(``train.nonfinite=skip`` drops it, counts it and warns, stopping after
+``train.max_nonfinite`` in a row; ``stop`` stops at the first), and the first Ctrl-C
+finishes the current step, saves a checkpoint and returns with ``interrupted=True``
+(the CLI exits with 130); ``resume=true`` then continues exactly.
+
 Loss normalisation: one optimizer step sees ``train.batch_size`` sequences split over
 ``world_size`` ranks and ``accum`` micro-batches per rank. Each micro-batch's loss *sum*
 is scaled by ``world_size / T`` where ``T`` is the number of target tokens of the whole
@@ -16,6 +22,7 @@ per micro-batch instead, which weights short sequences more).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +75,12 @@ class TrainSection:
     progress: bool = True
     tensorboard: bool = False
     merge_lora: bool = field(default=False, metadata={"help": "also write a merged HF folder"})
+    nonfinite: Literal["skip", "stop"] = field(
+        default="skip", metadata={"help": "NaN/inf loss or grad norm: skip the step, or stop"}
+    )
+    max_nonfinite: int = field(
+        default=5, metadata={"help": "with skip: stop after this many non-finite steps in a row"}
+    )
 
 
 @dataclass
@@ -118,6 +131,8 @@ def _check(cfg: SFTConfig, world: int) -> int:
             f"train.batch_size ({t.batch_size}) must be a multiple of "
             f"train.micro_batch_size ({t.micro_batch_size}) x world size ({world})"
         )
+    if t.max_nonfinite < 1:
+        raise UserError(f"train.max_nonfinite must be >= 1, got {t.max_nonfinite}")
     if cfg.model.quantization and not cfg.lora.enabled:
         raise UserError("model.quantization needs lora.enabled=true (a quantised base is frozen)")
     return t.batch_size // per
@@ -174,6 +189,7 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     """
     import torch
 
+    from trainkit.common.guard import GracefulInterrupt, NonFiniteError, NonFiniteGuard
     from trainkit.common.logging import MetricsLogger, progress
     from trainkit.common.run import save_config
     from trainkit.common.seed import seed_everything
@@ -233,12 +249,15 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
 
     step = 0
     ckpt_root = out / "checkpoints"
+    guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_nonfinite)
     if cfg.resume:
         last = ckpt.latest_checkpoint(ckpt_root)
         if last is not None:
             state = ckpt.load_checkpoint(last, strategy, module, optimizer, scheduler)
             sampler.load_state_dict(state["data"])
             step = int(state["step"])
+            guard.skipped = int(state.get("nonfinite_skipped", 0))
+            guard.consecutive = int(state.get("nonfinite_consecutive", 0))
     if strategy.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -253,67 +272,122 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     mbs = cfg.train.micro_batch_size
     t_start, start_step = time.perf_counter(), step
     eval_loss = initial_eval_loss = None
+    saved = step if cfg.resume else -1
+    interrupted = False
+
+    def save(at: int) -> None:
+        ckpt.save_checkpoint(
+            ckpt_root,
+            at,
+            strategy,
+            module,
+            optimizer,
+            scheduler,
+            sampler.state_dict(),
+            extra={
+                "nonfinite_skipped": guard.skipped,
+                "nonfinite_consecutive": guard.consecutive,
+            },
+            keep_last=cfg.train.keep_last,
+        )
+
     if ds.eval and step == 0:
         eval_loss = initial_eval_loss = evaluate(
             module, strategy, ds.eval, cfg.train.eval_batch_size, pad_id
         )
         logger.log(0, eval_loss=eval_loss)
-    while step < cfg.train.max_steps:
-        t0 = time.perf_counter()
-        idx = sampler.next_batch()
-        mine = idx[strategy.rank * per_rank : (strategy.rank + 1) * per_rank]
-        micro = [
-            collate([ds.train[i] for i in mine[j : j + mbs]], pad_id)
-            for j in range(0, len(mine), mbs)
-        ]
-        assert len(micro) == accum
-        counts = torch.tensor(
-            [[_target_count(b), _input_count(b)] for b in micro], dtype=torch.float64
-        ).sum(0)
-        counts = strategy.all_reduce_sum(counts)
-        n_targets, n_inputs = max(float(counts[0]), 1.0), float(counts[1])
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        for b in micro:
-            with strategy.autocast():
-                ls, _ = module(**_to(b, strategy.device))
-            strategy.backward(ls * (strategy.world_size / n_targets))
-            loss_sum += float(ls.detach())
-        lr = scheduler.get_last_lr()[0]
-        grad_norm = strategy.optimizer_step(optimizer, module, o.max_grad_norm, scheduler)
-        loss = float(strategy.all_reduce_sum(loss_sum)) / n_targets
-        step += 1
-        dt = time.perf_counter() - t0
-        rate = (time.perf_counter() - t_start) / max(1, step - start_step)
-        rec = {
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "tokens": int(n_inputs),
-            "tokens_per_s": n_inputs / max(dt, 1e-9),
-            "eta_s": round(rate * (cfg.train.max_steps - step), 1),
-        }
-        last_step = step == cfg.train.max_steps
-        if ds.eval and ((cfg.train.eval_every and step % cfg.train.eval_every == 0) or last_step):
-            eval_loss = evaluate(module, strategy, ds.eval, cfg.train.eval_batch_size, pad_id)
-            rec["eval_loss"] = eval_loss
-        rec = logger.log(step, **rec)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        if (cfg.train.save_every and step % cfg.train.save_every == 0) or last_step:
-            ckpt.save_checkpoint(
-                ckpt_root,
-                step,
-                strategy,
-                module,
-                optimizer,
-                scheduler,
-                sampler.state_dict(),
-                keep_last=cfg.train.keep_last,
-            )
-        if on_step is not None:
-            on_step(step, rec)
+    with GracefulInterrupt() as stop:
+        while step < cfg.train.max_steps:
+            t0 = time.perf_counter()
+            idx = sampler.next_batch()
+            mine = idx[strategy.rank * per_rank : (strategy.rank + 1) * per_rank]
+            micro = [
+                collate([ds.train[i] for i in mine[j : j + mbs]], pad_id)
+                for j in range(0, len(mine), mbs)
+            ]
+            assert len(micro) == accum
+            counts = torch.tensor(
+                [[_target_count(b), _input_count(b)] for b in micro], dtype=torch.float64
+            ).sum(0)
+            counts = strategy.all_reduce_sum(counts)
+            n_targets, n_inputs = max(float(counts[0]), 1.0), float(counts[1])
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            for b in micro:
+                with strategy.autocast():
+                    ls, _ = module(**_to(b, strategy.device))
+                strategy.backward(ls * (strategy.world_size / n_targets))
+                loss_sum += float(ls.detach())
+            lr = scheduler.get_last_lr()[0]
+            loss = float(strategy.all_reduce_sum(loss_sum)) / n_targets
+            # clip, then let the guard veto the update: a NaN/inf never reaches the weights
+            grad_norm = strategy.clip_grad_norm(module, o.max_grad_norm)
+            try:
+                apply = guard.check(step + 1, loss, grad_norm)
+            except NonFiniteError as e:
+                raise NonFiniteError(f"{e}; last checkpoint: {_last(ckpt, ckpt_root)}") from None
+            if apply:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()  # a skipped step still advances the schedule: lr depends on step
+            step += 1
+            dt = time.perf_counter() - t0
+            rate = (time.perf_counter() - t_start) / max(1, step - start_step)
+            rec = {
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": int(n_inputs),
+                "tokens_per_s": n_inputs / max(dt, 1e-9),
+                "eta_s": round(rate * (cfg.train.max_steps - step), 1),
+            }
+            if not apply:
+                rec["skipped"] = 1
+            if guard.skipped:
+                rec["nonfinite_skipped"] = guard.skipped
+            last_step = step == cfg.train.max_steps
+            if ds.eval and (
+                (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last_step
+            ):
+                eval_loss = evaluate(module, strategy, ds.eval, cfg.train.eval_batch_size, pad_id)
+                rec["eval_loss"] = eval_loss
+            rec = logger.log(step, **rec)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            # every rank must agree to stop (Ctrl-C may reach only some of them)
+            flag = strategy.all_reduce_sum(torch.tensor([float(stop.requested)]))
+            interrupted = bool(flag.item() > 0) and not last_step
+            if (
+                (cfg.train.save_every and step % cfg.train.save_every == 0)
+                or last_step
+                or (interrupted and saved != step)
+            ):
+                save(step)
+                saved = step
+            if on_step is not None:
+                on_step(step, rec)
+            if interrupted:
+                break
     bar.close()
     logger.close()
+    if interrupted:
+        strategy.barrier()
+        result = {
+            "output_dir": str(out),
+            "final": None,
+            "merged": None,
+            "interrupted": True,
+            "step": step,
+            "checkpoint": str(ckpt_root / f"step-{step:06d}"),
+            "records": [r for r in logger.records if r["step"] > 0],
+            "initial_eval_loss": initial_eval_loss,
+            "final_eval_loss": eval_loss,
+            "nonfinite_skipped": guard.skipped,
+            "data_stats": ds.stats,
+            "world_size": strategy.world_size,
+            "is_main": strategy.is_main,
+        }
+        strategy.teardown()
+        return result
 
     final = out / "final"
     strategy.save_pretrained(module, final, tokenizer=tok)
@@ -330,6 +404,9 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
         "records": [r for r in logger.records if r["step"] > 0],
         "initial_eval_loss": initial_eval_loss,
         "final_eval_loss": eval_loss,
+        "interrupted": False,
+        "step": step,
+        "nonfinite_skipped": guard.skipped,
         "data_stats": ds.stats,
         "world_size": strategy.world_size,
         "is_main": strategy.is_main,
@@ -338,10 +415,35 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     return result
 
 
+def _last(ckpt, root) -> str:
+    last = ckpt.latest_checkpoint(root)
+    return str(last) if last is not None else "none"
+
+
 def run(cfg: SFTConfig, args: Any = None) -> int:
-    """CLI entry: ``trainkit rlhf sft --config X.yaml key=value ...``."""
-    res = train(cfg)
+    """CLI entry: ``trainkit rlhf sft --config X.yaml key=value ...``.
+
+    Returns:
+        0 when training finished; 130 after a Ctrl-C (a checkpoint was saved).
+
+    Raises:
+        UserError: too many non-finite steps (one line, exit code 2).
+    """
+    from trainkit.common.guard import NonFiniteError
+
+    try:
+        res = train(cfg)
+    except NonFiniteError as e:
+        raise UserError(str(e)) from None
     recs = res["records"]
+    if res["interrupted"]:
+        if res["is_main"]:
+            print(
+                f"sft: interrupted after step {res['step']}; checkpoint {res['checkpoint']}; "
+                "continue with resume=true",
+                file=sys.stderr,
+            )
+        return 130
     if recs and res["is_main"]:
         last = recs[-1]
         msg = f"sft: {len(recs)} steps, loss {last['loss']:.4f}"
