@@ -1,5 +1,7 @@
 """Snapping edges to symbols and reading formulas (trainkit.kan.symbolic)."""
 
+# ruff: noqa: E741  -- (l, i, j) = (layer, input node, output node), the paper's edge index
+
 import math
 
 import pytest

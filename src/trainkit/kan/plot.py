@@ -12,11 +12,13 @@ Only ``matplotlib.figure.Figure`` is used (no pyplot, no GUI backend): rendering
 headless, and nothing accumulates in pyplot's global figure list.
 """
 
+# ruff: noqa: E741  -- (l, i, j) = (layer, input node, output node), the paper's edge index
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -23,10 +23,12 @@ uniformly in the first layer's grid range (the grids follow the training data af
 :meth:`KAN.update_grid`).
 """
 
+# ruff: noqa: E741  -- (l, i, j) = (layer, input node, output node), the paper's edge index
+
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

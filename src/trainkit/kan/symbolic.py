@@ -22,10 +22,12 @@ Departures from pykan:
   negative, ``1/0`` and the like give large finite values, never NaN.
 """
 
+# ruff: noqa: E741  -- (l, i, j) = (layer, input node, output node), the paper's edge index
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
