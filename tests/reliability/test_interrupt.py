@@ -1,0 +1,102 @@
+"""Ctrl-C and non-finite steps in the SFT loop (``trainkit rlhf sft``).
+
+The first SIGINT finishes the step, saves a checkpoint and exits with code 130;
+``resume=true`` then reaches the same final weights as an uninterrupted run. A NaN loss
+is skipped and counted (``train.nonfinite=skip``) without touching the weights, and
+training stops with a one-line error after ``train.max_nonfinite`` in a row.
+"""
+
+import signal
+
+import pytest
+import torch
+from sft_helpers import final_weights, max_abs_diff, sft_cfg, start_sft, wait_for_step
+
+from trainkit.llm import checkpoint as ckpt
+
+
+def test_sigint_saves_checkpoint_exits_130_and_resume_matches(tmp_path, reference_run):
+    from trainkit.llm.sft import train
+
+    out = tmp_path / "run"
+    proc = start_sft(out, "train.save_every=0")
+    wait_for_step(out, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted after step" in err and "resume=true" in err
+    last = ckpt.latest_checkpoint(out / "checkpoints")
+    assert last is not None
+    stopped = int(last.name.split("-")[1])
+    assert 1 <= stopped < 8  # a checkpoint although save_every=0: the interrupt saved it
+    assert not (out / "final").exists()  # an unfinished run writes no final model
+    res = train(sft_cfg(out, "train.save_every=0", "resume=true"))
+    assert res["records"][0]["step"] == stopped + 1 and res["step"] == 8
+    assert max_abs_diff(final_weights(out), reference_run[1]) <= 1e-6
+
+
+def _inject_nan(monkeypatch, bad_steps: set[int], accum: int = 2) -> None:
+    """Make the training loss NaN at the given (1-based) optimizer steps."""
+    from trainkit.llm.loss import CausalLMLoss
+
+    orig, calls = CausalLMLoss.forward, [0]
+
+    def forward(self, *a, **k):
+        ls, n = orig(self, *a, **k)
+        if self.training:
+            calls[0] += 1
+            if (calls[0] - 1) // accum + 1 in bad_steps:
+                ls = ls * float("nan")
+        return ls, n
+
+    monkeypatch.setattr(CausalLMLoss, "forward", forward)
+
+
+def test_nan_steps_are_skipped_counted_and_leave_weights_untouched(tmp_path, monkeypatch):
+    from trainkit.llm.sft import train
+    from trainkit.llm.strategy import Strategy
+
+    _inject_nan(monkeypatch, {2, 3})
+    held, snaps, wrap = {}, {}, Strategy.wrap
+
+    def keep(self, module):  # remember the training module to snapshot its weights
+        held["m"] = wrap(self, module)
+        return held["m"]
+
+    def snap(step, rec):
+        snaps[step] = {n: p.detach().clone() for n, p in held["m"].named_parameters()}
+
+    monkeypatch.setattr(Strategy, "wrap", keep)
+    res = train(sft_cfg(tmp_path / "a", "train.max_steps=4", "train.save_every=0"), on_step=snap)
+    recs = {r["step"]: r for r in res["records"]}
+    assert [s for s, r in recs.items() if r.get("skipped")] == [2, 3]
+    assert res["nonfinite_skipped"] == 2 and recs[4]["nonfinite_skipped"] == 2
+    assert all(torch.isfinite(torch.tensor(recs[s]["loss"])) for s in (1, 4))
+    # the skipped steps did not move a single weight; the next good step did
+    assert all(torch.equal(snaps[1][n], snaps[3][n]) for n in snaps[1])
+    assert any(not torch.equal(snaps[3][n], snaps[4][n]) for n in snaps[3])
+    assert all(torch.isfinite(v).all() for v in final_weights(tmp_path / "a").values())
+
+
+@pytest.mark.parametrize(
+    ("policy", "bad", "stop_at"),
+    [("skip", set(range(3, 99)), 4), ("stop", {2}, 2)],
+)
+def test_nan_stops_with_one_line_error(tmp_path, monkeypatch, capsys, policy, bad, stop_at):
+    from trainkit.cli import main
+
+    _inject_nan(monkeypatch, bad)
+    out = tmp_path / "run"
+    argv = ["rlhf", "sft", "--config", "configs/rlhf/sft_tiny.yaml", f"output_dir={out}"]
+    argv += ["train.max_steps=8", "train.eval_every=0", "train.save_every=1"]
+    argv += [f"train.nonfinite={policy}", "train.max_nonfinite=2"]
+    assert main(argv) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("trainkit:")]
+    assert len(err) == 1 and err[0].startswith("trainkit: error: non-finite")
+    assert f"at step {stop_at} " in err[0]
+    # the newest checkpoint is the last good step, and it loads safely
+    last = ckpt.latest_checkpoint(out / "checkpoints")
+    assert last.name == f"step-{stop_at - 1:06d}"
+    assert ckpt._load_pt(last / "optimizer.pt")
+    assert not (out / "final").exists()
