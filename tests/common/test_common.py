@@ -80,3 +80,15 @@ def test_seed_everything_repeats():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     seed_everything(3)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with atomic_path(tmp_path / "b.png") as tmp:
+            tmp.write_bytes(b"png")
+    finally:
+        os.umask(mask)
+    assert oct((tmp_path / "a.txt").stat().st_mode & 0o777) == "0o644"
+    assert oct((tmp_path / "b.png").stat().st_mode & 0o777) == "0o644"

@@ -27,6 +27,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str | os.PathLike) -> None:
+    """Give a temp file the permissions a plain ``open(..., "w")`` would (mkstemp: 0600)."""
+    os.chmod(tmp, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; parent folders are created."""
     path = Path(path)
@@ -37,6 +48,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -71,6 +83,7 @@ def atomic_path(path: str | os.PathLike):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

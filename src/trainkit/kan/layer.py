@@ -176,6 +176,10 @@ class KANLinear(nn.Module):
         for o, i in self.sym_mask.nonzero().tolist():
             name = self.sym_fns[o][i]
             fn = SYMBOLIC_FUNCS.get(name)
+            if fn is None:  # library names work without importing trainkit.kan.symbolic
+                from trainkit.kan.symbolic_lib import LIBRARY
+
+                fn = LIBRARY[name].torch_fn if name in LIBRARY else None
             if fn is None:
                 raise UserError(f"KANLinear: symbolic function '{name}' is not registered")
             out[:, o, i] = self.sym_mask[o, i] * (
