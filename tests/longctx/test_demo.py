@@ -14,7 +14,7 @@ def test_shipped_base_retrieves_within_window():
         pytest.skip("no shipped tiny base")
     model, tok = tinybase.load_shipped()
     assert model.config.vocab_size == 64 and model.config.max_position_embeddings == 256
-    t = tinybase.TinyTrainSection(source="random")
+    t = tinybase.eval_section(model)
     g = tinybase.grid_accuracy(model, tok, t, "passkey", [128, 256], [0.0, 0.5, 1.0], 4, seed=3)
     assert g["accuracy"] >= 0.9
     # greedy generation through the plain tokenizer agrees with the teacher-forced check

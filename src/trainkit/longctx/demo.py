@@ -27,7 +27,7 @@ def _grids(model, tok, s: dict, out_dir: Path, tag: str) -> dict:
     from trainkit.longctx import tinybase
     from trainkit.longctx.eval.runner import heatmap
 
-    t = tinybase.TinyTrainSection(source="random")
+    t = tinybase.eval_section(model)
     res = {}
     for task in ("passkey", "kv"):
         g = tinybase.grid_accuracy(model, tok, t, task, s["lengths"], s["depths"], s["samples"], seed=7)

@@ -161,7 +161,7 @@ def load_for_extension(cfg: ExtendConfig):
     return model, tok
 
 
-def batches(cfg: ExtendConfig, tok: Any):
+def batches(cfg: ExtendConfig, tok: Any, model: Any = None):
     """Endless generator of padded batches (``input_ids, attention_mask, labels``)."""
     import torch
 
@@ -170,7 +170,9 @@ def batches(cfg: ExtendConfig, tok: Any):
     if d.synthetic == "random":
         from trainkit.longctx import tinybase
 
-        t = tinybase.TinyTrainSection(tasks=list(d.tasks), n_keys=list(d.n_keys), source="random")
+        fmt = tinybase.eval_section(model) if model is not None else tinybase.TinyTrainSection()
+        t = tinybase.TinyTrainSection(tasks=list(d.tasks), n_keys=list(d.n_keys), source="random",
+                                      kv_echo=fmt.kv_echo)
         i = 0
         while True:
             ids, att, lab = tinybase.make_batch(tok, rng, t, d.max_length, cfg.seed + 1, 10**8 + i * bs,
@@ -210,7 +212,7 @@ def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
     loss_mod = CausalLMLoss(model, chunk_size=t.loss_chunk)
     dev = next(model.parameters()).device
     steps_cap = t.max_steps if t.max_steps > 0 else 10**9
-    gen = batches(cfg, tok)
+    gen = batches(cfg, tok, model)
     t0, tokens, losses, step = time.time(), 0, [], 0
     while step < steps_cap:
         if t.max_seconds > 0 and time.time() - t0 >= t.max_seconds:
@@ -330,7 +332,7 @@ def tiny_eval(model: Any, tok: Any, lengths: list[int], short_lengths: list[int]
     short-context answer perplexity ``exp(mean answer-token NLL)``."""
     from trainkit.longctx import tinybase
 
-    t = tinybase.TinyTrainSection(source="random")
+    t = tinybase.eval_section(model)
     out: dict[str, Any] = {}
     nll = []
     for task in ("passkey", "kv"):

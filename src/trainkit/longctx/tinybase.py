@@ -72,6 +72,7 @@ class TinyTrainSection:
     tasks: list[str] = field(default_factory=lambda: ["passkey", "kv"])
     source: str = field(default="random", metadata={"help": "random, stdlib, bio or repeat"})
     n_keys: list[int] = field(default_factory=lambda: [2, 4])
+    kv_echo: bool = field(default=False, metadata={"help": "kv answers repeat the key (random filler)"})
     batch: int = 16
     lr: float = 1e-3
     final_lr_frac: float = 0.1
@@ -81,6 +82,9 @@ class TinyTrainSection:
     max_seconds: float = 3600.0
     extra_steps_at_max: int = 300  # decay steps once at max_len and above threshold
     threads: int = 1
+    resume_schedule: bool = field(default=True, metadata={
+        "help": "with init_from: keep the saved curriculum length and LR phase (false: "
+                "start again at curriculum.start with warm-up, e.g. to teach a new format)"})
 
 
 @dataclass
@@ -116,13 +120,15 @@ def build_model(m: TinyModelSection, seed: int = 0):
 
 
 def random_sample(rng: random.Random, task: str, length: int, depth: float,
-                  n_keys: int = 4) -> tuple[str, str, str]:
+                  n_keys: int = 4, kv_echo: bool = False) -> tuple[str, str, str]:
     """``(context, question, answer)`` with random-letter filler, ``length`` characters in
     all (context + `SEP` + question), the asked fact starting at ``depth`` of the context.
 
     passkey: " pass key: NNNNN. " once, asked "pass key?"; kv: ``n_keys`` pairs
     " abcd: NNNNN. " at random places (fewer when they would fill over half of ``length``),
-    one of them asked "abcd?".
+    one of them asked "abcd?". With ``kv_echo`` the kv answer repeats the key,
+    "abcd: NNNNN", which makes the lookup an induction-head copy (find the earlier
+    "abcd: " and continue it).
     """
     def digits() -> str:
         return str(rng.randint(10_000, 99_999))
@@ -139,7 +145,7 @@ def random_sample(rng: random.Random, task: str, length: int, depth: float,
             if k not in keys:
                 keys.append(k)
         vals = [digits() for _ in keys]
-        ans = vals[0]
+        ans = f"{keys[0]}: {vals[0]}" if kv_echo else vals[0]
         facts, q = [f" {k}: {v}. " for k, v in zip(keys, vals)], f"{keys[0]}?"
     else:
         raise UserError(f"random filler supports tasks passkey and kv, not '{task}'")
@@ -169,7 +175,7 @@ def sample_ids(tok: Any, t: TinyTrainSection, task: str, length: int, depth: flo
 
         v = vocab()
         rng = random.Random(f"tiny-random:{seed}:{task}:{index}")
-        ctx, q, ans = random_sample(rng, task, length, depth, n_keys)
+        ctx, q, ans = random_sample(rng, task, length, depth, n_keys, t.kv_echo)
         prompt = [v["<|user|>"]] + [v[c] for c in ctx + SEP + q] + [v["<|end|>"], v["<|assistant|>"]]
         answer = [v[c] for c in ans] + [v["<|end|>"]]
         return prompt + answer, [-100] * len(prompt) + answer
@@ -311,6 +317,8 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
         state = getattr(model.config, "trainkit_tiny_state", None) or {}
         length, step0 = int(state.get("length", length)), int(state.get("step", 0))
         decay_from = int(state.get("decay_from", -1))
+        if not cfg.train.resume_schedule:
+            length, decay_from = cfg.curriculum.start, -1
     else:
         model = build_model(cfg.model, cfg.seed)
     model.train()
@@ -318,7 +326,7 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.98))
     if cfg.init_from and (Path(cfg.init_from) / "optimizer.pt").is_file():
         opt.load_state_dict(torch.load(Path(cfg.init_from) / "optimizer.pt"))
-    warm = 0 if step0 else t.warmup
+    warm = 0 if step0 and t.resume_schedule else t.warmup
 
     def lr_at(step: int) -> float:
         f = min(1.0, (step - step0 + 1) / max(1, warm)) if warm else 1.0
@@ -367,7 +375,7 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
             break
     history.append({"step": step, "length": length, "final": True, "seconds": round(time.time() - t0, 1)})
     model.config.trainkit_tiny_state = {"length": length, "step": step + 1, "decay_from": decay_from,
-                                        "source": t.source}
+                                        "source": t.source, "kv_echo": t.kv_echo}
     return model, tok, history, opt
 
 
@@ -382,6 +390,12 @@ def save(model: Any, tok: Any, path: str | Path, optimizer: Any = None) -> Path:
 
             torch.save(optimizer.state_dict(), Path(tmp) / "optimizer.pt")
     return Path(path)
+
+
+def eval_section(model: Any) -> TinyTrainSection:
+    """The sample format a tiny model was trained on (``trainkit_tiny_state`` in its config)."""
+    state = getattr(model.config, "trainkit_tiny_state", None) or {}
+    return TinyTrainSection(source=state.get("source", "random"), kv_echo=bool(state.get("kv_echo", False)))
 
 
 def load_shipped(path: str | Path | None = None):
