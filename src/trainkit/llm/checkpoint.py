@@ -202,10 +202,11 @@ def load_checkpoint(path: str | os.PathLike, strategy, module, optimizer, schedu
         raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
     expected = {n for n, p in module.named_parameters() if p.requires_grad}
     if set(weights) != expected:
-        missing = sorted(expected - set(weights))[:3]
+        missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
         raise UserError(
-            f"{path}: checkpoint parameters do not match the model "
-            f"(e.g. missing {missing}); was it made with other model/lora settings?"
+            f"{path}: checkpoint parameters do not match the model ({len(missing)} missing, "
+            f"{len(extra)} unexpected, e.g. {what}); was it made with other model/lora settings?"
         )
     strategy.load_model_state_dict(module, weights, strict=False)
     optim = _load_pt(path / "optimizer.pt")
