@@ -228,10 +228,13 @@ def _table() -> str:  # pragma: no cover - a docs helper
                     rc, buf = 1, io.StringIO(f"traceback: {type(e).__name__}")
             lines = _error_lines(buf.getvalue()) or ["(no error: the run succeeded)"]
             msg = re.sub(r"/tmp/[^ :']+/", "", lines[-1].replace(d + "/", ""))
-            rows.append(f"| {name} | {rc} | `{msg.replace('|', '\\|')}` |")
+            msg = msg.replace("|", "\\|")
+            rows.append(f"| {name} | {rc} | `{msg}` |")
     return "\n".join(rows)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    os.chdir(tempfile_dir := __import__("tempfile").mkdtemp())
+    import tempfile
+
+    os.chdir(tempfile.mkdtemp())
     print(_table())
