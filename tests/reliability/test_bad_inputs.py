@@ -35,9 +35,18 @@ CASES = [
     ("unknown key", SFT + ["train.max_stepz=3"], {}, "unknown key"),
     ("wrong type", SFT + ["train.max_steps=abc"], {}, "train.max_steps"),
     ("bad enum value", SFT + ["train.nonfinite=maybe"], {}, "train.nonfinite"),
-    ("unknown key in YAML", ["rlhf", "sft", "--config", "{t}/c.yaml"],
-     {"c.yaml": "trian:\n  max_steps: 3\n"}, "trian"),
-    ("malformed YAML", ["rlhf", "sft", "--config", "{t}/c.yaml"], {"c.yaml": "a: [1, 2\n"}, "c.yaml"),
+    (
+        "unknown key in YAML",
+        ["rlhf", "sft", "--config", "{t}/c.yaml"],
+        {"c.yaml": "trian:\n  max_steps: 3\n"},
+        "trian",
+    ),
+    (
+        "malformed YAML",
+        ["rlhf", "sft", "--config", "{t}/c.yaml"],
+        {"c.yaml": "a: [1, 2\n"},
+        "c.yaml",
+    ),
     ("missing config file", ["rlhf", "sft", "--config", "{t}/none.yaml"], {}, "none.yaml"),
     ("GAE without a critic", GRPO + ["algo.estimator=gae", "model.critic=null"], {}, "critic"),
     ("critic set without GAE", GRPO + ["model.critic=tiny-llama"], {}, "estimator=gae"),
@@ -45,64 +54,146 @@ CASES = [
     ("quantization without LoRA", SFT + ["model.quantization=nf4"], {}, "lora.enabled"),
     ("max_nonfinite < 1", SFT + ["train.max_nonfinite=0"], {}, "max_nonfinite"),
     ("max_steps < 1", SFT + ["train.max_steps=0"], {}, "max_steps"),
-    ("LoRA targets not in the model",
-     SFT + ["lora.enabled=true", "lora.target_modules=[foo_proj]"], {}, "foo_proj"),
+    (
+        "LoRA targets not in the model",
+        SFT + ["lora.enabled=true", "lora.target_modules=[foo_proj]"],
+        {},
+        "foo_proj",
+    ),
     # -- datasets (SFT)
-    ("bad JSON line", SFT + ["data.path={t}/d.jsonl"],
-     {"d.jsonl": GOOD + '{"messages": [}\n'}, "d.jsonl:2: invalid JSON"),
-    ("missing field", SFT + ["data.path={t}/d.jsonl"],
-     {"d.jsonl": '{"prompt": "a", "response": "b"}\n{"prompt": "x"}\n'},
-     "d.jsonl:2: missing field 'response'"),
-    ("wrong field type", SFT + ["data.path={t}/d.jsonl"],
-     {"d.jsonl": GOOD + '{"messages": "hello"}\n'}, "d.jsonl:2"),
+    (
+        "bad JSON line",
+        SFT + ["data.path={t}/d.jsonl"],
+        {"d.jsonl": GOOD + '{"messages": [}\n'},
+        "d.jsonl:2: invalid JSON",
+    ),
+    (
+        "missing field",
+        SFT + ["data.path={t}/d.jsonl"],
+        {"d.jsonl": '{"prompt": "a", "response": "b"}\n{"prompt": "x"}\n'},
+        "d.jsonl:2: missing field 'response'",
+    ),
+    (
+        "wrong field type",
+        SFT + ["data.path={t}/d.jsonl"],
+        {"d.jsonl": GOOD + '{"messages": "hello"}\n'},
+        "d.jsonl:2",
+    ),
     ("empty dataset", SFT + ["data.path={t}/d.jsonl"], {"d.jsonl": ""}, "empty"),
-    ("non-UTF-8 bytes", SFT + ["data.path={t}/d.jsonl"],
-     {"d.jsonl": GOOD.encode() + b'{"text": "caf\xe9"}\n'}, "not UTF-8"),
-    ("over-long sample (truncation=error)",
-     SFT + ["data.path={t}/d.jsonl", "data.truncation=error"], {"d.jsonl": LONG}, "max_length"),
-    ("unknown record format", SFT + ["data.path={t}/d.jsonl"], {"d.jsonl": '{"foo": 1}\n'},
-     "cannot tell the data format"),
+    (
+        "non-UTF-8 bytes",
+        SFT + ["data.path={t}/d.jsonl"],
+        {"d.jsonl": GOOD.encode() + b'{"text": "caf\xe9"}\n'},
+        "not UTF-8",
+    ),
+    (
+        "over-long sample (truncation=error)",
+        SFT + ["data.path={t}/d.jsonl", "data.truncation=error"],
+        {"d.jsonl": LONG},
+        "max_length",
+    ),
+    (
+        "unknown record format",
+        SFT + ["data.path={t}/d.jsonl"],
+        {"d.jsonl": '{"foo": 1}\n'},
+        "cannot tell the data format",
+    ),
     ("missing data file", SFT + ["data.path={t}/none.jsonl"], {}, "none.jsonl"),
     ("unsupported data file type", SFT + ["data.path={t}/d.csv"], {"d.csv": "a,b\n"}, ".csv"),
     # -- KAN formulas and CSVs
     ("unknown symbol", KAN + ["--formula", "foo(x1)", "out.root={t}/out"], {}, "foo"),
     ("formula syntax error", KAN + ["--formula", "sin(x1", "out.root={t}/out"], {}, "formula"),
-    ("formula code injection", KAN + ["--formula", "__import__('os').system('x')",
-                                      "out.root={t}/out"], {}, "formula"),
-    ("attribute access in formula", KAN + ["--formula", "x1.real", "out.root={t}/out"], {},
-     "formula"),
-    ("CSV with NaN", KAN + ["--data", "{t}/d.csv", "--target", "y", "out.root={t}/out"],
-     {"d.csv": "x,y\n1,2\n2,nan\n3,4\n4,5\n5,6\n"}, "not finite"),
-    ("CSV with inf", KAN + ["--data", "{t}/d.csv", "--target", "y", "out.root={t}/out"],
-     {"d.csv": "x,y\n1,2\n2,inf\n3,4\n4,5\n5,6\n"}, "not finite"),
-    pytest.param("CSV constant input column", KAN + ["--data", "{t}/d.csv", "--target", "y",
-                                         "out.root={t}/out"],
-     {"d.csv": "x,y\n1,2\n1,3\n1,4\n1,5\n1,6\n1,7\n"}, "constant", marks=PENDING_KAN),
-    pytest.param("CSV constant target", KAN + ["--data", "{t}/d.csv", "--target", "y", "out.root={t}/out"],
-     {"d.csv": "x,y\n1,2\n2,2\n3,2\n4,2\n5,2\n6,2\n"}, "constant", marks=PENDING_KAN),
-    ("CSV missing target column", KAN + ["--data", "{t}/d.csv", "--target", "z",
-                                         "out.root={t}/out"],
-     {"d.csv": "x,y\n1,2\n2,3\n3,4\n4,5\n"}, "no column 'z'"),
-    ("CSV non-number", KAN + ["--data", "{t}/d.csv", "--target", "y", "out.root={t}/out"],
-     {"d.csv": "x,y\n1,2\n2,abc\n3,4\n4,5\n"}, "line 3"),
-    ("CSV ragged row", KAN + ["--data", "{t}/d.csv", "--target", "y", "out.root={t}/out"],
-     {"d.csv": "x,y\n1,2\n2\n3,4\n4,5\n"}, "fields"),
+    (
+        "formula code injection",
+        KAN + ["--formula", "__import__('os').system('x')", "out.root={t}/out"],
+        {},
+        "formula",
+    ),
+    (
+        "attribute access in formula",
+        KAN + ["--formula", "x1.real", "out.root={t}/out"],
+        {},
+        "formula",
+    ),
+    (
+        "CSV with NaN",
+        KAN + ["--data", "{t}/d.csv", "--target", "y", "out.root={t}/out"],
+        {"d.csv": "x,y\n1,2\n2,nan\n3,4\n4,5\n5,6\n"},
+        "not finite",
+    ),
+    (
+        "CSV with inf",
+        KAN + ["--data", "{t}/d.csv", "--target", "y", "out.root={t}/out"],
+        {"d.csv": "x,y\n1,2\n2,inf\n3,4\n4,5\n5,6\n"},
+        "not finite",
+    ),
+    pytest.param(
+        "CSV constant input column",
+        KAN + ["--data", "{t}/d.csv", "--target", "y", "out.root={t}/out"],
+        {"d.csv": "x,y\n1,2\n1,3\n1,4\n1,5\n1,6\n1,7\n"},
+        "constant",
+        marks=PENDING_KAN,
+    ),
+    pytest.param(
+        "CSV constant target",
+        KAN + ["--data", "{t}/d.csv", "--target", "y", "out.root={t}/out"],
+        {"d.csv": "x,y\n1,2\n2,2\n3,2\n4,2\n5,2\n6,2\n"},
+        "constant",
+        marks=PENDING_KAN,
+    ),
+    (
+        "CSV missing target column",
+        KAN + ["--data", "{t}/d.csv", "--target", "z", "out.root={t}/out"],
+        {"d.csv": "x,y\n1,2\n2,3\n3,4\n4,5\n"},
+        "no column 'z'",
+    ),
+    (
+        "CSV non-number",
+        KAN + ["--data", "{t}/d.csv", "--target", "y", "out.root={t}/out"],
+        {"d.csv": "x,y\n1,2\n2,abc\n3,4\n4,5\n"},
+        "line 3",
+    ),
+    (
+        "CSV ragged row",
+        KAN + ["--data", "{t}/d.csv", "--target", "y", "out.root={t}/out"],
+        {"d.csv": "x,y\n1,2\n2\n3,4\n4,5\n"},
+        "fields",
+    ),
     # -- model paths, checkpoints, adapters
     ("model path missing", SFT + ["model.name={t}/nomodel"], {}, "not found"),
-    ("model folder without config.json", SFT + ["model.name={t}/m"], {"m/x.txt": "x"},
-     "config.json"),
+    (
+        "model folder without config.json",
+        SFT + ["model.name={t}/m"],
+        {"m/x.txt": "x"},
+        "config.json",
+    ),
     ("model path is a plain file", SFT + ["model.name={t}/m.bin"], {"m.bin": "x"}, "is a file"),
     ("llm info on a missing model", ["llm", "info", "--model", "{t}/nomodel"], {}, "not found"),
-    ("checkpoint from other LoRA settings",
-     SFT + ["resume=true", "lora.enabled=true", "output_dir={t}/run"], {"ckpt": ""},
-     "do not match"),
-    ("malicious pickle in a checkpoint", SFT + ["resume=true", "output_dir={t}/run"],
-     {"evil": ""}, "cannot be read safely"),
-    ("not an adapter folder", ["llm", "convert", "tiny-llama", "--merge-adapter", "{t}/m",
-                               "--out", "{t}/mg"], {"m/x.txt": "x"}, "adapter_config.json"),
-    pytest.param("adapter on a base of another shape",
-                 ["llm", "convert", "{t}/small", "--merge-adapter", "{t}/adapter", "--out",
-                  "{t}/mg"], {"adapter": ""}, "does not fit", marks=PENDING_LORA),
+    (
+        "checkpoint from other LoRA settings",
+        SFT + ["resume=true", "lora.enabled=true", "output_dir={t}/run"],
+        {"ckpt": ""},
+        "do not match",
+    ),
+    (
+        "malicious pickle in a checkpoint",
+        SFT + ["resume=true", "output_dir={t}/run"],
+        {"evil": ""},
+        "cannot be read safely",
+    ),
+    (
+        "not an adapter folder",
+        ["llm", "convert", "tiny-llama", "--merge-adapter", "{t}/m", "--out", "{t}/mg"],
+        {"m/x.txt": "x"},
+        "adapter_config.json",
+    ),
+    pytest.param(
+        "adapter on a base of another shape",
+        ["llm", "convert", "{t}/small", "--merge-adapter", "{t}/adapter", "--out", "{t}/mg"],
+        {"adapter": ""},
+        "does not fit",
+        marks=PENDING_LORA,
+    ),
 ]
 
 
@@ -152,8 +243,14 @@ def _adapter_and_small_base(t: Path) -> None:
 
     model, tok = load_model("tiny-llama", dtype="float32")
     save_adapter(apply_lora(model, LoraSection(enabled=True, r=2)), t / "adapter")
-    cfg = LlamaConfig(vocab_size=model.config.vocab_size, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=model.config.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     LlamaForCausalLM(cfg).save_pretrained(t / "small")
     tok.save_pretrained(t / "small")
 
@@ -182,8 +279,9 @@ def _id(case) -> str:
 
 
 @pytest.mark.parametrize(("name", "argv", "files", "expect"), CASES, ids=[_id(c) for c in CASES])
-def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, monkeypatch, name, argv, files,
-                                             expect):
+def test_bad_input_gives_one_line_and_exit_2(
+    tmp_path, capsys, monkeypatch, name, argv, files, expect
+):
     monkeypatch.chdir(tmp_path)
     rc, lines, err = run_case(argv, files, tmp_path, capsys)
     assert "Traceback" not in err
@@ -196,10 +294,18 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, monkeypatch, name
 def test_real_process_exit_code_and_single_line(tmp_path):
     (tmp_path / "d.jsonl").write_bytes(b"\xff\xfe\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for argv in (SFT + ["train.max_stepz=3"], KAN + ["--formula", "foo(x1)",
-                                                       f"out.root={tmp_path}/out"]):
-        p = subprocess.run([sys.executable, "-m", "trainkit.cli", *argv], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=120)
+    for argv in (
+        SFT + ["train.max_stepz=3"],
+        KAN + ["--formula", "foo(x1)", f"out.root={tmp_path}/out"],
+    ):
+        p = subprocess.run(
+            [sys.executable, "-m", "trainkit.cli", *argv],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert p.returncode == 2
         assert p.stderr.count("\n") == 1 and p.stderr.startswith("trainkit: error: ")
         assert p.stdout == "" and not (tmp_path / "out").exists()
