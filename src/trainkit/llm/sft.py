@@ -22,6 +22,7 @@ per micro-batch instead, which weights short sequences more).
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -260,6 +261,8 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
             guard.consecutive = int(state.get("nonfinite_consecutive", 0))
     if strategy.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        for tmp in [*out.glob(".final.*"), *out.glob(".merged.*")]:  # a killed final save
+            shutil.rmtree(tmp, ignore_errors=True)
         save_config(cfg, out / "config.yaml")
     logger = MetricsLogger(out if strategy.is_main else None, tensorboard=cfg.train.tensorboard)
     bar = progress(
@@ -291,12 +294,12 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
             keep_last=cfg.train.keep_last,
         )
 
-    if ds.eval and step == 0:
-        eval_loss = initial_eval_loss = evaluate(
-            module, strategy, ds.eval, cfg.train.eval_batch_size, pad_id
-        )
-        logger.log(0, eval_loss=eval_loss)
     with GracefulInterrupt() as stop:
+        if ds.eval and step == 0:
+            eval_loss = initial_eval_loss = evaluate(
+                module, strategy, ds.eval, cfg.train.eval_batch_size, pad_id
+            )
+            logger.log(0, eval_loss=eval_loss)
         while step < cfg.train.max_steps:
             t0 = time.perf_counter()
             idx = sampler.next_batch()
