@@ -222,3 +222,14 @@ def test_to_callable_on_cuda():
     out = f(x.cuda())
     assert out.is_cuda and out.shape == (64, 1)
     assert torch.allclose(out.cpu(), f(x), rtol=1e-10, atol=1e-12)
+
+
+def test_round_constants_keeps_non_finite_floats():
+    import sympy as sp
+
+    from trainkit.kan.formula import round_constants
+
+    x = sp.Symbol("x")
+    big = sp.Float("1e400")  # beyond float range: float() gives inf
+    out = round_constants(big * x + sp.Float("1.23456"), 2)
+    assert out.has(big) and out.has(sp.Float("1.23"))

@@ -439,7 +439,10 @@ def round_constants(expr, digits: int = 4):
     expr = _as_expr(expr)
     repl = {}
     for f in expr.atoms(sp.Float):
-        r = round(float(f), digits)
+        v = float(f)
+        if not math.isfinite(v):  # inf/nan (or beyond float range) stay as they are
+            continue
+        r = round(v, digits)
         repl[f] = sp.Integer(int(r)) if r == int(r) else sp.Float(r)
     return expr.xreplace(repl) if repl else expr
 
