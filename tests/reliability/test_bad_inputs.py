@@ -297,6 +297,7 @@ def test_real_process_exit_code_and_single_line(tmp_path):
     for argv in (
         SFT + ["train.max_stepz=3"],
         KAN + ["--formula", "foo(x1)", f"out.root={tmp_path}/out"],
+        SFT + [f"data.path={tmp_path}/d.jsonl", f"output_dir={tmp_path}/out"],  # after loading
     ):
         p = subprocess.run(
             [sys.executable, "-m", "trainkit.cli", *argv],

@@ -189,6 +189,7 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     ``on_step(step, record)`` is called after each logged step (tests use it to stop).
     """
     import torch
+    from transformers.utils import logging as hf_logging
 
     from trainkit.common.guard import GracefulInterrupt, NonFiniteError, NonFiniteGuard
     from trainkit.common.logging import MetricsLogger, progress
@@ -202,6 +203,8 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     from trainkit.llm.models import load_model
     from trainkit.llm.strategy import make_strategy
 
+    # the weight-loading bar would put a second line before a one-line data/config error
+    hf_logging.disable_progress_bar()
     strategy = make_strategy(cfg.train.strategy, cfg.train.mixed_precision, cfg.train.device)
     strategy.setup()
     accum = _check(cfg, strategy.world_size)
