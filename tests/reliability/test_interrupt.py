@@ -8,9 +8,8 @@ training stops with a one-line error after ``train.max_nonfinite`` in a row.
 
 import signal
 
-import pytest
 import torch
-from sft_helpers import final_weights, max_abs_diff, sft_cfg, start_sft, wait_for_step
+from sft_helpers import TINY, final_weights, max_abs_diff, sft_cfg, start_sft, wait_for_step
 
 from trainkit.llm import checkpoint as ckpt
 
@@ -79,16 +78,14 @@ def test_nan_steps_are_skipped_counted_and_leave_weights_untouched(tmp_path, mon
     assert all(torch.isfinite(v).all() for v in final_weights(tmp_path / "a").values())
 
 
-@pytest.mark.parametrize(
-    ("policy", "bad", "stop_at"),
-    [("skip", set(range(3, 99)), 4), ("stop", {2}, 2)],
-)
-def test_nan_stops_with_one_line_error(tmp_path, monkeypatch, capsys, policy, bad, stop_at):
+def test_nan_stops_with_one_line_error(tmp_path, monkeypatch, capsys):
+    """NaN from step 3 on, ``max_nonfinite=2``: stops at step 4 (``stop`` policy: test_guard)."""
+    policy, bad, stop_at = "skip", set(range(3, 99)), 4
     from trainkit.cli import main
 
     _inject_nan(monkeypatch, bad)
     out = tmp_path / "run"
-    argv = ["rlhf", "sft", "--config", "configs/rlhf/sft_tiny.yaml", f"output_dir={out}"]
+    argv = ["rlhf", "sft", "--config", TINY, f"output_dir={out}"]
     argv += ["train.max_steps=8", "train.eval_every=0", "train.save_every=1"]
     argv += [f"train.nonfinite={policy}", "train.max_nonfinite=2"]
     assert main(argv) == 2
