@@ -172,7 +172,7 @@ def batches(cfg: ExtendConfig, tok: Any, model: Any = None):
 
         fmt = tinybase.eval_section(model) if model is not None else tinybase.TinyTrainSection()
         t = tinybase.TinyTrainSection(tasks=list(d.tasks), n_keys=list(d.n_keys), source="random",
-                                      kv_echo=fmt.kv_echo)
+                                      kv_echo=fmt.kv_echo, key_len=fmt.key_len)
         i = 0
         while True:
             ids, att, lab = tinybase.make_batch(tok, rng, t, d.max_length, cfg.seed + 1, 10**8 + i * bs,

@@ -73,6 +73,7 @@ class TinyTrainSection:
     source: str = field(default="random", metadata={"help": "random, stdlib, bio or repeat"})
     n_keys: list[int] = field(default_factory=lambda: [2, 4])
     kv_echo: bool = field(default=False, metadata={"help": "kv answers repeat the key (random filler)"})
+    key_len: int = field(default=4, metadata={"help": "letters per kv key (random filler)"})
     batch: int = 16
     lr: float = 1e-3
     final_lr_frac: float = 0.1
@@ -120,7 +121,7 @@ def build_model(m: TinyModelSection, seed: int = 0):
 
 
 def random_sample(rng: random.Random, task: str, length: int, depth: float,
-                  n_keys: int = 4, kv_echo: bool = False) -> tuple[str, str, str]:
+                  n_keys: int = 4, kv_echo: bool = False, key_len: int = 4) -> tuple[str, str, str]:
     """``(context, question, answer)`` with random-letter filler, ``length`` characters in
     all (context + `SEP` + question), the asked fact starting at ``depth`` of the context.
 
@@ -138,10 +139,10 @@ def random_sample(rng: random.Random, task: str, length: int, depth: float,
         facts, q = [f" pass key: {ans}. "], "pass key?"
     elif task == "kv":
         # at most as many pairs as fit in half of the length (short curriculum stages)
-        n_keys = max(1, min(n_keys, (length // 2) // 14))
+        n_keys = max(1, min(n_keys, (length // 2) // (key_len + 10)))
         keys: list[str] = []
         while len(keys) < n_keys:
-            k = "".join(rng.choice(FILLER[:-1]) for _ in range(4))
+            k = "".join(rng.choice(FILLER[:-1]) for _ in range(key_len))
             if k not in keys:
                 keys.append(k)
         vals = [digits() for _ in keys]
@@ -175,7 +176,7 @@ def sample_ids(tok: Any, t: TinyTrainSection, task: str, length: int, depth: flo
 
         v = vocab()
         rng = random.Random(f"tiny-random:{seed}:{task}:{index}")
-        ctx, q, ans = random_sample(rng, task, length, depth, n_keys, t.kv_echo)
+        ctx, q, ans = random_sample(rng, task, length, depth, n_keys, t.kv_echo, t.key_len)
         prompt = [v["<|user|>"]] + [v[c] for c in ctx + SEP + q] + [v["<|end|>"], v["<|assistant|>"]]
         answer = [v[c] for c in ans] + [v["<|end|>"]]
         return prompt + answer, [-100] * len(prompt) + answer
@@ -375,7 +376,7 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
             break
     history.append({"step": step, "length": length, "final": True, "seconds": round(time.time() - t0, 1)})
     model.config.trainkit_tiny_state = {"length": length, "step": step + 1, "decay_from": decay_from,
-                                        "source": t.source, "kv_echo": t.kv_echo}
+                                        "source": t.source, "kv_echo": t.kv_echo, "key_len": t.key_len}
     return model, tok, history, opt
 
 
@@ -395,7 +396,8 @@ def save(model: Any, tok: Any, path: str | Path, optimizer: Any = None) -> Path:
 def eval_section(model: Any) -> TinyTrainSection:
     """The sample format a tiny model was trained on (``trainkit_tiny_state`` in its config)."""
     state = getattr(model.config, "trainkit_tiny_state", None) or {}
-    return TinyTrainSection(source=state.get("source", "random"), kv_echo=bool(state.get("kv_echo", False)))
+    return TinyTrainSection(source=state.get("source", "random"), kv_echo=bool(state.get("kv_echo", False)),
+                            key_len=int(state.get("key_len", 4)))
 
 
 def load_shipped(path: str | Path | None = None):
