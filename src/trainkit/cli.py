@@ -13,6 +13,7 @@ import sys
 from trainkit import __version__
 from trainkit.commands import resolve
 from trainkit.common.errors import UserError
+from trainkit.common.guard import NonFiniteError
 
 PARTS = {
     "kan": "Kolmogorov-Arnold Networks: fit, discover formulas",
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         return _run(argv)
-    except UserError as e:
+    except (UserError, NonFiniteError) as e:
         print(f"trainkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

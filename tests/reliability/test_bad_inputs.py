@@ -26,8 +26,6 @@ GOOD = json.dumps(CHAT) + "\n"
 LONG = json.dumps({"prompt": "a " * 300, "response": "b"}) + "\n"
 
 # cases that fail today; the fixes are in files this suite's author does not own
-PENDING_KAN = pytest.mark.xfail(reason="kan/recipes.py read_csv: reject constant columns")
-PENDING_LORA = pytest.mark.xfail(reason="llm/lora.py merge_adapter: size mismatch -> UserError")
 
 # (id, argv after the part (``{t}`` = the case's temp folder), files to create, expected)
 CASES = [
@@ -132,14 +130,12 @@ CASES = [
         KAN + ["--data", "{t}/d.csv", "--target", "y", "out.root={t}/out"],
         {"d.csv": "x,y\n1,2\n1,3\n1,4\n1,5\n1,6\n1,7\n"},
         "constant",
-        marks=PENDING_KAN,
     ),
     pytest.param(
         "CSV constant target",
         KAN + ["--data", "{t}/d.csv", "--target", "y", "out.root={t}/out"],
         {"d.csv": "x,y\n1,2\n2,2\n3,2\n4,2\n5,2\n6,2\n"},
         "constant",
-        marks=PENDING_KAN,
     ),
     (
         "CSV missing target column",
@@ -192,7 +188,6 @@ CASES = [
         ["llm", "convert", "{t}/small", "--merge-adapter", "{t}/adapter", "--out", "{t}/mg"],
         {"adapter": ""},
         "does not fit",
-        marks=PENDING_LORA,
     ),
 ]
 

@@ -20,7 +20,6 @@ _EXPORTS = {
     "to_latex": "trainkit.kan.formula",
     "suggest": "trainkit.kan.symbolic_lib",
     "fit_affine": "trainkit.kan.symbolic_lib",
-    "discover": "trainkit.kan.discover",
 }
 
 __all__ = list(_EXPORTS)
