@@ -16,9 +16,9 @@ ESTIMATE_S = {"quick": 90, "full": 300}
 
 #: quick / full settings: fine-tune steps, samples per grid cell, lengths, depths
 SETTINGS = {
-    "quick": {"steps": 8, "samples": 1, "lengths": [256, 512, 1024, 2048], "depths": [0.0, 0.5, 1.0],
+    "quick": {"steps": 20, "samples": 2, "lengths": [256, 512, 1024, 2048], "depths": [0.0, 0.5, 1.0],
               "compare_no_theta": False},
-    "full": {"steps": 30, "samples": 2, "lengths": [256, 512, 1024, 1536, 2048],
+    "full": {"steps": 30, "samples": 4, "lengths": [256, 512, 1024, 1536, 2048],
              "depths": [0.0, 0.25, 0.5, 0.75, 1.0], "compare_no_theta": True},
 }
 
@@ -89,7 +89,9 @@ def run(out_dir: Path, quick: bool):
           "a pass key or one of 4 key-value pairs in random-letter filler within 256 tokens, "
           "then extended 8x to 2048 with `trainkit longctx extend` (rope_theta 1e4 -> 8e4, "
           f"full fine-tune of {rep['steps']} steps of 4 samples of 256-2048 tokens). "
-          "Heatmaps: greedy exact match by depth (rows) and length (columns).")
+          "Heatmaps: greedy exact match by depth (rows) and length (columns). The shipped base "
+          "has not learned multi-key (kv) retrieval even within 256 tokens, so kv stays near "
+          "chance before and after; passkey is the task that shows the extension.")
     images = [(f"{task} {tag}", f"longctx_{task}_{tag}.png") for tag in ("before", "after")
               for task in ("passkey", "kv")]
     if no_theta:
