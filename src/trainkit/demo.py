@@ -64,7 +64,8 @@ def _section_md(s: Section) -> str:
     if s.markdown:
         lines += [s.markdown.strip(), ""]
     for cap, rel in s.images:
-        lines += [f"![{cap}]({rel})", "", f"*{cap}*", ""]
+        alt = cap.replace("[", "(").replace("]", ")")  # brackets would end the alt text
+        lines += [f"![{alt}]({rel})", "", f"*{cap}*", ""]
     if s.command:
         lines += ["Reproduce:", "", "```", s.command, "```", ""]
     lines += [f"Time: {s.seconds:.0f} s", ""]

@@ -326,7 +326,7 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
     t = cfg.train
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.98))
     if cfg.init_from and (Path(cfg.init_from) / "optimizer.pt").is_file():
-        opt.load_state_dict(torch.load(Path(cfg.init_from) / "optimizer.pt"))
+        opt.load_state_dict(torch.load(Path(cfg.init_from) / "optimizer.pt", map_location="cpu", weights_only=True))
     warm = 0 if step0 and t.resume_schedule else t.warmup
 
     def lr_at(step: int) -> float:
