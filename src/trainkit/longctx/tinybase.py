@@ -16,7 +16,7 @@ multi-key key-value retrieval, with
 Haystack ``train.source``: ``random`` (default; random letters and spaces, the setup
 DESIGN.md reports to learn on 2 cores) or a :mod:`trainkit.longctx.tasks` source
 (``stdlib`` real text, ``bio``, ``repeat``), which the first attempt used and which
-plateaued at ~0.45 training accuracy (docs fragment ``_frag_longctx.md``).
+plateaued at ~0.45 training accuracy (docs/RESULTS.md, long context).
 
 Accuracy here is teacher-forced exact match of the whole answer, which equals greedy
 exact match (greedy reproduces the answer iff every answer token is the argmax given the
