@@ -49,10 +49,14 @@ def _worker(a) -> dict:
     from trainkit.longctx.recipe import ExtendLoraSection
 
     torch.set_num_threads(a.threads)
-    model, tok = load_model("smollm2-135m-instruct", quantization="nf4", dtype="float32",
-                            device=a.device if a.device != "cpu" else None)
+    model, tok = load_model(
+        "smollm2-135m-instruct",
+        quantization="nf4",
+        dtype="float32",
+        device=a.device if a.device != "cpu" else None,
+    )
     if a.layers and a.layers < len(model.model.layers):
-        model.model.layers = model.model.layers[:a.layers]
+        model.model.layers = model.model.layers[: a.layers]
         model.config.num_hidden_layers = a.layers
     gc = a.variant == "trainkit"
     model = apply_lora(model, ExtendLoraSection(), quantized=True, gradient_checkpointing=gc)
@@ -93,9 +97,15 @@ def _worker(a) -> dict:
     else:
         peak = _rss_kb("VmHWM") * 1024 - base
     sec = time.perf_counter() - t
-    return {"variant": a.variant, "length": a.length, "peak_mib": round(peak / 2**20, 1),
-            "seconds": round(sec, 2), "tokens_per_s": round(a.length / sec, 1),
-            "loss": round(float(loss), 4), "layers": len(model.get_base_model().model.layers)}
+    return {
+        "variant": a.variant,
+        "length": a.length,
+        "peak_mib": round(peak / 2**20, 1),
+        "seconds": round(sec, 2),
+        "tokens_per_s": round(a.length / sec, 1),
+        "loss": round(float(loss), 4),
+        "layers": len(model.get_base_model().model.layers),
+    }
 
 
 def _plot(res: dict, path: str) -> None:
@@ -123,7 +133,9 @@ def _plot(res: dict, path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", default="1024,2048,4096,8192")
-    ap.add_argument("--layers", type=int, default=0, help="keep the first N decoder layers (0 = all)")
+    ap.add_argument(
+        "--layers", type=int, default=0, help="keep the first N decoder layers (0 = all)"
+    )
     ap.add_argument("--chunk", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
@@ -140,27 +152,59 @@ def main() -> None:
     runs = []
     for L in [int(x) for x in a.lengths.split(",")]:
         for v in a.variants.split(","):
-            cmd = [sys.executable, __file__, "--variant", v, "--length", str(L), "--chunk", str(a.chunk),
-                   "--threads", str(a.threads), "--device", a.device, "--layers", str(a.layers)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--variant",
+                v,
+                "--length",
+                str(L),
+                "--chunk",
+                str(a.chunk),
+                "--threads",
+                str(a.threads),
+                "--device",
+                a.device,
+                "--layers",
+                str(a.layers),
+            ]
             try:
                 p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
                 lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-                r = json.loads(lines[-1]) if p.returncode == 0 and lines else {
-                    "variant": v, "length": L, "error": p.stderr.strip().splitlines()[-1:]}
+                r = (
+                    json.loads(lines[-1])
+                    if p.returncode == 0 and lines
+                    else {"variant": v, "length": L, "error": p.stderr.strip().splitlines()[-1:]}
+                )
             except subprocess.TimeoutExpired:
                 r = {"variant": v, "length": L, "error": f"timeout after {a.timeout} s"}
             print(json.dumps(r), file=sys.stderr, flush=True)
             runs.append(r)
     peak = {(r["variant"], r["length"]): r["peak_mib"] for r in runs if "peak_mib" in r}
     lengths = sorted({r["length"] for r in runs})
-    ratio = {str(L): round(peak[("trainkit", L)] / peak[("plain", L)], 3)
-             for L in lengths if ("trainkit", L) in peak and ("plain", L) in peak}
-    growth = {v: {f"{a_}->{b_}": round(peak[(v, b_)] / peak[(v, a_)], 2)
-                  for a_, b_ in zip(lengths, lengths[1:]) if (v, a_) in peak and (v, b_) in peak}
-              for v in ("trainkit", "plain")}
-    res = {"model": "smollm2-135m-instruct (nf4) + LoRA r32/a16 qkvo + embed_tokens",
-           "layers": a.layers or "all", "device": a.device, "threads": a.threads, "chunk": a.chunk,
-           "runs": runs, "ratio_trainkit_over_plain": ratio, "peak_growth_per_doubling": growth}
+    ratio = {
+        str(L): round(peak[("trainkit", L)] / peak[("plain", L)], 3)
+        for L in lengths
+        if ("trainkit", L) in peak and ("plain", L) in peak
+    }
+    growth = {
+        v: {
+            f"{a_}->{b_}": round(peak[(v, b_)] / peak[(v, a_)], 2)
+            for a_, b_ in zip(lengths, lengths[1:])
+            if (v, a_) in peak and (v, b_) in peak
+        }
+        for v in ("trainkit", "plain")
+    }
+    res = {
+        "model": "smollm2-135m-instruct (nf4) + LoRA r32/a16 qkvo + embed_tokens",
+        "layers": a.layers or "all",
+        "device": a.device,
+        "threads": a.threads,
+        "chunk": a.chunk,
+        "runs": runs,
+        "ratio_trainkit_over_plain": ratio,
+        "peak_growth_per_doubling": growth,
+    }
     if a.out:
         from trainkit.common.io import atomic_write_json
 

@@ -46,17 +46,37 @@ def run_trainkit(model_path: str, recs: list[dict], a, out: Path) -> tuple[list,
     from trainkit.rlhf.trainers.ppo import GRPOConfig, train
 
     data = out / "prompts.jsonl"
-    atomic_write_text(data, "".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"]})
-                                    + "\n" for r in recs))
-    over = [f"model.name={model_path}", f"data.path={data}", f"data.eval_path={data}",
-            "data.reward=[math_closeness]", "data.accuracy_reward=", "rollout.prompts_per_step=1",
-            f"rollout.n={a.n}", f"rollout.max_new_tokens={a.max_new_tokens}",
-            f"rollout.merge_lora={str(a.merge_lora).lower()}",
-            "algo.estimator=grpo", "algo.kl_coef=0.0", "lora.enabled=true", f"lora.r={a.lora_r}",
-            f"lora.alpha={2 * a.lora_r}", "lora.dropout=0.0", "optim.lr=1e-5",
-            f"train.micro_batch_size={a.n}", f"train.max_steps={a.steps}", "train.progress=false",
-            "train.save_model=false", "train.save_every=0", "eval.every=0", "eval.n_prompts=0",
-            f"output_dir={out / 'run'}", f"train.threads={a.threads}"]
+    atomic_write_text(
+        data,
+        "".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"]}) + "\n" for r in recs),
+    )
+    over = [
+        f"model.name={model_path}",
+        f"data.path={data}",
+        f"data.eval_path={data}",
+        "data.reward=[math_closeness]",
+        "data.accuracy_reward=",
+        "rollout.prompts_per_step=1",
+        f"rollout.n={a.n}",
+        f"rollout.max_new_tokens={a.max_new_tokens}",
+        f"rollout.merge_lora={str(a.merge_lora).lower()}",
+        "algo.estimator=grpo",
+        "algo.kl_coef=0.0",
+        "lora.enabled=true",
+        f"lora.r={a.lora_r}",
+        f"lora.alpha={2 * a.lora_r}",
+        "lora.dropout=0.0",
+        "optim.lr=1e-5",
+        f"train.micro_batch_size={a.n}",
+        f"train.max_steps={a.steps}",
+        "train.progress=false",
+        "train.save_model=false",
+        "train.save_every=0",
+        "eval.every=0",
+        "eval.n_prompts=0",
+        f"output_dir={out / 'run'}",
+        f"train.threads={a.threads}",
+    ]
     cfg = load_config(GRPOConfig, None, over)
     stamps: list[float] = []
     cpu: list[float] = []
@@ -90,8 +110,12 @@ def run_trl(model_path: str, recs: list[dict], a, out: Path) -> tuple[list, list
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
-                             "answer": r["answer"]} for r in recs])
+    ds = Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
+            for r in recs
+        ]
+    )
 
     def reward(prompts, completions, answer, **kw):
         texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
@@ -111,17 +135,48 @@ def run_trl(model_path: str, recs: list[dict], a, out: Path) -> tuple[list, list
                 lengths.append(float(logs["completions/mean_length"]))
 
     args = GRPOConfig(
-        output_dir=str(out / "trl"), per_device_train_batch_size=a.n, num_generations=a.n,
-        gradient_accumulation_steps=1, max_completion_length=a.max_new_tokens,
-        learning_rate=1e-5, beta=0.0, num_iterations=1, temperature=1.0, top_p=1.0, top_k=0,
-        max_steps=a.steps, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
-        bf16=False, seed=0, disable_dropout=True, loss_type="dapo", scale_rewards="group",
-        lr_scheduler_type="constant", warmup_steps=0, dataloader_num_workers=0,
-        shuffle_dataset=False)
-    peft_cfg = LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0,
-                          target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds,
-                          processing_class=tok, peft_config=peft_cfg, callbacks=[Clock()])
+        output_dir=str(out / "trl"),
+        per_device_train_batch_size=a.n,
+        num_generations=a.n,
+        gradient_accumulation_steps=1,
+        max_completion_length=a.max_new_tokens,
+        learning_rate=1e-5,
+        beta=0.0,
+        num_iterations=1,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_steps=a.steps,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        disable_dropout=True,
+        loss_type="dapo",
+        scale_rewards="group",
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        dataloader_num_workers=0,
+        shuffle_dataset=False,
+    )
+    peft_cfg = LoraConfig(
+        r=a.lora_r,
+        lora_alpha=2 * a.lora_r,
+        lora_dropout=0.0,
+        target_modules=LORA_TARGETS,
+        task_type="CAUSAL_LM",
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=args,
+        train_dataset=ds,
+        processing_class=tok,
+        peft_config=peft_cfg,
+        callbacks=[Clock()],
+    )
     t0, c0 = time.perf_counter(), time.process_time()
     trainer.train()
     return _diffs(t0, stamps), _diffs(c0, cpu), lengths
@@ -136,9 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
-    p.add_argument("--no-merge-lora", dest="merge_lora", action="store_false",
-                   help="trainkit: keep LoRA unmerged while generating (default: merged, as "
-                        "in configs/rlhf/grpo_smollm2.yaml)")
+    p.add_argument(
+        "--no-merge-lora",
+        dest="merge_lora",
+        action="store_false",
+        help="trainkit: keep LoRA unmerged while generating (default: merged, as "
+        "in configs/rlhf/grpo_smollm2.yaml)",
+    )
     p.add_argument("--only", choices=["trainkit", "trl"], default=None)
     a = p.parse_args(argv)
     a.steps = a.steps or (6 if a.quick else 5)
@@ -150,8 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     name = a.model or ("tiny-llama" if a.quick else "smollm2-135m-instruct")
     path = resolve(name)
     recs = prompts_for(a.steps)
-    result = {"model": name, "n": a.n, "max_new_tokens": a.max_new_tokens, "lora_r": a.lora_r,
-              "steps": a.steps, "threads": a.threads, "merge_lora": a.merge_lora}
+    result = {
+        "model": name,
+        "n": a.n,
+        "max_new_tokens": a.max_new_tokens,
+        "lora_r": a.lora_r,
+        "steps": a.steps,
+        "threads": a.threads,
+        "merge_lora": a.merge_lora,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if a.only in (None, "trainkit"):
@@ -161,9 +227,11 @@ def main(argv: list[str] | None = None) -> int:
             result["trainkit_cpu_s_per_step"] = statistics.median(tk_cpu[1:] or tk_cpu)
             result["trainkit_parts_median_s"] = {
                 k: round(statistics.median(p_[k] for p_ in (parts[1:] or parts)), 3)
-                for k in ("gen_s", "exp_s", "train_s")}
+                for k in ("gen_s", "exp_s", "train_s")
+            }
             result["trainkit_mean_completion_len"] = statistics.mean(
-                p_["response_len"] for p_ in parts)
+                p_["response_len"] for p_ in parts
+            )
         if a.only in (None, "trl"):
             trl_steps, trl_cpu, trl_len = run_trl(path, recs, a, tmp / "trl")
             result["trl_cpu_s_per_step"] = statistics.median(trl_cpu[1:] or trl_cpu)
@@ -173,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     if "trainkit_s_per_step" in result and "trl_s_per_step" in result:
         result["speedup"] = result["trl_s_per_step"] / result["trainkit_s_per_step"]
         # CPU seconds of this process: robust when other jobs share the cores
-        result["speedup_cpu_time"] = result["trl_cpu_s_per_step"] / result["trainkit_cpu_s_per_step"]
+        result["speedup_cpu_time"] = (
+            result["trl_cpu_s_per_step"] / result["trainkit_cpu_s_per_step"]
+        )
         # completions differ in length between the two runs (different random streams);
         # seconds per generated token is the length-fair comparison
         if result.get("trl_mean_completion_len"):

@@ -32,16 +32,34 @@ def main() -> None:
     ap.add_argument("--out", default="runs/longctx/tiny_experiment.json")
     args = ap.parse_args()
     t0 = time.time()
-    res = tiny_experiment(args.base, steps=args.steps, lr=args.lr, samples=args.samples,
-                          threads=args.threads, seed=args.seed,
-                          ft_rules=tuple(r for r in args.ft_rules.split(",") if r),
-                          free_rules=tuple(r for r in args.free_rules.split(",") if r),
-                          log=lambda r: print(json.dumps(r), flush=True))
+    res = tiny_experiment(
+        args.base,
+        steps=args.steps,
+        lr=args.lr,
+        samples=args.samples,
+        threads=args.threads,
+        seed=args.seed,
+        ft_rules=tuple(r for r in args.ft_rules.split(",") if r),
+        free_rules=tuple(r for r in args.free_rules.split(",") if r),
+        log=lambda r: print(json.dumps(r), flush=True),
+    )
     res["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(args.out, res)
-    short = {k: {m: v[m] for m in ("passkey", "kv", "short_passkey", "short_kv", "short_answer_ppl",
-                                   "ft_seconds") if m in v}
-             for k, v in res["variants"].items()}
+    short = {
+        k: {
+            m: v[m]
+            for m in (
+                "passkey",
+                "kv",
+                "short_passkey",
+                "short_kv",
+                "short_answer_ppl",
+                "ft_seconds",
+            )
+            if m in v
+        }
+        for k, v in res["variants"].items()
+    }
     print(json.dumps({"variants": short, "checks": res["checks"], "seconds": res["seconds"]}))
 
 

@@ -40,12 +40,19 @@ def main() -> None:
     tinybase.save(model, tok, out, optimizer=opt)
     acc = {}
     for task in cfg.train.tasks:
-        acc[task] = {L: tinybase.evaluate_accuracy(model, tok, cfg.train, int(L), args.eval_samples,
-                                                   cfg.seed, task=task)
-                     for L in args.eval_lengths.split(",")}
-    report = {"config": to_dict(cfg), "train_seconds": round(train_s, 1),
-              "final": history[-1], "accuracy_by_length": acc,
-              "params": sum(p.numel() for p in model.parameters())}
+        acc[task] = {
+            L: tinybase.evaluate_accuracy(
+                model, tok, cfg.train, int(L), args.eval_samples, cfg.seed, task=task
+            )
+            for L in args.eval_lengths.split(",")
+        }
+    report = {
+        "config": to_dict(cfg),
+        "train_seconds": round(train_s, 1),
+        "final": history[-1],
+        "accuracy_by_length": acc,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
     atomic_write_json(out.parent / f"{out.name}_metrics.json", report)
     print(json.dumps({"accuracy_by_length": acc, "train_seconds": report["train_seconds"]}))
 

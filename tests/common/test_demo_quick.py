@@ -10,8 +10,12 @@ import pytest
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "report"
-    r = subprocess.run([sys.executable, "-m", "trainkit", "demo", "--quick", "--out", str(out)],
-                       capture_output=True, text=True, timeout=1200)
+    r = subprocess.run(
+        [sys.executable, "-m", "trainkit", "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -29,7 +33,9 @@ def test_report_has_every_part_and_its_headline_numbers(report):
     assert re.search(r"\| RM held-out pairwise accuracy \| \d+% -> \d+%", md)
     assert re.search(r"\| GRPO held-out mean reward \| \d\.\d{3} -> \d\.\d{3}", md)
     # long context: accuracies before and after extension
-    assert re.search(r"\| passkey @2048 before -> after \(theta x8 \+ fine-tune\) \| \d+% -> \d+% \|", md)
+    assert re.search(
+        r"\| passkey @2048 before -> after \(theta x8 \+ fine-tune\) \| \d+% -> \d+% \|", md
+    )
     assert re.search(r"\| kv \(4 keys\) @2048 before -> after \| \d+% -> \d+% \|", md)
 
 

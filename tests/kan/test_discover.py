@@ -17,8 +17,9 @@ CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "kan").glob("discover_
 
 def test_exp_sin_from_pruned_width_recovers_formula():
     """Refine -> auto_symbolic -> fine-tune on [2,1,1] (the fast half of the paper's workflow)."""
-    r = discover("exp(sin(pi*x1) + x2**2)", [2, 1, 1], lamb=0, grids=(5, 10), steps=30,
-                 finetune_steps=20)
+    r = discover(
+        "exp(sin(pi*x1) + x2**2)", [2, 1, 1], lamb=0, grids=(5, 10), steps=30, finetune_steps=20
+    )
     assert r["formula"] == "exp(x2**2 + sin(3.1416*x1))"
     assert r["exact"] is True and r["confident"] is True
     assert r["symbolic_test_rmse"] <= 1e-6
@@ -46,8 +47,14 @@ def test_multiplication_node_recovers_product():
 
 
 def test_bessel_reaches_1e3_and_formula_reports_best_fit_honestly():
-    ds = create_dataset(lambda x: torch.special.bessel_j0(20 * x[:, 0]), n_var=1, train_num=1000,
-                        test_num=1000, seed=0, dtype=torch.float64)
+    ds = create_dataset(
+        lambda x: torch.special.bessel_j0(20 * x[:, 0]),
+        n_var=1,
+        train_num=1000,
+        test_num=1000,
+        seed=0,
+        dtype=torch.float64,
+    )
     r = discover(ds, [1, 1], lamb=0, grids=(20, 50, 100), steps=20, finetune_steps=10)
     assert r["kan_test_rmse"] <= 1e-3
     assert r["confident"] is False and r["min_r2"] < 0.9  # J0 is not in the library
@@ -58,8 +65,12 @@ def test_bessel_reaches_1e3_and_formula_reports_best_fit_honestly():
 
 
 def test_std_regularization_value():
-    acts = [{"postacts": torch.tensor([[[1.0, 0.0]], [[3.0, 0.0]]]),
-             "input": torch.tensor([[0.0, 1.0], [2.0, 1.0]])}]
+    acts = [
+        {
+            "postacts": torch.tensor([[[1.0, 0.0]], [[3.0, 0.0]]]),
+            "input": torch.tensor([[0.0, 1.0], [2.0, 1.0]]),
+        }
+    ]
     # std(postacts) = [sqrt(2), 0], std(input) = [sqrt(2), 0] -> l1 = [sqrt2/(sqrt2+0.1), 0]
     l1 = math.sqrt(2) / (math.sqrt(2) + 0.1)
     assert float(std_regularization(acts, 1.0, 2.0)) == pytest.approx(l1, rel=1e-6)
@@ -79,10 +90,21 @@ def test_run_discover_csv_command(tmp_path, capsys):
     x = 2 * torch.rand(300, 2, generator=g, dtype=torch.float64) - 1
     lines = ["a,b,y"] + [f"{u:.17g},{v:.17g},{u * v:.17g}" for u, v in x.tolist()]
     (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
-    cfg = load_config(KanDiscoverConfig, None, [
-        f"data.csv={tmp_path / 'd.csv'}", "data.target=y", "model.width=[2,[0,1],1]",
-        "sparse.lamb=0", "refine.grids=[5]", "refine.steps=20", "symbolic.finetune_steps=20",
-        f"out.root={tmp_path / 'runs'}", "out.verbose=false"])
+    cfg = load_config(
+        KanDiscoverConfig,
+        None,
+        [
+            f"data.csv={tmp_path / 'd.csv'}",
+            "data.target=y",
+            "model.width=[2,[0,1],1]",
+            "sparse.lamb=0",
+            "refine.grids=[5]",
+            "refine.steps=20",
+            "symbolic.finetune_steps=20",
+            f"out.root={tmp_path / 'runs'}",
+            "out.verbose=false",
+        ],
+    )
     assert run_discover(cfg) == 0
     out = capsys.readouterr().out
     assert "formula: a*b" in out
@@ -108,16 +130,25 @@ def test_discover_configs_parse(path):
 # test registers it itself).
 DISCOVER_ENTRY = dict(
     help="the paper's science workflow: sparse fit, prune, refine, snap to symbols, formula",
-    description=("Discover a formula from data (--formula 'exp(sin(pi*x1)+x2**2)' or --data "
-                 "file.csv --target y): fit a KAN with sparsity, prune, refine the grid, snap "
-                 "every edge to a library function, fine-tune, and print the formula with its "
-                 "test RMSE. Plots before/after pruning, both models and summary.json go to a "
-                 "run directory."),
+    description=(
+        "Discover a formula from data (--formula 'exp(sin(pi*x1)+x2**2)' or --data "
+        "file.csv --target y): fit a KAN with sparsity, prune, refine the grid, snap "
+        "every edge to a library function, fine-tune, and print the formula with its "
+        "test RMSE. Plots before/after pruning, both models and summary.json go to a "
+        "run directory."
+    ),
     run="trainkit.kan.discover:run_discover",
     config="trainkit.kan.discover:KanDiscoverConfig",
-    flags={"--formula": "data.formula", "--data": "data.csv", "--target": "data.target",
-           "--width": "model.width", "--seed": "model.seed", "--lamb": "sparse.lamb",
-           "--grids": "refine.grids", "--out": "out.root"},
+    flags={
+        "--formula": "data.formula",
+        "--data": "data.csv",
+        "--target": "data.target",
+        "--width": "model.width",
+        "--seed": "model.seed",
+        "--lamb": "sparse.lamb",
+        "--grids": "refine.grids",
+        "--out": "out.root",
+    },
 )
 
 
@@ -127,9 +158,25 @@ def test_cli_kan_discover(tmp_path, capsys, monkeypatch):
     from trainkit.kan import commands
 
     monkeypatch.setitem(commands.COMMANDS, "discover", Command(**DISCOVER_ENTRY))
-    rc = cli.main(["kan", "discover", "--formula", "x1*x2", "--width", "[2,[0,1],1]",
-                   "--lamb", "0", "--grids", "[5]", "--out", str(tmp_path), "refine.steps=20",
-                   "symbolic.finetune_steps=20", "out.verbose=false"])
+    rc = cli.main(
+        [
+            "kan",
+            "discover",
+            "--formula",
+            "x1*x2",
+            "--width",
+            "[2,[0,1],1]",
+            "--lamb",
+            "0",
+            "--grids",
+            "[5]",
+            "--out",
+            str(tmp_path),
+            "refine.steps=20",
+            "symbolic.finetune_steps=20",
+            "out.verbose=false",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "formula: x1*x2" in out and "exact formula recovered: yes" in out

@@ -12,15 +12,42 @@ from trainkit.kan import feynman as F  # noqa: E402
 from trainkit.kan.formula import parse_formula  # noqa: E402
 
 # The ids of the KAN paper's Table 2.
-PAPER_IDS = ["I.6.2", "I.6.2b", "I.9.18", "I.12.11", "I.13.12", "I.15.3x", "I.16.6", "I.18.4",
-             "I.26.2", "I.27.6", "I.29.16", "I.30.3", "I.30.5", "I.37.4", "I.40.1", "I.44.4",
-             "I.50.26", "II.2.42", "II.6.15a", "II.11.7", "II.11.27", "II.35.18", "II.36.38",
-             "II.38.3", "III.9.52", "III.10.19", "III.17.37"]
+PAPER_IDS = [
+    "I.6.2",
+    "I.6.2b",
+    "I.9.18",
+    "I.12.11",
+    "I.13.12",
+    "I.15.3x",
+    "I.16.6",
+    "I.18.4",
+    "I.26.2",
+    "I.27.6",
+    "I.29.16",
+    "I.30.3",
+    "I.30.5",
+    "I.37.4",
+    "I.40.1",
+    "I.44.4",
+    "I.50.26",
+    "II.2.42",
+    "II.6.15a",
+    "II.11.7",
+    "II.11.27",
+    "II.35.18",
+    "II.36.38",
+    "II.38.3",
+    "III.9.52",
+    "III.10.19",
+    "III.17.37",
+]
 
 # Written independently from the paper's dimensionless formulas with the math module.
 MATH = {
     "I.6.2": lambda t, s: math.exp(-t * t / (2 * s * s)) / math.sqrt(2 * math.pi * s * s),
-    "I.6.2b": lambda t, t1, s: math.exp(-(t - t1) ** 2 / (2 * s * s)) / math.sqrt(2 * math.pi * s * s),
+    "I.6.2b": lambda t, t1, s: (
+        math.exp(-((t - t1) ** 2) / (2 * s * s)) / math.sqrt(2 * math.pi * s * s)
+    ),
     "I.9.18": lambda a, b, c, d, e, f: a / ((b - 1) ** 2 + (c - d) ** 2 + (e - f) ** 2),
     "I.12.11": lambda a, t: 1 + a * math.sin(t),
     "I.13.12": lambda a, b: a * (1 / b - 1),

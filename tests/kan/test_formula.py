@@ -31,13 +31,18 @@ def test_parse_paper_formula_and_variable_order():
     assert parse_formula("e + pi")[0] == sympy.E + sympy.pi and parse_formula("e + pi")[1] == []
     assert parse_formula("e*x", variables=["e", "x"])[0] == sympy.Symbol("e") * sympy.Symbol("x")
     assert parse_formula("ln(x) + arcsin(x) + sgn(x) + j0(x)")[0] == (
-        sympy.log(sympy.Symbol("x")) + sympy.asin(sympy.Symbol("x"))
-        + sympy.sign(sympy.Symbol("x")) + sympy.besselj(0, sympy.Symbol("x")))
+        sympy.log(sympy.Symbol("x"))
+        + sympy.asin(sympy.Symbol("x"))
+        + sympy.sign(sympy.Symbol("x"))
+        + sympy.besselj(0, sympy.Symbol("x"))
+    )
 
 
 def test_to_callable_values_dtype_and_grad():
     f = to_callable("exp(sin(pi*x1) + x2**2)")
-    x = torch.tensor([[0.5, 1.0], [0.0, 0.0], [-0.25, 0.5]], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor(
+        [[0.5, 1.0], [0.0, 0.0], [-0.25, 0.5]], dtype=torch.float64, requires_grad=True
+    )
     y = f(x)
     assert y.shape == (3, 1) and y.dtype == torch.float64
     expected = [math.exp(1 + 1), 1.0, math.exp(math.sin(-math.pi / 4) + 0.25)]
@@ -57,8 +62,9 @@ def test_to_callable_more_functions_and_constants():
     assert j0[0].item() == pytest.approx(0.2238907791412357, rel=1e-9)  # J0(2)
     c = to_callable("3*pi")(torch.zeros(4, 0))
     assert c.shape == (4, 1) and c[0, 0].item() == pytest.approx(3 * math.pi)
-    f = to_callable(parse_formula("abs(x) + sqrt(y) + 1/y + max(x, y) + atan2(x, y) + log(y, 2)")[0],
-                    ["x", "y"])
+    f = to_callable(
+        parse_formula("abs(x) + sqrt(y) + 1/y + max(x, y) + atan2(x, y) + log(y, 2)")[0], ["x", "y"]
+    )
     v = f(torch.tensor([[-0.5, 4.0]], dtype=torch.float64))[0, 0].item()
     assert v == pytest.approx(0.5 + 2 + 0.25 + 4 + math.atan2(-0.5, 4) + 2, rel=1e-13)
     with pytest.raises(ValueError, match=r"shape \[N, 2\]"):
@@ -167,9 +173,46 @@ def test_to_latex():
 
 
 _FORMULA_CHARS = "xyz12.e+-*/^()_ ,pisnqrtlogexpabs'\"[]{}:;=<>!@#$%&|~`\\\n\t"
-_TOKENS = ["x", "y", "x1", "pi", "e", "2", "0", "1.5", "1e308", "9", "+", "-", "*", "/", "**",
-           "^", "(", ")", ",", "sin(", "exp(", "log(", "sqrt(", "besselj(", "max(", "atan2(",
-           "__", ".", "[", "]", "lambda", "import", "'", "=", " ", "j0(", "0)", "-1)"]
+_TOKENS = [
+    "x",
+    "y",
+    "x1",
+    "pi",
+    "e",
+    "2",
+    "0",
+    "1.5",
+    "1e308",
+    "9",
+    "+",
+    "-",
+    "*",
+    "/",
+    "**",
+    "^",
+    "(",
+    ")",
+    ",",
+    "sin(",
+    "exp(",
+    "log(",
+    "sqrt(",
+    "besselj(",
+    "max(",
+    "atan2(",
+    "__",
+    ".",
+    "[",
+    "]",
+    "lambda",
+    "import",
+    "'",
+    "=",
+    " ",
+    "j0(",
+    "0)",
+    "-1)",
+]
 
 
 def _check_only_user_error(text):
@@ -200,12 +243,10 @@ if given is not None:
     def test_random_formula_text_only_raises_user_error(text):
         _check_only_user_error(text)
 
-
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(st.sampled_from(_TOKENS), max_size=25))
     def test_random_token_sequences_only_raise_user_error(tokens):
         _check_only_user_error("".join(tokens))
-
 
     @settings(max_examples=50, deadline=None)
     @given(st.text(max_size=60))

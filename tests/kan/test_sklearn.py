@@ -37,7 +37,9 @@ def test_regressor_learns_a_smooth_function():
 def test_regressor_multiplication_node_and_grid_schedule():
     rng = np.random.default_rng(0)
     X, Xt = rng.uniform(-1, 1, size=(100, 2)), rng.uniform(-1, 1, size=(200, 2))
-    reg = KANRegressor(hidden_layer_sizes=((0, 1),), grids=(3, 5), steps=3).fit(X, X[:, 0] * X[:, 1])
+    reg = KANRegressor(hidden_layer_sizes=((0, 1),), grids=(3, 5), steps=3).fit(
+        X, X[:, 0] * X[:, 1]
+    )
     assert reg.model_.width == [[2, 0], [0, 1], [1, 0]] and reg.model_.grid == 5
     assert len(reg.history_) == 2
     assert reg.score(Xt, Xt[:, 0] * Xt[:, 1]) > 0.998  # measured 0.9994
@@ -72,9 +74,15 @@ def test_clone_params_pickle_and_cross_val_score():
     assert scores.shape == (3,) and np.isfinite(scores).all()
 
 
-@pytest.mark.parametrize("check", [ec.check_estimators_unfitted, ec.check_fit2d_1sample,
-                                   ec.check_n_features_in_after_fitting,
-                                   ec.check_estimators_nan_inf])
+@pytest.mark.parametrize(
+    "check",
+    [
+        ec.check_estimators_unfitted,
+        ec.check_fit2d_1sample,
+        ec.check_n_features_in_after_fitting,
+        ec.check_estimators_nan_inf,
+    ],
+)
 @pytest.mark.parametrize("cls", [KANRegressor, KANClassifier])
 def test_selected_sklearn_checks(cls, check):
     with warnings.catch_warnings():

@@ -38,7 +38,10 @@ def test_hand_snapped_model_gives_paper_formula():
     assert equivalent(expr, "exp(sin(pi*x1) + x2**2)", 3)
     (named,) = S.symbolic_formula(m, var_names=["a", "b"], digits=2)
     assert str(named) == "exp(b**2 + sin(3.14*a))"
-    assert S.formula_rmse([S.symbolic_formula(m, digits=None)[0]], ["x1", "x2"], x, want[:, None]) < 1e-12
+    assert (
+        S.formula_rmse([S.symbolic_formula(m, digits=None)[0]], ["x1", "x2"], x, want[:, None])
+        < 1e-12
+    )
 
 
 def test_multiplication_node_is_a_product_in_the_formula():
@@ -57,8 +60,14 @@ def test_multiplication_node_is_a_product_in_the_formula():
 
 
 def test_suggest_fix_then_fit_trains_affine_parameters():
-    ds = create_dataset(lambda x: torch.sin(2 * x[:, 0] + 0.5), n_var=1, train_num=300,
-                        test_num=300, seed=0, dtype=torch.float64)
+    ds = create_dataset(
+        lambda x: torch.sin(2 * x[:, 0] + 0.5),
+        n_var=1,
+        train_num=300,
+        test_num=300,
+        seed=0,
+        dtype=torch.float64,
+    )
     m = KAN([1, 1], grid=10, seed=0, dtype=torch.float64)
     m.fit(ds, steps=15, verbose=False)
     x = ds["train_input"]
@@ -79,10 +88,12 @@ def test_suggest_fix_then_fit_trains_affine_parameters():
 
 def test_canonical_forms_are_the_same_function():
     u = torch.linspace(-2, 2, 101, dtype=torch.float64)
-    for name, fn, p in [("sin", torch.sin, (-2.0, 3.0, 0.7, 0.1)),
-                        ("cos", torch.cos, (1.5, -2.5, -1.2, 0.0)),
-                        ("x^2", lambda v: v * v, (-1.0, 0.3, 2.0, 1.0)),
-                        ("tanh", torch.tanh, (-3.0, 0.2, 1.0, 0.0))]:
+    for name, fn, p in [
+        ("sin", torch.sin, (-2.0, 3.0, 0.7, 0.1)),
+        ("cos", torch.cos, (1.5, -2.5, -1.2, 0.0)),
+        ("x^2", lambda v: v * v, (-1.0, 0.3, 2.0, 1.0)),
+        ("tanh", torch.tanh, (-3.0, 0.2, 1.0, 0.0)),
+    ]:
         a, b, c, d = p
         a2, b2, c2, d2 = S.canonical(name, *p)
         assert a2 > 0

@@ -37,20 +37,24 @@ def test_fit_affine_recovers_tanh_up_to_symmetry():
     # tanh is odd: (a, b, c) and (-a, -b, -c) are the same function.
     sign = 1.0 if fit.a > 0 else -1.0
     assert (sign * fit.a, sign * fit.b, sign * fit.c, fit.d) == pytest.approx(
-        (3.0, -0.5, 2.0, 1.0), abs=1e-6)
+        (3.0, -0.5, 2.0, 1.0), abs=1e-6
+    )
     assert 1 - fit.r2 < 1e-12
 
 
-@pytest.mark.parametrize("name,f", [
-    ("x^2", lambda x: 0.7 * (x - 0.2) ** 2 + 0.1),
-    ("exp", lambda x: 2 * torch.exp(1.5 * x) - 1),
-    ("log", lambda x: torch.log(x + 1.5)),
-    ("sqrt", lambda x: -torch.sqrt(1.2 - x)),
-    ("1/x", lambda x: 1 / (x + 1.5)),
-    ("gaussian", lambda x: torch.exp(-((2 * x + 0.3) ** 2))),
-    ("abs", lambda x: (x - 0.2).abs()),
-    ("sgn", lambda x: 0.5 * torch.sign(x - 0.1) + 2),
-])
+@pytest.mark.parametrize(
+    "name,f",
+    [
+        ("x^2", lambda x: 0.7 * (x - 0.2) ** 2 + 0.1),
+        ("exp", lambda x: 2 * torch.exp(1.5 * x) - 1),
+        ("log", lambda x: torch.log(x + 1.5)),
+        ("sqrt", lambda x: -torch.sqrt(1.2 - x)),
+        ("1/x", lambda x: 1 / (x + 1.5)),
+        ("gaussian", lambda x: torch.exp(-((2 * x + 0.3) ** 2))),
+        ("abs", lambda x: (x - 0.2).abs()),
+        ("sgn", lambda x: 0.5 * torch.sign(x - 0.1) + 2),
+    ],
+)
 def test_fit_affine_predicts_exactly(name, f):
     x = _x(seed=2)
     y = f(x)
@@ -75,8 +79,9 @@ def test_bessel_is_reported_honestly_and_custom_entries_without_autograd_work():
     res = S.suggest(x, y, topk=26)
     assert max(f.r2 for f in res) < 0.9  # J0(20x) is not in the library
     # torch.special.bessel_j0 has no autograd formula: finite differences are used
-    j0 = S.SymbolicFunction("J0", torch.special.bessel_j0, lambda sp, u: sp.besselj(0, u),
-                            complexity=4, reflect=True)
+    j0 = S.SymbolicFunction(
+        "J0", torch.special.bessel_j0, lambda sp, u: sp.besselj(0, u), complexity=4, reflect=True
+    )
     best = S.suggest(x, y, lib=[*S.LIBRARY.values(), j0], topk=2)[0]
     assert best.name == "J0" and 1 - best.r2 < 1e-10
     assert abs(best.a) == pytest.approx(20.0, abs=1e-6)
@@ -164,13 +169,17 @@ def test_guard_literal_values():
     assert S.LIBRARY["1/sqrt(x)"](z).tolist() == pytest.approx([100.0, 100.0])
     two = torch.tensor([2.0, -2.0], dtype=torch.float64)
     assert S.LIBRARY["arcsin"](two).tolist() == pytest.approx(
-        [math.asin(1 - 1e-6), -math.asin(1 - 1e-6)], abs=1e-12)
+        [math.asin(1 - 1e-6), -math.asin(1 - 1e-6)], abs=1e-12
+    )
     assert S.LIBRARY["arctanh"](two).tolist() == pytest.approx(
-        [math.atanh(1 - 1e-6), -math.atanh(1 - 1e-6)], abs=1e-9)
+        [math.atanh(1 - 1e-6), -math.atanh(1 - 1e-6)], abs=1e-9
+    )
     assert float(S.LIBRARY["tan"](torch.tensor(math.pi / 2, dtype=torch.float64))) == pytest.approx(
-        1e4, rel=1e-3)
+        1e4, rel=1e-3
+    )
     assert float(S.LIBRARY["exp"](torch.tensor(1e3, dtype=torch.float64))) == pytest.approx(
-        math.exp(80.0))
+        math.exp(80.0)
+    )
 
 
 @pytest.mark.parametrize("name", list(S.LIBRARY))
@@ -243,7 +252,6 @@ except ImportError:  # pragma: no cover
 
 if given is not None:
     _finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
-
 
     @settings(max_examples=25, deadline=None)
     @given(st.lists(st.tuples(_finite, _finite), min_size=2, max_size=40))

@@ -32,9 +32,13 @@ from trainkit.llm.data import (
 from trainkit.llm.toy_data import SIGN_OFF, make_examples, matches_style, write_toy_chat
 
 FIX = Path(__file__).parent / "fixtures"
-CHAT = [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello there"}, {"role": "user", "content": "Q2"},
-        {"role": "assistant", "content": "A2"}]
+CHAT = [
+    {"role": "system", "content": "S"},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello there"},
+    {"role": "user", "content": "Q2"},
+    {"role": "assistant", "content": "A2"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +60,8 @@ class CharTok:
 
     def apply_chat_template(self, msgs, tokenize=False, add_generation_prompt=False):
         return "".join(f"<{m['role']}>{m['content']}|" for m in msgs) + (
-            "<assistant>" if add_generation_prompt else "")
+            "<assistant>" if add_generation_prompt else ""
+        )
 
     def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
         if return_offsets_mapping:
@@ -108,7 +113,8 @@ def test_chat_labels_exactly_assistant_content_and_eot(tok):
 OTHER_STYLE = (  # BOS text, "role:" headers, trimmed content, end-of-turn <|endoftext|> (not eos)
     "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}:\n"
     "{{ m['content'] | trim }}<|endoftext|>{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant:\n{% endif %}")
+    "{% if add_generation_prompt %}<|im_start|>assistant:\n{% endif %}"
+)
 
 
 class OtherTemplate:
@@ -137,8 +143,16 @@ def test_chat_labels_with_another_template(tok):
 
 def test_chat_labels_without_offsets_fallback():
     t = CharTok()
-    s = tokenize_chat(t, [{"role": "user", "content": "ab"}, {"role": "assistant", "content": "xy"},
-                          {"role": "user", "content": "c"}, {"role": "assistant", "content": "z"}], "x")
+    s = tokenize_chat(
+        t,
+        [
+            {"role": "user", "content": "ab"},
+            {"role": "assistant", "content": "xy"},
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "z"},
+        ],
+        "x",
+    )
     assert t.decode(s["input_ids"]) == "<user>ab|<assistant>xy|<user>c|<assistant>z|"
     assert _labelled(t, s) == ["xy|", "z|"]
 
@@ -147,7 +161,9 @@ def test_chat_without_template_is_a_clear_error(tmp_path):
     t = CharTok()
     t.chat_template = None
     recs, fmt = load_records(str(FIX / "chat_small.jsonl"), DataConfig())
-    with pytest.raises(UserError, match=r"chat_small.jsonl:1: chat data needs a tokenizer with a chat template"):
+    with pytest.raises(
+        UserError, match=r"chat_small.jsonl:1: chat data needs a tokenizer with a chat template"
+    ):
         tokenize_records(recs, fmt, t, DataConfig())
 
 
@@ -177,8 +193,15 @@ def test_text_format_labels_everything(tok):
     recs = [validate_record({"text": "hello world"}, "f:1", "text", cfg)]
     (s,), st_ = tokenize_records(recs, "text", tok, cfg)
     assert s["input_ids"] == s["labels"] == [28120, 905, 2]
-    assert st_ == {"records": 1, "kept": 1, "truncated": 0, "dropped": 0, "tokens": 3,
-                   "label_tokens": 3, "max_tokens": 3}
+    assert st_ == {
+        "records": 1,
+        "kept": 1,
+        "truncated": 0,
+        "dropped": 0,
+        "tokens": 3,
+        "label_tokens": 3,
+        "max_tokens": 3,
+    }
 
 
 def test_preference_pairs_share_prompt(tok):
@@ -188,9 +211,15 @@ def test_preference_pairs_share_prompt(tok):
     p = pairs[1]
     n = p["prompt_length"]
     assert p["chosen_input_ids"][:n] == p["rejected_input_ids"][:n]
-    assert tok.decode(p["chosen_input_ids"][:n]).endswith("Capital of Italy?<|im_end|>\n<|im_start|>assistant\n")
-    assert _labelled(tok, {"input_ids": p["chosen_input_ids"], "labels": p["chosen_labels"]}) == ["Rome.<|im_end|>"]
-    assert _labelled(tok, {"input_ids": p["rejected_input_ids"], "labels": p["rejected_labels"]}) == ["Milan.<|im_end|>"]
+    assert tok.decode(p["chosen_input_ids"][:n]).endswith(
+        "Capital of Italy?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert _labelled(tok, {"input_ids": p["chosen_input_ids"], "labels": p["chosen_labels"]}) == [
+        "Rome.<|im_end|>"
+    ]
+    assert _labelled(
+        tok, {"input_ids": p["rejected_input_ids"], "labels": p["rejected_labels"]}
+    ) == ["Milan.<|im_end|>"]
     assert stats["kept"] == 2
     b = collate(pairs, pad_id=2)
     L = max(len(q[k]) for q in pairs for k in ("chosen_input_ids", "rejected_input_ids"))
@@ -202,22 +231,60 @@ def test_preference_pairs_share_prompt(tok):
 def test_conversational_preference_records(tok):
     cfg = DataConfig()
     q = [{"role": "user", "content": "Capital of Italy?"}]
-    trl = validate_record({"prompt": q, "chosen": [{"role": "assistant", "content": "Rome."}],
-                           "rejected": [{"role": "assistant", "content": "Milan."}]}, "f:1", "preference", cfg)
-    hh = validate_record({"chosen": q + [{"role": "assistant", "content": "Rome."}],
-                          "rejected": q + [{"role": "assistant", "content": "Milan."}]}, "f:2", "preference", cfg)
-    flat = validate_record({"prompt": "Capital of Italy?", "chosen": "Rome.", "rejected": "Milan."},
-                           "f:3", "preference", cfg)
+    trl = validate_record(
+        {
+            "prompt": q,
+            "chosen": [{"role": "assistant", "content": "Rome."}],
+            "rejected": [{"role": "assistant", "content": "Milan."}],
+        },
+        "f:1",
+        "preference",
+        cfg,
+    )
+    hh = validate_record(
+        {
+            "chosen": q + [{"role": "assistant", "content": "Rome."}],
+            "rejected": q + [{"role": "assistant", "content": "Milan."}],
+        },
+        "f:2",
+        "preference",
+        cfg,
+    )
+    flat = validate_record(
+        {"prompt": "Capital of Italy?", "chosen": "Rome.", "rejected": "Milan."},
+        "f:3",
+        "preference",
+        cfg,
+    )
     assert trl.data == hh.data == {"prompt": q, "chosen": "Rome.", "rejected": "Milan."}
     pairs, _ = tokenize_records([trl, hh, flat], "preference", tok, cfg)
     assert pairs[0] == pairs[1] == pairs[2]
-    with pytest.raises(UserError, match="f:4: fields 'chosen' and 'rejected' differ before their last turn"):
-        validate_record({"chosen": q + [{"role": "assistant", "content": "a"}],
-                         "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "b"}]},
-                        "f:4", "preference", cfg)
+    with pytest.raises(
+        UserError, match="f:4: fields 'chosen' and 'rejected' differ before their last turn"
+    ):
+        validate_record(
+            {
+                "chosen": q + [{"role": "assistant", "content": "a"}],
+                "rejected": [
+                    {"role": "user", "content": "other"},
+                    {"role": "assistant", "content": "b"},
+                ],
+            },
+            "f:4",
+            "preference",
+            cfg,
+        )
     with pytest.raises(UserError, match="f:5: field 'chosen' must end with an assistant turn"):
-        validate_record({"prompt": "p", "chosen": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}],
-                         "rejected": "x"}, "f:5", "preference", cfg)
+        validate_record(
+            {
+                "prompt": "p",
+                "chosen": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}],
+                "rejected": "x",
+            },
+            "f:5",
+            "preference",
+            cfg,
+        )
     with pytest.raises(UserError, match="f:6: missing field 'prompt'"):
         validate_record({"chosen": "a", "rejected": "b"}, "f:6", "preference", cfg)
 
@@ -228,7 +295,10 @@ def test_conversational_preference_records(tok):
 def test_truncation_and_drop_counts():
     t = CharTok()
     cfg_r = DataConfig(max_length=4, truncation="right")
-    recs = [validate_record({"text": x}, f"f:{i}", "text", cfg_r) for i, x in enumerate(["ab", "abcdef", "abc"])]
+    recs = [
+        validate_record({"text": x}, f"f:{i}", "text", cfg_r)
+        for i, x in enumerate(["ab", "abcdef", "abc"])
+    ]
     out, st_ = tokenize_records(recs, "text", t, cfg_r)
     assert [t.decode(s["input_ids"]) for s in out] == ["ab|", "abcd", "abc|"]
     assert (st_["kept"], st_["truncated"], st_["dropped"], st_["tokens"]) == (3, 1, 0, 11)
@@ -236,8 +306,9 @@ def test_truncation_and_drop_counts():
     assert t.decode(out[1]["input_ids"]) == "def|"
     out, st_ = tokenize_records(recs, "text", t, DataConfig(max_length=4, truncation="drop"))
     assert (st_["kept"], st_["truncated"], st_["dropped"]) == (2, 0, 1)
-    assert summarize_stats(st_) == ("2/3 samples kept (0 truncated, 1 dropped), 7 tokens, "
-                                    "7 with loss, longest 4")
+    assert summarize_stats(st_) == (
+        "2/3 samples kept (0 truncated, 1 dropped), 7 tokens, 7 with loss, longest 4"
+    )
     with pytest.raises(UserError, match=r"f:1: sample has 7 tokens > data.max_length=4"):
         tokenize_records(recs, "text", t, DataConfig(max_length=4, truncation="error"))
 
@@ -245,8 +316,17 @@ def test_truncation_and_drop_counts():
 def test_chat_truncated_before_the_answer_is_dropped():
     t = CharTok()
     cfg = DataConfig(max_length=12)
-    rec = validate_record({"messages": [{"role": "user", "content": "a long question"},
-                                        {"role": "assistant", "content": "x"}]}, "f:1", "chat", cfg)
+    rec = validate_record(
+        {
+            "messages": [
+                {"role": "user", "content": "a long question"},
+                {"role": "assistant", "content": "x"},
+            ]
+        },
+        "f:1",
+        "chat",
+        cfg,
+    )
     out, st_ = tokenize_records([rec], "chat", t, cfg)
     assert out == [] and st_["dropped"] == 1
 
@@ -263,24 +343,33 @@ def test_read_formats_and_line_numbers(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pylist([{"q": "a", "a": "b"}, {"q": "c", "a": "d"}]), tmp_path / "d.parquet")
-    recs, fmt = load_records(str(tmp_path / "d.parquet"),
-                             DataConfig(prompt_field="q", response_field="a"))
+    pq.write_table(
+        pa.Table.from_pylist([{"q": "a", "a": "b"}, {"q": "c", "a": "d"}]), tmp_path / "d.parquet"
+    )
+    recs, fmt = load_records(
+        str(tmp_path / "d.parquet"), DataConfig(prompt_field="q", response_field="a")
+    )
     assert fmt == "prompt_response" and recs[1].data == {"prompt": "c", "response": "d"}
     assert recs[1].where.endswith("d.parquet: row 2")
 
 
 def test_read_datasets_folder(tmp_path):
     datasets = pytest.importorskip("datasets")
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list([{"text": "a"}, {"text": "b"}]),
-                               "test": datasets.Dataset.from_list([{"text": "c"}])})
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list([{"text": "a"}, {"text": "b"}]),
+            "test": datasets.Dataset.from_list([{"text": "c"}]),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "ds"))
     assert [o for _, o in read_raw(str(tmp_path / "ds"))] == [{"text": "a"}, {"text": "b"}]
     assert [o for _, o in read_raw(str(tmp_path / "ds"), "test")] == [{"text": "c"}]
     with pytest.raises(UserError, match=r"no split 'dev'; splits here: train, test"):
         read_raw(str(tmp_path / "ds"), "dev")
     datasets.Dataset.from_list([{"text": "z"}]).save_to_disk(str(tmp_path / "plain"))
-    assert [(w.rsplit(":", 1)[1], o) for w, o in read_raw(str(tmp_path / "plain"))] == [(" row 1", {"text": "z"})]
+    assert [(w.rsplit(":", 1)[1], o) for w, o in read_raw(str(tmp_path / "plain"))] == [
+        (" row 1", {"text": "z"})
+    ]
 
 
 def test_split_and_max_samples():
@@ -295,17 +384,39 @@ def test_split_and_max_samples():
 
 
 BAD = [
-    ("a.jsonl", '{"text": "a"}\n{"text": "b"\n', r"a\.jsonl:2: invalid JSON: Expecting ',' delimiter"),
-    ("a.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n', r"a\.jsonl:2: missing field 'response'"),
-    ("a.jsonl", '{"text": "a"}\n{"text": ["x"]}\n', r"a\.jsonl:2: field 'text' must be a string, got list"),
+    (
+        "a.jsonl",
+        '{"text": "a"}\n{"text": "b"\n',
+        r"a\.jsonl:2: invalid JSON: Expecting ',' delimiter",
+    ),
+    (
+        "a.jsonl",
+        '{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n',
+        r"a\.jsonl:2: missing field 'response'",
+    ),
+    (
+        "a.jsonl",
+        '{"text": "a"}\n{"text": ["x"]}\n',
+        r"a\.jsonl:2: field 'text' must be a string, got list",
+    ),
     ("a.jsonl", '{"text": "a"}\n[1, 2]\n', r"a\.jsonl:2: a record must be a JSON object, got list"),
     ("a.jsonl", "\n  \n", r"a\.jsonl: the dataset is empty"),
     ("a.json", "[]", r"a\.json: the dataset is empty"),
-    ("a.jsonl", '{"messages": [{"role": "bot", "content": "x"}]}\n',
-     r"a\.jsonl:1: field 'messages\[0\]\.role' must be one of system, user, assistant; got 'bot'"),
-    ("a.jsonl", '{"messages": [{"role": "user", "content": "x"}]}\n',
-     r"a\.jsonl:1: field 'messages' has no assistant turn"),
-    ("a.jsonl", '{"messages": [{"role": "user"}]}\n', r"a\.jsonl:1: missing field 'messages\[0\]\.content'"),
+    (
+        "a.jsonl",
+        '{"messages": [{"role": "bot", "content": "x"}]}\n',
+        r"a\.jsonl:1: field 'messages\[0\]\.role' must be one of system, user, assistant; got 'bot'",
+    ),
+    (
+        "a.jsonl",
+        '{"messages": [{"role": "user", "content": "x"}]}\n',
+        r"a\.jsonl:1: field 'messages' has no assistant turn",
+    ),
+    (
+        "a.jsonl",
+        '{"messages": [{"role": "user"}]}\n',
+        r"a\.jsonl:1: missing field 'messages\[0\]\.content'",
+    ),
     ("a.jsonl", '{"messages": []}\n', r"a\.jsonl:1: field 'messages' is an empty list"),
     ("a.jsonl", '{"foo": 1}\n', r"a\.jsonl:1: cannot tell the data format from keys \['foo'\]"),
     ("a.jsonl", '"just text"\n', r"a\.jsonl:1: a record must be a JSON object, got string"),
@@ -313,14 +424,33 @@ BAD = [
     ("a.json", '[{"text": "a"} {"text": "b"}]', r"a\.json:1: invalid JSON: expected ',' or ']'"),
     ("a.json", '"hello"', r"a\.json:1: expected a JSON list of records"),
     ("a.csv", "text\na\n", r"unsupported data file type '\.csv'"),
-    ("a.jsonl", b'{"text": "ok"}\n{"text": "\xff"}\n', r"a\.jsonl:2: not UTF-8 text \(byte 0xff at column 11\)"),
+    (
+        "a.jsonl",
+        b'{"text": "ok"}\n{"text": "\xff"}\n',
+        r"a\.jsonl:2: not UTF-8 text \(byte 0xff at column 11\)",
+    ),
     ("a.jsonl", "[" * 100000 + "\n", r"a\.jsonl:1: invalid JSON: nesting too deep"),
     ("a.parquet", b"PAR1 not really", r"a\.parquet: not a readable parquet file"),
-    ("a.jsonl", '{"text": ' + "9" * 5000 + "}\n", r"a\.jsonl:1: invalid JSON: a number has too many digits"),
-    ("a.json", '[{"text": ' + "9" * 5000 + "}]", r"a\.json:1: invalid JSON: a number has too many digits"),
-    ("a.jsonl", '{"text": "a\\ud800"}\n', r"a\.jsonl:1: field 'text' holds an invalid unicode escape"),
-    ("a.jsonl", '{"messages": [{"role": "user", "content": "\\udfff"}]}\n',
-     r"a\.jsonl:1: field 'messages\[0\]\.content' holds an invalid unicode escape"),
+    (
+        "a.jsonl",
+        '{"text": ' + "9" * 5000 + "}\n",
+        r"a\.jsonl:1: invalid JSON: a number has too many digits",
+    ),
+    (
+        "a.json",
+        '[{"text": ' + "9" * 5000 + "}]",
+        r"a\.json:1: invalid JSON: a number has too many digits",
+    ),
+    (
+        "a.jsonl",
+        '{"text": "a\\ud800"}\n',
+        r"a\.jsonl:1: field 'text' holds an invalid unicode escape",
+    ),
+    (
+        "a.jsonl",
+        '{"messages": [{"role": "user", "content": "\\udfff"}]}\n',
+        r"a\.jsonl:1: field 'messages\[0\]\.content' holds an invalid unicode escape",
+    ),
 ]
 
 
@@ -333,9 +463,14 @@ def test_bad_inputs_are_one_line_user_errors(tmp_path, name, text, msg):
 
 
 def test_bad_fixture_files():
-    with pytest.raises(UserError, match=r"bad_record.json:3 \(record 2\): field 'response' must be a string, got int"):
+    with pytest.raises(
+        UserError,
+        match=r"bad_record.json:3 \(record 2\): field 'response' must be a string, got int",
+    ):
         load_records(str(FIX / "bad_record.json"), DataConfig())
-    with pytest.raises(UserError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9 at column 14\)"):
+    with pytest.raises(
+        UserError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9 at column 14\)"
+    ):
         load_records(str(FIX / "latin1.jsonl"), DataConfig())
 
 
@@ -361,7 +496,12 @@ def test_data_config_loads_as_a_recipe_section(tmp_path):
     p.write_text("path: d.jsonl\nroles: [user, assistant, tool]\nmax_length: 64\n")
     cfg = load_config(DataConfig, p, ["truncation=drop", "eval_fraction=0.1"])
     assert (cfg.path, cfg.roles, cfg.max_length, cfg.truncation, cfg.eval_fraction) == (
-        "d.jsonl", ["user", "assistant", "tool"], 64, "drop", 0.1)
+        "d.jsonl",
+        ["user", "assistant", "tool"],
+        64,
+        "drop",
+        0.1,
+    )
     with pytest.raises(ConfigError, match="'truncation' must be one of"):
         load_config(DataConfig, None, ["truncation=middle"])
     with pytest.raises(ConfigError, match="unknown key 'mesages_field'"):
@@ -377,20 +517,51 @@ def test_config_validation():
 
 _junk_line = st.one_of(
     st.binary(max_size=40),
-    st.sampled_from([b'{"text": "\\ud83d"}', b'{"text": ' + b"7" * 4400 + b"}",
-                     b'{"prompt": "p", "chosen": "\\udc00", "rejected": "r"}']),
-    st.text(alphabet=string.printable + "é\u2028\x00", max_size=40).map(lambda s: s.encode("utf-8")),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
-                 lambda c: st.lists(c, max_size=3) | st.dictionaries(
-                     st.sampled_from(["text", "prompt", "response", "chosen", "rejected",
-                                      "messages", "role", "content", "x"]), c, max_size=4),
-                 max_leaves=12).map(lambda o: json.dumps(o).encode()),
+    st.sampled_from(
+        [
+            b'{"text": "\\ud83d"}',
+            b'{"text": ' + b"7" * 4400 + b"}",
+            b'{"prompt": "p", "chosen": "\\udc00", "rejected": "r"}',
+        ]
+    ),
+    st.text(alphabet=string.printable + "é\u2028\x00", max_size=40).map(
+        lambda s: s.encode("utf-8")
+    ),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
+        lambda c: (
+            st.lists(c, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "text",
+                        "prompt",
+                        "response",
+                        "chosen",
+                        "rejected",
+                        "messages",
+                        "role",
+                        "content",
+                        "x",
+                    ]
+                ),
+                c,
+                max_size=4,
+            )
+        ),
+        max_leaves=12,
+    ).map(lambda o: json.dumps(o).encode()),
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lines=st.lists(_junk_line, max_size=5), ext=st.sampled_from(["a.jsonl", "a.json"]),
-       fmt=st.sampled_from(["auto", "chat", "text", "preference", "prompt_response"]))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    lines=st.lists(_junk_line, max_size=5),
+    ext=st.sampled_from(["a.jsonl", "a.json"]),
+    fmt=st.sampled_from(["auto", "chat", "text", "preference", "prompt_response"]),
+)
 def test_junk_never_raises_anything_but_user_error(tmp_path, lines, ext, fmt):
     p = tmp_path / ext
     p.write_bytes(b"\n".join(lines))
@@ -401,18 +572,30 @@ def test_junk_never_raises_anything_but_user_error(tmp_path, lines, ext, fmt):
         assert str(e) and "\n" not in str(e)
 
 
-_value = st.one_of(st.none(), st.integers(), st.text(max_size=6), st.lists(st.text(max_size=2), max_size=2))
+_value = st.one_of(
+    st.none(), st.integers(), st.text(max_size=6), st.lists(st.text(max_size=2), max_size=2)
+)
 _message = st.fixed_dictionaries(
-    {}, optional={"role": st.sampled_from(["system", "user", "assistant", "bot", 3]), "content": _value})
+    {},
+    optional={
+        "role": st.sampled_from(["system", "user", "assistant", "bot", 3]),
+        "content": _value,
+    },
+)
 _record = st.one_of(
     st.fixed_dictionaries({"messages": st.one_of(_value, st.lists(_message, max_size=4))}),
-    st.dictionaries(st.sampled_from(["prompt", "response", "chosen", "rejected", "text"]), _value, max_size=4),
+    st.dictionaries(
+        st.sampled_from(["prompt", "response", "chosen", "rejected", "text"]), _value, max_size=4
+    ),
 )
 
 
 @settings(max_examples=200, deadline=None)
-@given(rec=_record, fmt=st.sampled_from(["chat", "text", "preference", "prompt_response"]),
-       trunc=st.sampled_from(["right", "left", "drop"]))
+@given(
+    rec=_record,
+    fmt=st.sampled_from(["chat", "text", "preference", "prompt_response"]),
+    trunc=st.sampled_from(["right", "left", "drop"]),
+)
 def test_near_valid_records_validate_or_user_error(rec, fmt, trunc):
     cfg = DataConfig(max_length=12, truncation=trunc)
     try:
@@ -434,17 +617,22 @@ def test_near_valid_records_validate_or_user_error(rec, fmt, trunc):
 
 
 def test_pad_batch_values():
-    b = pad_batch([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}], pad_id=0)
+    b = pad_batch(
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}],
+        pad_id=0,
+    )
     assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert b["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert pad_batch([{"input_ids": [1], "labels": [1]}], 0, pad_to_multiple_of=8)["input_ids"].shape == (1, 8)
+    assert pad_batch([{"input_ids": [1], "labels": [1]}], 0, pad_to_multiple_of=8)[
+        "input_ids"
+    ].shape == (1, 8)
 
 
 def test_sampler_is_deterministic_and_resumes_exactly():
     s = ResumableSampler(5, 2, seed=3)
     first = [s.next_batch() for _ in range(4)]
-    assert sorted(sum(first[:3], [])) == [0, 1, 2, 3, 4]      # epoch 0 covers everything once
+    assert sorted(sum(first[:3], [])) == [0, 1, 2, 3, 4]  # epoch 0 covers everything once
     assert [len(b) for b in first] == [2, 2, 1, 2]
     assert first == [s2 for s2, _ in zip(ResumableSampler(5, 2, seed=3), range(4))]
     assert first[:3] != [b for b, _ in zip(ResumableSampler(5, 2, seed=4), range(3))]
@@ -482,7 +670,9 @@ def test_toy_data_is_deterministic_and_disjoint(tmp_path):
     assert len(q(tr)) == 200 and not q(tr) & q(ev)
     assert all(matches_style(r["messages"][1]["content"]) for r in tr + ev)
     assert not matches_style("The answer is 4.") and SIGN_OFF == "-- trainkit bot"
-    assert {"role": "assistant", "content": "Answer: 5. -- trainkit bot"} in [r["messages"][1] for r in tr + ev]
+    assert {"role": "assistant", "content": "Answer: 5. -- trainkit bot"} in [
+        r["messages"][1] for r in tr + ev
+    ]
     train_p, eval_p = write_toy_chat(tmp_path, n=20, n_eval=5, seed=0)
     assert len(train_p.read_text().splitlines()) == 20 and len(eval_p.read_text().splitlines()) == 5
 
@@ -513,16 +703,22 @@ def test_toy_dataset_tokenises_to_same_ids_as_template(tok):
     tr, _ = make_examples(5, 0, seed=2)
     for r in tr:
         s = tokenize_chat(tok, r["messages"], "x")
-        assert s["input_ids"] == list(tok.apply_chat_template(r["messages"], tokenize=True)["input_ids"])
-        assert sum(x != IGNORE_INDEX for x in s["labels"]) == len(
-            tok(r["messages"][1]["content"], add_special_tokens=False)["input_ids"]) + 1
+        assert s["input_ids"] == list(
+            tok.apply_chat_template(r["messages"], tokenize=True)["input_ids"]
+        )
+        assert (
+            sum(x != IGNORE_INDEX for x in s["labels"])
+            == len(tok(r["messages"][1]["content"], add_special_tokens=False)["input_ids"]) + 1
+        )
     assert torch.is_tensor(collate([tokenize_chat(tok, tr[0]["messages"], "x")], 2)["labels"])
 
 
 def test_data_check_command(tmp_path, capsys):
     train_p, eval_p = write_toy_chat(tmp_path, n=10, n_eval=2, seed=0)
     out = tmp_path / "stats.json"
-    cfg = DataCheckConfig(data=DataConfig(path=str(train_p), eval_path=str(eval_p)), stats_out=str(out))
+    cfg = DataCheckConfig(
+        data=DataConfig(path=str(train_p), eval_path=str(eval_p)), stats_out=str(out)
+    )
     assert check(cfg) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("train.jsonl: format chat")

@@ -48,9 +48,16 @@ def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, head_dim=32,
-                      max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=64,
+    )
     cfg._attn_implementation = "sdpa"
     return LlamaForCausalLM(cfg).eval()
 
@@ -69,18 +76,25 @@ def test_packed_logits_equal_separate(tiny_llama, mode):
     model.config._attn_implementation = "eager" if mode == "eager" else "sdpa"
     with torch.no_grad():
         if mode == "mask4d":
-            out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                        attention_mask=block_causal_mask(batch["position_ids"]), use_cache=False)
+            out = model(
+                input_ids=batch["input_ids"],
+                position_ids=batch["position_ids"],
+                attention_mask=block_causal_mask(batch["position_ids"]),
+                use_cache=False,
+            )
         else:
-            out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                        use_cache=False)
+            out = model(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+            )
         # locate every sample inside the packed rows and compare with a lone forward pass
         checked = 0
         for b, row in enumerate(rows):
             pos = row["position_ids"]
             starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
             for a, e in zip(starts, starts[1:]):
-                alone = model(input_ids=torch.tensor([row["input_ids"][a:e]]), use_cache=False).logits[0]
+                alone = model(
+                    input_ids=torch.tensor([row["input_ids"][a:e]]), use_cache=False
+                ).logits[0]
                 torch.testing.assert_close(out.logits[b, a:e], alone, atol=1e-5, rtol=0)
                 checked += 1
         assert checked == 4
@@ -106,11 +120,17 @@ def test_packed_loss_equals_mean_of_separate_losses(tiny_llama):
         return F.cross_entropy(logits[:-1], labels[1:], ignore_index=IGNORE_INDEX, reduction="sum")
 
     with torch.no_grad():
-        packed = tiny_llama(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                            use_cache=False).logits[0]
+        packed = tiny_llama(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits[0]
         total = ce_sum(packed, batch["labels"][0])
-        sep = sum(ce_sum(tiny_llama(input_ids=torch.tensor([s["input_ids"]])).logits[0],
-                         torch.tensor(s["labels"])) for s in samples)
+        sep = sum(
+            ce_sum(
+                tiny_llama(input_ids=torch.tensor([s["input_ids"]])).logits[0],
+                torch.tensor(s["labels"]),
+            )
+            for s in samples
+        )
     torch.testing.assert_close(total, sep, atol=1e-4, rtol=1e-5)
 
 
@@ -147,20 +167,32 @@ def test_packed_logits_equal_separate_cuda(dtype):
         if impl == "flash_attention_2" and dtype == "float32":
             continue
         torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=2, num_key_value_heads=2, head_dim=32,
-                          max_position_embeddings=128)
+        cfg = LlamaConfig(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=32,
+            max_position_embeddings=128,
+        )
         model = LlamaForCausalLM(cfg).to(device="cuda", dtype=dt).eval()
         model.config._attn_implementation = impl
         worst = 0.0
         with torch.no_grad():
-            out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                        use_cache=False).logits.float()
+            out = model(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+            ).logits.float()
             for b, row in enumerate(rows):
                 pos = row["position_ids"]
                 starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
                 for a, e in zip(starts, starts[1:]):
-                    alone = model(input_ids=batch["input_ids"][b:b + 1, a:e], use_cache=False).logits[0].float()
+                    alone = (
+                        model(input_ids=batch["input_ids"][b : b + 1, a:e], use_cache=False)
+                        .logits[0]
+                        .float()
+                    )
                     worst = max(worst, (out[b, a:e] - alone).abs().max().item())
         results[impl] = worst
         print(f"packing cuda {dtype} {impl}: max |packed - alone| = {worst:.2e}")

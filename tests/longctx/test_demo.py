@@ -24,8 +24,13 @@ def test_shipped_base_retrieves_within_window():
 
     ids, lab = tinybase.sample_ids(tok, t, "passkey", 200, 0.5, 3, 0, 1)
     n = sum(1 for x in lab if x == -100)
-    out = model.generate(torch.tensor([ids[:n]]), max_new_tokens=8, do_sample=False,
-                         eos_token_id=vocab()["<|end|>"], pad_token_id=0)
+    out = model.generate(
+        torch.tensor([ids[:n]]),
+        max_new_tokens=8,
+        do_sample=False,
+        eos_token_id=vocab()["<|end|>"],
+        pad_token_id=0,
+    )
     assert out[0, n:].tolist()[:6] == lab[n:]
 
 

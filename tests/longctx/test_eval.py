@@ -32,9 +32,16 @@ def test_scoring_literals():
 
 
 def test_summarize_literals():
-    rows = [{"length_target": L, "depth_target": d, "score": s}
-            for L, d, s in [(100, 0.0, 1.0), (100, 0.0, 0.0), (100, 1.0, 1.0),
-                            (200, 0.0, 0.0), (200, 1.0, 1.0)]]
+    rows = [
+        {"length_target": L, "depth_target": d, "score": s}
+        for L, d, s in [
+            (100, 0.0, 1.0),
+            (100, 0.0, 0.0),
+            (100, 1.0, 1.0),
+            (200, 0.0, 0.0),
+            (200, 1.0, 1.0),
+        ]
+    ]
     s = summarize(rows, [100, 200], [0.0, 1.0])
     assert s["grid"] == {"100": {"0.0": 0.5, "1.0": 1.0}, "200": {"0.0": 0.0, "1.0": 1.0}}
     assert s["by_length"] == {"100": 0.75, "200": 0.5}
@@ -65,8 +72,16 @@ class OracleModel:
 
 def test_oracle_grid_values():
     tok = char_tokenizer()
-    res = evaluate(OracleModel(tok, limit=300), tok, ["passkey", "kv"], [200, 600],
-                   [0.0, 0.5, 1.0], 3, None, samples=2)
+    res = evaluate(
+        OracleModel(tok, limit=300),
+        tok,
+        ["passkey", "kv"],
+        [200, 600],
+        [0.0, 0.5, 1.0],
+        3,
+        None,
+        samples=2,
+    )
     for task in ("passkey", "kv"):
         assert res[task]["by_length"] == {"200": 1.0, "600": 0.0}
         assert res[task]["by_depth"] == {"0.0": 0.5, "0.5": 0.5, "1.0": 0.5}
@@ -78,17 +93,27 @@ def _tiny_model():
 
     torch.manual_seed(0)
     tok = char_tokenizer()
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                      pad_token_id=0, bos_token_id=2, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=tok.eos_token_id,
+    )
     return LlamaForCausalLM(cfg).eval(), tok
 
 
 def test_evaluate_tiny_model_files_and_reproducible(tmp_path):
     model, tok = _tiny_model()
     tasks = ["needle", "passkey", "kv", "topics", "ppl"]
-    res = evaluate(model, tok, tasks, [96, 160], [0.0, 0.5, 1.0], 0, tmp_path,
-                   ppl_length=64, ppl_windows=4)
+    res = evaluate(
+        model, tok, tasks, [96, 160], [0.0, 0.5, 1.0], 0, tmp_path, ppl_length=64, ppl_windows=4
+    )
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["kv"] == res["kv"]
     assert set(saved) == set(tasks) | {"config"}
@@ -108,8 +133,9 @@ def test_evaluate_tiny_model_files_and_reproducible(tmp_path):
     first = [json.loads(x) for x in preds if '"passkey"' in x]
     other = evaluate(model, tok, ["passkey"], [96], [0.5], 1, tmp_path / "o")
     o_pred = json.loads((tmp_path / "o" / "predictions.jsonl").read_text())
-    assert o_pred["answer"] != next(r["answer"] for r in first if r["length_target"] == 96
-                                    and r["depth_target"] == 0.5)
+    assert o_pred["answer"] != next(
+        r["answer"] for r in first if r["length_target"] == 96 and r["depth_target"] == 0.5
+    )
     assert other["passkey"]["n"] == 1
 
 
@@ -130,14 +156,45 @@ def test_cli_eval_and_make_data(tmp_path, capsys):
     model, tok = _tiny_model()
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    rc = main(["longctx", "eval", "--model", str(tmp_path / "m"), "--tasks", "passkey,ppl",
-               "--lengths", "96", "--depths", "0.5", "--out", str(tmp_path / "e"), "--seed", "2",
-               "ppl_length=64", "ppl_windows=2"])
+    rc = main(
+        [
+            "longctx",
+            "eval",
+            "--model",
+            str(tmp_path / "m"),
+            "--tasks",
+            "passkey,ppl",
+            "--lengths",
+            "96",
+            "--depths",
+            "0.5",
+            "--out",
+            str(tmp_path / "e"),
+            "--seed",
+            "2",
+            "ppl_length=64",
+            "ppl_windows=2",
+        ]
+    )
     assert rc == 0
     res = json.loads((tmp_path / "e" / "results.json").read_text())
     assert res["config"]["seed"] == 2 and set(res) == {"passkey", "ppl", "config"}
     assert main(["longctx", "eval", "--model", str(tmp_path / "nope")]) == 2
-    assert main(["longctx", "make-data", "--out", str(tmp_path / "d.jsonl"), "--tasks", "passkey",
-                 "--lengths", "300", "data.samples_per_task=3"]) == 0
+    assert (
+        main(
+            [
+                "longctx",
+                "make-data",
+                "--out",
+                str(tmp_path / "d.jsonl"),
+                "--tasks",
+                "passkey",
+                "--lengths",
+                "300",
+                "data.samples_per_task=3",
+            ]
+        )
+        == 0
+    )
     assert len((tmp_path / "d.jsonl").read_text().splitlines()) == 3
     assert "not found" in capsys.readouterr().err

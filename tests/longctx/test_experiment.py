@@ -22,8 +22,14 @@ def result():
         pytest.skip("no shipped tiny base")
     from trainkit.longctx.recipe import tiny_experiment
 
-    return tiny_experiment(steps=30, samples=4, ft_rules=("theta", "none"),
-                           free_rules=("theta", "linear"), threads=1, log=None)
+    return tiny_experiment(
+        steps=30,
+        samples=4,
+        ft_rules=("theta", "none"),
+        free_rules=("theta", "linear"),
+        threads=1,
+        log=None,
+    )
 
 
 @pytest.mark.slow

@@ -68,9 +68,17 @@ def test_full_finetune_tiny_theta(tmp_path):
     from trainkit.longctx.chartok import char_tokenizer
 
     tinybase.save(base, char_tokenizer(), tmp_path / "base")
-    cfg = load_config(recipe.ExtendConfig, "configs/longctx/tiny_8x.yaml",
-                      [f"model.name={tmp_path / 'base'}", "data.max_length=300", "data.min_length=100",
-                       "train.max_steps=2", f"output_dir={tmp_path / 'ext'}"])
+    cfg = load_config(
+        recipe.ExtendConfig,
+        "configs/longctx/tiny_8x.yaml",
+        [
+            f"model.name={tmp_path / 'base'}",
+            "data.max_length=300",
+            "data.min_length=100",
+            "train.max_steps=2",
+            f"output_dir={tmp_path / 'ext'}",
+        ],
+    )
     model, tok, rep = recipe.extend(cfg, log=None)
     assert rep["steps"] == 2
     # the rotary tables were rebuilt with theta 8e4: inv_freq[1] = 8e4 ** (-2/32)
@@ -83,8 +91,9 @@ def test_full_finetune_tiny_theta(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(re(input_ids=ids).logits, model(input_ids=ids).logits)
     # moved from the base
-    assert not torch.equal(re.model.layers[0].self_attn.q_proj.weight,
-                           base.model.layers[0].self_attn.q_proj.weight)
+    assert not torch.equal(
+        re.model.layers[0].self_attn.q_proj.weight, base.model.layers[0].self_attn.q_proj.weight
+    )
 
 
 def test_tiny_8x_yaml_matches_code():

@@ -27,26 +27,46 @@ EXPECTED = {
 def _base_config(max_pos=L):
     from transformers import LlamaConfig
 
-    return LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
-                       intermediate_size=64, num_hidden_layers=1, vocab_size=64,
-                       max_position_embeddings=max_pos,
-                       rope_parameters={"rope_type": "default", "rope_theta": THETA})
+    return LlamaConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        vocab_size=64,
+        max_position_embeddings=max_pos,
+        rope_parameters={"rope_type": "default", "rope_theta": THETA},
+    )
 
 
 def test_literal_frequencies_pure_functions():
     close = dict(rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(rope.default_inv_freq(D, THETA), torch.tensor(EXPECTED["default"]), **close)
-    torch.testing.assert_close(rope.default_inv_freq(D, rope.suggest_theta(256, D, THETA, L)),
-                               torch.tensor(EXPECTED["theta"]), **close)
-    torch.testing.assert_close(rope.linear_inv_freq(D, THETA, S), torch.tensor(EXPECTED["linear"]), **close)
-    torch.testing.assert_close(rope.dynamic_inv_freq(D, THETA, S, L), torch.tensor(EXPECTED["dynamic"]), **close)
+    torch.testing.assert_close(
+        rope.default_inv_freq(D, THETA), torch.tensor(EXPECTED["default"]), **close
+    )
+    torch.testing.assert_close(
+        rope.default_inv_freq(D, rope.suggest_theta(256, D, THETA, L)),
+        torch.tensor(EXPECTED["theta"]),
+        **close,
+    )
+    torch.testing.assert_close(
+        rope.linear_inv_freq(D, THETA, S), torch.tensor(EXPECTED["linear"]), **close
+    )
+    torch.testing.assert_close(
+        rope.dynamic_inv_freq(D, THETA, S, L), torch.tensor(EXPECTED["dynamic"]), **close
+    )
     # at n = 2L: theta' = 1e4 * (4*2 - 3)**(4/3) = 85498.8
-    torch.testing.assert_close(rope.dynamic_inv_freq(D, THETA, S, L, seq_len=128),
-                               torch.tensor([1.0, 0.0584803522, 0.0034199520, 0.0002]), **close)
+    torch.testing.assert_close(
+        rope.dynamic_inv_freq(D, THETA, S, L, seq_len=128),
+        torch.tensor([1.0, 0.0584803522, 0.0034199520, 0.0002]),
+        **close,
+    )
     inv, scale = rope.yarn_inv_freq(D, THETA, S, L)
     torch.testing.assert_close(inv, torch.tensor(EXPECTED["yarn"]), **close)
     assert scale == pytest.approx(0.1 * math.log(4) + 1) == pytest.approx(1.1386294361)
-    torch.testing.assert_close(rope.llama3_inv_freq(D, THETA, S, L), torch.tensor(EXPECTED["llama3"]), **close)
+    torch.testing.assert_close(
+        rope.llama3_inv_freq(D, THETA, S, L), torch.tensor(EXPECTED["llama3"]), **close
+    )
 
 
 def test_rope_frequencies_by_name():
@@ -100,8 +120,12 @@ def test_matches_transformers_and_reloads(method, tmp_path):
     model = LlamaForCausalLM(re)
     torch.testing.assert_close(model.model.rotary_emb.inv_freq, mine, rtol=1e-6, atol=0)
     if method == "dynamic":
-        torch.testing.assert_close(rope.config_frequencies(re, seq_len=200)[0],
-                                   ROPE_INIT_FUNCTIONS["dynamic"](re, seq_len=200)[0], rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            rope.config_frequencies(re, seq_len=200)[0],
+            ROPE_INIT_FUNCTIONS["dynamic"](re, seq_len=200)[0],
+            rtol=1e-6,
+            atol=0,
+        )
 
 
 def test_paper_setting_llama3_8b():

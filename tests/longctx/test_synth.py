@@ -42,7 +42,9 @@ def test_needle_at_stated_depth(task, depth, length):
     assert pos >= 0 and meta["answer"] in meta["needle"]
     assert context.count(meta["answer"]) >= 1 and meta["answer"] not in question
     # depth = haystack characters before the needle / all haystack characters
-    inserted = [f"The value of key {k} is {v}." for k, v in meta.get("keys", {}).items()] or [meta["needle"]]
+    inserted = [f"The value of key {k} is {v}." for k, v in meta.get("keys", {}).items()] or [
+        meta["needle"]
+    ]
 
     def hay(text):
         for line in inserted:
@@ -100,9 +102,18 @@ def test_token_lengths_with_char_tokenizer():
 
 
 def test_mixing_ratio_and_cli_file(tmp_path):
-    cfg = load_config(MakeDataConfig, None, ["data.tasks=[passkey,kv]", "data.lengths=[600]",
-                                             "data.samples_per_task=6", "data.short_ratio=0.25",
-                                             f"out={tmp_path / 'd.jsonl'}", "seed=9"])
+    cfg = load_config(
+        MakeDataConfig,
+        None,
+        [
+            "data.tasks=[passkey,kv]",
+            "data.lengths=[600]",
+            "data.samples_per_task=6",
+            "data.short_ratio=0.25",
+            f"out={tmp_path / 'd.jsonl'}",
+            "seed=9",
+        ],
+    )
     recs = generate(cfg)
     assert len(recs) == 16  # 12 long + 4 short (4/16 = 0.25)
     assert sum(1 for r in recs if "text" in r or r["meta"].get("short")) == 4

@@ -21,7 +21,7 @@ def test_model_size_and_answer_only_labels(tmp_path):
         text = tok.decode(answer[:-1])
         assert text.isdigit() and len(text) == 5 and answer[-1] == tok.eos_token_id
         n = int(att[i].sum())
-        assert ids[i, n - len(answer):n].tolist() == answer  # labels are the last tokens
+        assert ids[i, n - len(answer) : n].tolist() == answer  # labels are the last tokens
     with torch.no_grad():
         loss, acc = tinybase.answer_loss_and_accuracy(model, ids, att, lab)
     assert abs(float(loss) - torch.log(torch.tensor(64.0)).item()) < 1.0 and float(acc) == 0.0
@@ -29,6 +29,8 @@ def test_model_size_and_answer_only_labels(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     re_model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
-    assert AutoTokenizer.from_pretrained(tmp_path / "m")("Ab1")["input_ids"] == tok("ab1")["input_ids"]
+    assert (
+        AutoTokenizer.from_pretrained(tmp_path / "m")("Ab1")["input_ids"] == tok("ab1")["input_ids"]
+    )
     with torch.no_grad():
         torch.testing.assert_close(re_model(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -18,8 +18,12 @@ t = torch.tensor
 
 
 def close(a, b, tol=1e-6):
-    return torch.allclose(torch.as_tensor(a, dtype=torch.float64),
-                          torch.as_tensor(b, dtype=torch.float64), atol=tol, rtol=0)
+    return torch.allclose(
+        torch.as_tensor(a, dtype=torch.float64),
+        torch.as_tensor(b, dtype=torch.float64),
+        atol=tol,
+        rtol=0,
+    )
 
 
 def test_gae_three_tokens_by_hand():
@@ -62,7 +66,9 @@ def test_gae_masked_tokens_ignored():
 def test_reinforce_returns():
     m = t([[1, 1, 1, 0]])
     # gamma .5: G2 = 1, G1 = 0 + .5*1 = .5, G0 = .25 ; padding reward 7 ignored
-    assert close(reinforce_returns(t([[0.0, 0.0, 1.0, 7.0]]), m, gamma=0.5), [[0.25, 0.5, 1.0, 0.0]])
+    assert close(
+        reinforce_returns(t([[0.0, 0.0, 1.0, 7.0]]), m, gamma=0.5), [[0.25, 0.5, 1.0, 0.0]]
+    )
     # gamma 1 with per-token KL penalties -.1: [.8, .9, 1.0]
     assert close(reinforce_returns(t([[-0.1, -0.1, 1.0, 7.0]]), m), [[0.8, 0.9, 1.0, 0.0]])
 
@@ -122,8 +128,9 @@ def test_token_rewards_kl_and_last_token():
 
 
 def test_expand_to_tokens():
-    assert close(expand_to_tokens(t([2, -1]), t([[1, 1, 0], [1, 0, 0]])),
-                 [[2.0, 2.0, 0.0], [-1.0, 0.0, 0.0]])
+    assert close(
+        expand_to_tokens(t([2, -1]), t([[1, 1, 0], [1, 0, 0]])), [[2.0, 2.0, 0.0], [-1.0, 0.0, 0.0]]
+    )
 
 
 def test_dynamic_sampling_mask():
@@ -149,8 +156,9 @@ def test_group_estimator_identities(n, groups, data):
     # RLOO = n/(n-1) * (r - mean) ; every estimator sums to 0 within a group
     assert close(group_advantages(r, n, "rloo"), dr * n / (n - 1), tol=1e-4)
     for m in ("grpo", "dr_grpo", "rloo"):
-        assert close(group_advantages(r, n, m).reshape(groups, n).sum(-1), torch.zeros(groups),
-                     tol=1e-3)
+        assert close(
+            group_advantages(r, n, m).reshape(groups, n).sum(-1), torch.zeros(groups), tol=1e-3
+        )
 
 
 @settings(max_examples=60, deadline=None)

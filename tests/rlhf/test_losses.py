@@ -26,8 +26,12 @@ LN2 = 0.6931472
 
 
 def close(a, b, tol=1e-6):
-    return torch.allclose(torch.as_tensor(a, dtype=torch.float64),
-                          torch.as_tensor(b, dtype=torch.float64), atol=tol, rtol=0)
+    return torch.allclose(
+        torch.as_tensor(a, dtype=torch.float64),
+        torch.as_tensor(b, dtype=torch.float64),
+        atol=tol,
+        rtol=0,
+    )
 
 
 # ------------------------------------------------------------------ masked reductions
@@ -43,8 +47,8 @@ def test_masked_mean_ignores_nan_in_padding_and_empty_is_zero():
 def test_aggregate_modes():
     loss = t([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
     m = t([[1, 1, 1], [1, 0, 0]])
-    assert close(aggregate(loss, m, "token_mean"), 2.5)   # (1+2+3+4)/4
-    assert close(aggregate(loss, m, "seq_mean"), 3.0)     # (2 + 4)/2
+    assert close(aggregate(loss, m, "token_mean"), 2.5)  # (1+2+3+4)/4
+    assert close(aggregate(loss, m, "seq_mean"), 3.0)  # (2 + 4)/2
     assert close(aggregate(loss, m, "sum_norm", 5), 1.0)  # 10 / (2 * 5)
     with pytest.raises(ValueError):
         aggregate(loss, m, "bogus")
@@ -249,18 +253,24 @@ def test_cuda_matches_cpu():
     labels = torch.randint(0, V, (B, T), generator=g)
 
     def compute(dev, dt=torch.float32):
-        d = {k: x.to(dev) for k, x in dict(logp=logp, old=old, ref=ref, adv=adv, vals=vals,
-                                           ret=ret, mask=mask).items()}
+        d = {
+            k: x.to(dev)
+            for k, x in dict(
+                logp=logp, old=old, ref=ref, adv=adv, vals=vals, ret=ret, mask=mask
+            ).items()
+        }
         lg = logits.to(dev, dt)
-        out = [policy_loss_with_stats(d["logp"], d["old"], d["adv"], d["mask"], dual_clip=3.0)[0],
-               value_loss(d["vals"], d["ret"] * 0.5, d["ret"], d["mask"]),
-               kl_estimate(d["logp"], d["ref"], "k3", d["mask"]).sum(),
-               dpo_loss(d["logp"][:, 0], d["logp"][:, 1], d["ref"][:, 0], d["ref"][:, 1])[0],
-               gae(d["adv"], d["vals"], d["mask"], 0.99, 0.95)[0].sum(),
-               whiten(d["ret"], d["mask"]).abs().sum(),
-               group_advantages(d["ret"][:, 0], 2, "grpo").sum(),
-               sequence_logps(lg, labels.to(dev), d["mask"]).sum(),
-               entropy_from_logits(lg).sum()]
+        out = [
+            policy_loss_with_stats(d["logp"], d["old"], d["adv"], d["mask"], dual_clip=3.0)[0],
+            value_loss(d["vals"], d["ret"] * 0.5, d["ret"], d["mask"]),
+            kl_estimate(d["logp"], d["ref"], "k3", d["mask"]).sum(),
+            dpo_loss(d["logp"][:, 0], d["logp"][:, 1], d["ref"][:, 0], d["ref"][:, 1])[0],
+            gae(d["adv"], d["vals"], d["mask"], 0.99, 0.95)[0].sum(),
+            whiten(d["ret"], d["mask"]).abs().sum(),
+            group_advantages(d["ret"][:, 0], 2, "grpo").sum(),
+            sequence_logps(lg, labels.to(dev), d["mask"]).sum(),
+            entropy_from_logits(lg).sum(),
+        ]
         return torch.stack([o.float().cpu() for o in out])
 
     cpu = compute("cpu")

@@ -19,25 +19,39 @@ def varied_reward(prompts, completions, **labels):
 
 
 def _cfg(cls, tmp_path, *over):
-    base = [f"data.path={TASK}", "data.chat_template=false", "rollout.max_new_tokens=4",
-            "rollout.n=4", "rollout.prompts_per_step=2", "eval.n_prompts=4", "eval.every=0",
-            "train.progress=false", "train.save_model=false", f"output_dir={tmp_path}",
-            f"data.reward=[{__file__}:varied_reward]", "optim.lr=1e-3", "optim.critic_lr=1e-3"]
+    base = [
+        f"data.path={TASK}",
+        "data.chat_template=false",
+        "rollout.max_new_tokens=4",
+        "rollout.n=4",
+        "rollout.prompts_per_step=2",
+        "eval.n_prompts=4",
+        "eval.every=0",
+        "train.progress=false",
+        "train.save_model=false",
+        f"output_dir={tmp_path}",
+        f"data.reward=[{__file__}:varied_reward]",
+        "optim.lr=1e-3",
+        "optim.critic_lr=1e-3",
+    ]
     return load_config(cls, None, base + list(over))
 
 
 # ----------------------------------------------------------------------------- config
-@pytest.mark.parametrize("over, msg", [
-    (["model.critic=null", "algo.estimator=gae"], "needs a critic"),
-    (["algo.estimator=grpo", "algo.kl_in_reward=true"], "token-level estimator"),
-    (["algo.estimator=rloo", "rollout.n=1"], "rollout.n must be >= 2"),
-    (["model.quantization=nf4"], "lora.enabled=true"),
-    (["algo.dual_clip=0.5"], "dual_clip"),
-    (["algo.estimator=grpo", "model.critic=tiny-qwen2"], "only used by"),
-    (["algo.mini_batches=99"], "exceeds the rows"),
-    (["rollout.temperature=0"], "temperature"),
-    (["eval.samples_per_prompt=4"], "eval.temperature"),
-])
+@pytest.mark.parametrize(
+    "over, msg",
+    [
+        (["model.critic=null", "algo.estimator=gae"], "needs a critic"),
+        (["algo.estimator=grpo", "algo.kl_in_reward=true"], "token-level estimator"),
+        (["algo.estimator=rloo", "rollout.n=1"], "rollout.n must be >= 2"),
+        (["model.quantization=nf4"], "lora.enabled=true"),
+        (["algo.dual_clip=0.5"], "dual_clip"),
+        (["algo.estimator=grpo", "model.critic=tiny-qwen2"], "only used by"),
+        (["algo.mini_batches=99"], "exceeds the rows"),
+        (["rollout.temperature=0"], "temperature"),
+        (["eval.samples_per_prompt=4"], "eval.temperature"),
+    ],
+)
 def test_impossible_combinations_are_config_errors(over, msg):
     with pytest.raises(ConfigError, match=msg):
         load_config(GRPOConfig, None, over)
@@ -50,8 +64,11 @@ def test_recipe_defaults_and_shipped_configs():
     assert (g.algo.estimator, g.algo.kl_in_reward) == ("grpo", False)
     assert (p.algo.estimator, p.algo.kl_in_reward, p.algo.kl_kind) == ("gae", True, "k1")
     root = Path(__file__).resolve().parents[2] / "configs" / "rlhf"
-    for name, cls in [("grpo_tiny", GRPOConfig), ("ppo_tiny", PPOConfig),
-                      ("grpo_smollm2", GRPOConfig)]:
+    for name, cls in [
+        ("grpo_tiny", GRPOConfig),
+        ("ppo_tiny", PPOConfig),
+        ("grpo_smollm2", GRPOConfig),
+    ]:
         cfg = load_config(cls, root / f"{name}.yaml")
         assert isinstance(cfg, RLConfig)
     assert load_config(GRPOConfig, root / "grpo_smollm2.yaml").lora.enabled
@@ -82,8 +99,9 @@ def test_reinforce_with_kl_in_reward_values():
     kl = torch.tensor([[0.5, 1.0], [2.0, 9.0]])
     # token rewards: row0 [-0.05, -0.1 + 1], row1 [-0.2 + 0]; returns (gamma 1):
     # row0 [0.85, 0.9], row1 [-0.2] -> whitened over the 3 valid tokens
-    adv, _ = compute_advantages("reinforce", torch.tensor([1.0, 0.0]), mask, 1, kl=kl,
-                                kl_coef=0.1, kl_in_reward=True)
+    adv, _ = compute_advantages(
+        "reinforce", torch.tensor([1.0, 0.0]), mask, 1, kl=kl, kl_coef=0.1, kl_in_reward=True
+    )
     x = torch.tensor([0.85, 0.9, -0.2])
     want = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-8)
     assert torch.allclose(adv[mask.bool()], want, atol=1e-5)
@@ -101,11 +119,24 @@ def test_experience_trim_and_dynamic_sampling():
     am = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0]])
     lp = -torch.rand(4, 3) * am
     ro = Rollout(pid, pm, resp, am, lp, torch.zeros(4, dtype=torch.bool), n=2)
-    algo = SimpleNamespace(dynamic_sampling=True, recompute_old_logp=False, kl_coef=0.0,
-                           kl_kind="k3", kl_in_reward=False, estimator="grpo", gamma=1.0,
-                           lam=0.95)
-    exp, st = make_experience(ro, torch.tensor([1.0, 0.0, 1.0, 1.0]), policy=None, algo=algo,
-                              temperature=1.0, micro_batch=4)
+    algo = SimpleNamespace(
+        dynamic_sampling=True,
+        recompute_old_logp=False,
+        kl_coef=0.0,
+        kl_kind="k3",
+        kl_in_reward=False,
+        estimator="grpo",
+        gamma=1.0,
+        lam=0.95,
+    )
+    exp, st = make_experience(
+        ro,
+        torch.tensor([1.0, 0.0, 1.0, 1.0]),
+        policy=None,
+        algo=algo,
+        temperature=1.0,
+        micro_batch=4,
+    )
     assert st["kept_frac"] == 0.5 and len(exp) == 2  # group 2 (rewards 1, 1) dropped
     # GRPO on the kept group [1, 0]: mean 0.5, Bessel std sqrt(0.5) -> +-0.5 / 0.7071
     assert torch.allclose(exp.advantages[:, 0], torch.tensor([0.7071, -0.7071]), atol=1e-4)
@@ -115,8 +146,9 @@ def test_experience_trim_and_dynamic_sampling():
     assert torch.equal(sub.old_logp, exp.old_logp[[1, 0], :2])
     assert exp.select(torch.tensor([0])).sequences.tolist() == [[5, 3, 2]]
     assert isinstance(sub, Experience)
-    none, st = make_experience(ro, torch.ones(4), policy=None, algo=algo, temperature=1.0,
-                               micro_batch=4)
+    none, st = make_experience(
+        ro, torch.ones(4), policy=None, algo=algo, temperature=1.0, micro_batch=4
+    )
     assert none is None and st["kept_frac"] == 0.0
 
 
@@ -147,8 +179,11 @@ def test_every_trainable_parameter_moves_full_and_critic(tmp_path, monkeypatch):
     assert step1["reward_std"] > 0
     for name, before in (("policy", "before"), ("critic", "critic_before")):
         model = built[name]
-        unchanged = [n for n, p in model.named_parameters()
-                     if p.requires_grad and torch.equal(p.detach(), built[before][n])]
+        unchanged = [
+            n
+            for n, p in model.named_parameters()
+            if p.requires_grad and torch.equal(p.detach(), built[before][n])
+        ]
         assert not unchanged, f"{name} parameters did not move: {unchanged[:5]}"
     assert s["steps"] == 1
 
@@ -166,8 +201,16 @@ def test_lora_moves_only_adapters_and_uses_adapter_free_reference(tmp_path, monk
         return out
 
     monkeypatch.setattr(ppo, "build_models", spy)
-    cfg = _cfg(GRPOConfig, tmp_path, "train.max_steps=2", "lora.enabled=true", "lora.r=4",
-               "lora.dropout=0.0", "algo.kl_coef=0.1", "optim.lr=1e-2")
+    cfg = _cfg(
+        GRPOConfig,
+        tmp_path,
+        "train.max_steps=2",
+        "lora.enabled=true",
+        "lora.r=4",
+        "lora.dropout=0.0",
+        "algo.kl_coef=0.1",
+        "optim.lr=1e-2",
+    )
     train(cfg)
     model = built["policy"]
     assert built["ref"] is None  # no second model copy
@@ -182,8 +225,13 @@ def test_lora_moves_only_adapters_and_uses_adapter_free_reference(tmp_path, monk
 
 
 def test_resume_is_exact(tmp_path):
-    over = ["train.max_steps=3", "train.save_every=1", "algo.ppo_epochs=2",
-            "algo.mini_batches=2", "train.micro_batch_size=2"]
+    over = [
+        "train.max_steps=3",
+        "train.save_every=1",
+        "algo.ppo_epochs=2",
+        "algo.mini_batches=2",
+        "train.micro_batch_size=2",
+    ]
     train(_cfg(GRPOConfig, tmp_path / "a", *over))
     train(_cfg(GRPOConfig, tmp_path / "b", *over[1:], "train.max_steps=2"))
     train(_cfg(GRPOConfig, tmp_path / "b", *over, "train.resume=true"))
@@ -214,8 +262,10 @@ def _warm_start(out_dir, steps=40, lr=3e-3, seed=0):
     train_recs, _ = load_task(TASK, seed=0)
     cfg = load_config(GRPOConfig, None, [f"data.path={TASK}", "data.chat_template=false"])
     ps = tokenize_prompts(train_recs, tok, cfg.data)
-    pairs = [(ids, tok(str(lab["answer"]), add_special_tokens=False).input_ids + [tok.eos_token_id])
-             for ids, lab in zip(ps.token_ids, ps.labels)]
+    pairs = [
+        (ids, tok(str(lab["answer"]), add_special_tokens=False).input_ids + [tok.eos_token_id])
+        for ids, lab in zip(ps.token_ids, ps.labels)
+    ]
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     model.train()
@@ -227,9 +277,9 @@ def _warm_start(out_dir, steps=40, lr=3e-3, seed=0):
         am = torch.zeros(32, L, dtype=torch.long)
         for r, i in enumerate(idx):
             p, a = pairs[i]
-            x[r, :len(p) + len(a)] = torch.tensor(p + a)
-            am[r, :len(p) + len(a)] = 1
-            y[r, len(p):len(p) + len(a)] = torch.tensor(a)
+            x[r, : len(p) + len(a)] = torch.tensor(p + a)
+            am[r, : len(p) + len(a)] = 1
+            y[r, len(p) : len(p) + len(a)] = torch.tensor(a)
         h = model.model(input_ids=x, attention_mask=am).last_hidden_state[:, :-1]
         sel = y[:, 1:] != -100
         loss = torch.nn.functional.cross_entropy(model.lm_head(h[sel]), y[:, 1:][sel])
@@ -247,16 +297,35 @@ def warm_model(tmp_path_factory):
 
 
 def _learn(cls, model, out, steps, *over):
-    cfg = load_config(cls, None, [
-        f"data.path={TASK}", f"model.name={model}", "data.chat_template=false",
-        "rollout.max_new_tokens=4", "rollout.n=8", "rollout.prompts_per_step=8",
-        "optim.lr=3e-3", "optim.critic_lr=1e-3", "train.micro_batch_size=64",
-        f"train.max_steps={steps}", "eval.every=0", "eval.temperature=1.0",
-        "eval.samples_per_prompt=8", "eval.n_prompts=25", "train.progress=false",
-        "train.save_model=false", f"output_dir={out}", *over])
+    cfg = load_config(
+        cls,
+        None,
+        [
+            f"data.path={TASK}",
+            f"model.name={model}",
+            "data.chat_template=false",
+            "rollout.max_new_tokens=4",
+            "rollout.n=8",
+            "rollout.prompts_per_step=8",
+            "optim.lr=3e-3",
+            "optim.critic_lr=1e-3",
+            "train.micro_batch_size=64",
+            f"train.max_steps={steps}",
+            "eval.every=0",
+            "eval.temperature=1.0",
+            "eval.samples_per_prompt=8",
+            "eval.n_prompts=25",
+            "train.progress=false",
+            "train.save_model=false",
+            f"output_dir={out}",
+            *over,
+        ],
+    )
     s = train(cfg)
-    print(f"{cls.__name__}: held-out reward {s['first_eval']['eval_reward']:.3f} -> "
-          f"{s['last_eval']['eval_reward']:.3f} in {steps} steps, {s['seconds']:.1f} s")
+    print(
+        f"{cls.__name__}: held-out reward {s['first_eval']['eval_reward']:.3f} -> "
+        f"{s['last_eval']['eval_reward']:.3f} in {steps} steps, {s['seconds']:.1f} s"
+    )
     return s["first_eval"]["eval_reward"], s["last_eval"]["eval_reward"]
 
 
@@ -279,8 +348,14 @@ def test_ppo_with_critic_raises_heldout_reward(warm_model, tmp_path):
 def test_grpo_steps_on_cuda(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    cfg = _cfg(GRPOConfig, tmp_path, "train.max_steps=2", "lora.enabled=true", "lora.r=4",
-               "algo.kl_coef=0.05")
+    cfg = _cfg(
+        GRPOConfig,
+        tmp_path,
+        "train.max_steps=2",
+        "lora.enabled=true",
+        "lora.r=4",
+        "algo.kl_coef=0.05",
+    )
     s = train(cfg)
     rec = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rec if "loss" in r]
@@ -297,11 +372,19 @@ def test_grpo_lora_smollm2_raises_heldout_accuracy(tmp_path):
     """
     from pathlib import Path
 
-    cfg = load_config(GRPOConfig, Path(__file__).resolve().parents[2] / "configs" / "rlhf" /
-                      "grpo_smollm2.yaml",
-                      ["train.max_steps=20", "eval.every=10", "eval.n_prompts=32",
-                       "train.threads=1", "train.progress=false", "train.save_every=0",
-                       f"output_dir={tmp_path}"])
+    cfg = load_config(
+        GRPOConfig,
+        Path(__file__).resolve().parents[2] / "configs" / "rlhf" / "grpo_smollm2.yaml",
+        [
+            "train.max_steps=20",
+            "eval.every=10",
+            "eval.n_prompts=32",
+            "train.threads=1",
+            "train.progress=false",
+            "train.save_every=0",
+            f"output_dir={tmp_path}",
+        ],
+    )
     s = train(cfg)
     first, last = s["first_eval"], s["last_eval"]
     assert last["eval_accuracy"] >= first["eval_accuracy"] + 0.10

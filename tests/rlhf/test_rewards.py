@@ -22,23 +22,26 @@ from trainkit.rlhf.rewards import (
 )
 
 
-@pytest.mark.parametrize("text,want", [
-    ("3 + 4 = 7.\nAnswer: 7", 7),
-    ("The answer is 42.", 42),
-    ("so the total is \\boxed{-1,234}. Then 5", -1234),
-    ("Answer: 1,234,567", 1234567),
-    ("#### 72", 72),
-    ("I get -3.", -3),
-    ("first 3, then 5, so 8", 8),
-    ("\\boxed{\\frac{7}{2}}", Fraction(7, 2)),
-    ("Answer: 3.50", Fraction(7, 2)),
-    ("Final answer: **12**", 12),
-    ("Answer: −5", -5),  # unicode minus
-    ("Answer: 12 (Answer: 13 was wrong)", 13),  # the last Answer wins
-    ("1,2,3", 3),  # a list, not a thousands separator
-    ("no digits here", None),
-    ("\\boxed{x+1}", None),
-])
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("3 + 4 = 7.\nAnswer: 7", 7),
+        ("The answer is 42.", 42),
+        ("so the total is \\boxed{-1,234}. Then 5", -1234),
+        ("Answer: 1,234,567", 1234567),
+        ("#### 72", 72),
+        ("I get -3.", -3),
+        ("first 3, then 5, so 8", 8),
+        ("\\boxed{\\frac{7}{2}}", Fraction(7, 2)),
+        ("Answer: 3.50", Fraction(7, 2)),
+        ("Final answer: **12**", 12),
+        ("Answer: −5", -5),  # unicode minus
+        ("Answer: 12 (Answer: 13 was wrong)", 13),  # the last Answer wins
+        ("1,2,3", 3),  # a list, not a thousands separator
+        ("no digits here", None),
+        ("\\boxed{x+1}", None),
+    ],
+)
 def test_extract_answer(text, want):
     got = extract_answer(text)
     assert got == (None if want is None else Fraction(want))
@@ -55,16 +58,21 @@ def test_math_exact_and_closeness():
     ans = [8, "8", 8, 8, -8]
     assert math_exact([""] * 5, comps, answer=ans) == [1.0, 0.0, 0.0, 1.0, 1.0]
     # closeness: 1 - |9 - 8| / 8 = 0.875 ; |-2 - 20| / 20 = 1.1 -> 0 ; |3 - 0| / max(1, 0) -> 0
-    got = math_closeness([""] * 4, ["Answer: 8", "Answer: 9", "Answer: -2", "3"],
-                         answer=[8, 8, 20, 0])
+    got = math_closeness(
+        [""] * 4, ["Answer: 8", "Answer: 9", "Answer: -2", "3"], answer=[8, 8, 20, 0]
+    )
     assert got == [1.0, 0.875, 0.0, 0.0]
     assert math_closeness([""], ["Answer: 5"], answer=[4]) == [0.75]  # 1 - 1/4
 
 
 def test_format_and_length_penalty():
     f = format_reward()
-    assert f([""] * 4, ["3+4=7\nAnswer: 7", "Answer: 7 apples", "answer: -12", "7"]) == \
-        [1.0, 0.0, 1.0, 0.0]
+    assert f([""] * 4, ["3+4=7\nAnswer: 7", "Answer: 7 apples", "answer: -12", "7"]) == [
+        1.0,
+        0.0,
+        1.0,
+        0.0,
+    ]
     g = format_reward(r"^\d+$", fullmatch=True)
     assert g([""] * 2, ["42", "42 x"]) == [1.0, 0.0]
     with pytest.raises(UserError):
@@ -85,8 +93,9 @@ def test_combine_weighted_sum():
 def test_load_reward_forms(tmp_path):
     assert load_reward("math_exact") is math_exact
     assert load_reward("trainkit.rlhf.rewards:math_closeness") is math_closeness
-    (tmp_path / "my_rw.py").write_text("def r(prompts, completions, **kw):\n"
-                                       "    return [len(c) for c in completions]\n")
+    (tmp_path / "my_rw.py").write_text(
+        "def r(prompts, completions, **kw):\n    return [len(c) for c in completions]\n"
+    )
     f = load_reward(f"{tmp_path}/my_rw.py:r")
     assert f(["a"], ["abc"]) == [3]
     assert load_reward(len) is len
@@ -96,10 +105,13 @@ def test_load_reward_forms(tmp_path):
 
     sb = load_reward(f"sandbox:{tmp_path}/my_rw.py:r")
     assert isinstance(sb, SandboxedReward) and sb.ref == f"{tmp_path}/my_rw.py:r"
-    for bad, msg in [("nope", "not a built-in"), ("no.such.module:f", "cannot be imported"),
-                     (f"{tmp_path}/missing.py:r", "not found"),
-                     (f"{tmp_path}/my_rw.py:absent", "is not a callable"),
-                     ("trainkit.rlhf.rewards:ANSWER_LINE", "is not a callable")]:
+    for bad, msg in [
+        ("nope", "not a built-in"),
+        ("no.such.module:f", "cannot be imported"),
+        (f"{tmp_path}/missing.py:r", "not found"),
+        (f"{tmp_path}/my_rw.py:absent", "is not a callable"),
+        ("trainkit.rlhf.rewards:ANSWER_LINE", "is not a callable"),
+    ]:
         with pytest.raises(RewardError, match=msg):
             load_reward(bad)
     (tmp_path / "broken.py").write_text("raise RuntimeError('bad import')\n")
@@ -160,10 +172,12 @@ def test_remote_reward_retries_then_fails_on_closed_port():
 
 
 def test_user_reward_file_used_through_score(tmp_path):
-    (tmp_path / "r.py").write_text(textwrap.dedent("""
+    (tmp_path / "r.py").write_text(
+        textwrap.dedent("""
         def r(prompts, completions, answer):
             return [1.0 if c.strip() == str(a) else -1.0 for c, a in zip(completions, answer)]
-    """))
+    """)
+    )
     f = load_reward(f"{tmp_path}/r.py:r")
     assert score(f, ["", ""], ["5", "6"], {"answer": [5, 5]}).rewards == [1.0, -1.0]
 
@@ -173,7 +187,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(-10**9, 10**9), st.text(max_size=40))
+@given(st.integers(-(10**9), 10**9), st.text(max_size=40))
 def test_extract_answer_properties(n, noise):
     # never raises on arbitrary text; an "Answer:" line (with thousands commas) is read exactly
     extract_answer(noise)

@@ -79,7 +79,9 @@ def test_eos_stops_and_masks(tiny):
     eng = HFEngine(model, tok.pad_token_id, [stop])
     ro = eng.generate(prompts, n=1, max_new_tokens=5, temperature=0.0)
     assert ro.response_ids[0, 0].item() == stop
-    assert ro.action_mask[0].tolist()[: ro.action_mask.shape[1]] == [1] + [0] * (ro.action_mask.shape[1] - 1)
+    assert ro.action_mask[0].tolist()[: ro.action_mask.shape[1]] == [1] + [0] * (
+        ro.action_mask.shape[1] - 1
+    )
     assert (ro.response_ids[0, 1:] == tok.pad_token_id).all()
     assert (ro.logprobs[0, 1:] == 0).all() and ro.logprobs[0, 0] < 0
     assert not bool(ro.truncated[0])
@@ -100,9 +102,11 @@ def test_max_batch_chunks_give_the_same_samples_as_one_call(tiny):
     model, tok = tiny
     prompts = [tok("x").input_ids, tok("y z").input_ids]
     whole = HFEngine(model, tok.pad_token_id, tok.eos_token_id).generate(
-        prompts, n=2, max_new_tokens=4, temperature=0.0)
+        prompts, n=2, max_new_tokens=4, temperature=0.0
+    )
     parts = HFEngine(model, tok.pad_token_id, tok.eos_token_id, max_batch=1).generate(
-        prompts, n=2, max_new_tokens=4, temperature=0.0)
+        prompts, n=2, max_new_tokens=4, temperature=0.0
+    )
     assert torch.equal(whole.response_ids, parts.response_ids)
     assert torch.allclose(whole.logprobs, parts.logprobs, atol=1e-4)
 
@@ -115,13 +119,19 @@ def test_update_weights_changes_samples_and_rejects_unknown_names(tiny):
     eng = HFEngine(clone, tok.pad_token_id, tok.eos_token_id)
     prompts = [tok("a").input_ids]
     before = eng.generate(prompts, n=1, max_new_tokens=4, temperature=0.0)
-    sd = {k: v * 0 for k, v in model.state_dict().items() if k.endswith("lm_head.weight")
-          or k.endswith("embed_tokens.weight")}
+    sd = {
+        k: v * 0
+        for k, v in model.state_dict().items()
+        if k.endswith("lm_head.weight") or k.endswith("embed_tokens.weight")
+    }
     eng.update_weights(sd)
     after = eng.generate(prompts, n=1, max_new_tokens=4, temperature=0.0)
     # zero embeddings + head: every logit is 0, so the log-prob is -log(vocab)
-    assert torch.allclose(after.logprobs[0], torch.full((4,), -torch.log(torch.tensor(
-        float(model.config.vocab_size))).item()), atol=1e-4)
+    assert torch.allclose(
+        after.logprobs[0],
+        torch.full((4,), -torch.log(torch.tensor(float(model.config.vocab_size))).item()),
+        atol=1e-4,
+    )
     assert not torch.allclose(before.logprobs, after.logprobs)
     with pytest.raises(KeyError):
         eng.update_weights({"no.such.weight": torch.zeros(1)})
@@ -140,7 +150,8 @@ def test_lora_merge_for_generation_matches_unmerged(tiny):
                 p.normal_(0, 0.05)
     prompts = [tok("1 + 1 =").input_ids]
     plain = HFEngine(peft_model, tok.pad_token_id, tok.eos_token_id).generate(
-        prompts, n=2, max_new_tokens=6, seed=3)
+        prompts, n=2, max_new_tokens=6, seed=3
+    )
     base = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
     merged_eng = HFEngine(peft_model, tok.pad_token_id, tok.eos_token_id, merge_lora=True)
     merged = merged_eng.generate(prompts, n=2, max_new_tokens=6, seed=3)
@@ -181,13 +192,21 @@ def test_shared_prefix_logps_equal_full_forward_values_and_gradients(tiny):
             if "lora_B" in n:
                 p.normal_(0, 0.05)
     eng = HFEngine(peft_model, tok.pad_token_id, tok.eos_token_id)
-    ro = eng.generate([tok("What is 2 + 3?").input_ids, tok("Hi").input_ids], n=3,
-                      max_new_tokens=6, seed=0)
+    ro = eng.generate(
+        [tok("What is 2 + 3?").input_ids, tok("Hi").input_ids], n=3, max_new_tokens=6, seed=0
+    )
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     full, _ = response_logps(peft_model, ro.sequences, ro.attention_mask, 6)
-    shared, ent = shared_prefix_logps(peft_model, ro.prompt_ids, ro.prompt_mask, ro.response_ids,
-                                      ro.action_mask, group=3, return_entropy=True)
+    shared, ent = shared_prefix_logps(
+        peft_model,
+        ro.prompt_ids,
+        ro.prompt_mask,
+        ro.response_ids,
+        ro.action_mask,
+        group=3,
+        return_entropy=True,
+    )
     m = ro.action_mask
     assert ((full - shared).abs() * m).max().item() < 1e-4
     assert ent.shape == (6, 6) and (ent[m.bool()] > 0).all()
@@ -197,8 +216,12 @@ def test_shared_prefix_logps_equal_full_forward_values_and_gradients(tiny):
     assert scale > 0
     assert max((a - b).abs().max().item() for a, b in zip(g_full, g_shared)) < 1e-4 * scale
     # groups that do not divide the batch: not applicable, the caller falls back
-    assert shared_prefix_logps(peft_model, ro.prompt_ids, ro.prompt_mask, ro.response_ids,
-                               ro.action_mask, group=4) is None
+    assert (
+        shared_prefix_logps(
+            peft_model, ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.action_mask, group=4
+        )
+        is None
+    )
 
 
 @pytest.mark.gpu
@@ -210,12 +233,14 @@ def test_cuda_engine_logprobs_match_recomputation(tiny):
     model, tok = tiny
     cuda_model = copy.deepcopy(model).cuda().eval()
     eng = HFEngine(cuda_model, tok.pad_token_id, tok.eos_token_id)
-    ro = eng.generate([tok("What is 2 + 3?").input_ids, tok("Hi").input_ids], n=4,
-                      max_new_tokens=8, seed=0)
+    ro = eng.generate(
+        [tok("What is 2 + 3?").input_ids, tok("Hi").input_ids], n=4, max_new_tokens=8, seed=0
+    )
     assert ro.response_ids.device.type == "cpu" and ro.response_ids.shape == (8, 8)
     with torch.no_grad():
         lp, _ = response_logps(cuda_model, ro.sequences.cuda(), ro.attention_mask.cuda(), 8)
     assert ((lp.cpu() - ro.logprobs).abs() * ro.action_mask).max().item() < 1e-4
-    again = eng.generate([tok("What is 2 + 3?").input_ids, tok("Hi").input_ids], n=4,
-                         max_new_tokens=8, seed=0)
+    again = eng.generate(
+        [tok("What is 2 + 3?").input_ids, tok("Hi").input_ids], n=4, max_new_tokens=8, seed=0
+    )
     assert torch.equal(again.response_ids, ro.response_ids)

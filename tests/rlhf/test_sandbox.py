@@ -17,13 +17,16 @@ def test_ok_program_and_stdin():
     assert r.ok and r.returncode == 0 and r.stdout == "42\n" and r.error is None
 
 
-@pytest.mark.parametrize("code,reason", [
-    ("raise ValueError('boom')", "exit code 1: ValueError: boom"),
-    ("import os; os._exit(3)", "exit code 3"),
-    ("import os; os.abort()", "killed by SIGABRT"),
-    ("x = bytearray(3_000_000_000)", "exit code 1: MemoryError"),
-    ("import ctypes", "exit code 1: ModuleNotFoundError"),
-])
+@pytest.mark.parametrize(
+    "code,reason",
+    [
+        ("raise ValueError('boom')", "exit code 1: ValueError: boom"),
+        ("import os; os._exit(3)", "exit code 3"),
+        ("import os; os.abort()", "killed by SIGABRT"),
+        ("x = bytearray(3_000_000_000)", "exit code 1: MemoryError"),
+        ("import ctypes", "exit code 1: ModuleNotFoundError"),
+    ],
+)
 def test_failures_are_reported(code, reason):
     r = run_python(code, timeout=5, memory_mb=256)
     assert not r.ok and not r.timed_out

@@ -45,8 +45,14 @@ def _queries(n, seed):
 
 @pytest.fixture
 def srv():
-    s = RewardServer(score_arithmetic_queries, token=TOKEN, max_body_bytes=64_000,
-                     max_batch=64, max_concurrency=4, socket_timeout=1.0).start()
+    s = RewardServer(
+        score_arithmetic_queries,
+        token=TOKEN,
+        max_body_bytes=64_000,
+        max_batch=64,
+        max_concurrency=4,
+        socket_timeout=1.0,
+    ).start()
     yield s
     s.stop()
 
@@ -69,17 +75,20 @@ def test_token_required(srv):
     assert post(srv, {"query": qs}, auth())[0] == 200
 
 
-@pytest.mark.parametrize("body,code,msg", [
-    (b"{not json", 400, "malformed JSON"),
-    (b"\xff\xfe\x00garbage", 400, "not UTF-8"),
-    (b'{"queries": ["x"]}', 400, "'query' list"),
-    (b'{"query": [1, 2]}', 400, "list of strings"),
-    (b'[1, 2]', 400, "'query' list"),
-    (b'{"query": ' + json.dumps(["x"] * 65).encode() + b"}", 413, "exceed the limit of 64"),
-    (b'{"query": ["' + b"x" * 70_000 + b'"]}', 413, "exceeds the limit of 64000"),
-    # a client that sends a 5 MB body before reading still gets the 413 (bounded drain)
-    (b'{"query": ["' + b"x" * 5_000_000 + b'"]}', 413, "exceeds the limit of 64000"),
-])
+@pytest.mark.parametrize(
+    "body,code,msg",
+    [
+        (b"{not json", 400, "malformed JSON"),
+        (b"\xff\xfe\x00garbage", 400, "not UTF-8"),
+        (b'{"queries": ["x"]}', 400, "'query' list"),
+        (b'{"query": [1, 2]}', 400, "list of strings"),
+        (b"[1, 2]", 400, "'query' list"),
+        (b'{"query": ' + json.dumps(["x"] * 65).encode() + b"}", 413, "exceed the limit of 64"),
+        (b'{"query": ["' + b"x" * 70_000 + b'"]}', 413, "exceeds the limit of 64000"),
+        # a client that sends a 5 MB body before reading still gets the 413 (bounded drain)
+        (b'{"query": ["' + b"x" * 5_000_000 + b'"]}', 413, "exceeds the limit of 64000"),
+    ],
+)
 def test_bad_bodies_get_4xx(srv, body, code, msg):
     status, reply = post(srv, body, auth(), raw=True)
     assert status == code and msg in reply["error"]
@@ -93,8 +102,11 @@ def test_missing_length_unknown_path_and_server_survives(srv):
     assert post(srv, {"query": ["x"]}, auth(), path="/admin")[0] == 404
     # a client that sends half a request and goes silent is dropped after socket_timeout
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
-    s.sendall(b"POST /get_reward HTTP/1.0\r\nContent-Length: 100\r\nAuthorization: Bearer "
-              + TOKEN.encode() + b"\r\n\r\n{\"query\"")
+    s.sendall(
+        b"POST /get_reward HTTP/1.0\r\nContent-Length: 100\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b'\r\n\r\n{"query"'
+    )
     t0 = time.monotonic()
     assert s.recv(100).startswith(b"HTTP/1.0 408")
     assert time.monotonic() - t0 < 3
@@ -262,11 +274,19 @@ def test_fuzzed_bodies_never_crash_the_server(srv):
     codes = set()
 
     @settings(max_examples=60, deadline=None)
-    @given(st.one_of(st.binary(max_size=300),
-                     st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                                  lambda c: st.lists(c, max_size=4)
-                                  | st.dictionaries(st.sampled_from(["query", "x"]), c, max_size=2),
-                                  max_leaves=8).map(lambda o: json.dumps(o).encode())))
+    @given(
+        st.one_of(
+            st.binary(max_size=300),
+            st.recursive(
+                st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                lambda c: (
+                    st.lists(c, max_size=4)
+                    | st.dictionaries(st.sampled_from(["query", "x"]), c, max_size=2)
+                ),
+                max_leaves=8,
+            ).map(lambda o: json.dumps(o).encode()),
+        )
+    )
     def one(body):
         status, _ = post(srv, body, auth(), raw=True)
         codes.add(status)

@@ -22,9 +22,9 @@ from trainkit.rlhf.tasks import (
 
 def test_evaluate_expression_precedence():
     assert evaluate_expression([3, 5], ["+"]) == 8
-    assert evaluate_expression([2, 3, 4], ["+", "*"]) == 14   # 2 + 12
-    assert evaluate_expression([2, 3, 4], ["*", "-"]) == 2    # 6 - 4
-    assert evaluate_expression([10, 3, 2], ["-", "-"]) == 5   # left to right
+    assert evaluate_expression([2, 3, 4], ["+", "*"]) == 14  # 2 + 12
+    assert evaluate_expression([2, 3, 4], ["*", "-"]) == 2  # 6 - 4
+    assert evaluate_expression([10, 3, 2], ["-", "-"]) == 5  # left to right
     assert evaluate_expression([7, 0, 9], ["*", "*"]) == 0
 
 
@@ -34,8 +34,9 @@ def test_default_task_is_single_digit_sums_with_answer_line():
     a, op, b = r["expression"].split()
     assert op == "+" and 0 <= int(a) <= 9 and 0 <= int(b) <= 9
     assert r["answer"] == int(a) + int(b)
-    assert r["prompt"] == (f"What is {a} + {b}? Finish your reply with a line of the form "
-                           "'Answer: <number>'.")
+    assert r["prompt"] == (
+        f"What is {a} + {b}? Finish your reply with a line of the form 'Answer: <number>'."
+    )
     # the reference answer in the requested format earns full reward
     comp = [f"Answer: {x['answer']}" for x in held]
     assert math_exact(None, comp, answer=[x["answer"] for x in held]) == [1.0] * len(held)
@@ -66,8 +67,9 @@ def test_small_space_heldout_is_capped_not_infinite():
     one = ArithmeticSpec(low=1, high=1)
     home = "heldout" if _is_heldout("1 + 1", one.heldout_fraction) else "train"
     other = "train" if home == "heldout" else "heldout"
-    assert [r["expression"] for r in make_arithmetic(5, spec=one, split=home, unique=True)] == \
-        ["1 + 1"]
+    assert [r["expression"] for r in make_arithmetic(5, spec=one, split=home, unique=True)] == [
+        "1 + 1"
+    ]
     with pytest.raises(UserError, match="cannot draw 5 " + other):
         make_arithmetic(5, spec=one, split=other)
 
@@ -78,12 +80,18 @@ def test_word_problems_non_negative():
     assert any("How many" in r["prompt"] for r in recs)
 
 
-@pytest.mark.parametrize("name,msg", [
-    ("nope", "unknown task"), ("arithmetic:bogus=1", "bad option"),
-    ("arithmetic:high=x", "expects int"), ("arithmetic:high=-5", "high"),
-    ("arithmetic:ops=/", "ops"), ("arithmetic:n_operands=1", "n_operands"),
-    ("arithmetic:words=maybe", "expects bool"),
-])
+@pytest.mark.parametrize(
+    "name,msg",
+    [
+        ("nope", "unknown task"),
+        ("arithmetic:bogus=1", "bad option"),
+        ("arithmetic:high=x", "expects int"),
+        ("arithmetic:high=-5", "high"),
+        ("arithmetic:ops=/", "ops"),
+        ("arithmetic:n_operands=1", "n_operands"),
+        ("arithmetic:words=maybe", "expects bool"),
+    ],
+)
 def test_parse_task_errors(name, msg):
     with pytest.raises(UserError, match=msg):
         parse_task(name)
@@ -126,11 +134,21 @@ def test_write_preference_data(tmp_path):
 def test_score_arithmetic_queries():
     q = "What is 6 - 24 * 54? Finish your reply with a line of the form 'Answer: <number>'."
     # 6 - 1296 = -1290
-    chat = ("<|im_start|>user\nWhat is 3 + 4? Reply with only the final number.<|im_end|>\n"
-            "<|im_start|>assistant\n7")
-    got = score_arithmetic_queries([q + "\nAnswer: -1290", q + "\nAnswer: -1,290",
-                                    q + "\nAnswer: 1290", q, "hello 3", chat,
-                                    "What is 3 + 4? 3 + 4 = 7"])
+    chat = (
+        "<|im_start|>user\nWhat is 3 + 4? Reply with only the final number.<|im_end|>\n"
+        "<|im_start|>assistant\n7"
+    )
+    got = score_arithmetic_queries(
+        [
+            q + "\nAnswer: -1290",
+            q + "\nAnswer: -1,290",
+            q + "\nAnswer: 1290",
+            q,
+            "hello 3",
+            chat,
+            "What is 3 + 4? 3 + 4 = 7",
+        ]
+    )
     assert got == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
 
 
@@ -148,17 +166,25 @@ def test_smollm2_sometimes_solves_the_default_task():
     model.eval()
     tok.padding_side = "left"
     _, held = load_task("arithmetic", seed=0, n_heldout=24)
-    texts = [tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
-                                     add_generation_prompt=True) for r in held]
+    texts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": r["prompt"]}], tokenize=False, add_generation_prompt=True
+        )
+        for r in held
+    ]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     ans = [r["answer"] for r in held]
     res = {}
-    for name, kw in [("greedy", {"do_sample": False}),
-                     ("sampled", {"do_sample": True, "temperature": 1.0, "top_p": 1.0})]:
+    for name, kw in [
+        ("greedy", {"do_sample": False}),
+        ("sampled", {"do_sample": True, "temperature": 1.0, "top_p": 1.0}),
+    ]:
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=48, pad_token_id=tok.pad_token_id, **kw)
-        comps = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        res[name] = (sum(math_exact(None, comps, answer=ans)) / len(ans),
-                     sum(math_closeness(None, comps, answer=ans)) / len(ans))
+        comps = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        res[name] = (
+            sum(math_exact(None, comps, answer=ans)) / len(ans),
+            sum(math_closeness(None, comps, answer=ans)) / len(ans),
+        )
     assert 0.3 <= res["greedy"][0] <= 0.95, res
     assert 0.0 < res["sampled"][0] < 0.9 and res["sampled"][1] > 0.2, res

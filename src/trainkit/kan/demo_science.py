@@ -36,8 +36,18 @@ def run_science(out_dir, quick: bool = True) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     kw = dict(grids=(5, 10), steps=30, finetune_steps=20) if quick else {}
     r = discover(FORMULA, [2, 5, 1], seed=0, out_dir=run_dir, **kw)
-    keys = ("formula", "formula_latex", "exact", "width_initial", "width_pruned", "kan_test_rmse",
-            "symbolic_test_rmse", "formula_test_rmse", "seconds", "cpu_seconds")
+    keys = (
+        "formula",
+        "formula_latex",
+        "exact",
+        "width_initial",
+        "width_pruned",
+        "kan_test_rmse",
+        "symbolic_test_rmse",
+        "formula_test_rmse",
+        "seconds",
+        "cpu_seconds",
+    )
     res = {"target": FORMULA, **{key: r[key] for key in keys}}
     res["plots"] = {name: f"{SUBDIR}/{fname}" for name, fname in r["plots"].items()}
     atomic_write_json(run_dir / "summary.json", res)

@@ -64,8 +64,15 @@ def _penalty(model, kind: str):
 
 
 # ---- data -------------------------------------------------------------------------------
-def load_data(data, target: str | None = None, var_names=None, ranges=(-1.0, 1.0),
-              train_num: int = 1000, test_num: int = 1000, seed: int = 0):
+def load_data(
+    data,
+    target: str | None = None,
+    var_names=None,
+    ranges=(-1.0, 1.0),
+    train_num: int = 1000,
+    test_num: int = 1000,
+    seed: int = 0,
+):
     """``(dataset, var_names, true_expr | None)`` from a dataset dict, a formula or a CSV path.
 
     A string naming an existing ``.csv`` file is read with ``target`` as the label column;
@@ -78,17 +85,24 @@ def load_data(data, target: str | None = None, var_names=None, ranges=(-1.0, 1.0
     if isinstance(data, dict):
         n = data["train_input"].shape[1]
         names = list(var_names) if var_names else [f"x{t + 1}" for t in range(n)]
-        ds = {k: data[k].to(torch.float64) for k in ("train_input", "train_label", "test_input", "test_label")}
+        ds = {
+            k: data[k].to(torch.float64)
+            for k in ("train_input", "train_label", "test_input", "test_label")
+        }
         return ds, names, None
     if not isinstance(data, (str, Path)):
-        raise UserError(f"discover: data must be a dataset dict, a formula or a CSV path, got {type(data).__name__}")
+        raise UserError(
+            f"discover: data must be a dataset dict, a formula or a CSV path, got {type(data).__name__}"
+        )
     text = str(data)
     if text.lower().endswith(".csv"):
         if not target:
             raise UserError(f"discover: {text}: a CSV file needs a target column (--target COLUMN)")
         ds, names = csv_dataset(DataSection(csv=text, target=target, seed=seed), torch.float64)
         return ds, names, None
-    cfg = DataSection(formula=text, ranges=list(ranges), train_num=train_num, test_num=test_num, seed=seed)
+    cfg = DataSection(
+        formula=text, ranges=list(ranges), train_num=train_num, test_num=test_num, seed=seed
+    )
     ds, names = formula_dataset(cfg, torch.float64)
     from trainkit.kan.formula import parse_formula
 
@@ -104,15 +118,38 @@ def _rmse(model, x, y) -> float:
 
 
 # ---- the workflow -----------------------------------------------------------------------
-def discover(data, width=None, *, target: str | None = None, var_names=None,
-             ranges=(-1.0, 1.0), train_num: int = 1000, test_num: int = 1000, data_seed: int = 0,
-             grid: int = 3, k: int = 3, seed: int = 0, lamb: float = 0.01, penalty: str = "std",
-             lamb_relative: bool = False,
-             sparse_steps: int = 50, prune_rounds: int = 3, resparse_steps: int = 20,
-             node_th: float = 1e-2, edge_th: float = 3e-2, grids=(5, 10, 20), steps: int = 50,
-             lib=None, r2_threshold: float = 0.999, weight_simple: float = 1.0,
-             finetune_steps: int = 50, digits: int = 4, out_dir=None, truth=None,
-             verbose: bool = False) -> dict:
+def discover(
+    data,
+    width=None,
+    *,
+    target: str | None = None,
+    var_names=None,
+    ranges=(-1.0, 1.0),
+    train_num: int = 1000,
+    test_num: int = 1000,
+    data_seed: int = 0,
+    grid: int = 3,
+    k: int = 3,
+    seed: int = 0,
+    lamb: float = 0.01,
+    penalty: str = "std",
+    lamb_relative: bool = False,
+    sparse_steps: int = 50,
+    prune_rounds: int = 3,
+    resparse_steps: int = 20,
+    node_th: float = 1e-2,
+    edge_th: float = 3e-2,
+    grids=(5, 10, 20),
+    steps: int = 50,
+    lib=None,
+    r2_threshold: float = 0.999,
+    weight_simple: float = 1.0,
+    finetune_steps: int = 50,
+    digits: int = 4,
+    out_dir=None,
+    truth=None,
+    verbose: bool = False,
+) -> dict:
     """Fit, prune, refine, snap to symbols and fine-tune; report the formula and its error.
 
     Args:
@@ -169,12 +206,16 @@ def discover(data, width=None, *, target: str | None = None, var_names=None,
     width = list(width) if width is not None else [n_in, 5, n_out]
     model = KAN(width, grid=grid, k=k, seed=seed, dtype=torch.float64)
     if model.width[0][0] != n_in or sum(model.width[-1]) != n_out:
-        raise UserError(f"discover: width {width} must start with {n_in} ({', '.join(names)}) "
-                        f"and end with {n_out}")
+        raise UserError(
+            f"discover: width {width} must start with {n_in} ({', '.join(names)}) "
+            f"and end with {n_out}"
+        )
     xtr, xte, yte = ds["train_input"], ds["test_input"], ds["test_label"]
     out = Path(out_dir) if out_dir is not None else None
     plots: dict[str, str] = {}
-    log = (lambda msg: print(f"discover: {msg}", file=sys.stderr)) if verbose else (lambda msg: None)
+    log = (
+        (lambda msg: print(f"discover: {msg}", file=sys.stderr)) if verbose else (lambda msg: None)
+    )
 
     timings: dict[str, float] = {}
     mark = [time.process_time()]
@@ -196,7 +237,13 @@ def discover(data, width=None, *, target: str | None = None, var_names=None,
         log(f"sparse fit {width_initial}: test RMSE {_rmse(model, xte, yte):.3e}")
         tick("sparse_fit")
         if out is not None:
-            kplot.plot(model, out / "before_pruning.png", in_vars=names, x=xtr, title="after sparse training")
+            kplot.plot(
+                model,
+                out / "before_pruning.png",
+                in_vars=names,
+                x=xtr,
+                title="after sparse training",
+            )
             plots["before"] = "before_pruning.png"
             tick("plots")
         for _ in range(max(1, prune_rounds)):
@@ -216,7 +263,9 @@ def discover(data, width=None, *, target: str | None = None, var_names=None,
     kan_rmse = _rmse(model, xte, yte)
     tick("refine")
     if out is not None:
-        kplot.plot(model, out / "after_pruning.png", in_vars=names, x=xtr, title="pruned and refined")
+        kplot.plot(
+            model, out / "after_pruning.png", in_vars=names, x=xtr, title="pruned and refined"
+        )
         plots["after"] = "after_pruning.png"
         tick("plots")
 
@@ -240,23 +289,42 @@ def discover(data, width=None, *, target: str | None = None, var_names=None,
         except (OverflowError, ValueError):  # constants beyond float range: not the law
             exact = False
     text = "; ".join(str(e) for e in exprs)
-    log(f"formula {text}: test RMSE {formula_rmse:.3e} (snapped model {sym_rmse:.3e}, "
-        f"min edge R^2 {min_r2:.6f})")
+    log(
+        f"formula {text}: test RMSE {formula_rmse:.3e} (snapped model {sym_rmse:.3e}, "
+        f"min edge R^2 {min_r2:.6f})"
+    )
     return {
-        "var_names": names, "width_initial": width_initial, "width_pruned": copy.deepcopy(model.width),
-        "kan_test_rmse": kan_rmse, "symbolic_test_rmse": sym_rmse, "formula": text,
-        "formula_latex": "; ".join(to_latex(e) for e in exprs), "formula_test_rmse": formula_rmse,
-        "edges": edges, "min_r2": min_r2, "confident": min_r2 >= r2_threshold, "exact": exact,
-        "plots": plots, "cpu_timings": timings, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
-        "model": model, "symbolic_model": sym, "expr": exprs,
+        "var_names": names,
+        "width_initial": width_initial,
+        "width_pruned": copy.deepcopy(model.width),
+        "kan_test_rmse": kan_rmse,
+        "symbolic_test_rmse": sym_rmse,
+        "formula": text,
+        "formula_latex": "; ".join(to_latex(e) for e in exprs),
+        "formula_test_rmse": formula_rmse,
+        "edges": edges,
+        "min_r2": min_r2,
+        "confident": min_r2 >= r2_threshold,
+        "exact": exact,
+        "plots": plots,
+        "cpu_timings": timings,
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
+        "model": model,
+        "symbolic_model": sym,
+        "expr": exprs,
     }
 
 
 # ---- the command ------------------------------------------------------------------------
 @dataclass
 class ModelSection:
-    width: list[Any] | None = field(default=None, metadata={
-        "help": "node counts, e.g. [2,5,1] or [2,[0,1],1]; default [n_inputs, 5, n_outputs]"})
+    width: list[Any] | None = field(
+        default=None,
+        metadata={
+            "help": "node counts, e.g. [2,5,1] or [2,[0,1],1]; default [n_inputs, 5, n_outputs]"
+        },
+    )
     grid: int = field(default=3, metadata={"help": "initial grid intervals"})
     k: int = 3
     seed: int = 0
@@ -306,10 +374,14 @@ class KanDiscoverConfig:
 
     def validate(self) -> None:
         if not self.refine.grids or any(g < 1 for g in self.refine.grids):
-            raise UserError(f"kan discover: refine.grids must be positive integers, got {self.refine.grids}")
+            raise UserError(
+                f"kan discover: refine.grids must be positive integers, got {self.refine.grids}"
+            )
         d = self.data
         if len(d.ranges) != 2 or not d.ranges[0] < d.ranges[1]:
-            raise UserError(f"kan discover: data.ranges must be [lo, hi] with lo < hi, got {d.ranges}")
+            raise UserError(
+                f"kan discover: data.ranges must be [lo, hi] with lo < hi, got {d.ranges}"
+            )
         if self.sparse.lamb < 0:
             raise UserError(f"kan discover: sparse.lamb must be >= 0, got {self.sparse.lamb}")
 
@@ -321,30 +393,61 @@ def run_discover(cfg: KanDiscoverConfig, args=None) -> int:
 
     d = cfg.data
     if (d.formula is None) == (d.csv is None):
-        raise UserError("kan discover: give a formula (--formula 'exp(sin(pi*x1)+x2**2)') "
-                        "or a CSV file (--data file.csv --target y), not both")
+        raise UserError(
+            "kan discover: give a formula (--formula 'exp(sin(pi*x1)+x2**2)') "
+            "or a CSV file (--data file.csv --target y), not both"
+        )
     source = d.formula if d.formula is not None else d.csv
     run_dir = make_run_dir(cfg.out.name, cfg.out.root, config=cfg)
     print(f"kan discover: {source}; run {run_dir}", file=sys.stderr)
     m, s, r, y = cfg.model, cfg.sparse, cfg.refine, cfg.symbolic
-    res = discover(source, m.width, target=d.target, ranges=d.ranges, train_num=d.train_num,
-                   test_num=d.test_num, data_seed=d.seed, grid=m.grid, k=m.k, seed=m.seed,
-                   lamb=s.lamb, penalty=s.penalty, sparse_steps=s.steps, prune_rounds=s.prune_rounds,
-                   resparse_steps=s.resparse_steps, node_th=s.node_th, edge_th=s.edge_th,
-                   grids=r.grids, steps=r.steps, lib=y.lib, r2_threshold=y.r2_threshold,
-                   weight_simple=y.weight_simple, finetune_steps=y.finetune_steps, digits=y.digits,
-                   out_dir=run_dir, verbose=cfg.out.verbose)
+    res = discover(
+        source,
+        m.width,
+        target=d.target,
+        ranges=d.ranges,
+        train_num=d.train_num,
+        test_num=d.test_num,
+        data_seed=d.seed,
+        grid=m.grid,
+        k=m.k,
+        seed=m.seed,
+        lamb=s.lamb,
+        penalty=s.penalty,
+        sparse_steps=s.steps,
+        prune_rounds=s.prune_rounds,
+        resparse_steps=s.resparse_steps,
+        node_th=s.node_th,
+        edge_th=s.edge_th,
+        grids=r.grids,
+        steps=r.steps,
+        lib=y.lib,
+        r2_threshold=y.r2_threshold,
+        weight_simple=y.weight_simple,
+        finetune_steps=y.finetune_steps,
+        digits=y.digits,
+        out_dir=run_dir,
+        verbose=cfg.out.verbose,
+    )
     res["model"].save(run_dir / "model")
     res["symbolic_model"].save(run_dir / "symbolic_model")
     summary = {key: v for key, v in res.items() if key not in ("model", "symbolic_model", "expr")}
     summary["source"] = str(source)
     atomic_write_json(run_dir / "summary.json", summary)
-    print(f"width {res['width_initial']} -> {res['width_pruned']}; KAN test RMSE {res['kan_test_rmse']:.3e}")
+    print(
+        f"width {res['width_initial']} -> {res['width_pruned']}; KAN test RMSE {res['kan_test_rmse']:.3e}"
+    )
     for e in res["edges"]:
         print(f"  edge ({e['l']},{e['i']},{e['j']}): {e['name']:<9} R^2 = {e['r2']:.6f}")
-    tag = "" if res["confident"] else f"  (best fit only: an edge has R^2 {res['min_r2']:.4f} < {y.r2_threshold})"
+    tag = (
+        ""
+        if res["confident"]
+        else f"  (best fit only: an edge has R^2 {res['min_r2']:.4f} < {y.r2_threshold})"
+    )
     print(f"formula: {res['formula']}{tag}")
-    print(f"formula test RMSE {res['formula_test_rmse']:.3e}  (snapped model {res['symbolic_test_rmse']:.3e})")
+    print(
+        f"formula test RMSE {res['formula_test_rmse']:.3e}  (snapped model {res['symbolic_test_rmse']:.3e})"
+    )
     if res["exact"] is not None:
         print(f"exact formula recovered: {'yes' if res['exact'] else 'no'}")
     print(f"run directory: {run_dir}")

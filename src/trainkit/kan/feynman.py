@@ -72,63 +72,146 @@ class FeynmanEquation:
 def _eq(name, formula, variables, ranges, original) -> FeynmanEquation:
     variables = tuple(variables.split())
     assert len(variables) == len(ranges), name
-    return FeynmanEquation(name, formula, variables, tuple(tuple(map(float, r)) for r in ranges),
-                           original)
+    return FeynmanEquation(
+        name, formula, variables, tuple(tuple(map(float, r)) for r in ranges), original
+    )
 
 
 _P = (-1, 1)  # a free signed quantity
 _ANGLE = (0, TWO_PI)
 
-EQUATIONS: dict[str, FeynmanEquation] = {e.name: e for e in [
-    _eq("I.6.2", "exp(-theta**2/(2*sigma**2))/sqrt(2*pi*sigma**2)", "theta sigma",
-        [_P, (0.5, 2)], "exp(-theta**2/(2*sigma**2))/sqrt(2*pi*sigma**2)"),
-    _eq("I.6.2b", "exp(-(theta - theta1)**2/(2*sigma**2))/sqrt(2*pi*sigma**2)",
-        "theta theta1 sigma", [_P, _P, (0.5, 2)],
-        "exp(-(theta - theta1)**2/(2*sigma**2))/sqrt(2*pi*sigma**2)"),
-    _eq("I.9.18", "a/((b - 1)**2 + (c - d)**2 + (g - f)**2)", "a b c d g f",
-        [_P, (-1, 0), _P, _P, _P, _P],
-        "G*m1*m2/((x2 - x1)**2 + (y2 - y1)**2 + (z2 - z1)**2)"),
-    _eq("I.12.11", "1 + a*sin(theta)", "a theta", [_P, _ANGLE],
-        "q*(Ef + B*v*sin(theta))"),
-    _eq("I.13.12", "a*(1/b - 1)", "a b", [_P, (0.5, 2)], "G*m1*m2*(1/r2 - 1/r1)"),
-    _eq("I.15.3x", "(1 - a)/sqrt(1 - b**2)", "a b", [_P, (-0.9, 0.9)],
-        "(x - u*t)/sqrt(1 - u**2/c**2)"),
-    _eq("I.16.6", "(a + b)/(1 + a*b)", "a b", [(-0.9, 0.9), (-0.9, 0.9)],
-        "(u + v)/(1 + u*v/c**2)"),
-    _eq("I.18.4", "(1 + a*b)/(1 + a)", "a b", [(0.5, 2), _P],
-        "(m1*r1 + m2*r2)/(m1 + m2)"),
-    _eq("I.26.2", "asin(n*sin(theta2))", "n theta2", [(0, 0.99), _ANGLE],
-        "asin(n*sin(theta2))"),
-    _eq("I.27.6", "1/(1 + a*b)", "a b", [(0.5, 2), (0.5, 2)], "1/(1/d1 + n/d2)"),
-    _eq("I.29.16", "sqrt(1 + a**2 - 2*a*cos(theta1 - theta2))", "a theta1 theta2",
-        [(-0.9, 0.9), _ANGLE, _ANGLE], "sqrt(x1**2 + x2**2 - 2*x1*x2*cos(theta1 - theta2))"),
-    _eq("I.30.3", "sin(n*theta/2)**2/sin(theta/2)**2", "n theta",
-        [(0, 4), (0.4 * math.pi, 1.6 * math.pi)], "I0*sin(n*theta/2)**2/sin(theta/2)**2"),
-    _eq("I.30.5", "asin(a/n)", "a n", [_P, (1.1, 2)], "asin(lam/(n*d))"),
-    _eq("I.37.4", "1 + a + 2*sqrt(a)*cos(delta)", "a delta", [(0.1, 1), _ANGLE],
-        "I1 + I2 + 2*sqrt(I1*I2)*cos(delta)"),
-    _eq("I.40.1", "n0*exp(-a)", "n0 a", [(0, 1), (0, 2)], "n0*exp(-m*g*x/(kb*T))"),
-    _eq("I.44.4", "n*log(a)", "n a", [(0, 1), (0.5, 2)], "n*kb*T*log(V2/V1)"),
-    _eq("I.50.26", "cos(a) + alpha*cos(a)**2", "a alpha", [_ANGLE, (0, 1)],
-        "x1*(cos(omega*t) + alpha*cos(omega*t)**2)"),
-    _eq("II.2.42", "(a - 1)*b", "a b", [_P, _P], "kappa*(T2 - T1)*A/d"),
-    _eq("II.6.15a", "c*sqrt(a**2 + b**2)/(4*pi)", "a b c", [_P, _P, _P],
-        "3/(4*pi*epsilon)*pd*z/r**5*sqrt(x**2 + y**2)"),
-    _eq("II.11.7", "n0*(1 + a*cos(theta))", "n0 a theta", [(0, 1), _P, _ANGLE],
-        "n0*(1 + pd*Ef*cos(theta)/(kb*T))"),
-    _eq("II.11.27", "n*alpha/(1 - n*alpha/3)", "n alpha", [(0, 1), (0, 2)],
-        "n*alpha/(1 - n*alpha/3)*epsilon*Ef"),
-    _eq("II.35.18", "n0/(exp(a) + exp(-a))", "n0 a", [(0, 1), _P],
-        "n0/(exp(mu*B/(kb*T)) + exp(-mu*B/(kb*T)))"),
-    _eq("II.36.38", "a + alpha*b", "a alpha b", [_P, _P, _P],
-        "mu*B/(kb*T) + mu*alpha*M/(epsilon*c**2*kb*T)"),
-    _eq("II.38.3", "a/b", "a b", [_P, (0.5, 2)], "Y*A*x/d"),
-    _eq("III.9.52", "a*sin((b - c)/2)**2/((b - c)/2)**2", "a b c", [(0, 1), _ANGLE, _ANGLE],
-        "pd*Ef*t/hbar*sin((omega - omega0)*t/2)**2/((omega - omega0)*t/2)**2"),
-    _eq("III.10.19", "sqrt(1 + a**2 + b**2)", "a b", [_P, _P], "mu*sqrt(Bx**2 + By**2 + Bz**2)"),
-    _eq("III.17.37", "beta*(1 + alpha*cos(theta))", "alpha beta theta", [_P, _P, _ANGLE],
-        "beta*(1 + alpha*cos(theta))"),
-]}
+EQUATIONS: dict[str, FeynmanEquation] = {
+    e.name: e
+    for e in [
+        _eq(
+            "I.6.2",
+            "exp(-theta**2/(2*sigma**2))/sqrt(2*pi*sigma**2)",
+            "theta sigma",
+            [_P, (0.5, 2)],
+            "exp(-theta**2/(2*sigma**2))/sqrt(2*pi*sigma**2)",
+        ),
+        _eq(
+            "I.6.2b",
+            "exp(-(theta - theta1)**2/(2*sigma**2))/sqrt(2*pi*sigma**2)",
+            "theta theta1 sigma",
+            [_P, _P, (0.5, 2)],
+            "exp(-(theta - theta1)**2/(2*sigma**2))/sqrt(2*pi*sigma**2)",
+        ),
+        _eq(
+            "I.9.18",
+            "a/((b - 1)**2 + (c - d)**2 + (g - f)**2)",
+            "a b c d g f",
+            [_P, (-1, 0), _P, _P, _P, _P],
+            "G*m1*m2/((x2 - x1)**2 + (y2 - y1)**2 + (z2 - z1)**2)",
+        ),
+        _eq("I.12.11", "1 + a*sin(theta)", "a theta", [_P, _ANGLE], "q*(Ef + B*v*sin(theta))"),
+        _eq("I.13.12", "a*(1/b - 1)", "a b", [_P, (0.5, 2)], "G*m1*m2*(1/r2 - 1/r1)"),
+        _eq(
+            "I.15.3x",
+            "(1 - a)/sqrt(1 - b**2)",
+            "a b",
+            [_P, (-0.9, 0.9)],
+            "(x - u*t)/sqrt(1 - u**2/c**2)",
+        ),
+        _eq(
+            "I.16.6",
+            "(a + b)/(1 + a*b)",
+            "a b",
+            [(-0.9, 0.9), (-0.9, 0.9)],
+            "(u + v)/(1 + u*v/c**2)",
+        ),
+        _eq("I.18.4", "(1 + a*b)/(1 + a)", "a b", [(0.5, 2), _P], "(m1*r1 + m2*r2)/(m1 + m2)"),
+        _eq(
+            "I.26.2", "asin(n*sin(theta2))", "n theta2", [(0, 0.99), _ANGLE], "asin(n*sin(theta2))"
+        ),
+        _eq("I.27.6", "1/(1 + a*b)", "a b", [(0.5, 2), (0.5, 2)], "1/(1/d1 + n/d2)"),
+        _eq(
+            "I.29.16",
+            "sqrt(1 + a**2 - 2*a*cos(theta1 - theta2))",
+            "a theta1 theta2",
+            [(-0.9, 0.9), _ANGLE, _ANGLE],
+            "sqrt(x1**2 + x2**2 - 2*x1*x2*cos(theta1 - theta2))",
+        ),
+        _eq(
+            "I.30.3",
+            "sin(n*theta/2)**2/sin(theta/2)**2",
+            "n theta",
+            [(0, 4), (0.4 * math.pi, 1.6 * math.pi)],
+            "I0*sin(n*theta/2)**2/sin(theta/2)**2",
+        ),
+        _eq("I.30.5", "asin(a/n)", "a n", [_P, (1.1, 2)], "asin(lam/(n*d))"),
+        _eq(
+            "I.37.4",
+            "1 + a + 2*sqrt(a)*cos(delta)",
+            "a delta",
+            [(0.1, 1), _ANGLE],
+            "I1 + I2 + 2*sqrt(I1*I2)*cos(delta)",
+        ),
+        _eq("I.40.1", "n0*exp(-a)", "n0 a", [(0, 1), (0, 2)], "n0*exp(-m*g*x/(kb*T))"),
+        _eq("I.44.4", "n*log(a)", "n a", [(0, 1), (0.5, 2)], "n*kb*T*log(V2/V1)"),
+        _eq(
+            "I.50.26",
+            "cos(a) + alpha*cos(a)**2",
+            "a alpha",
+            [_ANGLE, (0, 1)],
+            "x1*(cos(omega*t) + alpha*cos(omega*t)**2)",
+        ),
+        _eq("II.2.42", "(a - 1)*b", "a b", [_P, _P], "kappa*(T2 - T1)*A/d"),
+        _eq(
+            "II.6.15a",
+            "c*sqrt(a**2 + b**2)/(4*pi)",
+            "a b c",
+            [_P, _P, _P],
+            "3/(4*pi*epsilon)*pd*z/r**5*sqrt(x**2 + y**2)",
+        ),
+        _eq(
+            "II.11.7",
+            "n0*(1 + a*cos(theta))",
+            "n0 a theta",
+            [(0, 1), _P, _ANGLE],
+            "n0*(1 + pd*Ef*cos(theta)/(kb*T))",
+        ),
+        _eq(
+            "II.11.27",
+            "n*alpha/(1 - n*alpha/3)",
+            "n alpha",
+            [(0, 1), (0, 2)],
+            "n*alpha/(1 - n*alpha/3)*epsilon*Ef",
+        ),
+        _eq(
+            "II.35.18",
+            "n0/(exp(a) + exp(-a))",
+            "n0 a",
+            [(0, 1), _P],
+            "n0/(exp(mu*B/(kb*T)) + exp(-mu*B/(kb*T)))",
+        ),
+        _eq(
+            "II.36.38",
+            "a + alpha*b",
+            "a alpha b",
+            [_P, _P, _P],
+            "mu*B/(kb*T) + mu*alpha*M/(epsilon*c**2*kb*T)",
+        ),
+        _eq("II.38.3", "a/b", "a b", [_P, (0.5, 2)], "Y*A*x/d"),
+        _eq(
+            "III.9.52",
+            "a*sin((b - c)/2)**2/((b - c)/2)**2",
+            "a b c",
+            [(0, 1), _ANGLE, _ANGLE],
+            "pd*Ef*t/hbar*sin((omega - omega0)*t/2)**2/((omega - omega0)*t/2)**2",
+        ),
+        _eq(
+            "III.10.19", "sqrt(1 + a**2 + b**2)", "a b", [_P, _P], "mu*sqrt(Bx**2 + By**2 + Bz**2)"
+        ),
+        _eq(
+            "III.17.37",
+            "beta*(1 + alpha*cos(theta))",
+            "alpha beta theta",
+            [_P, _P, _ANGLE],
+            "beta*(1 + alpha*cos(theta))",
+        ),
+    ]
+}
 """All equations, by AI-Feynman id, in the order of the paper's Table 2."""
 
 
@@ -140,7 +223,9 @@ def names() -> list[str]:
 def get(name: str) -> FeynmanEquation:
     """Look up an equation by id (``"I.6.2"``); one-line UserError if unknown."""
     if name not in EQUATIONS:
-        raise UserError(f"unknown Feynman equation '{name}' (expected one of: {', '.join(EQUATIONS)})")
+        raise UserError(
+            f"unknown Feynman equation '{name}' (expected one of: {', '.join(EQUATIONS)})"
+        )
     return EQUATIONS[name]
 
 
@@ -150,8 +235,13 @@ def _sample(eq: FeynmanEquation, n: int, gen: torch.Generator) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, eq.n_var, generator=gen, dtype=torch.float64)
 
 
-def make_dataset(name: str, train_num: int = 1000, test_num: int = 1000, seed: int = 0,
-                 dtype: torch.dtype = torch.float64):
+def make_dataset(
+    name: str,
+    train_num: int = 1000,
+    test_num: int = 1000,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+):
     """Sample an equation's inputs uniformly in its ranges and evaluate its formula.
 
     Values are computed in float64 from the SymPy formula, then cast to ``dtype``.
@@ -188,8 +278,13 @@ def make_dataset(name: str, train_num: int = 1000, test_num: int = 1000, seed: i
     return tuple(out)
 
 
-def make_dataset_dict(name: str, train_num: int = 1000, test_num: int = 1000, seed: int = 0,
-                      dtype: torch.dtype = torch.float64) -> dict:
+def make_dataset_dict(
+    name: str,
+    train_num: int = 1000,
+    test_num: int = 1000,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> dict:
     """:func:`make_dataset` in the dict format of :meth:`trainkit.kan.KAN.fit`
     (``train_input``, ``train_label``, ``test_input``, ``test_label``)."""
     keys = ("train_input", "train_label", "test_input", "test_label")

@@ -41,21 +41,53 @@ _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 
 # name the user writes -> SymPy attribute name (resolved lazily).
 _FUNCTIONS: dict[str, str] = {
-    "sin": "sin", "cos": "cos", "tan": "tan", "cot": "cot", "sec": "sec", "csc": "csc",
-    "asin": "asin", "acos": "acos", "atan": "atan",
-    "arcsin": "asin", "arccos": "acos", "arctan": "atan",
-    "sinh": "sinh", "cosh": "cosh", "tanh": "tanh",
-    "asinh": "asinh", "acosh": "acosh", "atanh": "atanh",
-    "arcsinh": "asinh", "arccosh": "acosh", "arctanh": "atanh",
-    "exp": "exp", "log": "log", "ln": "log", "sqrt": "sqrt",
-    "abs": "Abs", "Abs": "Abs", "sign": "sign", "sgn": "sign",
-    "erf": "erf", "besselj": "besselj", "j0": "_j0", "j1": "_j1",
-    "min": "Min", "max": "Max", "atan2": "atan2", "arctan2": "atan2",
+    "sin": "sin",
+    "cos": "cos",
+    "tan": "tan",
+    "cot": "cot",
+    "sec": "sec",
+    "csc": "csc",
+    "asin": "asin",
+    "acos": "acos",
+    "atan": "atan",
+    "arcsin": "asin",
+    "arccos": "acos",
+    "arctan": "atan",
+    "sinh": "sinh",
+    "cosh": "cosh",
+    "tanh": "tanh",
+    "asinh": "asinh",
+    "acosh": "acosh",
+    "atanh": "atanh",
+    "arcsinh": "asinh",
+    "arccosh": "acosh",
+    "arctanh": "atanh",
+    "exp": "exp",
+    "log": "log",
+    "ln": "log",
+    "sqrt": "sqrt",
+    "abs": "Abs",
+    "Abs": "Abs",
+    "sign": "sign",
+    "sgn": "sign",
+    "erf": "erf",
+    "besselj": "besselj",
+    "j0": "_j0",
+    "j1": "_j1",
+    "min": "Min",
+    "max": "Max",
+    "atan2": "atan2",
+    "arctan2": "atan2",
 }
 # expected argument counts (a tuple of allowed counts).
 _ARITY: dict[str, tuple[int, ...]] = {
-    "log": (1, 2), "ln": (1,), "besselj": (2,), "min": (2,), "max": (2,),
-    "atan2": (2,), "arctan2": (2,),
+    "log": (1, 2),
+    "ln": (1,),
+    "besselj": (2,),
+    "min": (2,),
+    "max": (2,),
+    "atan2": (2,),
+    "arctan2": (2,),
 }
 _CONSTANTS = {"pi": "pi", "e": "E"}
 
@@ -81,7 +113,11 @@ class _Builder:
         self.symbols: dict[str, Any] = {}
 
     def fail(self, what: str, node: ast.AST | None = None) -> UserError:
-        where = f" at column {node.col_offset + 1}" if node is not None and hasattr(node, "col_offset") else ""
+        where = (
+            f" at column {node.col_offset + 1}"
+            if node is not None and hasattr(node, "col_offset")
+            else ""
+        )
         return UserError(f"formula '{_short(self.text)}': {what}{where}")
 
     def build(self, node: ast.AST):
@@ -124,8 +160,11 @@ class _Builder:
             raise self.fail(f"operator '{type(op).__name__}' is not allowed", node)
         if isinstance(node, ast.Call):
             return self.call(node)
-        raise self.fail(f"'{type(node).__name__}' is not allowed (only numbers, variables, "
-                        "+ - * / ** and whitelisted functions)", node)
+        raise self.fail(
+            f"'{type(node).__name__}' is not allowed (only numbers, variables, "
+            "+ - * / ** and whitelisted functions)",
+            node,
+        )
 
     def name(self, node: ast.Name):
         n = node.id
@@ -138,8 +177,11 @@ class _Builder:
         if n in _FUNCTIONS:
             raise self.fail(f"'{n}' is a function: call it as {n}(...)", node)
         if self.fixed is not None:
-            raise self.fail(f"unknown symbol '{n}' (variables: {', '.join(self.fixed) or 'none'}; "
-                            f"constants: {', '.join(_CONSTANTS)})", node)
+            raise self.fail(
+                f"unknown symbol '{n}' (variables: {', '.join(self.fixed) or 'none'}; "
+                f"constants: {', '.join(_CONSTANTS)})",
+                node,
+            )
         return self.symbol(n)
 
     def symbol(self, n: str):
@@ -169,8 +211,11 @@ class _Builder:
             raise self.fail("only plain function names may be called", node)
         fname = node.func.id
         if fname not in _FUNCTIONS:
-            raise self.fail(f"unknown function '{_short(fname, 30)}' (allowed: "
-                            f"{', '.join(sorted(set(_FUNCTIONS)))})", node)
+            raise self.fail(
+                f"unknown function '{_short(fname, 30)}' (allowed: "
+                f"{', '.join(sorted(set(_FUNCTIONS)))})",
+                node,
+            )
         if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
             raise self.fail(f"{fname}(): keyword or starred arguments are not allowed", node)
         arity = _ARITY.get(fname, (1,))
@@ -216,8 +261,10 @@ def parse_formula(text: str, variables: Sequence[str] | None = None):
         variables = [str(v) for v in variables]
         for v in variables:
             if not _NAME_RE.match(v) or v in _FUNCTIONS:
-                raise UserError(f"invalid variable name '{_short(v, 30)}' (letters, digits, _; "
-                                "not a function name)")
+                raise UserError(
+                    f"invalid variable name '{_short(v, 30)}' (letters, digits, _; "
+                    "not a function name)"
+                )
         if len(set(variables)) != len(variables):
             raise UserError(f"duplicate variable names in {variables}")
     if len(text) > MAX_FORMULA_LEN:
@@ -259,11 +306,14 @@ def parse_formula(text: str, variables: Sequence[str] | None = None):
 def _check_constants(expr, text: str) -> None:
     sp = _sympy()
     if expr.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
-        raise UserError(f"formula '{_short(text)}': contains an undefined or infinite value "
-                        "(division by zero?)")
+        raise UserError(
+            f"formula '{_short(text)}': contains an undefined or infinite value (division by zero?)"
+        )
     if expr.has(sp.I):
-        raise UserError(f"formula '{_short(text)}': contains a complex constant "
-                        "(e.g. sqrt of a negative number)")
+        raise UserError(
+            f"formula '{_short(text)}': contains a complex constant "
+            "(e.g. sqrt of a negative number)"
+        )
     for a in expr.atoms(sp.Number):
         if abs(a) > MAX_ABS_CONSTANT:
             raise UserError(f"formula '{_short(text)}': number out of range")
@@ -277,11 +327,14 @@ def _check_constants(expr, text: str) -> None:
             except (TypeError, ValueError, OverflowError, ArithmeticError):
                 v = complex(math.nan)
             if not (math.isfinite(v.real) and math.isfinite(v.imag)):
-                raise UserError(f"formula '{_short(text)}': constant {_short(str(node), 30)} "
-                                "is undefined or out of range")
+                raise UserError(
+                    f"formula '{_short(text)}': constant {_short(str(node), 30)} "
+                    "is undefined or out of range"
+                )
             if abs(v.imag) > 1e-12 * max(1.0, abs(v.real)):
-                raise UserError(f"formula '{_short(text)}': constant {_short(str(node), 30)} "
-                                "is complex")
+                raise UserError(
+                    f"formula '{_short(text)}': constant {_short(str(node), 30)} is complex"
+                )
         else:
             stack.extend(node.args)
 
@@ -293,13 +346,25 @@ def _check_constants(expr, text: str) -> None:
 def _torch_table() -> dict[Any, Callable]:
     sp = _sympy()
     return {
-        sp.sin: torch.sin, sp.cos: torch.cos, sp.tan: torch.tan,
-        sp.cot: lambda u: 1 / torch.tan(u), sp.sec: lambda u: 1 / torch.cos(u),
+        sp.sin: torch.sin,
+        sp.cos: torch.cos,
+        sp.tan: torch.tan,
+        sp.cot: lambda u: 1 / torch.tan(u),
+        sp.sec: lambda u: 1 / torch.cos(u),
         sp.csc: lambda u: 1 / torch.sin(u),
-        sp.asin: torch.asin, sp.acos: torch.acos, sp.atan: torch.atan,
-        sp.sinh: torch.sinh, sp.cosh: torch.cosh, sp.tanh: torch.tanh,
-        sp.asinh: torch.asinh, sp.acosh: torch.acosh, sp.atanh: torch.atanh,
-        sp.exp: torch.exp, sp.log: torch.log, sp.Abs: torch.abs, sp.sign: torch.sign,
+        sp.asin: torch.asin,
+        sp.acos: torch.acos,
+        sp.atan: torch.atan,
+        sp.sinh: torch.sinh,
+        sp.cosh: torch.cosh,
+        sp.tanh: torch.tanh,
+        sp.asinh: torch.asinh,
+        sp.acosh: torch.acosh,
+        sp.atanh: torch.atanh,
+        sp.exp: torch.exp,
+        sp.log: torch.log,
+        sp.Abs: torch.abs,
+        sp.sign: torch.sign,
         sp.erf: torch.erf,
     }
 
@@ -309,8 +374,7 @@ def _compile(node, index: dict[str, int], table) -> Callable[[list], Any]:
     sp = _sympy()
     if node.is_Symbol:
         if node.name not in index:
-            raise UserError(f"formula variable '{node.name}' is not among the inputs "
-                            f"{list(index)}")
+            raise UserError(f"formula variable '{node.name}' is not among the inputs {list(index)}")
         i = index[node.name]
         return lambda cols: cols[i]
     if node.is_number:
@@ -321,18 +385,22 @@ def _compile(node, index: dict[str, int], table) -> Callable[[list], Any]:
         return lambda cols: val
     args = [_compile(a, index, table) for a in node.args]
     if node.is_Add:
+
         def add(cols):
             out = args[0](cols)
             for g in args[1:]:
                 out = out + g(cols)
             return out
+
         return add
     if node.is_Mul:
+
         def mul(cols):
             out = args[0](cols)
             for g in args[1:]:
                 out = out * g(cols)
             return out
+
         return mul
     if node.is_Pow:
         gb, ge = args
@@ -369,11 +437,14 @@ def _compile(node, index: dict[str, int], table) -> Callable[[list], Any]:
             for g in args[1:]:
                 out = op(out, g(cols))
             return out
+
         return minmax
     raise UserError(f"cannot evaluate '{func}' with torch (in {_short(str(node), 40)})")
 
 
-def to_callable(expr, var_names: Sequence[str] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def to_callable(
+    expr, var_names: Sequence[str] | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """Turn a SymPy expression into a torch function of a column matrix.
 
     No code is generated or executed: the expression tree is compiled into nested
@@ -400,8 +471,9 @@ def to_callable(expr, var_names: Sequence[str] | None = None) -> Callable[[torch
 
     def f(x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != n_var:
-            raise ValueError(f"expected input of shape [N, {n_var}] ({', '.join(names)}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected input of shape [N, {n_var}] ({', '.join(names)}), got {tuple(x.shape)}"
+            )
         cols = [x[:, i] for i in range(n_var)]
         out = g(cols)
         if not torch.is_tensor(out):

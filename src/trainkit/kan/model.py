@@ -244,44 +244,55 @@ class KAN(nn.Module):
     # ---- science tools (thin wrappers: trainkit.kan.prune / symbolic / plot) -------------
     def node_scores(self, x=None):
         from trainkit.kan.prune import node_scores
+
         return node_scores(self, x)
 
     def edge_scores(self, x=None):
         from trainkit.kan.prune import edge_scores
+
         return edge_scores(self, x)
 
     def feature_score(self, x=None):
         from trainkit.kan.prune import feature_score
+
         return feature_score(self, x)
 
     def prune(self, node_th: float = 1e-2, edge_th: float = 3e-2, x=None) -> KAN:
         from trainkit.kan.prune import prune
+
         return prune(self, node_th, edge_th, x)
 
     def plot(self, path=None, in_vars=None, out_vars=None, beta: float = 3.0, **kw):
         from trainkit.kan.plot import plot
+
         return plot(self, path, in_vars, out_vars, beta, **kw)
 
     def plot_edge(self, l: int, i: int, j: int, path=None, **kw):
         from trainkit.kan.plot import plot_edge
+
         return plot_edge(self, l, i, j, path, **kw)
 
     def suggest_symbolic(self, l: int, i: int, j: int, topk: int = 5, **kw):
         from trainkit.kan.symbolic import suggest_symbolic
+
         return suggest_symbolic(self, l, i, j, topk, **kw)
 
     def fix_symbolic(self, l: int, i: int, j: int, name: str, fit_params: bool = True, **kw):
         from trainkit.kan.symbolic import fix_symbolic
+
         return fix_symbolic(self, l, i, j, name, fit_params, **kw)
 
     def unfix_symbolic(self, l: int, i: int, j: int) -> None:
         from trainkit.kan.symbolic import unfix_symbolic
+
         unfix_symbolic(self, l, i, j)
 
     def auto_symbolic(self, lib=None, r2_threshold: float = 0.0, **kw):
         from trainkit.kan.symbolic import auto_symbolic
+
         return auto_symbolic(self, lib, r2_threshold, **kw)
 
     def symbolic_formula(self, var_names=None, digits: int | None = 4):
         from trainkit.kan.symbolic import symbolic_formula
+
         return symbolic_formula(self, var_names, digits)

@@ -70,9 +70,17 @@ def _curves(model, x: torch.Tensor) -> list[dict]:
     return out
 
 
-def plot(model, path=None, in_vars: Sequence[str] | None = None,
-         out_vars: Sequence[str] | None = None, beta: float = 3.0, x=None,
-         title: str | None = None, scale: float = 1.0, dpi: int = 120):
+def plot(
+    model,
+    path=None,
+    in_vars: Sequence[str] | None = None,
+    out_vars: Sequence[str] | None = None,
+    beta: float = 3.0,
+    x=None,
+    title: str | None = None,
+    scale: float = 1.0,
+    dpi: int = 120,
+):
     """Draw ``model`` with every edge's activation curve.
 
     Args:
@@ -118,10 +126,25 @@ def plot(model, path=None, in_vars: Sequence[str] | None = None,
             alpha = math.tanh(beta * float(s[t])) if r < L else 1.0
             alpha = max(alpha, 0.08)
             if t >= n_sum:  # multiplication node
-                ax.scatter([node_x[r][t]], [r], s=160, facecolor="white", edgecolor="black",
-                           alpha=alpha, zorder=3)
-                ax.text(node_x[r][t], r, "\u00d7", ha="center", va="center", fontsize=10,
-                        alpha=alpha, zorder=4)
+                ax.scatter(
+                    [node_x[r][t]],
+                    [r],
+                    s=160,
+                    facecolor="white",
+                    edgecolor="black",
+                    alpha=alpha,
+                    zorder=3,
+                )
+                ax.text(
+                    node_x[r][t],
+                    r,
+                    "\u00d7",
+                    ha="center",
+                    va="center",
+                    fontsize=10,
+                    alpha=alpha,
+                    zorder=4,
+                )
             else:
                 ax.scatter([node_x[r][t]], [r], s=40, color="black", alpha=alpha, zorder=3)
     for t, name in enumerate(in_names):
@@ -161,10 +184,17 @@ def plot(model, path=None, in_vars: Sequence[str] | None = None,
             y_c = l + 0.43
             ax.plot([node_x[l][i], bx], [l, y_c - bh_data / 2], color=color, lw=0.8, alpha=alpha)
             ax.plot([bx, sub_x[j]], [y_c + bh_data / 2, y_sub], color=color, lw=0.8, alpha=alpha)
-            inset = fig.add_axes((bx - bw / 2, fig_y(y_c - bh_data / 2), bw,
-                                  fig_y(y_c + bh_data / 2) - fig_y(y_c - bh_data / 2)))
-            inset.plot(curves[l]["x"][:, i], curves[l]["y"][:, j, i], color=color, lw=1.5,
-                       alpha=alpha)
+            inset = fig.add_axes(
+                (
+                    bx - bw / 2,
+                    fig_y(y_c - bh_data / 2),
+                    bw,
+                    fig_y(y_c + bh_data / 2) - fig_y(y_c - bh_data / 2),
+                )
+            )
+            inset.plot(
+                curves[l]["x"][:, i], curves[l]["y"][:, j, i], color=color, lw=1.5, alpha=alpha
+            )
             inset.set_xticks([])
             inset.set_yticks([])
             for sp in inset.spines.values():

@@ -199,7 +199,9 @@ def remove_nodes(model, l: int, keep: Sequence[int], x=None):
     return new
 
 
-def prune_node(model, threshold: float = 1e-2, x=None, active: dict[int, Sequence[int]] | None = None):
+def prune_node(
+    model, threshold: float = 1e-2, x=None, active: dict[int, Sequence[int]] | None = None
+):
     """Remove hidden nodes whose score is below ``threshold`` (or keep ``active[l]``).
 
     Args:
@@ -262,7 +264,9 @@ def prune_input(model, threshold: float = 1e-2, x=None, active_inputs: Sequence[
     else:
         kept = sorted(set(int(i) for i in active_inputs))
         if not kept or any(not 0 <= i < model.width[0][0] for i in kept):
-            raise UserError(f"prune_input: active_inputs must be in 0..{model.width[0][0] - 1}, got {kept}")
+            raise UserError(
+                f"prune_input: active_inputs must be in 0..{model.width[0][0] - 1}, got {kept}"
+            )
     if len(kept) == model.width[0][0]:
         return copy.deepcopy(model), kept
     means = _edge_means(model, x)[0]

@@ -165,8 +165,9 @@ def read_csv(path: str, target: str) -> tuple[list[str], list[list[float]], list
     names = [h for h in header if h != target]
     for j, name in enumerate(names):
         if len({r[j] for r in xs}) == 1:
-            raise UserError(f"{p}: column '{name}' is constant ({xs[0][j]}); it carries no "
-                            "information, drop it")
+            raise UserError(
+                f"{p}: column '{name}' is constant ({xs[0][j]}); it carries no information, drop it"
+            )
     if len(set(ys)) == 1:
         raise UserError(f"{p}: target column '{target}' is constant ({ys[0]}); nothing to fit")
     return names, xs, ys

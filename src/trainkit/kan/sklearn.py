@@ -34,9 +34,22 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class _KANBase(BaseEstimator):
     """Shared parameters and training loop of the two estimators."""
 
-    def __init__(self, hidden_layer_sizes=(5,), grids=(5,), k=3, steps=50, opt="LBFGS", lr=1.0,
-                 lamb=0.0, update_grid=True, batch=-1, standardize=True, dtype="float64",
-                 seed=0, verbose=False):
+    def __init__(
+        self,
+        hidden_layer_sizes=(5,),
+        grids=(5,),
+        k=3,
+        steps=50,
+        opt="LBFGS",
+        lr=1.0,
+        lamb=0.0,
+        update_grid=True,
+        batch=-1,
+        standardize=True,
+        dtype="float64",
+        seed=0,
+        verbose=False,
+    ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.grids = grids
         self.k = k
@@ -82,8 +95,11 @@ class _KANBase(BaseEstimator):
         dt = self._torch_dtype()
         y = torch.tensor(np.asarray(Y, dtype=np.float64)).to(dt)
         hidden = list(self.hidden_layer_sizes or [])
-        width = [X.shape[1], *[list(h) if isinstance(h, (list, tuple)) else int(h) for h in hidden],
-                 n_out]
+        width = [
+            X.shape[1],
+            *[list(h) if isinstance(h, (list, tuple)) else int(h) for h in hidden],
+            n_out,
+        ]
         grids = self._grids()
         model = KAN(width, grid=grids[0], k=self.k, seed=self.seed, dtype=dt)
         data = {"train_input": x, "train_label": y, "test_input": x, "test_label": y}
@@ -92,10 +108,20 @@ class _KANBase(BaseEstimator):
             if i > 0:
                 model = model.refine(g)
             if self.steps > 0:
-                history.append(model.fit(data, opt=self.opt, steps=self.steps, lr=self.lr,
-                                         lamb=self.lamb, update_grid=self.update_grid,
-                                         batch=self.batch, loss_fn=loss_fn,
-                                         verbose=self.verbose, seed=self.seed))
+                history.append(
+                    model.fit(
+                        data,
+                        opt=self.opt,
+                        steps=self.steps,
+                        lr=self.lr,
+                        lamb=self.lamb,
+                        update_grid=self.update_grid,
+                        batch=self.batch,
+                        loss_fn=loss_fn,
+                        verbose=self.verbose,
+                        seed=self.seed,
+                    )
+                )
         self.model_ = model
         self.history_ = history
         return self

@@ -36,7 +36,20 @@ from trainkit.kan import layer as _layer
 from trainkit.kan import symbolic_lib as slib
 from trainkit.kan.prune import _inputs
 
-ODD = {"x", "x^3", "x^5", "1/x", "1/x^3", "sin", "tan", "tanh", "arcsin", "arctan", "arctanh", "sgn"}
+ODD = {
+    "x",
+    "x^3",
+    "x^5",
+    "1/x",
+    "1/x^3",
+    "sin",
+    "tan",
+    "tanh",
+    "arcsin",
+    "arctan",
+    "arctanh",
+    "sgn",
+}
 EVEN = {"x^2", "x^4", "1/x^2", "1/x^4", "abs", "gaussian", "cos"}
 
 for _name, _fn in slib.LIBRARY.items():  # the guarded versions, usable in sym_fns
@@ -49,8 +62,10 @@ def _check_edge(model, l: int, i: int, j: int):
         raise UserError(f"edge ({l},{i},{j}): layer {l} out of range 0..{model.depth - 1}")
     layer = model.layers[l]
     if not 0 <= i < layer.in_features or not 0 <= j < layer.out_features:
-        raise UserError(f"edge ({l},{i},{j}): layer {l} maps {layer.in_features} inputs to "
-                        f"{layer.out_features} outputs")
+        raise UserError(
+            f"edge ({l},{i},{j}): layer {l} maps {layer.in_features} inputs to "
+            f"{layer.out_features} outputs"
+        )
     return layer
 
 
@@ -67,7 +82,9 @@ def edge_samples(model, l: int, i: int, j: int, x=None) -> tuple[torch.Tensor, t
     return h[:, i], acts["postacts"][:, j, i]
 
 
-def canonical(name: str, a: float, b: float, c: float, d: float) -> tuple[float, float, float, float]:
+def canonical(
+    name: str, a: float, b: float, c: float, d: float
+) -> tuple[float, float, float, float]:
     """Equivalent ``(a, b, c, d)`` with ``a >= 0`` for odd/even ``f`` and ``sin``/``cos``
     phases in ``(-pi/2, pi/2]`` (``f(-u) = -f(u)`` or ``f(u)``; ``f(u + pi) = -f(u)``)."""
     if a < 0 and (name in ODD or name in EVEN):
@@ -84,8 +101,9 @@ def canonical(name: str, a: float, b: float, c: float, d: float) -> tuple[float,
 
 
 # ---- one edge -----------------------------------------------------------------------------
-def suggest_symbolic(model, l: int, i: int, j: int, topk: int = 5, lib=None, x=None,
-                     weight_simple: float = 1.0) -> list[slib.AffineFit]:
+def suggest_symbolic(
+    model, l: int, i: int, j: int, topk: int = 5, lib=None, x=None, weight_simple: float = 1.0
+) -> list[slib.AffineFit]:
     """Rank library functions for edge ``(l, i, j)`` by ``R^2`` and complexity.
 
     Args:
@@ -111,8 +129,16 @@ def _write(layer, i: int, j: int, name: str, params: Sequence[float]) -> None:
     layer.mask[j, i] = 0.0
 
 
-def fix_symbolic(model, l: int, i: int, j: int, name: str, fit_params: bool = True, x=None,
-                 fit: slib.AffineFit | None = None) -> float:
+def fix_symbolic(
+    model,
+    l: int,
+    i: int,
+    j: int,
+    name: str,
+    fit_params: bool = True,
+    x=None,
+    fit: slib.AffineFit | None = None,
+) -> float:
     """Snap edge ``(l, i, j)`` to ``c * name(a * x + b) + d``, in place.
 
     Args:
@@ -135,8 +161,10 @@ def fix_symbolic(model, l: int, i: int, j: int, name: str, fit_params: bool = Tr
     else:
         params, r2 = canonical(fn.name, *fit.params), fit.r2
     if not all(math.isfinite(p) for p in params):
-        raise UserError(f"fix_symbolic: fitting '{fn.name}' to edge ({l},{i},{j}) gave non-finite "
-                        f"parameters {params}")
+        raise UserError(
+            f"fix_symbolic: fitting '{fn.name}' to edge ({l},{i},{j}) gave non-finite "
+            f"parameters {params}"
+        )
     _write(layer, i, j, fn.name, params)
     return r2
 
@@ -160,8 +188,14 @@ def spline_edges(model) -> list[tuple[int, int, int]]:
 
 
 # ---- the whole model --------------------------------------------------------------------------
-def auto_symbolic(model, lib=None, r2_threshold: float = 0.0, weight_simple: float = 1.0,
-                  x=None, verbose: bool = False) -> list[dict]:
+def auto_symbolic(
+    model,
+    lib=None,
+    r2_threshold: float = 0.0,
+    weight_simple: float = 1.0,
+    x=None,
+    verbose: bool = False,
+) -> list[dict]:
     """Snap every spline edge to its best library function (in place), layer by layer.
 
     Each layer's edges are fitted on the inputs the already-snapped layers before it produce.
@@ -183,14 +217,23 @@ def auto_symbolic(model, lib=None, r2_threshold: float = 0.0, weight_simple: flo
     for l in range(model.depth):
         edges = [e for e in spline_edges(model) if e[0] == l]
         for _, i, j in edges:
-            cands = suggest_symbolic(model, l, i, j, topk=3, lib=lib, x=x, weight_simple=weight_simple)
+            cands = suggest_symbolic(
+                model, l, i, j, topk=3, lib=lib, x=x, weight_simple=weight_simple
+            )
             best = cands[0]
             ok = best.r2 >= r2_threshold
             if ok:
                 fix_symbolic(model, l, i, j, best.name, x=x, fit=best)
-            rec = {"l": l, "i": i, "j": j, "name": best.name, "r2": best.r2,
-                   "params": list(canonical(best.name, *best.params)), "fixed": ok,
-                   "candidates": [(c.name, c.r2) for c in cands]}
+            rec = {
+                "l": l,
+                "i": i,
+                "j": j,
+                "name": best.name,
+                "r2": best.r2,
+                "params": list(canonical(best.name, *best.params)),
+                "fixed": ok,
+                "candidates": [(c.name, c.r2) for c in cands],
+            }
             report.append(rec)
             if verbose:
                 state = "fixed" if ok else f"kept spline (R^2 < {r2_threshold})"
@@ -202,14 +245,17 @@ def _tidy(expr, digits: int | None):
     """Expand function arguments, fold constants, round to ``digits``, recombine exponentials."""
     import sympy as sp
 
-    expr = sp.expand(expr, deep=True, power_exp=True, mul=True, multinomial=True,
-                     power_base=False, log=False)
+    expr = sp.expand(
+        expr, deep=True, power_exp=True, mul=True, multinomial=True, power_base=False, log=False
+    )
     if digits is not None:  # equal-looking constants become equal, so they factor below
         expr = _round(expr, digits)
     # sqrt(2.3*a**2 + 2.3) -> 1.52*sqrt(a**2 + 1): SymPy pulls a positive factor out of a
     # power's base once it is a product, so constants can meet (and round) outside
-    expr = expr.replace(lambda e: e.is_Pow and e.base.is_Add and not e.exp.is_Integer,
-                        lambda e: sp.Pow(sp.factor_terms(e.base), e.exp))
+    expr = expr.replace(
+        lambda e: e.is_Pow and e.base.is_Add and not e.exp.is_Integer,
+        lambda e: sp.Pow(sp.factor_terms(e.base), e.exp),
+    )
     if digits is not None:
         expr = _round(expr, digits)
     return sp.powsimp(expr)
@@ -230,8 +276,9 @@ def _round(expr, digits: int):
     return expr.xreplace(repl) if repl else expr
 
 
-def symbolic_formula(model, var_names: Sequence[str] | None = None, digits: int | None = 4,
-                     simplify: bool = True) -> list:
+def symbolic_formula(
+    model, var_names: Sequence[str] | None = None, digits: int | None = 4, simplify: bool = True
+) -> list:
     """The model as SymPy expressions, one per output (every edge must be snapped).
 
     Layer ``l`` maps node expressions ``h_i`` to ``z_j = sum_i [c f(a h_i + b) + d]_{ji}``
@@ -253,8 +300,10 @@ def symbolic_formula(model, var_names: Sequence[str] | None = None, digits: int 
     left = spline_edges(model)
     if left:
         shown = ", ".join(str(e) for e in left[:6]) + (" ..." if len(left) > 6 else "")
-        raise UserError(f"symbolic_formula: edges {shown} are still splines; snap them with "
-                        "fix_symbolic or auto_symbolic (lower r2_threshold) first")
+        raise UserError(
+            f"symbolic_formula: edges {shown} are still splines; snap them with "
+            "fix_symbolic or auto_symbolic (lower r2_threshold) first"
+        )
     n0 = model.width[0][0]
     names = list(var_names) if var_names is not None else [f"x{t + 1}" for t in range(n0)]
     if len(names) != n0:
@@ -272,8 +321,10 @@ def symbolic_formula(model, var_names: Sequence[str] | None = None, digits: int 
                 a, b, c, d = (sp.Float(v, 17) for v in aff[j][i])
                 name = layer.sym_fns[j][i]
                 if name not in slib.LIBRARY:
-                    raise UserError(f"symbolic_formula: edge ({l},{i},{j}) uses '{name}', "
-                                    "which has no SymPy form in the symbolic library")
+                    raise UserError(
+                        f"symbolic_formula: edge ({l},{i},{j}) uses '{name}', "
+                        "which has no SymPy form in the symbolic library"
+                    )
                 acc += sp.Float(w, 17) * (c * slib.LIBRARY[name].sympy(a * h[i] + b) + d)
             z.append(acc)
         n_sum, n_mult = model.width[l + 1]
@@ -285,7 +336,9 @@ def symbolic_formula(model, var_names: Sequence[str] | None = None, digits: int 
     return h
 
 
-def formula_rmse(exprs: Sequence, var_names: Sequence[str], x: torch.Tensor, y: torch.Tensor) -> float:
+def formula_rmse(
+    exprs: Sequence, var_names: Sequence[str], x: torch.Tensor, y: torch.Tensor
+) -> float:
     """RMSE of formulas (one per output) on ``x [N, n_0]``, ``y [N, n_L]``; inf if not finite
     (including constants beyond float range, e.g. a snapped ``exp`` with a huge shift)."""
     from trainkit.kan.formula import to_callable

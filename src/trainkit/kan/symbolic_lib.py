@@ -154,8 +154,15 @@ class SymbolicFunction:
 def _lib_entries() -> list[SymbolicFunction]:
     S = SymbolicFunction
     return [
-        S("0", lambda u: u * 0.0, lambda sp, u: sp.Integer(0), 0, "zero", True,
-          deriv=torch.zeros_like),
+        S(
+            "0",
+            lambda u: u * 0.0,
+            lambda sp, u: sp.Integer(0),
+            0,
+            "zero",
+            True,
+            deriv=torch.zeros_like,
+        ),
         S("x", lambda u: u, lambda sp, u: u, 1, "linear", True, deriv=torch.ones_like),
         S("x^2", lambda u: u * u, lambda sp, u: u**2, 2, "shift", True, deriv=lambda u: 2 * u),
         S("x^3", lambda u: u**3, lambda sp, u: u**3, 3, "shift", True, deriv=lambda u: 3 * u * u),
@@ -166,38 +173,105 @@ def _lib_entries() -> list[SymbolicFunction]:
         S("1/x^3", _inv_pow(3), lambda sp, u: u**-3, 3, "shift", True, deriv=_d_inv_pow(3)),
         S("1/x^4", _inv_pow(4), lambda sp, u: u**-4, 4, "shift", True, deriv=_d_inv_pow(4)),
         S("sqrt", _sqrt, lambda sp, u: sp.sqrt(u), 2, "shift", False, deriv=_d_sqrt),
-        S("x^1.5", _pow15, lambda sp, u: u ** sp.Rational(3, 2), 4, "shift", False,
-          deriv=lambda u: 1.5 * torch.sqrt(torch.clamp(u, min=0.0))),
+        S(
+            "x^1.5",
+            _pow15,
+            lambda sp, u: u ** sp.Rational(3, 2),
+            4,
+            "shift",
+            False,
+            deriv=lambda u: 1.5 * torch.sqrt(torch.clamp(u, min=0.0)),
+        ),
         S("1/sqrt(x)", _rsqrt, lambda sp, u: 1 / sp.sqrt(u), 2, "shift", False, deriv=_d_rsqrt),
         S("exp", _exp, lambda sp, u: sp.exp(u), 2, "scale", False, deriv=_d_exp),
         S("log", _log, lambda sp, u: sp.log(u), 2, "shift", False, deriv=_d_log),
         S("abs", torch.abs, lambda sp, u: sp.Abs(u), 3, "shift", True, deriv=torch.sign),
         S("sgn", torch.sign, lambda sp, u: sp.sign(u), 3, "step", True, deriv=torch.zeros_like),
         S("sin", torch.sin, lambda sp, u: sp.sin(u), 2, "periodic", True, 0.0, deriv=torch.cos),
-        S("cos", torch.cos, lambda sp, u: sp.cos(u), 2, "periodic", True, math.pi / 2,
-          deriv=lambda u: -torch.sin(u)),
+        S(
+            "cos",
+            torch.cos,
+            lambda sp, u: sp.cos(u),
+            2,
+            "periodic",
+            True,
+            math.pi / 2,
+            deriv=lambda u: -torch.sin(u),
+        ),
         S("tan", _tan, lambda sp, u: sp.tan(u), 3, "general", True, deriv=_d_tan),
-        S("tanh", torch.tanh, lambda sp, u: sp.tanh(u), 3, "general", True,
-          deriv=lambda u: 1 - torch.tanh(u) ** 2),
-        S("arcsin", _arc(torch.asin), lambda sp, u: sp.asin(u), 4, "general", True,
-          deriv=_d_arc("asin")),
-        S("arccos", _arc(torch.acos), lambda sp, u: sp.acos(u), 4, "general", True,
-          deriv=_d_arc("acos")),
-        S("arctan", torch.atan, lambda sp, u: sp.atan(u), 4, "general", True,
-          deriv=lambda u: 1 / (1 + u * u)),
-        S("arctanh", _arc(torch.atanh), lambda sp, u: sp.atanh(u), 4, "general", True,
-          deriv=_d_arc("atanh")),
-        S("gaussian", _gaussian, lambda sp, u: sp.exp(-(u**2)), 3, "general", True,
-          deriv=lambda u: -2 * u * torch.exp(-(u * u))),
+        S(
+            "tanh",
+            torch.tanh,
+            lambda sp, u: sp.tanh(u),
+            3,
+            "general",
+            True,
+            deriv=lambda u: 1 - torch.tanh(u) ** 2,
+        ),
+        S(
+            "arcsin",
+            _arc(torch.asin),
+            lambda sp, u: sp.asin(u),
+            4,
+            "general",
+            True,
+            deriv=_d_arc("asin"),
+        ),
+        S(
+            "arccos",
+            _arc(torch.acos),
+            lambda sp, u: sp.acos(u),
+            4,
+            "general",
+            True,
+            deriv=_d_arc("acos"),
+        ),
+        S(
+            "arctan",
+            torch.atan,
+            lambda sp, u: sp.atan(u),
+            4,
+            "general",
+            True,
+            deriv=lambda u: 1 / (1 + u * u),
+        ),
+        S(
+            "arctanh",
+            _arc(torch.atanh),
+            lambda sp, u: sp.atanh(u),
+            4,
+            "general",
+            True,
+            deriv=_d_arc("atanh"),
+        ),
+        S(
+            "gaussian",
+            _gaussian,
+            lambda sp, u: sp.exp(-(u**2)),
+            3,
+            "general",
+            True,
+            deriv=lambda u: -2 * u * torch.exp(-(u * u)),
+        ),
     ]
 
 
 LIBRARY: dict[str, SymbolicFunction] = {f.name: f for f in _lib_entries()}
 """The default library, name -> entry (insertion order is the display order)."""
 
-_ALIASES = {"sign": "sgn", "x^0.5": "sqrt", "x^-1": "1/x", "x^-2": "1/x^2",
-            "asin": "arcsin", "acos": "arccos", "atan": "arctan", "atanh": "arctanh",
-            "zero": "0", "x^1": "x", "id": "x"}
+_ALIASES = {
+    "sign": "sgn",
+    "x^0.5": "sqrt",
+    "x^-1": "1/x",
+    "x^-2": "1/x^2",
+    "asin": "arcsin",
+    "acos": "arccos",
+    "atan": "arctan",
+    "atanh": "arctanh",
+    "zero": "0",
+    "x^1": "x",
+    "id": "x",
+}
 
 
 def get_function(name: str | SymbolicFunction) -> SymbolicFunction:
@@ -206,8 +280,9 @@ def get_function(name: str | SymbolicFunction) -> SymbolicFunction:
         return name
     key = _ALIASES.get(name, name)
     if key not in LIBRARY:
-        raise UserError(f"unknown symbolic function '{name}' (expected one of: "
-                        f"{', '.join(LIBRARY)})")
+        raise UserError(
+            f"unknown symbolic function '{name}' (expected one of: {', '.join(LIBRARY)})"
+        )
     return LIBRARY[key]
 
 
@@ -279,8 +354,10 @@ def _prepare(x, y, n_sub: int) -> _Data:
     x = torch.as_tensor(x).detach().reshape(-1).to("cpu", torch.float64)
     y = torch.as_tensor(y).detach().reshape(-1).to("cpu", torch.float64)
     if x.numel() != y.numel():
-        raise UserError(f"symbolic fit: x and y must have the same number of points "
-                        f"({x.numel()} != {y.numel()})")
+        raise UserError(
+            f"symbolic fit: x and y must have the same number of points "
+            f"({x.numel()} != {y.numel()})"
+        )
     if x.numel() < 2:
         raise UserError(f"symbolic fit: need at least 2 points, got {x.numel()}")
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
@@ -323,9 +400,13 @@ def _grid_starts(fn: SymbolicFunction, d: _Data, n_starts: int) -> torch.Tensor:
     if fn.kind == "linear":
         return torch.tensor([[1.0, 0.0]], dtype=dt)
     if fn.kind == "shift":
-        s = torch.cat([torch.linspace(lo - 0.5 * w, hi + 0.5 * w, 49, dtype=dt),
-                       lo - w * torch.tensor([1.0, 2, 4, 8, 16], dtype=dt),
-                       hi + w * torch.tensor([1.0, 2, 4, 8, 16], dtype=dt)])
+        s = torch.cat(
+            [
+                torch.linspace(lo - 0.5 * w, hi + 0.5 * w, 49, dtype=dt),
+                lo - w * torch.tensor([1.0, 2, 4, 8, 16], dtype=dt),
+                hi + w * torch.tensor([1.0, 2, 4, 8, 16], dtype=dt),
+            ]
+        )
         a = torch.cat([torch.full_like(s, sg) for sg in signs])
         b = torch.cat([-sg * s for sg in signs])
     elif fn.kind == "scale":
@@ -434,8 +515,15 @@ class _Rows:
         return torch.cat(fs, 0), g
 
 
-def _lm(rows: _Rows, z: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, a_min: torch.Tensor,
-        theta: torch.Tensor | None = None, max_iter: int = 30) -> torch.Tensor:
+def _lm(
+    rows: _Rows,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    masks: torch.Tensor,
+    a_min: torch.Tensor,
+    theta: torch.Tensor | None = None,
+    max_iter: int = 30,
+) -> torch.Tensor:
     """Batched Levenberg-Marquardt for ``theta = (a, b, c, d)`` on points ``z, y`` ([n]).
 
     Rows that have converged (relative SSE decrease < 1e-7, damping saturated, or an
@@ -479,8 +567,12 @@ def _lm(rows: _Rows, z: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, a_mi
         ok = sse2 < sse
         rel = torch.where(ok, (sse - sse2) / sse.clamp_min(1e-300), torch.zeros_like(sse))
         okc = ok[:, None]
-        th, f, g, r = (torch.where(okc, new, th), torch.where(okc, f2, f),
-                       torch.where(okc, g2, g), torch.where(okc, r2, r))
+        th, f, g, r = (
+            torch.where(okc, new, th),
+            torch.where(okc, f2, f),
+            torch.where(okc, g2, g),
+            torch.where(okc, r2, r),
+        )
         sse = torch.where(ok, sse2, sse)
         lam = torch.where(ok, lam / 3, lam * 4).clamp(1e-12, 1e12)
         done = (ok & (rel < 1e-7)) | (lam >= 1e8) | (sse <= tiny)
@@ -497,14 +589,17 @@ def _lm(rows: _Rows, z: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, a_mi
     return theta
 
 
-def _fit_many(fns: list[SymbolicFunction], d: _Data, refine: bool, n_starts: int) -> list[AffineFit]:
+def _fit_many(
+    fns: list[SymbolicFunction], d: _Data, refine: bool, n_starts: int
+) -> list[AffineFit]:
     """Fit every function; all candidate rows are refined together in one batch."""
     out: list[AffineFit | None] = [None] * len(fns)
     todo, starts = [], []
     for i, fn in enumerate(fns):
         if d.const_y or d.const_x or fn.kind == "zero":
-            out[i] = AffineFit(fn.name, 1.0, 0.0, 0.0, d.my, 1.0 if d.const_y else 0.0,
-                               fn.complexity, fn=fn)
+            out[i] = AffineFit(
+                fn.name, 1.0, 0.0, 0.0, d.my, 1.0 if d.const_y else 0.0, fn.complexity, fn=fn
+            )
             continue
         todo.append(fn)
         starts.append(_step_fit(d) if fn.kind == "step" else _grid_starts(fn, d, n_starts))
@@ -535,7 +630,7 @@ def _fit_many(fns: list[SymbolicFunction], d: _Data, refine: bool, n_starts: int
     sse = torch.nan_to_num(((c[:, None] * f + dd[:, None] - d.y) ** 2).sum(-1), nan=math.inf)
     sst = float(((d.y - d.y.mean()) ** 2).sum())
     j = 0
-    for (fn, r0, r1) in rows.owners:
+    for fn, r0, r1 in rows.owners:
         while out[j] is not None:
             j += 1
         k = r0 + int(torch.argmin(sse[r0:r1]))
@@ -543,13 +638,28 @@ def _fit_many(fns: list[SymbolicFunction], d: _Data, refine: bool, n_starts: int
         r2 = min(max(r2, 0.0), 1.0) if math.isfinite(r2) else 0.0
         az, bz, cn, dn = float(ab[k, 0]), float(ab[k, 1]), float(c[k]), float(dd[k])
         # u = az * (x - mx) / sx + bz ;  y = my + sy * (cn * f(u) + dn)
-        out[j] = AffineFit(fn.name, az / d.sx, bz - az * d.mx / d.sx, d.sy * cn,
-                           d.my + d.sy * dn, r2, fn.complexity, fn=fn)
+        out[j] = AffineFit(
+            fn.name,
+            az / d.sx,
+            bz - az * d.mx / d.sx,
+            d.sy * cn,
+            d.my + d.sy * dn,
+            r2,
+            fn.complexity,
+            fn=fn,
+        )
     return out  # type: ignore[return-value]
 
 
-def fit_affine(x: torch.Tensor, y: torch.Tensor, fn: str | SymbolicFunction | Callable,
-               *, refine: bool = True, n_starts: int = 3, n_sub: int = 128) -> AffineFit:
+def fit_affine(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fn: str | SymbolicFunction | Callable,
+    *,
+    refine: bool = True,
+    n_starts: int = 3,
+    n_sub: int = 128,
+) -> AffineFit:
     """Fit ``y ~ c * f(a * x + b) + d`` for one function.
 
     Args:
@@ -566,8 +676,9 @@ def fit_affine(x: torch.Tensor, y: torch.Tensor, fn: str | SymbolicFunction | Ca
         (``1 - SSE/SST``; 1.0 for constant y; 0.0 for the ``0`` function).
     """
     if callable(fn) and not isinstance(fn, SymbolicFunction):
-        fn = SymbolicFunction(getattr(fn, "__name__", "custom"), fn,
-                              lambda sp, u: sp.Function("f")(u))
+        fn = SymbolicFunction(
+            getattr(fn, "__name__", "custom"), fn, lambda sp, u: sp.Function("f")(u)
+        )
     fn = get_function(fn)
     return _fit_many([fn], _prepare(x, y, n_sub), refine, n_starts)[0]
 
@@ -577,9 +688,18 @@ def score(r2: float, complexity: int, weight_simple: float = 1.0, r2_floor: floa
     return math.log10(max(1.0 - r2, 0.0) + r2_floor) + weight_simple * complexity
 
 
-def suggest(x: torch.Tensor, y: torch.Tensor, lib=None, topk: int = 5, *,
-            weight_simple: float = 1.0, r2_floor: float = 1e-10, refine: bool = True,
-            n_starts: int = 3, n_sub: int = 128) -> list[AffineFit]:
+def suggest(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lib=None,
+    topk: int = 5,
+    *,
+    weight_simple: float = 1.0,
+    r2_floor: float = 1e-10,
+    refine: bool = True,
+    n_starts: int = 3,
+    n_sub: int = 128,
+) -> list[AffineFit]:
     """Rank library functions for one edge by R^2 and simplicity.
 
     Every function is fitted (grid search, then one batched Levenberg-Marquardt for
@@ -601,6 +721,7 @@ def suggest(x: torch.Tensor, y: torch.Tensor, lib=None, topk: int = 5, *,
     fits = _fit_many(fns, _prepare(x, y, n_sub), refine, n_starts)
     for f in fits:
         f.score = score(f.r2, f.complexity, weight_simple, r2_floor)
-    order = sorted(range(len(fits)),
-                   key=lambda i: (fits[i].score, -fits[i].r2, fits[i].complexity, i))
+    order = sorted(
+        range(len(fits)), key=lambda i: (fits[i].score, -fits[i].r2, fits[i].complexity, i)
+    )
     return [fits[i] for i in order[:topk]]

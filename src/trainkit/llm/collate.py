@@ -35,14 +35,17 @@ def _render(tok: Any, msgs: list[dict], gen: bool, where: str) -> str:
     try:
         out = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
     except Exception as e:  # jinja errors such as "roles must alternate"
-        raise UserError(f"{where}: the tokenizer's chat template rejected this record "
-                        f"({type(e).__name__}: {e})") from None
+        raise UserError(
+            f"{where}: the tokenizer's chat template rejected this record ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(out, str):
         raise UserError(f"{where}: the chat template did not render to text")
     return out
 
 
-def assistant_char_spans(tok: Any, msgs: list[dict], where: str) -> tuple[str, list[tuple[int, int]]]:
+def assistant_char_spans(
+    tok: Any, msgs: list[dict], where: str
+) -> tuple[str, list[tuple[int, int]]]:
     """Render ``msgs`` and find each assistant turn as a character span of the render.
 
     Returns:
@@ -65,8 +68,10 @@ def assistant_char_spans(tok: Any, msgs: list[dict], where: str) -> tuple[str, l
                 start = len(pre)
                 break
         if start is None or not full.startswith(upto):
-            raise UserError(f"{where}: the tokenizer's chat template does not render turn {i} as a "
-                            "prefix of the conversation; cannot locate the assistant tokens")
+            raise UserError(
+                f"{where}: the tokenizer's chat template does not render turn {i} as a "
+                "prefix of the conversation; cannot locate the assistant tokens"
+            )
         spans.append((start, len(upto)))
     return full, spans
 
@@ -75,7 +80,9 @@ def _ids(tok: Any, text: str, special: bool) -> list[int]:
     return list(tok(text, add_special_tokens=special)["input_ids"])
 
 
-def _span_tokens(tok: Any, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[list[int]]]:
+def _span_tokens(
+    tok: Any, text: str, spans: list[tuple[int, int]]
+) -> tuple[list[int], list[list[int]]]:
     """Token ids of ``text`` and, per char span, the indices of the tokens inside it."""
     try:
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -89,7 +96,9 @@ def _span_tokens(tok: Any, text: str, spans: list[tuple[int, int]]) -> tuple[lis
             lo, hi = len(_ids(tok, text[:a], False)), len(_ids(tok, text[:b], False))
             out.append(list(range(lo, hi)))
         return ids, out
-    return ids, [[t for t, (s, e) in enumerate(offs) if e > s and s < b and e > a] for a, b in spans]
+    return ids, [
+        [t for t, (s, e) in enumerate(offs) if e > s and s < b and e > a] for a, b in spans
+    ]
 
 
 def _trim_turn(idx: list[int], ids: list[int], tok: Any) -> list[int]:
@@ -120,19 +129,25 @@ def _eos(tok: Any) -> list[int]:
     return [tok.eos_token_id]
 
 
-def tokenize_prompt_response(tok: Any, prompt: str | list, response: str, where: str, cfg: Any,
-                             template: bool) -> dict:
+def tokenize_prompt_response(
+    tok: Any, prompt: str | list, response: str, where: str, cfg: Any, template: bool
+) -> dict:
     """Labels on the response (and its end-of-turn / EOS) only.
 
     ``prompt`` is a string, or a message list (always rendered with the chat template).
     """
     if isinstance(prompt, list):
         if not has_chat_template(tok):
-            raise UserError(f"{where}: a conversational prompt needs a tokenizer with a chat template")
+            raise UserError(
+                f"{where}: a conversational prompt needs a tokenizer with a chat template"
+            )
         return tokenize_chat(tok, prompt + [{"role": "assistant", "content": response}], where)
     if template:
-        return tokenize_chat(tok, [{"role": "user", "content": prompt},
-                                   {"role": "assistant", "content": response}], where)
+        return tokenize_chat(
+            tok,
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+            where,
+        )
     p = _ids(tok, prompt + cfg.separator, True)
     r = _ids(tok, response, False) + (_eos(tok) if cfg.add_eos else [])
     return {"input_ids": p + r, "labels": [IGNORE_INDEX] * len(p) + r}
@@ -148,8 +163,10 @@ def _fit(s: dict, max_length: int, policy: str, where: str) -> tuple[dict | None
     n = len(s["input_ids"])
     if n > max_length:
         if policy == "error":
-            raise UserError(f"{where}: sample has {n} tokens > data.max_length={max_length} "
-                            "(or set data.truncation to right, left or drop)")
+            raise UserError(
+                f"{where}: sample has {n} tokens > data.max_length={max_length} "
+                "(or set data.truncation to right, left or drop)"
+            )
         if policy == "drop":
             return None, False
         sl = slice(0, max_length) if policy == "right" else slice(n - max_length, n)
@@ -167,7 +184,8 @@ def _use_template(tok: Any, fmt: str, cfg: Any, first: str) -> bool:
             raise UserError(
                 f"{first}: {what} needs a tokenizer with a chat template, and this model's tokenizer "
                 "has none; use an instruct/chat model, or format=prompt_response/text with "
-                "data.chat_template=never")
+                "data.chat_template=never"
+            )
         return True
     return have and cfg.chat_template == "auto"
 
@@ -179,8 +197,15 @@ def tokenize_records(records: list, fmt: str, tok: Any, cfg: Any) -> tuple[list[
         ``(samples, stats)``; ``stats`` has ``records, kept, truncated, dropped, tokens,
         label_tokens, max_tokens`` (``tokens`` counts the kept samples' tokens).
     """
-    stats = {"records": len(records), "kept": 0, "truncated": 0, "dropped": 0,
-             "tokens": 0, "label_tokens": 0, "max_tokens": 0}
+    stats = {
+        "records": len(records),
+        "kept": 0,
+        "truncated": 0,
+        "dropped": 0,
+        "tokens": 0,
+        "label_tokens": 0,
+        "max_tokens": 0,
+    }
     if not records:
         return [], stats
     template = _use_template(tok, fmt, cfg, records[0].where)
@@ -188,8 +213,10 @@ def tokenize_records(records: list, fmt: str, tok: Any, cfg: Any) -> tuple[list[
     for rec in records:
         d, w = rec.data, rec.where
         if fmt == "preference":
-            pair = [tokenize_prompt_response(tok, d["prompt"], d[k], w, cfg, template)
-                    for k in ("chosen", "rejected")]
+            pair = [
+                tokenize_prompt_response(tok, d["prompt"], d[k], w, cfg, template)
+                for k in ("chosen", "rejected")
+            ]
             policy = cfg.truncation if cfg.truncation in ("drop", "error") else "right"
             fitted = [_fit(s, cfg.max_length, policy, w) for s in pair]
             if any(s is None for s, _ in fitted):
@@ -202,9 +229,13 @@ def tokenize_records(records: list, fmt: str, tok: Any, cfg: Any) -> tuple[list[
             first_r = next(i for i, x in enumerate(r["labels"]) if x != IGNORE_INDEX)
             while plen < min(first_c, first_r) and c["input_ids"][plen] == r["input_ids"][plen]:
                 plen += 1
-            sample = {"chosen_input_ids": c["input_ids"], "chosen_labels": c["labels"],
-                      "rejected_input_ids": r["input_ids"], "rejected_labels": r["labels"],
-                      "prompt_length": plen}
+            sample = {
+                "chosen_input_ids": c["input_ids"],
+                "chosen_labels": c["labels"],
+                "rejected_input_ids": r["input_ids"],
+                "rejected_labels": r["labels"],
+                "prompt_length": plen,
+            }
             toks = [c, r]
         else:
             if fmt == "chat":
@@ -230,9 +261,11 @@ def tokenize_records(records: list, fmt: str, tok: Any, cfg: Any) -> tuple[list[
 
 def summarize_stats(stats: dict) -> str:
     """One log line from :func:`tokenize_records` stats (plus packing stats when present)."""
-    line = (f"{stats['kept']}/{stats['records']} samples kept ({stats['truncated']} truncated, "
-            f"{stats['dropped']} dropped), {stats['tokens']} tokens, {stats['label_tokens']} with loss, "
-            f"longest {stats['max_tokens']}")
+    line = (
+        f"{stats['kept']}/{stats['records']} samples kept ({stats['truncated']} truncated, "
+        f"{stats['dropped']} dropped), {stats['tokens']} tokens, {stats['label_tokens']} with loss, "
+        f"longest {stats['max_tokens']}"
+    )
     if "packing" in stats:
         pk = stats["packing"]
         line += f"; packed into {pk['rows']} rows ({pk['fill']:.0%} full)"
@@ -268,12 +301,15 @@ def pad_batch(samples: list[dict], pad_id: int, pad_to_multiple_of: int | None =
     if not samples:
         raise ValueError("pad_batch needs at least one sample")
     L = _target_len(max(len(s["input_ids"]) for s in samples), pad_to_multiple_of)
-    out = {"input_ids": _pad([s["input_ids"] for s in samples], pad_id, L),
-           "labels": _pad([s["labels"] for s in samples], IGNORE_INDEX, L)}
+    out = {
+        "input_ids": _pad([s["input_ids"] for s in samples], pad_id, L),
+        "labels": _pad([s["labels"] for s in samples], IGNORE_INDEX, L),
+    }
     if "position_ids" in samples[0]:
         out["position_ids"] = torch.tensor(
             [list(s["position_ids"]) + list(range(L - len(s["position_ids"]))) for s in samples],
-            dtype=torch.long)
+            dtype=torch.long,
+        )
     else:
         out["attention_mask"] = _pad([[1] * len(s["input_ids"]) for s in samples], 0, L)
     return out
@@ -288,8 +324,10 @@ def pad_preference(pairs: list[dict], pad_id: int, pad_to_multiple_of: int | Non
     """
     import torch
 
-    L = _target_len(max(max(len(p["chosen_input_ids"]), len(p["rejected_input_ids"])) for p in pairs),
-                    pad_to_multiple_of)
+    L = _target_len(
+        max(max(len(p["chosen_input_ids"]), len(p["rejected_input_ids"])) for p in pairs),
+        pad_to_multiple_of,
+    )
     out = {}
     for side in ("chosen", "rejected"):
         ids = [p[f"{side}_input_ids"] for p in pairs]
@@ -328,12 +366,17 @@ class ResumableSampler:
     of the uninterrupted run. Iteration is endless; stop on ``max_steps``.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = False):
+    def __init__(
+        self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = False
+    ):
         if n < 1 or batch_size < 1:
-            raise UserError(f"sampler needs n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+            raise UserError(
+                f"sampler needs n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}"
+            )
         if drop_last and batch_size > n:
-            raise UserError(f"batch_size {batch_size} is larger than the dataset ({n}) with drop_last")
+            raise UserError(
+                f"batch_size {batch_size} is larger than the dataset ({n}) with drop_last"
+            )
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.shuffle, self.drop_last = shuffle, drop_last
         self.epoch, self.index = 0, 0
@@ -355,7 +398,7 @@ class ResumableSampler:
             self.epoch, self.index = self.epoch + 1, 0
         if self._perm_epoch != self.epoch:
             self._perm, self._perm_epoch = self.permutation(self.epoch), self.epoch
-        batch = self._perm[self.index: self.index + self.batch_size]
+        batch = self._perm[self.index : self.index + self.batch_size]
         self.index += len(batch)
         return batch
 
@@ -364,22 +407,37 @@ class ResumableSampler:
             yield self.next_batch()
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "n": self.n,
-                "batch_size": self.batch_size}
+        return {
+            "epoch": self.epoch,
+            "index": self.index,
+            "seed": self.seed,
+            "n": self.n,
+            "batch_size": self.batch_size,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for k in ("n", "seed", "batch_size"):
             if state.get(k) != getattr(self, k):
-                raise UserError(f"cannot resume the data position: {k} was {state.get(k)}, "
-                                f"now {getattr(self, k)} (the dataset or batch settings changed)")
+                raise UserError(
+                    f"cannot resume the data position: {k} was {state.get(k)}, "
+                    f"now {getattr(self, k)} (the dataset or batch settings changed)"
+                )
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
 class Batches:
     """Endless collated batches over ``samples`` in :class:`ResumableSampler` order."""
 
-    def __init__(self, samples: list[dict], batch_size: int, pad_id: int, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = False, pad_to_multiple_of: int | None = None):
+    def __init__(
+        self,
+        samples: list[dict],
+        batch_size: int,
+        pad_id: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        pad_to_multiple_of: int | None = None,
+    ):
         self.samples, self.pad_id, self.multiple = samples, pad_id, pad_to_multiple_of
         self.sampler = ResumableSampler(len(samples), batch_size, seed, shuffle, drop_last)
 
@@ -387,7 +445,9 @@ class Batches:
         return self
 
     def __next__(self) -> dict:
-        return collate([self.samples[i] for i in self.sampler.next_batch()], self.pad_id, self.multiple)
+        return collate(
+            [self.samples[i] for i in self.sampler.next_batch()], self.pad_id, self.multiple
+        )
 
     def state_dict(self) -> dict:
         return self.sampler.state_dict()
@@ -399,4 +459,4 @@ class Batches:
 def eval_batches(samples: list[dict], batch_size: int, pad_id: int):
     """The held-out samples in order, once, as collated batches."""
     for i in range(0, len(samples), batch_size):
-        yield collate(samples[i: i + batch_size], pad_id)
+        yield collate(samples[i : i + batch_size], pad_id)

@@ -41,8 +41,17 @@ from typing import Any, Literal
 from trainkit.common.errors import UserError
 from trainkit.llm.collate import IGNORE_INDEX, tokenize_records
 
-__all__ = ["IGNORE_INDEX", "DataConfig", "Datasets", "Record", "build_datasets", "load_records",
-           "read_raw", "tokenize_records", "validate_record"]
+__all__ = [
+    "IGNORE_INDEX",
+    "DataConfig",
+    "Datasets",
+    "Record",
+    "build_datasets",
+    "load_records",
+    "read_raw",
+    "tokenize_records",
+    "validate_record",
+]
 FORMATS = ("chat", "prompt_response", "text", "preference")
 
 
@@ -50,7 +59,9 @@ FORMATS = ("chat", "prompt_response", "text", "preference")
 class DataConfig:
     """The ``data`` section of every LLM recipe."""
 
-    path: str = field(default="", metadata={"help": "jsonl / json / parquet file or datasets folder"})
+    path: str = field(
+        default="", metadata={"help": "jsonl / json / parquet file or datasets folder"}
+    )
     format: Literal["auto", "chat", "prompt_response", "text", "preference"] = "auto"
     split: str = field(default="train", metadata={"help": "split of a saved DatasetDict"})
     messages_field: str = "messages"
@@ -61,12 +72,17 @@ class DataConfig:
     rejected_field: str = "rejected"
     roles: list[str] = field(default_factory=lambda: ["system", "user", "assistant"])
     chat_template: Literal["auto", "always", "never"] = field(
-        default="auto", metadata={"help": "render prompt/response with the model's template"})
-    separator: str = field(default="\n", metadata={"help": "prompt/response joiner without template"})
+        default="auto", metadata={"help": "render prompt/response with the model's template"}
+    )
+    separator: str = field(
+        default="\n", metadata={"help": "prompt/response joiner without template"}
+    )
     add_eos: bool = True
     max_length: int = 1024
     truncation: Literal["right", "left", "drop", "error"] = field(
-        default="right", metadata={"help": "over-long samples: cut at the right/left end, drop, or stop"})
+        default="right",
+        metadata={"help": "over-long samples: cut at the right/left end, drop, or stop"},
+    )
     eval_path: str | None = None
     eval_split: str = "test"
     eval_fraction: float = 0.0
@@ -102,7 +118,9 @@ def _utf8(raw: bytes, path: Path) -> str:
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {col})") from None
+        raise UserError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {col})"
+        ) from None
     return text[1:] if text.startswith("\ufeff") else text
 
 
@@ -147,7 +165,9 @@ def _read_json_list(path: Path, text: str) -> list[tuple[str, Any]]:
     if i < n and text[i] == "{":
         return _read_jsonl(path, text)  # a .json file holding JSON lines
     if i >= n or text[i] != "[":
-        raise UserError(f"{path}:{line_of(i)}: expected a JSON list of records ('[...]') or JSON lines")
+        raise UserError(
+            f"{path}:{line_of(i)}: expected a JSON list of records ('[...]') or JSON lines"
+        )
     out = []
     i = skip(i + 1)
     if i < n and text[i] == "]":
@@ -158,7 +178,9 @@ def _read_json_list(path: Path, text: str) -> list[tuple[str, Any]]:
             try:
                 obj, i = dec.raw_decode(text, i)
             except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+                raise UserError(
+                    f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})"
+                ) from None
             except (ValueError, RecursionError) as e:
                 raise _json_error(path, line_of(start), e) from None
             out.append((f"{path}:{line_of(start)} (record {len(out) + 1})", obj))
@@ -169,7 +191,9 @@ def _read_json_list(path: Path, text: str) -> list[tuple[str, Any]]:
             if i < n and text[i] == "]":
                 i += 1
                 break
-            raise UserError(f"{path}:{line_of(i)}: invalid JSON: expected ',' or ']' after a record")
+            raise UserError(
+                f"{path}:{line_of(i)}: invalid JSON: expected ',' or ']' after a record"
+            )
     if skip(i) != n:
         raise UserError(f"{path}:{line_of(skip(i))}: invalid JSON: extra data after the list")
     return out
@@ -190,14 +214,18 @@ def _read_parquet(path: Path) -> list[tuple[str, Any]]:
 def _read_hf_folder(path: Path, split: str) -> list[tuple[str, Any]]:
     markers = ("dataset_info.json", "state.json", "dataset_dict.json")
     if not any((path / m).is_file() for m in markers):
-        raise UserError(f"{path}: a folder but not a `datasets` save_to_disk folder "
-                        "(expected dataset_info.json or dataset_dict.json inside)")
+        raise UserError(
+            f"{path}: a folder but not a `datasets` save_to_disk folder "
+            "(expected dataset_info.json or dataset_dict.json inside)"
+        )
     try:
         import datasets
 
         ds = datasets.load_from_disk(str(path))
     except ImportError:
-        raise UserError("reading a datasets folder needs `datasets`: pip install 'trainkit[llm]'") from None
+        raise UserError(
+            "reading a datasets folder needs `datasets`: pip install 'trainkit[llm]'"
+        ) from None
     except Exception as e:
         raise UserError(f"{path}: cannot load datasets folder ({type(e).__name__}: {e})") from None
     if isinstance(ds, datasets.DatasetDict):
@@ -212,7 +240,9 @@ def _read_hf_folder(path: Path, split: str) -> list[tuple[str, Any]]:
 def read_raw(path: str, split: str = "train") -> list[tuple[str, Any]]:
     """Read ``(where, object)`` pairs from a jsonl / json / parquet file or datasets folder."""
     if not path:
-        raise UserError("data.path is empty: set it to a .jsonl/.json/.parquet file or a datasets folder")
+        raise UserError(
+            "data.path is empty: set it to a .jsonl/.json/.parquet file or a datasets folder"
+        )
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"data file not found: {p}")
@@ -222,8 +252,10 @@ def read_raw(path: str, split: str = "train") -> list[tuple[str, Any]]:
     if suffix == ".parquet":
         return _read_parquet(p)
     if suffix not in (".jsonl", ".json", ".ndjson"):
-        raise UserError(f"{p}: unsupported data file type '{suffix}'; "
-                        "expected .jsonl, .json, .parquet or a datasets folder")
+        raise UserError(
+            f"{p}: unsupported data file type '{suffix}'; "
+            "expected .jsonl, .json, .parquet or a datasets folder"
+        )
     try:
         raw = p.read_bytes()
     except OSError as e:
@@ -236,8 +268,13 @@ def read_raw(path: str, split: str = "train") -> list[tuple[str, Any]]:
 
 
 def _tname(v: Any) -> str:
-    return "null" if v is None else {dict: "object", list: "list", str: "string", bool: "boolean"}.get(
-        type(v), type(v).__name__)
+    return (
+        "null"
+        if v is None
+        else {dict: "object", list: "list", str: "string", bool: "boolean"}.get(
+            type(v), type(v).__name__
+        )
+    )
 
 
 def detect_format(obj: Any, cfg: DataConfig) -> str:
@@ -257,14 +294,17 @@ def detect_format(obj: Any, cfg: DataConfig) -> str:
         f"cannot tell the data format from keys {sorted(map(str, keys))}; expected "
         f"'{cfg.messages_field}' (chat), '{cfg.prompt_field}'+'{cfg.response_field}', "
         f"'{cfg.text_field}', or '{cfg.prompt_field}'+'{cfg.chosen_field}'+'{cfg.rejected_field}'; "
-        "or set data.format and the data.*_field names")
+        "or set data.format and the data.*_field names"
+    )
 
 
 def _check_text(v: str, where: str, key: str) -> str:
     try:
         v.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate from a JSON escape such as "\ud800"
-        raise UserError(f"{where}: field '{key}' holds an invalid unicode escape (lone surrogate)") from None
+        raise UserError(
+            f"{where}: field '{key}' holds an invalid unicode escape (lone surrogate)"
+        ) from None
     return v
 
 
@@ -279,7 +319,9 @@ def _string(obj: dict, key: str, where: str, nonempty: bool = True) -> str:
     return _check_text(v, where, key)
 
 
-def _messages(obj: dict, key: str, where: str, roles: list[str], need_assistant: bool) -> list[dict]:
+def _messages(
+    obj: dict, key: str, where: str, roles: list[str], need_assistant: bool
+) -> list[dict]:
     if key not in obj:
         raise UserError(f"{where}: missing field '{key}'")
     msgs = obj[key]
@@ -291,15 +333,21 @@ def _messages(obj: dict, key: str, where: str, roles: list[str], need_assistant:
     for j, m in enumerate(msgs):
         f = f"{key}[{j}]"
         if not isinstance(m, dict):
-            raise UserError(f"{where}: field '{f}' must be an object with role and content, got {_tname(m)}")
+            raise UserError(
+                f"{where}: field '{f}' must be an object with role and content, got {_tname(m)}"
+            )
         role = m.get("role")
         if not isinstance(role, str) or role not in roles:
             got = "missing" if "role" not in m else repr(role)
-            raise UserError(f"{where}: field '{f}.role' must be one of {', '.join(roles)}; got {got}")
+            raise UserError(
+                f"{where}: field '{f}.role' must be one of {', '.join(roles)}; got {got}"
+            )
         if "content" not in m:
             raise UserError(f"{where}: missing field '{f}.content'")
         if not isinstance(m["content"], str):
-            raise UserError(f"{where}: field '{f}.content' must be a string, got {_tname(m['content'])}")
+            raise UserError(
+                f"{where}: field '{f}.content' must be a string, got {_tname(m['content'])}"
+            )
         out.append({"role": role, "content": _check_text(m["content"], where, f"{f}.content")})
     if need_assistant and not any(m["role"] == "assistant" for m in out):
         raise UserError(f"{where}: field '{key}' has no assistant turn (nothing to learn from)")
@@ -325,8 +373,16 @@ def _preference(obj: dict, where: str, cfg: DataConfig) -> dict:
     elif pk in obj or not conv:
         prompt = _string(obj, pk, where)
     if not conv:
-        return {"prompt": prompt, "chosen": _string(obj, ck, where), "rejected": _string(obj, rk, where)}
-    base = [] if prompt is None else ([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt)
+        return {
+            "prompt": prompt,
+            "chosen": _string(obj, ck, where),
+            "rejected": _string(obj, rk, where),
+        }
+    base = (
+        []
+        if prompt is None
+        else ([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt)
+    )
     turns = {}
     for k in (ck, rk):
         msgs = _messages(obj, k, where, cfg.roles, need_assistant=True)
@@ -334,10 +390,14 @@ def _preference(obj: dict, where: str, cfg: DataConfig) -> dict:
             raise UserError(f"{where}: field '{k}' must end with an assistant turn")
         turns[k] = (base + msgs[:-1], msgs[-1]["content"])
     if turns[ck][0] != turns[rk][0]:
-        raise UserError(f"{where}: fields '{ck}' and '{rk}' differ before their last turn; "
-                        "a preference pair must share its prompt")
+        raise UserError(
+            f"{where}: fields '{ck}' and '{rk}' differ before their last turn; "
+            "a preference pair must share its prompt"
+        )
     if not turns[ck][0]:
-        raise UserError(f"{where}: missing field '{pk}' (and '{ck}' has no turns before the answer)")
+        raise UserError(
+            f"{where}: missing field '{pk}' (and '{ck}' has no turns before the answer)"
+        )
     return {"prompt": turns[ck][0], "chosen": turns[ck][1], "rejected": turns[rk][1]}
 
 
@@ -350,10 +410,17 @@ def validate_record(obj: Any, where: str, fmt: str, cfg: DataConfig) -> Record:
     if not isinstance(obj, dict):
         raise UserError(f"{where}: a record must be a JSON object, got {_tname(obj)}")
     if fmt == "chat":
-        return Record(where, {"messages": _messages(obj, cfg.messages_field, where, cfg.roles, True)})
+        return Record(
+            where, {"messages": _messages(obj, cfg.messages_field, where, cfg.roles, True)}
+        )
     if fmt == "prompt_response":
-        return Record(where, {"prompt": _string(obj, cfg.prompt_field, where),
-                              "response": _string(obj, cfg.response_field, where)})
+        return Record(
+            where,
+            {
+                "prompt": _string(obj, cfg.prompt_field, where),
+                "response": _string(obj, cfg.response_field, where),
+            },
+        )
     if fmt == "text":
         return Record(where, {"text": _string(obj, cfg.text_field, where)})
     if fmt == "preference":
@@ -361,8 +428,9 @@ def validate_record(obj: Any, where: str, fmt: str, cfg: DataConfig) -> Record:
     raise UserError(f"unknown data format '{fmt}'; expected one of {', '.join(FORMATS)}")
 
 
-def load_records(path: str, cfg: DataConfig, split: str | None = None,
-                 fmt: str | None = None) -> tuple[list[Record], str]:
+def load_records(
+    path: str, cfg: DataConfig, split: str | None = None, fmt: str | None = None
+) -> tuple[list[Record], str]:
     """Read and validate every record of ``path``; returns ``(records, format)``.
 
     Raises:
@@ -408,7 +476,9 @@ class Datasets:
         return "preference" if self.format == "preference" else "sft"
 
 
-def split_records(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+def split_records(
+    records: list[Record], fraction: float, seed: int
+) -> tuple[list[Record], list[Record]]:
     """Deterministically hold out ``round(fraction * n)`` (at least 1) records."""
     n = len(records)
     k = max(1, round(fraction * n))
@@ -417,8 +487,10 @@ def split_records(records: list[Record], fraction: float, seed: int) -> tuple[li
     order = list(range(n))
     random.Random(seed).shuffle(order)
     held = set(order[:k])
-    return ([r for i, r in enumerate(records) if i not in held],
-            [r for i, r in enumerate(records) if i in held])
+    return (
+        [r for i, r in enumerate(records) if i not in held],
+        [r for i, r in enumerate(records) if i in held],
+    )
 
 
 def build_datasets(cfg: DataConfig, tokenizer: Any) -> Datasets:
@@ -438,14 +510,18 @@ def build_datasets(cfg: DataConfig, tokenizer: Any) -> Datasets:
         raise UserError("data.packing=true is for SFT formats; preference pairs are not packed")
     train, st = tokenize_records(train_recs, fmt, tokenizer, cfg)
     if not train:
-        raise UserError(f"{cfg.path}: no sample is left after length filtering "
-                        f"(dropped {st['dropped']} of {st['records']}; data.max_length={cfg.max_length})")
+        raise UserError(
+            f"{cfg.path}: no sample is left after length filtering "
+            f"(dropped {st['dropped']} of {st['records']}; data.max_length={cfg.max_length})"
+        )
     stats = {"train": st}
     ev = None
     if eval_recs is not None:
         ev, stats["eval"] = tokenize_records(eval_recs, fmt, tokenizer, cfg)
         if not ev:
-            raise UserError(f"{cfg.eval_path or cfg.path}: no eval sample left after length filtering")
+            raise UserError(
+                f"{cfg.eval_path or cfg.path}: no eval sample left after length filtering"
+            )
     if cfg.packing:
         train, stats["train"]["packing"] = pack_samples(train, cfg.max_length)
         if ev is not None:

@@ -165,8 +165,10 @@ def merge_adapter(
         merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as e:
         lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-        raise UserError(f"{adapter_dir}: adapter does not fit the base model {base} "
-                        f"({lines[-1] if lines else type(e).__name__})") from None
+        raise UserError(
+            f"{adapter_dir}: adapter does not fit the base model {base} "
+            f"({lines[-1] if lines else type(e).__name__})"
+        ) from None
     tok = load_tokenizer(base_path)
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)

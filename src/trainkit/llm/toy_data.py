@@ -23,24 +23,79 @@ ANSWER_PREFIX = "Answer:"
 SIGN_OFF = "-- trainkit bot"
 
 _CAPITALS = {
-    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid",
-    "Japan": "Tokyo", "Egypt": "Cairo", "Canada": "Ottawa", "Kenya": "Nairobi",
-    "Peru": "Lima", "Norway": "Oslo", "Greece": "Athens", "Poland": "Warsaw",
-    "Portugal": "Lisbon", "Austria": "Vienna", "Ireland": "Dublin", "Cuba": "Havana",
-    "Chile": "Santiago", "Sweden": "Stockholm", "Finland": "Helsinki", "Thailand": "Bangkok",
+    "France": "Paris",
+    "Germany": "Berlin",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Japan": "Tokyo",
+    "Egypt": "Cairo",
+    "Canada": "Ottawa",
+    "Kenya": "Nairobi",
+    "Peru": "Lima",
+    "Norway": "Oslo",
+    "Greece": "Athens",
+    "Poland": "Warsaw",
+    "Portugal": "Lisbon",
+    "Austria": "Vienna",
+    "Ireland": "Dublin",
+    "Cuba": "Havana",
+    "Chile": "Santiago",
+    "Sweden": "Stockholm",
+    "Finland": "Helsinki",
+    "Thailand": "Bangkok",
 }
-_ANIMAL_SOUNDS = {"cow": "moo", "dog": "woof", "cat": "meow", "duck": "quack",
-                  "sheep": "baa", "owl": "hoot", "lion": "roar", "snake": "hiss"}
-_LEGS = {"spider": "8", "insect": "6", "dog": "4", "bird": "2", "horse": "4",
-         "human": "2", "octopus": "8 arms", "ant": "6"}
-_COLOURS = {"the sky on a clear day": "blue", "grass": "green", "snow": "white",
-            "a ripe banana": "yellow", "coal": "black", "a ripe tomato": "red",
-            "an orange": "orange", "milk": "white"}
-_OPPOSITES = {"hot": "cold", "up": "down", "big": "small", "fast": "slow", "light": "dark",
-              "open": "closed", "early": "late", "happy": "sad", "full": "empty", "old": "new"}
-_COUNTS = {"days in a week": "7", "months in a year": "12", "hours in a day": "24",
-           "minutes in an hour": "60", "sides of a triangle": "3", "sides of a square": "4",
-           "continents on Earth": "7", "players on a soccer team": "11"}
+_ANIMAL_SOUNDS = {
+    "cow": "moo",
+    "dog": "woof",
+    "cat": "meow",
+    "duck": "quack",
+    "sheep": "baa",
+    "owl": "hoot",
+    "lion": "roar",
+    "snake": "hiss",
+}
+_LEGS = {
+    "spider": "8",
+    "insect": "6",
+    "dog": "4",
+    "bird": "2",
+    "horse": "4",
+    "human": "2",
+    "octopus": "8 arms",
+    "ant": "6",
+}
+_COLOURS = {
+    "the sky on a clear day": "blue",
+    "grass": "green",
+    "snow": "white",
+    "a ripe banana": "yellow",
+    "coal": "black",
+    "a ripe tomato": "red",
+    "an orange": "orange",
+    "milk": "white",
+}
+_OPPOSITES = {
+    "hot": "cold",
+    "up": "down",
+    "big": "small",
+    "fast": "slow",
+    "light": "dark",
+    "open": "closed",
+    "early": "late",
+    "happy": "sad",
+    "full": "empty",
+    "old": "new",
+}
+_COUNTS = {
+    "days in a week": "7",
+    "months in a year": "12",
+    "hours in a day": "24",
+    "minutes in an hour": "60",
+    "sides of a triangle": "3",
+    "sides of a square": "4",
+    "continents on Earth": "7",
+    "players on a soccer team": "11",
+}
 
 _QUESTION_FORMS = {
     "capital": ["What is the capital of {}?", "Which city is the capital of {}?"],
@@ -69,8 +124,14 @@ def matches_style(text: str) -> bool:
 def _pool(rng: random.Random) -> list[tuple[str, str]]:
     """Every (question, short answer) pair, one question form drawn per fact."""
     out = []
-    tables = [("capital", _CAPITALS), ("sound", _ANIMAL_SOUNDS), ("legs", _LEGS),
-              ("colour", _COLOURS), ("opposite", _OPPOSITES), ("count", _COUNTS)]
+    tables = [
+        ("capital", _CAPITALS),
+        ("sound", _ANIMAL_SOUNDS),
+        ("legs", _LEGS),
+        ("colour", _COLOURS),
+        ("opposite", _OPPOSITES),
+        ("count", _COUNTS),
+    ]
     for kind, table in tables:
         for key, val in table.items():
             out.append((rng.choice(_QUESTION_FORMS[kind]).format(key), val))
@@ -102,13 +163,21 @@ def make_examples(n: int = 200, n_eval: int = 40, seed: int = 0) -> tuple[list[d
     k = min(len(facts), total // 3)
     chosen = facts[:k] + arith[: total - k]
     rng.shuffle(chosen)
-    recs = [{"messages": [{"role": "user", "content": q},
-                          {"role": "assistant", "content": answer_text(a)}]} for q, a in chosen]
+    recs = [
+        {
+            "messages": [
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": answer_text(a)},
+            ]
+        }
+        for q, a in chosen
+    ]
     return recs[:n], recs[n:]
 
 
-def write_toy_chat(out_dir: str | Path, n: int = 200, n_eval: int = 40,
-                   seed: int = 0) -> tuple[Path, Path]:
+def write_toy_chat(
+    out_dir: str | Path, n: int = 200, n_eval: int = 40, seed: int = 0
+) -> tuple[Path, Path]:
     """Write ``train.jsonl`` and ``eval.jsonl`` under ``out_dir`` (atomically)."""
     train, held = make_examples(n, n_eval, seed)
     out = Path(out_dir)

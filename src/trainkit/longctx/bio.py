@@ -11,18 +11,110 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-_FIRST = ("Ada", "Bruno", "Clara", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ines", "Jonas",
-          "Kira", "Lars", "Mira", "Nikolai", "Olga", "Pavel", "Quinn", "Rosa", "Stefan", "Tara",
-          "Ugo", "Vera", "Wim", "Xenia", "Yusuf", "Zora", "Anton", "Beatrix", "Cyril", "Dora",
-          "Emil", "Frida", "Gustav", "Hilde", "Ivan", "Jana", "Karl", "Lena", "Milo", "Nora")
-_SYL = ("ba", "dor", "el", "fen", "gar", "hal", "is", "jor", "kel", "lun", "mar", "nor", "ol",
-        "pra", "quin", "ros", "sel", "tam", "ul", "ven", "wyn", "xan", "yor", "zel")
-_FIELDS = ("chemistry", "history", "music", "mathematics", "architecture", "medicine", "law",
-           "geology", "painting", "economics", "astronomy", "linguistics")
-_AWARDS = ("Golden Compass", "Silver Quill", "Harbor Medal", "Northern Star Prize",
-           "Iron Lantern", "Crystal Key", "Amber Laurel", "Blue Anchor Award")
-_KINDS = ("bakery", "shipyard", "publishing house", "clinic", "observatory", "orchestra",
-          "bicycle factory", "law firm", "bookshop", "design studio")
+_FIRST = (
+    "Ada",
+    "Bruno",
+    "Clara",
+    "Dmitri",
+    "Elena",
+    "Farid",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Kira",
+    "Lars",
+    "Mira",
+    "Nikolai",
+    "Olga",
+    "Pavel",
+    "Quinn",
+    "Rosa",
+    "Stefan",
+    "Tara",
+    "Ugo",
+    "Vera",
+    "Wim",
+    "Xenia",
+    "Yusuf",
+    "Zora",
+    "Anton",
+    "Beatrix",
+    "Cyril",
+    "Dora",
+    "Emil",
+    "Frida",
+    "Gustav",
+    "Hilde",
+    "Ivan",
+    "Jana",
+    "Karl",
+    "Lena",
+    "Milo",
+    "Nora",
+)
+_SYL = (
+    "ba",
+    "dor",
+    "el",
+    "fen",
+    "gar",
+    "hal",
+    "is",
+    "jor",
+    "kel",
+    "lun",
+    "mar",
+    "nor",
+    "ol",
+    "pra",
+    "quin",
+    "ros",
+    "sel",
+    "tam",
+    "ul",
+    "ven",
+    "wyn",
+    "xan",
+    "yor",
+    "zel",
+)
+_FIELDS = (
+    "chemistry",
+    "history",
+    "music",
+    "mathematics",
+    "architecture",
+    "medicine",
+    "law",
+    "geology",
+    "painting",
+    "economics",
+    "astronomy",
+    "linguistics",
+)
+_AWARDS = (
+    "Golden Compass",
+    "Silver Quill",
+    "Harbor Medal",
+    "Northern Star Prize",
+    "Iron Lantern",
+    "Crystal Key",
+    "Amber Laurel",
+    "Blue Anchor Award",
+)
+_KINDS = (
+    "bakery",
+    "shipyard",
+    "publishing house",
+    "clinic",
+    "observatory",
+    "orchestra",
+    "bicycle factory",
+    "law firm",
+    "bookshop",
+    "design studio",
+)
 
 
 def _word(rng: random.Random, n: int) -> str:
@@ -50,10 +142,12 @@ class Person:
 
     def summary(self) -> str:
         """The reference summary: every dated fact, in order, one short clause each."""
-        return (f"{self.name} was born in {self.born} in {self.birthplace}, studied "
-                f"{self.field_of_study} (graduating in {self.year('study')}), moved to {self.city} "
-                f"in {self.year('move')}, founded {self.company} in {self.year('found')} and won the "
-                f"{self.award} in {self.year('award')}.")
+        return (
+            f"{self.name} was born in {self.born} in {self.birthplace}, studied "
+            f"{self.field_of_study} (graduating in {self.year('study')}), moved to {self.city} "
+            f"in {self.year('move')}, founded {self.company} in {self.year('found')} and won the "
+            f"{self.award} in {self.year('award')}."
+        )
 
 
 def make_person(rng: random.Random, used_names: set[str]) -> Person:
@@ -95,5 +189,11 @@ SINGLE_QUESTIONS = {
 }
 
 #: the event sentence that holds each single-detail answer
-ANSWER_EVENT = {"born": "born", "birthplace": "born", "study": "study", "move": "move",
-                "found": "found", "award": "award"}
+ANSWER_EVENT = {
+    "born": "born",
+    "birthplace": "born",
+    "study": "study",
+    "move": "move",
+    "found": "found",
+    "award": "award",
+}

@@ -39,9 +39,14 @@ def char_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-        eos_token="<|end|>", additional_special_tokens=["</s>", "<|user|>", "<|assistant|>"],
-        model_max_length=1 << 20, clean_up_tokenization_spaces=False,
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="<|end|>",
+        additional_special_tokens=["</s>", "<|user|>", "<|assistant|>"],
+        model_max_length=1 << 20,
+        clean_up_tokenization_spaces=False,
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast

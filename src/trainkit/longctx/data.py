@@ -27,27 +27,39 @@ from trainkit.longctx.tasks import TASKS, make_sample
 
 @dataclass
 class DataSection:
-    tasks: list[str] = field(default_factory=lambda: ["passkey", "needle", "kv", "single_qa",
-                                                      "multi_qa", "summary"],
-                             metadata={"help": "tasks to generate (see trainkit.longctx.tasks)"})
-    lengths: list[int] = field(default_factory=lambda: [1024, 2048],
-                               metadata={"help": "target lengths of the user turn"})
-    depths: list[float] = field(default_factory=list,
-                                metadata={"help": "answer depths used in turn; empty = uniform"})
+    tasks: list[str] = field(
+        default_factory=lambda: ["passkey", "needle", "kv", "single_qa", "multi_qa", "summary"],
+        metadata={"help": "tasks to generate (see trainkit.longctx.tasks)"},
+    )
+    lengths: list[int] = field(
+        default_factory=lambda: [1024, 2048], metadata={"help": "target lengths of the user turn"}
+    )
+    depths: list[float] = field(
+        default_factory=list, metadata={"help": "answer depths used in turn; empty = uniform"}
+    )
     samples_per_task: int = field(default=8, metadata={"help": "samples per task and length"})
     source: Literal["stdlib", "bio", "repeat"] = field(
-        default="stdlib", metadata={"help": "haystack of passkey/needle/kv"})
+        default="stdlib", metadata={"help": "haystack of passkey/needle/kv"}
+    )
     n_keys: int = field(default=4, metadata={"help": "key-value pairs per kv sample"})
-    tokenizer: str = field(default="", metadata={
-        "help": "measure lengths in tokens of this model/tokenizer ('char' = 64-token char "
-                "tokenizer); empty = characters"})
-    short_ratio: float = field(default=0.0, metadata={"help": "fraction of short samples, in [0, 1)"})
+    tokenizer: str = field(
+        default="",
+        metadata={
+            "help": "measure lengths in tokens of this model/tokenizer ('char' = 64-token char "
+            "tokenizer); empty = characters"
+        },
+    )
+    short_ratio: float = field(
+        default=0.0, metadata={"help": "fraction of short samples, in [0, 1)"}
+    )
     short_length: int = field(default=256, metadata={"help": "length of short chat samples"})
 
     def validate(self) -> None:
         bad = [t for t in self.tasks if t not in TASKS]
         if bad:
-            raise UserError(f"data.tasks: unknown task(s) {bad}; expected some of {', '.join(TASKS)}")
+            raise UserError(
+                f"data.tasks: unknown task(s) {bad}; expected some of {', '.join(TASKS)}"
+            )
         if not 0.0 <= self.short_ratio < 1.0:
             raise UserError(f"data.short_ratio must be in [0, 1), got {self.short_ratio}")
         if any(not 0.0 <= d <= 1.0 for d in self.depths):
@@ -95,8 +107,17 @@ def generate(cfg: MakeDataConfig, meter: Meter | None = None) -> list[dict]:
         for length in d.lengths:
             for _ in range(d.samples_per_task):
                 depth = d.depths[i % len(d.depths)] if d.depths else round(rng.random(), 4)
-                long_recs.append(make_sample(task, seed=cfg.seed, index=i, length=length, depth=depth,
-                                             meter=meter, **_options(task, d)))
+                long_recs.append(
+                    make_sample(
+                        task,
+                        seed=cfg.seed,
+                        index=i,
+                        length=length,
+                        depth=depth,
+                        meter=meter,
+                        **_options(task, d),
+                    )
+                )
                 i += 1
     n_short = round(d.short_ratio / (1.0 - d.short_ratio) * len(long_recs))
     pars = [p for _, p in stdlib_paragraphs()]
@@ -104,13 +125,24 @@ def generate(cfg: MakeDataConfig, meter: Meter | None = None) -> list[dict]:
     for k in range(n_short):
         if k % 2 == 0:
             start = rng.randrange(len(pars))
-            text = " ".join(pars[start:start + 3])
-            short_recs.append({"text": text, "meta": {"task": "short_text", "length": meter(text),
-                                                      "unit": meter.unit}})
+            text = " ".join(pars[start : start + 3])
+            short_recs.append(
+                {
+                    "text": text,
+                    "meta": {"task": "short_text", "length": meter(text), "unit": meter.unit},
+                }
+            )
         else:
             task = d.tasks[(k // 2) % len(d.tasks)]
-            rec = make_sample(task, seed=cfg.seed, index=i, length=d.short_length,
-                              depth=round(rng.random(), 4), meter=meter, **_options(task, d))
+            rec = make_sample(
+                task,
+                seed=cfg.seed,
+                index=i,
+                length=d.short_length,
+                depth=round(rng.random(), 4),
+                meter=meter,
+                **_options(task, d),
+            )
             rec["meta"]["short"] = True
             short_recs.append(rec)
             i += 1

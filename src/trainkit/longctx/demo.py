@@ -16,10 +16,20 @@ ESTIMATE_S = {"quick": 90, "full": 300}
 
 #: quick / full settings: fine-tune steps, samples per grid cell, lengths, depths
 SETTINGS = {
-    "quick": {"steps": 20, "samples": 2, "lengths": [256, 512, 1024, 2048], "depths": [0.0, 0.5, 1.0],
-              "compare_no_theta": False},
-    "full": {"steps": 30, "samples": 4, "lengths": [256, 512, 1024, 1536, 2048],
-             "depths": [0.0, 0.25, 0.5, 0.75, 1.0], "compare_no_theta": True},
+    "quick": {
+        "steps": 20,
+        "samples": 2,
+        "lengths": [256, 512, 1024, 2048],
+        "depths": [0.0, 0.5, 1.0],
+        "compare_no_theta": False,
+    },
+    "full": {
+        "steps": 30,
+        "samples": 4,
+        "lengths": [256, 512, 1024, 1536, 2048],
+        "depths": [0.0, 0.25, 0.5, 0.75, 1.0],
+        "compare_no_theta": True,
+    },
 }
 
 
@@ -30,7 +40,9 @@ def _grids(model, tok, s: dict, out_dir: Path, tag: str) -> dict:
     t = tinybase.eval_section(model)
     res = {}
     for task in ("passkey", "kv"):
-        g = tinybase.grid_accuracy(model, tok, t, task, s["lengths"], s["depths"], s["samples"], seed=7)
+        g = tinybase.grid_accuracy(
+            model, tok, t, task, s["lengths"], s["depths"], s["samples"], seed=7
+        )
         heatmap(g, f"{task} {tag}", out_dir / f"longctx_{task}_{tag}.png")
         res[task] = g
     return res
@@ -60,9 +72,17 @@ def run(out_dir: Path, quick: bool):
         if s["compare_no_theta"]:
             rules.append(("none", ["rope.method=none"]))
         for name, over in rules:
-            cfg = load_config(ExtendConfig, None, TINY_8X + over + [
-                f"model.name={tinybase.ASSET_DIR}", f"train.max_steps={s['steps']}",
-                f"output_dir={Path(tmp) / name}"])
+            cfg = load_config(
+                ExtendConfig,
+                None,
+                TINY_8X
+                + over
+                + [
+                    f"model.name={tinybase.ASSET_DIR}",
+                    f"train.max_steps={s['steps']}",
+                    f"output_dir={Path(tmp) / name}",
+                ],
+            )
             m, tk, rep = extend(cfg, log=None)
             runs[name] = (m, tk, rep)
         m, tk, rep = runs["theta"]
@@ -74,30 +94,40 @@ def run(out_dir: Path, quick: bool):
 
     Lmax = s["lengths"][-1]
     head = {
-        "passkey @2048 before -> after (theta x8 + fine-tune)":
-            f"{at(before['passkey'], Lmax)} -> {at(after['passkey'], Lmax)}",
+        "passkey @2048 before -> after (theta x8 + fine-tune)": f"{at(before['passkey'], Lmax)} -> {at(after['passkey'], Lmax)}",
         "kv (4 keys) @2048 before -> after": f"{at(before['kv'], Lmax)} -> {at(after['kv'], Lmax)}",
-        "passkey / kv @256 before -> after":
-            f"{at(before['passkey'], 256)} / {at(before['kv'], 256)} -> "
-            f"{at(after['passkey'], 256)} / {at(after['kv'], 256)}",
+        "passkey / kv @256 before -> after": f"{at(before['passkey'], 256)} / {at(before['kv'], 256)} -> "
+        f"{at(after['passkey'], 256)} / {at(after['kv'], 256)}",
         "fine-tune": f"{rep['steps']} steps, {rep['seconds']:.0f} s",
     }
     if no_theta:
         head["same fine-tune without the theta change, passkey / kv @2048"] = (
-            f"{at(no_theta['passkey'], Lmax)} / {at(no_theta['kv'], Lmax)}")
-    md = ("A 1M-parameter Llama (64-token character vocabulary) trained by trainkit to retrieve "
-          "a pass key or one of 4 key-value pairs in random-letter filler within 256 tokens, "
-          "then extended 8x to 2048 with `trainkit longctx extend` (rope_theta 1e4 -> 8e4, "
-          f"full fine-tune of {rep['steps']} steps of 4 samples of 256-2048 tokens). "
-          "Heatmaps: greedy exact match by depth (rows) and length (columns). The shipped base "
-          "has not learned multi-key (kv) retrieval even within 256 tokens, so kv stays near "
-          "chance before and after; passkey is the task that shows the extension.")
-    images = [(f"{task} {tag}", f"longctx_{task}_{tag}.png") for tag in ("before", "after")
-              for task in ("passkey", "kv")]
+            f"{at(no_theta['passkey'], Lmax)} / {at(no_theta['kv'], Lmax)}"
+        )
+    md = (
+        "A 1M-parameter Llama (64-token character vocabulary) trained by trainkit to retrieve "
+        "a pass key or one of 4 key-value pairs in random-letter filler within 256 tokens, "
+        "then extended 8x to 2048 with `trainkit longctx extend` (rope_theta 1e4 -> 8e4, "
+        f"full fine-tune of {rep['steps']} steps of 4 samples of 256-2048 tokens). "
+        "Heatmaps: greedy exact match by depth (rows) and length (columns). The shipped base "
+        "has not learned multi-key (kv) retrieval even within 256 tokens, so kv stays near "
+        "chance before and after; passkey is the task that shows the extension."
+    )
+    images = [
+        (f"{task} {tag}", f"longctx_{task}_{tag}.png")
+        for tag in ("before", "after")
+        for task in ("passkey", "kv")
+    ]
     if no_theta:
-        images += [(f"{task} same fine-tune, no theta change", f"longctx_{task}_no_theta.png")
-                   for task in ("passkey", "kv")]
-    return Section(title="Long context: 8x extension of a tiny retrieval model", headline=head,
-                   markdown=md, images=images,
-                   command="python examples/longctx_tiny_experiment.py",
-                   seconds=round(time.time() - t0, 1))
+        images += [
+            (f"{task} same fine-tune, no theta change", f"longctx_{task}_no_theta.png")
+            for task in ("passkey", "kv")
+        ]
+    return Section(
+        title="Long context: 8x extension of a tiny retrieval model",
+        headline=head,
+        markdown=md,
+        images=images,
+        command="python examples/longctx_tiny_experiment.py",
+        seconds=round(time.time() - t0, 1),
+    )

@@ -70,7 +70,9 @@ def _all_paragraphs(root: str | None = None) -> tuple[tuple[str, str], ...]:
         except (SyntaxError, UnicodeDecodeError, OSError, ValueError):
             continue
         for node in ast.walk(tree):
-            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            if not isinstance(
+                node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+            ):
                 continue
             doc = ast.get_docstring(node)
             if not doc:
@@ -83,7 +85,9 @@ def _all_paragraphs(root: str | None = None) -> tuple[tuple[str, str], ...]:
                     seen.add(par)
                     out.append((path.stem, par))
     if len(out) < 50:
-        raise UserError(f"too little prose found under {folder} for haystacks ({len(out)} paragraphs)")
+        raise UserError(
+            f"too little prose found under {folder} for haystacks ({len(out)} paragraphs)"
+        )
     return tuple(out)
 
 
@@ -131,7 +135,7 @@ def _boundaries(text: str) -> tuple[list[int], list[int]]:
 
 def _nearest(points: list[int], x: float) -> int:
     i = bisect.bisect_left(points, x)
-    cands = points[max(0, i - 1): i + 1] or points[-1:]
+    cands = points[max(0, i - 1) : i + 1] or points[-1:]
     return min(cands, key=lambda p: abs(p - x))
 
 
@@ -145,8 +149,9 @@ class Placed:
     length: int  # units of ``text``
 
 
-def filler_text(rng: random.Random, pool: tuple[str, ...] | list[str], budget: int, meter: Meter,
-                sep: str = " ") -> str:
+def filler_text(
+    rng: random.Random, pool: tuple[str, ...] | list[str], budget: int, meter: Meter, sep: str = " "
+) -> str:
     """Consecutive paragraphs of ``pool`` from a random start, cut to ``budget`` units."""
     if budget <= 0:
         return ""
@@ -167,9 +172,15 @@ def filler_text(rng: random.Random, pool: tuple[str, ...] | list[str], budget: i
     return meter.prefix(sep.join(parts), budget)
 
 
-def compose(rng: random.Random, pool: tuple[str, ...] | list[str], target_len: int,
-            inserts: list[tuple[float, str]], meter: Meter, snap: float = 0.05,
-            sep: str = " ") -> Placed:
+def compose(
+    rng: random.Random,
+    pool: tuple[str, ...] | list[str],
+    target_len: int,
+    inserts: list[tuple[float, str]],
+    meter: Meter,
+    snap: float = 0.05,
+    sep: str = " ",
+) -> Placed:
     """A context of about ``target_len`` units: filler from ``pool`` plus ``inserts``.
 
     Each insertion ``(depth, text)`` goes to the sentence boundary of the filler nearest to
@@ -182,7 +193,12 @@ def compose(rng: random.Random, pool: tuple[str, ...] | list[str], target_len: i
         :class:`Placed` with the realised depths measured on the final text: units of
         haystack before the insertion / all haystack units.
     """
-    if not 0.0 <= min((d for d, _ in inserts), default=0.0) <= max((d for d, _ in inserts), default=0.0) <= 1.0:
+    if (
+        not 0.0
+        <= min((d for d, _ in inserts), default=0.0)
+        <= max((d for d, _ in inserts), default=0.0)
+        <= 1.0
+    ):
         raise UserError(f"needle depths must be in [0, 1], got {[d for d, _ in inserts]}")
     ins_units = sum(meter(sep + t + sep) for _, t in inserts)
     filler = filler_text(rng, pool, max(0, target_len - ins_units), meter, sep=sep)

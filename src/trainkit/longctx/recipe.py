@@ -44,9 +44,12 @@ from trainkit.llm.lora import LoraSection
 
 @dataclass
 class ExtendModelSection:
-    name: str = field(default="smollm2-135m-instruct", metadata={"help": "model folder or built-in name"})
+    name: str = field(
+        default="smollm2-135m-instruct", metadata={"help": "model folder or built-in name"}
+    )
     quantization: Literal["nf4", "int8"] | None = field(
-        default="nf4", metadata={"help": "4-bit QLoRA base (null: full precision)"})
+        default="nf4", metadata={"help": "4-bit QLoRA base (null: full precision)"}
+    )
     full_finetune: bool = field(default=False, metadata={"help": "train every weight (no LoRA)"})
     dtype: str = "float32"
     gradient_checkpointing: bool = True
@@ -55,10 +58,14 @@ class ExtendModelSection:
 @dataclass
 class RopeSection:
     method: Literal["theta", "linear", "dynamic", "yarn", "llama3", "none"] = "theta"
-    factor: float | None = field(default=None, metadata={"help": "extension ratio (target / original)"})
+    factor: float | None = field(
+        default=None, metadata={"help": "extension ratio (target / original)"}
+    )
     theta: float | None = field(default=None, metadata={"help": "new rope_theta for method theta"})
-    original_max_position: int | None = field(default=None, metadata={
-        "help": "pretraining length (default: the config's max_position_embeddings)"})
+    original_max_position: int | None = field(
+        default=None,
+        metadata={"help": "pretraining length (default: the config's max_position_embeddings)"},
+    )
 
 
 @dataclass
@@ -69,14 +76,20 @@ class ExtendLoraSection(LoraSection):
     r: int = 32
     alpha: float = 16.0
     dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
     modules_to_save: list[str] = field(default_factory=lambda: ["embed_tokens"])
 
 
 @dataclass
 class ExtendDataSection(DataConfig):
-    synthetic: Literal["", "random"] = field(default="", metadata={
-        "help": "'random': random-filler passkey/kv samples made on the fly (no data.path)"})
+    synthetic: Literal["", "random"] = field(
+        default="",
+        metadata={
+            "help": "'random': random-filler passkey/kv samples made on the fly (no data.path)"
+        },
+    )
     tasks: list[str] = field(default_factory=lambda: ["passkey", "kv"])
     n_keys: list[int] = field(default_factory=lambda: [2, 4])
     min_length: int = 256
@@ -110,8 +123,10 @@ class ExtendConfig:
     def check(self) -> None:
         """Checks run before training (not at load time: defaults have no data)."""
         if not self.data.synthetic and not self.data.path:
-            raise UserError("no training data: set data.path (JSONL from `trainkit longctx make-data`) "
-                            "or data.synthetic=random")
+            raise UserError(
+                "no training data: set data.path (JSONL from `trainkit longctx make-data`) "
+                "or data.synthetic=random"
+            )
         if self.train.max_steps < 1 and self.train.max_seconds <= 0:
             raise UserError("set train.max_steps >= 1 or train.max_seconds > 0")
         if self.rope.method not in ("none", "theta") and self.rope.factor is None:
@@ -128,8 +143,13 @@ def apply_rope_inplace(model: Any, rope: RopeSection) -> dict | None:
     from trainkit.longctx.rope import apply_rope
 
     cfg = model.config
-    new = apply_rope(cfg, rope.method, factor=rope.factor, theta=rope.theta,
-                     original_max_position=rope.original_max_position)
+    new = apply_rope(
+        cfg,
+        rope.method,
+        factor=rope.factor,
+        theta=rope.theta,
+        original_max_position=rope.original_max_position,
+    )
     for k in ("rope_parameters", "max_position_embeddings", "trainkit_longctx"):
         setattr(cfg, k, getattr(new, k))
     for name, mod in list(model.named_modules()):
@@ -137,7 +157,9 @@ def apply_rope_inplace(model: Any, rope: RopeSection) -> dict | None:
             parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
             new_mod = type(mod)(config=cfg)
             dev = next((b.device for b in mod.buffers()), None)
-            setattr(parent, name.rsplit(".", 1)[-1], new_mod.to(dev) if dev is not None else new_mod)
+            setattr(
+                parent, name.rsplit(".", 1)[-1], new_mod.to(dev) if dev is not None else new_mod
+            )
     return cfg.trainkit_longctx
 
 
@@ -147,15 +169,22 @@ def load_for_extension(cfg: ExtendConfig):
 
     m = cfg.model
     if m.full_finetune:
-        model, tok = load_model(m.name, dtype=m.dtype, gradient_checkpointing=m.gradient_checkpointing)
+        model, tok = load_model(
+            m.name, dtype=m.dtype, gradient_checkpointing=m.gradient_checkpointing
+        )
     else:
         from trainkit.llm.lora import peft_config
 
         lcfg = peft_config(cfg.lora)
         if hasattr(lcfg, "ensure_weight_tying"):  # embed_tokens trained and tied to lm_head
             lcfg.ensure_weight_tying = True
-        model, tok = load_model(m.name, quantization=m.quantization, dtype=m.dtype,
-                                lora=lcfg, gradient_checkpointing=m.gradient_checkpointing)
+        model, tok = load_model(
+            m.name,
+            quantization=m.quantization,
+            dtype=m.dtype,
+            lora=lcfg,
+            gradient_checkpointing=m.gradient_checkpointing,
+        )
     apply_rope_inplace(model, cfg.rope)
     model.train()
     return model, tok
@@ -171,12 +200,25 @@ def batches(cfg: ExtendConfig, tok: Any, model: Any = None):
         from trainkit.longctx import tinybase
 
         fmt = tinybase.eval_section(model) if model is not None else tinybase.TinyTrainSection()
-        t = tinybase.TinyTrainSection(tasks=list(d.tasks), n_keys=list(d.n_keys), source="random",
-                                      kv_echo=fmt.kv_echo, key_len=fmt.key_len)
+        t = tinybase.TinyTrainSection(
+            tasks=list(d.tasks),
+            n_keys=list(d.n_keys),
+            source="random",
+            kv_echo=fmt.kv_echo,
+            key_len=fmt.key_len,
+        )
         i = 0
         while True:
-            ids, att, lab = tinybase.make_batch(tok, rng, t, d.max_length, cfg.seed + 1, 10**8 + i * bs,
-                                                bs, min_length=min(d.min_length, d.max_length))
+            ids, att, lab = tinybase.make_batch(
+                tok,
+                rng,
+                t,
+                d.max_length,
+                cfg.seed + 1,
+                10**8 + i * bs,
+                bs,
+                min_length=min(d.min_length, d.max_length),
+            )
             i += 1
             yield {"input_ids": ids, "attention_mask": att, "labels": lab}
     from trainkit.llm.collate import pad_batch
@@ -229,13 +271,27 @@ def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
             torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
         opt.step()
         step += 1
-        tokens += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+        tokens += (
+            int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+        )
         losses.append(round(float(loss.detach()), 5))
         if not math.isfinite(losses[-1]):
             raise UserError(f"loss is {losses[-1]} at step {step}; lower train.lr")
         if log and (step % max(1, t.log_every) == 0 or step == 1):
-            log({"step": step, "loss": losses[-1], "lr": t.lr * f, "seconds": round(time.time() - t0, 1)})
-    return {"steps": step, "seconds": round(time.time() - t0, 2), "tokens": tokens, "losses": losses}
+            log(
+                {
+                    "step": step,
+                    "loss": losses[-1],
+                    "lr": t.lr * f,
+                    "seconds": round(time.time() - t0, 1),
+                }
+            )
+    return {
+        "steps": step,
+        "seconds": round(time.time() - t0, 2),
+        "tokens": tokens,
+        "losses": losses,
+    }
 
 
 def save_extended(model: Any, tok: Any, cfg: ExtendConfig, out: str | Path) -> Path:
@@ -260,8 +316,9 @@ def save_extended(model: Any, tok: Any, cfg: ExtendConfig, out: str | Path) -> P
         del base_cfg.quantization_config
     with tempfile.TemporaryDirectory() as adir:
         model.save_pretrained(adir, safe_serialization=True)
-        base = AutoModelForCausalLM.from_pretrained(resolve(m.name), config=base_cfg,
-                                                    dtype=to_dtype(m.dtype))
+        base = AutoModelForCausalLM.from_pretrained(
+            resolve(m.name), config=base_cfg, dtype=to_dtype(m.dtype)
+        )
         merged = PeftModel.from_pretrained(base, adir).merge_and_unload()
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
@@ -287,8 +344,14 @@ def extend(cfg: ExtendConfig, log=print) -> tuple[Any, Any, dict]:
     out = save_extended(model, tok, cfg, cfg.output_dir)
     from trainkit.config import to_dict
 
-    report = {"output_dir": str(out), "rope": rec, "trainable_params": trainable,
-              "total_params": total, **stats, "config": to_dict(cfg)}
+    report = {
+        "output_dir": str(out),
+        "rope": rec,
+        "trainable_params": trainable,
+        "total_params": total,
+        **stats,
+        "config": to_dict(cfg),
+    }
     atomic_write_json(Path(out) / "trainkit_extend.json", report)
     return model, tok, report
 
@@ -297,8 +360,16 @@ def run(cfg: ExtendConfig, args: Any = None) -> int:
     """CLI entry of ``trainkit longctx extend``."""
     _, _, report = extend(cfg, log=lambda r: print(json.dumps(r), flush=True))
     last = report["losses"][-1] if report["losses"] else None
-    print(json.dumps({"output_dir": report["output_dir"], "steps": report["steps"],
-                      "seconds": report["seconds"], "final_loss": last}))
+    print(
+        json.dumps(
+            {
+                "output_dir": report["output_dir"],
+                "steps": report["steps"],
+                "seconds": report["seconds"],
+                "final_loss": last,
+            }
+        )
+    )
     return 0
 
 
@@ -315,18 +386,43 @@ TINY_RULES = {
 
 
 #: ``configs/longctx/tiny_8x.yaml`` as overrides (the experiment runs without the repo's configs)
-TINY_8X = ["model.name=" + "src/trainkit/longctx/assets/tiny_base", "model.quantization=null",
-           "model.full_finetune=true", "model.dtype=float32", "model.gradient_checkpointing=false",
-           "rope.method=theta", "rope.theta=80000.0", "rope.factor=8.0",
-           "rope.original_max_position=256", "data.synthetic=random", "data.tasks=[passkey,kv]",
-           "data.n_keys=[2,4]", "data.min_length=256", "data.max_length=2048",
-           "train.max_steps=30", "train.max_seconds=0", "train.batch_size=4", "train.lr=5.0e-4",
-           "train.schedule=constant", "train.loss_chunk=1024", "train.threads=1",
-           "train.log_every=5", "seed=0", "output_dir=runs/longctx/tiny_8x"]
+TINY_8X = [
+    "model.name=" + "src/trainkit/longctx/assets/tiny_base",
+    "model.quantization=null",
+    "model.full_finetune=true",
+    "model.dtype=float32",
+    "model.gradient_checkpointing=false",
+    "rope.method=theta",
+    "rope.theta=80000.0",
+    "rope.factor=8.0",
+    "rope.original_max_position=256",
+    "data.synthetic=random",
+    "data.tasks=[passkey,kv]",
+    "data.n_keys=[2,4]",
+    "data.min_length=256",
+    "data.max_length=2048",
+    "train.max_steps=30",
+    "train.max_seconds=0",
+    "train.batch_size=4",
+    "train.lr=5.0e-4",
+    "train.schedule=constant",
+    "train.loss_chunk=1024",
+    "train.threads=1",
+    "train.log_every=5",
+    "seed=0",
+    "output_dir=runs/longctx/tiny_8x",
+]
 
 
-def tiny_eval(model: Any, tok: Any, lengths: list[int], short_lengths: list[int],
-              depths: list[float], samples: int, seed: int = 0) -> dict:
+def tiny_eval(
+    model: Any,
+    tok: Any,
+    lengths: list[int],
+    short_lengths: list[int],
+    depths: list[float],
+    samples: int,
+    seed: int = 0,
+) -> dict:
     """Passkey and kv (4 keys) exact-match accuracy of a tiny char model on the grid
     ``lengths x depths`` and on ``short_lengths`` (within the native window), plus the
     short-context answer perplexity ``exp(mean answer-token NLL)``."""
@@ -347,12 +443,23 @@ def tiny_eval(model: Any, tok: Any, lengths: list[int], short_lengths: list[int]
     return out
 
 
-def tiny_experiment(base: str | None = None, *, steps: int = 30, batch: int = 4, lr: float = 5e-4,
-                    samples: int = 4, lengths: tuple = (512, 1024, 1536, 2048),
-                    short_lengths: tuple = (64, 128, 256), depths: tuple = (0.0, 0.25, 0.5, 0.75, 1.0),
-                    ft_rules: tuple = ("theta", "none", "linear", "yarn"),
-                    free_rules: tuple = ("theta", "linear", "yarn", "dynamic"),
-                    seed: int = 0, threads: int = 1, out_dir: str | None = None, log=print) -> dict:
+def tiny_experiment(
+    base: str | None = None,
+    *,
+    steps: int = 30,
+    batch: int = 4,
+    lr: float = 5e-4,
+    samples: int = 4,
+    lengths: tuple = (512, 1024, 1536, 2048),
+    short_lengths: tuple = (64, 128, 256),
+    depths: tuple = (0.0, 0.25, 0.5, 0.75, 1.0),
+    ft_rules: tuple = ("theta", "none", "linear", "yarn"),
+    free_rules: tuple = ("theta", "linear", "yarn", "dynamic"),
+    seed: int = 0,
+    threads: int = 1,
+    out_dir: str | None = None,
+    log=print,
+) -> dict:
     """The CPU experiment: the tiny base (native 256) extended 8x to 2048.
 
     Evaluates the base, each rule of ``free_rules`` without training ("<rule>_only"), and
@@ -373,8 +480,13 @@ def tiny_experiment(base: str | None = None, *, steps: int = 30, batch: int = 4,
     torch.set_num_threads(threads)
     base = str(base or tinybase.ASSET_DIR)
     log = log or (lambda _r: None)
-    ev = dict(lengths=list(lengths), short_lengths=list(short_lengths), depths=list(depths),
-              samples=samples, seed=seed)
+    ev = dict(
+        lengths=list(lengths),
+        short_lengths=list(short_lengths),
+        depths=list(depths),
+        samples=samples,
+        seed=seed,
+    )
     variants: dict[str, dict] = {}
     model, tok = tinybase.load_shipped(base)
     variants["base"] = tiny_eval(model, tok, **ev)
@@ -383,29 +495,60 @@ def tiny_experiment(base: str | None = None, *, steps: int = 30, batch: int = 4,
         model, tok = tinybase.load_shipped(base)
         apply_rope_inplace(model, RopeSection(**TINY_RULES[rule]))
         variants[f"{rule}_only"] = tiny_eval(model, tok, **ev)
-        log({"variant": f"{rule}_only", "passkey": variants[f"{rule}_only"]["passkey"],
-             "kv": variants[f"{rule}_only"]["kv"]})
+        log(
+            {
+                "variant": f"{rule}_only",
+                "passkey": variants[f"{rule}_only"]["passkey"],
+                "kv": variants[f"{rule}_only"]["kv"],
+            }
+        )
     with tempfile.TemporaryDirectory() as tmp:
         for rule in ft_rules:
             from trainkit.config import load_config
 
             r = TINY_RULES[rule]
-            over = [f"model.name={base}", f"train.max_steps={steps}", f"train.batch_size={batch}",
-                    f"train.lr={lr}", f"train.threads={threads}", f"seed={seed}",
-                    f"rope.method={r['method']}", f"rope.factor={r.get('factor') or 'null'}",
-                    f"rope.theta={r.get('theta') or 'null'}",
-                    f"output_dir={Path(out_dir) / rule if out_dir else Path(tmp) / rule}"]
+            over = [
+                f"model.name={base}",
+                f"train.max_steps={steps}",
+                f"train.batch_size={batch}",
+                f"train.lr={lr}",
+                f"train.threads={threads}",
+                f"seed={seed}",
+                f"rope.method={r['method']}",
+                f"rope.factor={r.get('factor') or 'null'}",
+                f"rope.theta={r.get('theta') or 'null'}",
+                f"output_dir={Path(out_dir) / rule if out_dir else Path(tmp) / rule}",
+            ]
             cfg = load_config(ExtendConfig, None, TINY_8X + over)
             model, tok, rep = extend(cfg, log=None)
             res = tiny_eval(model, tok, **ev)
-            res.update(ft_steps=rep["steps"], ft_seconds=rep["seconds"], ft_final_loss=rep["losses"][-1])
+            res.update(
+                ft_steps=rep["steps"], ft_seconds=rep["seconds"], ft_final_loss=rep["losses"][-1]
+            )
             variants[f"{rule}+ft"] = res
-            log({"variant": f"{rule}+ft", "passkey": res["passkey"], "kv": res["kv"],
-                 "short_passkey": res["short_passkey"], "short_kv": res["short_kv"],
-                 "ft_seconds": res["ft_seconds"]})
-    return {"variants": variants, "setup": {"base": base, "steps": steps, "batch": batch, "lr": lr,
-                                            "threads": threads, "filler": "random", **ev},
-            "checks": tiny_checks(variants, max(lengths))}
+            log(
+                {
+                    "variant": f"{rule}+ft",
+                    "passkey": res["passkey"],
+                    "kv": res["kv"],
+                    "short_passkey": res["short_passkey"],
+                    "short_kv": res["short_kv"],
+                    "ft_seconds": res["ft_seconds"],
+                }
+            )
+    return {
+        "variants": variants,
+        "setup": {
+            "base": base,
+            "steps": steps,
+            "batch": batch,
+            "lr": lr,
+            "threads": threads,
+            "filler": "random",
+            **ev,
+        },
+        "checks": tiny_checks(variants, max(lengths)),
+    }
 
 
 def tiny_checks(v: dict, at: int = 2048) -> dict:
@@ -414,8 +557,10 @@ def tiny_checks(v: dict, at: int = 2048) -> dict:
     if th is None:
         return {}
     c: dict[str, Any] = {
-        "theta_ft_passkey>=0.9": th["passkey"] >= 0.9, "theta_ft_kv>=0.8": th["kv"] >= 0.8,
-        "base_passkey<=0.2": b["passkey"] <= 0.2, "base_kv<=0.2": b["kv"] <= 0.2,
+        "theta_ft_passkey>=0.9": th["passkey"] >= 0.9,
+        "theta_ft_kv>=0.8": th["kv"] >= 0.8,
+        "base_passkey<=0.2": b["passkey"] <= 0.2,
+        "base_kv<=0.2": b["kv"] <= 0.2,
     }
     if "none+ft" in v:
         nt = v["none+ft"]

@@ -60,7 +60,7 @@ def default_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
     """
     _check_dim(head_dim)
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
-    return 1.0 / (theta ** exponents)
+    return 1.0 / (theta**exponents)
 
 
 def linear_inv_freq(head_dim: int, theta: float, factor: float) -> torch.Tensor:
@@ -74,8 +74,13 @@ def linear_inv_freq(head_dim: int, theta: float, factor: float) -> torch.Tensor:
     return default_inv_freq(head_dim, theta) / factor
 
 
-def dynamic_inv_freq(head_dim: int, theta: float, factor: float, original_max_position: int,
-                     seq_len: int | None = None) -> torch.Tensor:
+def dynamic_inv_freq(
+    head_dim: int,
+    theta: float,
+    factor: float,
+    original_max_position: int,
+    seq_len: int | None = None,
+) -> torch.Tensor:
     """Dynamic NTK-aware scaling: a larger base once the sequence outgrows ``L``.
 
     ``theta' = theta * (s * n / L - (s - 1)) ** (d / (d - 2))`` with ``n = max(seq_len, L)``
@@ -94,7 +99,9 @@ def dynamic_inv_freq(head_dim: int, theta: float, factor: float, original_max_po
     """
     _check_dim(head_dim)
     n = original_max_position if seq_len is None else max(int(seq_len), original_max_position)
-    scaled = theta * ((factor * n / original_max_position) - (factor - 1)) ** (head_dim / (head_dim - 2))
+    scaled = theta * ((factor * n / original_max_position) - (factor - 1)) ** (
+        head_dim / (head_dim - 2)
+    )
     return default_inv_freq(head_dim, scaled)
 
 
@@ -107,18 +114,30 @@ def yarn_attention_scale(factor: float) -> float:
     return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
 
 
-def _yarn_pair_index(rotations: float, head_dim: int, theta: float, original_max_position: int) -> float:
+def _yarn_pair_index(
+    rotations: float, head_dim: int, theta: float, original_max_position: int
+) -> float:
     """Pair index ``i`` whose wavelength fits ``rotations`` times into ``L``.
 
     Solves ``L / lambda_i = rotations`` for ``i``:
     ``i = d * ln(L / (2 pi r)) / (2 ln theta)``.
     """
-    return head_dim * math.log(original_max_position / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+    return (
+        head_dim
+        * math.log(original_max_position / (rotations * 2 * math.pi))
+        / (2 * math.log(theta))
+    )
 
 
-def yarn_inv_freq(head_dim: int, theta: float, factor: float, original_max_position: int,
-                  beta_fast: float = 32.0, beta_slow: float = 1.0,
-                  truncate: bool = True) -> tuple[torch.Tensor, float]:
+def yarn_inv_freq(
+    head_dim: int,
+    theta: float,
+    factor: float,
+    original_max_position: int,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
+    truncate: bool = True,
+) -> tuple[torch.Tensor, float]:
     """YaRN ("NTK-by-parts" + temperature), Peng et al. 2023, arXiv 2309.00071, sec. 3.2-3.4.
 
     Pairs that rotate more than ``beta_fast`` times within ``L`` keep their frequency
@@ -149,8 +168,14 @@ def yarn_inv_freq(head_dim: int, theta: float, factor: float, original_max_posit
     return inv, yarn_attention_scale(factor)
 
 
-def llama3_inv_freq(head_dim: int, theta: float, factor: float, original_max_position: int,
-                    low_freq_factor: float = 1.0, high_freq_factor: float = 4.0) -> torch.Tensor:
+def llama3_inv_freq(
+    head_dim: int,
+    theta: float,
+    factor: float,
+    original_max_position: int,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
+) -> torch.Tensor:
     """The Llama-3.1 rule (Meta's reference ``apply_scaling``; Llama 3 herd paper, 2024).
 
     With ``lambda_i = 2 pi / w_i``, ``lambda_low = L / low_freq_factor`` and
@@ -165,8 +190,10 @@ def llama3_inv_freq(head_dim: int, theta: float, factor: float, original_max_pos
         ``[d/2]`` inverse frequencies.
     """
     if high_freq_factor <= low_freq_factor:
-        raise UserError(f"llama3 rope: high_freq_factor ({high_freq_factor}) must exceed "
-                        f"low_freq_factor ({low_freq_factor})")
+        raise UserError(
+            f"llama3 rope: high_freq_factor ({high_freq_factor}) must exceed "
+            f"low_freq_factor ({low_freq_factor})"
+        )
     base = default_inv_freq(head_dim, theta)
     wavelen = 2 * math.pi / base
     low_wl = original_max_position / low_freq_factor
@@ -206,16 +233,26 @@ def suggest_theta(target_len: int, head_dim: int, base_theta: float, original_le
     if head_dim <= 2:
         raise UserError("suggest_theta needs head_dim > 2")
     if original_len <= 0 or target_len <= 0:
-        raise UserError(f"suggest_theta: lengths must be positive, got {original_len} -> {target_len}")
+        raise UserError(
+            f"suggest_theta: lengths must be positive, got {original_len} -> {target_len}"
+        )
     s = target_len / original_len
     if s <= 1:
         return float(base_theta)
     return float(base_theta * s ** (head_dim / (head_dim - 2)))
 
 
-def rope_frequencies(method: str, head_dim: int, theta: float, *, factor: float = 1.0,
-                     original_max_position: int | None = None, seq_len: int | None = None,
-                     new_theta: float | None = None, **options: Any) -> tuple[torch.Tensor, float]:
+def rope_frequencies(
+    method: str,
+    head_dim: int,
+    theta: float,
+    *,
+    factor: float = 1.0,
+    original_max_position: int | None = None,
+    seq_len: int | None = None,
+    new_theta: float | None = None,
+    **options: Any,
+) -> tuple[torch.Tensor, float]:
     """``(inv_freq [d/2], attention_scale)`` of any rule, by name (see :data:`METHODS`).
 
     ``theta`` is the pretrained base; the ``theta`` rule uses ``new_theta`` (or
@@ -227,9 +264,12 @@ def rope_frequencies(method: str, head_dim: int, theta: float, *, factor: float 
     if method == "theta":
         if new_theta is None:
             if original_max_position is None:
-                raise UserError("rope method 'theta' needs new_theta, or factor and original_max_position")
-            new_theta = suggest_theta(int(original_max_position * factor), head_dim, theta,
-                                      original_max_position)
+                raise UserError(
+                    "rope method 'theta' needs new_theta, or factor and original_max_position"
+                )
+            new_theta = suggest_theta(
+                int(original_max_position * factor), head_dim, theta, original_max_position
+            )
         return default_inv_freq(head_dim, new_theta), 1.0
     if method == "linear":
         return linear_inv_freq(head_dim, theta, factor), 1.0
@@ -251,10 +291,18 @@ def head_dim_of(config: Any) -> int:
     return int(hd * prf)
 
 
-def apply_rope(config: Any, method: str, *, factor: float | None = None, theta: float | None = None,
-               original_max_position: int | None = None, beta_fast: float = 32.0,
-               beta_slow: float = 1.0, low_freq_factor: float = 1.0,
-               high_freq_factor: float = 4.0) -> Any:
+def apply_rope(
+    config: Any,
+    method: str,
+    *,
+    factor: float | None = None,
+    theta: float | None = None,
+    original_max_position: int | None = None,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
+) -> Any:
     """A copy of HF ``config`` extended by ``method`` (``config`` itself is not changed).
 
     Writes ``config.rope_parameters`` in the transformers 5.x schema for the rule, sets
@@ -290,8 +338,10 @@ def apply_rope(config: Any, method: str, *, factor: float | None = None, theta: 
     if "rope_theta" not in params:
         raise UserError(f"config of type {type(cfg).__name__} has no rope_parameters.rope_theta")
     if params.get("rope_type", "default") != "default":
-        raise UserError(f"config already uses rope_type '{params['rope_type']}'; apply_rope expects "
-                        "a base model with rope_type 'default'")
+        raise UserError(
+            f"config already uses rope_type '{params['rope_type']}'; apply_rope expects "
+            "a base model with rope_type 'default'"
+        )
     base_theta = float(params["rope_theta"])
     orig = int(original_max_position or cfg.max_position_embeddings)
     if factor is not None and (not isinstance(factor, (int, float)) or factor < 1):
@@ -306,19 +356,32 @@ def apply_rope(config: Any, method: str, *, factor: float | None = None, theta: 
     extra = {k: v for k, v in params.items() if k == "partial_rotary_factor"}
 
     if method == "theta":
-        new_theta = float(theta) if theta is not None else suggest_theta(
-            target, head_dim_of(cfg), base_theta, orig)
+        new_theta = (
+            float(theta)
+            if theta is not None
+            else suggest_theta(target, head_dim_of(cfg), base_theta, orig)
+        )
         new = {"rope_type": "default", "rope_theta": new_theta}
     elif method in ("linear", "dynamic"):
         new = {"rope_type": method, "factor": float(factor), "rope_theta": base_theta}
     elif method == "yarn":
-        new = {"rope_type": "yarn", "factor": float(factor), "rope_theta": base_theta,
-               "original_max_position_embeddings": orig,
-               "beta_fast": float(beta_fast), "beta_slow": float(beta_slow)}
+        new = {
+            "rope_type": "yarn",
+            "factor": float(factor),
+            "rope_theta": base_theta,
+            "original_max_position_embeddings": orig,
+            "beta_fast": float(beta_fast),
+            "beta_slow": float(beta_slow),
+        }
     else:  # llama3
-        new = {"rope_type": "llama3", "factor": float(factor), "rope_theta": base_theta,
-               "original_max_position_embeddings": orig,
-               "low_freq_factor": float(low_freq_factor), "high_freq_factor": float(high_freq_factor)}
+        new = {
+            "rope_type": "llama3",
+            "factor": float(factor),
+            "rope_theta": base_theta,
+            "original_max_position_embeddings": orig,
+            "low_freq_factor": float(low_freq_factor),
+            "high_freq_factor": float(high_freq_factor),
+        }
     new.update(extra)
     cfg.rope_parameters = new
     cfg.max_position_embeddings = orig if method == "dynamic" else target
@@ -344,12 +407,26 @@ def config_frequencies(config: Any, seq_len: int | None = None) -> tuple[torch.T
     if rt == "linear":
         return linear_inv_freq(d, p["rope_theta"], p["factor"]), 1.0
     if rt == "dynamic":
-        return dynamic_inv_freq(d, p["rope_theta"], p["factor"], config.max_position_embeddings, seq_len), 1.0
+        return dynamic_inv_freq(
+            d, p["rope_theta"], p["factor"], config.max_position_embeddings, seq_len
+        ), 1.0
     if rt == "yarn":
-        return yarn_inv_freq(d, p["rope_theta"], p["factor"], p["original_max_position_embeddings"],
-                             p.get("beta_fast") or 32.0, p.get("beta_slow") or 1.0,
-                             p.get("truncate", True))
+        return yarn_inv_freq(
+            d,
+            p["rope_theta"],
+            p["factor"],
+            p["original_max_position_embeddings"],
+            p.get("beta_fast") or 32.0,
+            p.get("beta_slow") or 1.0,
+            p.get("truncate", True),
+        )
     if rt == "llama3":
-        return llama3_inv_freq(d, p["rope_theta"], p["factor"], p["original_max_position_embeddings"],
-                               p["low_freq_factor"], p["high_freq_factor"]), 1.0
+        return llama3_inv_freq(
+            d,
+            p["rope_theta"],
+            p["factor"],
+            p["original_max_position_embeddings"],
+            p["low_freq_factor"],
+            p["high_freq_factor"],
+        ), 1.0
     raise UserError(f"rope_type '{rt}' is not one trainkit computes")

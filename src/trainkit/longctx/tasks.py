@@ -35,8 +35,9 @@ from trainkit.common.errors import UserError
 from trainkit.longctx import bio
 from trainkit.longctx.haystack import Meter, Placed, compose, stdlib_paragraphs
 
-REPEAT_FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
-                 "There and back again.")
+REPEAT_FILLER = (
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+)
 
 
 def sample_rng(seed: int, task: str, index: int) -> random.Random:
@@ -44,8 +45,9 @@ def sample_rng(seed: int, task: str, index: int) -> random.Random:
     return random.Random(f"trainkit-longctx:{seed}:{task}:{index}")
 
 
-def _pool(source: str, rng: random.Random, avoid: set[str] | None = None,
-          n_people: int = 64) -> tuple[list[str], str]:
+def _pool(
+    source: str, rng: random.Random, avoid: set[str] | None = None, n_people: int = 64
+) -> tuple[list[str], str]:
     """Filler paragraphs for ``source`` and the separator between them (``n_people``
     distractor biographies for ``bio``)."""
     if source == "stdlib":
@@ -59,20 +61,42 @@ def _pool(source: str, rng: random.Random, avoid: set[str] | None = None,
 
 
 def _digits(rng: random.Random, n: int) -> str:
-    return str(rng.randint(10 ** (n - 1), 10 ** n - 1))
+    return str(rng.randint(10 ** (n - 1), 10**n - 1))
 
 
-def _record(task: str, placed: Placed, question: str, answer: str, meter: Meter, *,
-            target_len: int, target_depth: float, source: str, seed: int, index: int,
-            extra: dict | None = None) -> dict:
+def _record(
+    task: str,
+    placed: Placed,
+    question: str,
+    answer: str,
+    meter: Meter,
+    *,
+    target_len: int,
+    target_depth: float,
+    source: str,
+    seed: int,
+    index: int,
+    extra: dict | None = None,
+) -> dict:
     user = placed.text + "\n\n" + question
-    meta = {"task": task, "answer": answer, "depth": round(placed.depths[0], 4) if placed.depths else 0.0,
-            "depths": [round(d, 4) for d in placed.depths], "target_depth": target_depth,
-            "length": meter(user), "target_length": target_len, "unit": meter.unit,
-            "source": source, "seed": seed, "index": index}
+    meta = {
+        "task": task,
+        "answer": answer,
+        "depth": round(placed.depths[0], 4) if placed.depths else 0.0,
+        "depths": [round(d, 4) for d in placed.depths],
+        "target_depth": target_depth,
+        "length": meter(user),
+        "target_length": target_len,
+        "unit": meter.unit,
+        "source": source,
+        "seed": seed,
+        "index": index,
+    }
     meta.update(extra or {})
-    return {"messages": [{"role": "user", "content": user},
-                         {"role": "assistant", "content": answer}], "meta": meta}
+    return {
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+        "meta": meta,
+    }
 
 
 def _budget(target_len: int, question: str, meter: Meter) -> int:
@@ -110,7 +134,9 @@ def kv(rng, meter, target_len, depth, *, source="stdlib", n_keys=4, digits=5, **
     depths = [depth] + [rng.random() for _ in keys[1:]]
     q = f"What is the value of key {keys[0]}? Answer with the number only."
     pool, sep = _pool(source, rng)
-    placed = compose(rng, pool, _budget(target_len, q, meter), list(zip(depths, lines)), meter, sep=sep)
+    placed = compose(
+        rng, pool, _budget(target_len, q, meter), list(zip(depths, lines)), meter, sep=sep
+    )
     return placed, q, values[0], {"keys": dict(zip(keys, values)), "needle": lines[0]}
 
 
@@ -119,8 +145,14 @@ def _bio_context(rng, meter, target_len, targets: list[tuple[float, bio.Person]]
     # enough distinct people that the haystack never repeats one (~250 chars, <= 5 chars/token)
     n_people = 8 + target_len * (5 if meter.unit == "tokens" else 1) // 200
     pool, sep = _pool("bio", rng, avoid, n_people)
-    return compose(rng, pool, _budget(target_len, q, meter),
-                   [(d, p.paragraph()) for d, p in targets], meter, sep=sep)
+    return compose(
+        rng,
+        pool,
+        _budget(target_len, q, meter),
+        [(d, p.paragraph()) for d, p in targets],
+        meter,
+        sep=sep,
+    )
 
 
 def single_qa(rng, meter, target_len, depth, **_) -> tuple:
@@ -149,12 +181,18 @@ def multi_qa(rng, meter, target_len, depth, *, gap=0.5, **_) -> tuple:
         q = f"How many years apart were {a.name} and {b.name} born? Answer with the number only."
         ans = str(abs(a.born - b.born))
     else:
-        q = (f"How many years passed between the award of {a.name} and the award of {b.name}? "
-             "Answer with the number only.")
+        q = (
+            f"How many years passed between the award of {a.name} and the award of {b.name}? "
+            "Answer with the number only."
+        )
         ans = str(abs(a.year("award") - b.year("award")))
     placed = _bio_context(rng, meter, target_len, [(depth, a), (max(0.0, d2), b)], q)
-    return placed, q, ans, {"people": [a.name, b.name], "kind": kind,
-                            "facts": [a.paragraph(), b.paragraph()]}
+    return (
+        placed,
+        q,
+        ans,
+        {"people": [a.name, b.name], "kind": kind, "facts": [a.paragraph(), b.paragraph()]},
+    )
 
 
 def summary(rng, meter, target_len, depth, **_) -> tuple:
@@ -178,7 +216,7 @@ def topics(rng, meter, target_len, depth=0.0, *, paragraphs_per_topic=2, **_) ->
     names: list[str] = []
     for m in mods:
         start = rng.randrange(len(by_mod[m]) - paragraphs_per_topic + 1)
-        sec = f"Topic: the {m} module. " + " ".join(by_mod[m][start:start + paragraphs_per_topic])
+        sec = f"Topic: the {m} module. " + " ".join(by_mod[m][start : start + paragraphs_per_topic])
         if sections and meter("\n\n".join(sections + [sec])) > budget:
             break
         sections.append(sec)
@@ -198,13 +236,26 @@ def topics(rng, meter, target_len, depth=0.0, *, paragraphs_per_topic=2, **_) ->
 
 
 TASKS: dict[str, Callable[..., tuple]] = {
-    "passkey": passkey, "needle": needle, "kv": kv, "single_qa": single_qa,
-    "multi_qa": multi_qa, "summary": summary, "topics": topics,
+    "passkey": passkey,
+    "needle": needle,
+    "kv": kv,
+    "single_qa": single_qa,
+    "multi_qa": multi_qa,
+    "summary": summary,
+    "topics": topics,
 }
 
 
-def make_sample(task: str, *, seed: int, index: int, length: int, depth: float,
-                meter: Meter | None = None, **options: Any) -> dict:
+def make_sample(
+    task: str,
+    *,
+    seed: int,
+    index: int,
+    length: int,
+    depth: float,
+    meter: Meter | None = None,
+    **options: Any,
+) -> dict:
     """One record of ``task`` (see the module docstring), reproducible from its arguments.
 
     Args:
@@ -223,6 +274,19 @@ def make_sample(task: str, *, seed: int, index: int, length: int, depth: float,
     meter = meter or Meter()
     rng = sample_rng(seed, task, index)
     placed, q, answer, extra = TASKS[task](rng, meter, length, depth, **options)
-    source = options.get("source", "bio" if task in ("single_qa", "multi_qa", "summary") else "stdlib")
-    return _record(task, placed, q, answer, meter, target_len=length, target_depth=depth,
-                   source=source, seed=seed, index=index, extra=extra)
+    source = options.get(
+        "source", "bio" if task in ("single_qa", "multi_qa", "summary") else "stdlib"
+    )
+    return _record(
+        task,
+        placed,
+        q,
+        answer,
+        meter,
+        target_len=length,
+        target_depth=depth,
+        source=source,
+        seed=seed,
+        index=index,
+        extra=extra,
+    )

@@ -72,7 +72,9 @@ class TinyTrainSection:
     tasks: list[str] = field(default_factory=lambda: ["passkey", "kv"])
     source: str = field(default="random", metadata={"help": "random, stdlib, bio or repeat"})
     n_keys: list[int] = field(default_factory=lambda: [2, 4])
-    kv_echo: bool = field(default=False, metadata={"help": "kv answers repeat the key (random filler)"})
+    kv_echo: bool = field(
+        default=False, metadata={"help": "kv answers repeat the key (random filler)"}
+    )
     key_len: int = field(default=4, metadata={"help": "letters per kv key (random filler)"})
     batch: int = 16
     lr: float = 1e-3
@@ -83,9 +85,13 @@ class TinyTrainSection:
     max_seconds: float = 3600.0
     extra_steps_at_max: int = 300  # decay steps once at max_len and above threshold
     threads: int = 1
-    resume_schedule: bool = field(default=True, metadata={
-        "help": "with init_from: keep the saved curriculum length and LR phase (false: "
-                "start again at curriculum.start with warm-up, e.g. to teach a new format)"})
+    resume_schedule: bool = field(
+        default=True,
+        metadata={
+            "help": "with init_from: keep the saved curriculum length and LR phase (false: "
+            "start again at curriculum.start with warm-up, e.g. to teach a new format)"
+        },
+    )
 
 
 @dataclass
@@ -95,9 +101,13 @@ class TinyBaseConfig:
     train: TinyTrainSection = field(default_factory=TinyTrainSection)
     seed: int = 0
     output_dir: str = "runs/longctx/tiny_base"
-    init_from: str = field(default="", metadata={
-        "help": "resume: a folder saved by this recipe (its trainkit_tiny_state gives the "
-                "curriculum length and step)"})
+    init_from: str = field(
+        default="",
+        metadata={
+            "help": "resume: a folder saved by this recipe (its trainkit_tiny_state gives the "
+            "curriculum length and step)"
+        },
+    )
 
 
 def build_model(m: TinyModelSection, seed: int = 0):
@@ -110,18 +120,34 @@ def build_model(m: TinyModelSection, seed: int = 0):
     if m.hidden % m.heads:
         raise UserError(f"model.hidden ({m.hidden}) must be divisible by model.heads ({m.heads})")
     v = vocab()
-    cfg = LlamaConfig(vocab_size=len(v), hidden_size=m.hidden, intermediate_size=m.intermediate,
-                      num_hidden_layers=m.layers, num_attention_heads=m.heads,
-                      num_key_value_heads=m.heads, head_dim=m.hidden // m.heads,
-                      max_position_embeddings=m.max_position, tie_word_embeddings=True,
-                      rope_parameters={"rope_type": "default", "rope_theta": float(m.rope_theta)},
-                      pad_token_id=v[SPECIALS[0]], bos_token_id=v["<s>"], eos_token_id=v["<|end|>"])
+    cfg = LlamaConfig(
+        vocab_size=len(v),
+        hidden_size=m.hidden,
+        intermediate_size=m.intermediate,
+        num_hidden_layers=m.layers,
+        num_attention_heads=m.heads,
+        num_key_value_heads=m.heads,
+        head_dim=m.hidden // m.heads,
+        max_position_embeddings=m.max_position,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": float(m.rope_theta)},
+        pad_token_id=v[SPECIALS[0]],
+        bos_token_id=v["<s>"],
+        eos_token_id=v["<|end|>"],
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg)
 
 
-def random_sample(rng: random.Random, task: str, length: int, depth: float,
-                  n_keys: int = 4, kv_echo: bool = False, key_len: int = 4) -> tuple[str, str, str]:
+def random_sample(
+    rng: random.Random,
+    task: str,
+    length: int,
+    depth: float,
+    n_keys: int = 4,
+    kv_echo: bool = False,
+    key_len: int = 4,
+) -> tuple[str, str, str]:
     """``(context, question, answer)`` with random-letter filler, ``length`` characters in
     all (context + `SEP` + question), the asked fact starting at ``depth`` of the context.
 
@@ -131,6 +157,7 @@ def random_sample(rng: random.Random, task: str, length: int, depth: float,
     "abcd: NNNNN", which makes the lookup an induction-head copy (find the earlier
     "abcd: " and continue it).
     """
+
     def digits() -> str:
         return str(rng.randint(10_000, 99_999))
 
@@ -160,14 +187,22 @@ def random_sample(rng: random.Random, task: str, length: int, depth: float,
     order = sorted(range(len(facts)), key=lambda i: (points[i], i))
     parts, prev = [], 0
     for i in order:
-        parts += [filler[prev:points[i]], facts[i]]
+        parts += [filler[prev : points[i]], facts[i]]
         prev = points[i]
     parts.append(filler[prev:])
     return "".join(parts), q, ans
 
 
-def sample_ids(tok: Any, t: TinyTrainSection, task: str, length: int, depth: float,
-               seed: int, index: int, n_keys: int) -> tuple[list[int], list[int]]:
+def sample_ids(
+    tok: Any,
+    t: TinyTrainSection,
+    task: str,
+    length: int,
+    depth: float,
+    seed: int,
+    index: int,
+    n_keys: int,
+) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` of one sample: chat prompt + answer + ``<|end|>``, labels
     -100 on the prompt. Random filler is encoded character by character (the chat
     template's tokens, as :func:`trainkit.longctx.eval.common.prompt_ids` gives them)."""
@@ -177,13 +212,17 @@ def sample_ids(tok: Any, t: TinyTrainSection, task: str, length: int, depth: flo
         v = vocab()
         rng = random.Random(f"tiny-random:{seed}:{task}:{index}")
         ctx, q, ans = random_sample(rng, task, length, depth, n_keys, t.kv_echo, t.key_len)
-        prompt = [v["<|user|>"]] + [v[c] for c in ctx + SEP + q] + [v["<|end|>"], v["<|assistant|>"]]
+        prompt = (
+            [v["<|user|>"]] + [v[c] for c in ctx + SEP + q] + [v["<|end|>"], v["<|assistant|>"]]
+        )
         answer = [v[c] for c in ans] + [v["<|end|>"]]
         return prompt + answer, [-100] * len(prompt) + answer
     opts: dict[str, Any] = {"source": t.source}
     if task == "kv":
         opts["n_keys"] = n_keys
-    rec = make_sample(task, seed=seed, index=index, length=length, depth=depth, meter=Meter(), **opts)
+    rec = make_sample(
+        task, seed=seed, index=index, length=length, depth=depth, meter=Meter(), **opts
+    )
     return encode_sample(tok, rec)
 
 
@@ -192,7 +231,9 @@ def encode_sample(tok: Any, rec: dict) -> tuple[list[int], list[int]]:
     from trainkit.longctx.eval.common import prompt_ids
 
     prompt = prompt_ids(tok, rec["messages"][0]["content"])
-    answer = tok(rec["messages"][1]["content"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    answer = tok(rec["messages"][1]["content"], add_special_tokens=False)["input_ids"] + [
+        tok.eos_token_id
+    ]
     return prompt + answer, [-100] * len(prompt) + answer
 
 
@@ -205,14 +246,22 @@ def pad_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int):
     lab = torch.full((B, T), -100, dtype=torch.long)
     att = torch.zeros((B, T), dtype=torch.long)
     for i, (x, y) in enumerate(seqs):
-        ids[i, :len(x)] = torch.tensor(x)
-        lab[i, :len(y)] = torch.tensor(y)
-        att[i, :len(x)] = 1
+        ids[i, : len(x)] = torch.tensor(x)
+        lab[i, : len(y)] = torch.tensor(y)
+        att[i, : len(x)] = 1
     return ids, att, lab
 
 
-def make_batch(tok: Any, rng: random.Random, t: TinyTrainSection, length: int, seed: int,
-               index0: int, batch: int, min_length: int | None = None):
+def make_batch(
+    tok: Any,
+    rng: random.Random,
+    t: TinyTrainSection,
+    length: int,
+    seed: int,
+    index0: int,
+    batch: int,
+    min_length: int | None = None,
+):
     """A right-padded batch ``(input_ids, attention_mask, labels)`` of shape ``[batch, T]``;
     sample lengths uniform in ``[min_length, length]`` (default: ``length``), depths uniform."""
     seqs = []
@@ -238,15 +287,25 @@ def answer_stats(model: Any, ids, att, lab):
     logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]  # [B, T-1, V]
     target = lab[:, 1:]  # [B, T-1]
     mask = target != -100
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
-                           ignore_index=-100)
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100
+    )
     hit = (logits.argmax(-1) == target) | ~mask
     return loss, hit.all(dim=1)
 
 
-def grid_accuracy(model: Any, tok: Any, t: TinyTrainSection, task: str, lengths: list[int],
-                  depths: list[float], samples: int, seed: int, n_keys: int = 4,
-                  batch: int = 8) -> dict:
+def grid_accuracy(
+    model: Any,
+    tok: Any,
+    t: TinyTrainSection,
+    task: str,
+    lengths: list[int],
+    depths: list[float],
+    samples: int,
+    seed: int,
+    n_keys: int = 4,
+    batch: int = 8,
+) -> dict:
     """Exact-match accuracy on a lengths x depths grid (``samples`` fresh haystacks a cell).
 
     Returns the summary of :func:`trainkit.longctx.eval.common.summarize` plus ``nll``
@@ -268,15 +327,24 @@ def grid_accuracy(model: Any, tok: Any, t: TinyTrainSection, task: str, lengths:
                     ids, att, lab = pad_batch(seqs, tok.pad_token_id)
                     loss, hit = answer_stats(model, ids, att, lab)
                     nll.append(float(loss))
-                    rows += [{"length_target": L, "depth_target": d, "score": float(h)} for h in hit]
+                    rows += [
+                        {"length_target": L, "depth_target": d, "score": float(h)} for h in hit
+                    ]
     model.train(was)
     out = summarize(rows, list(lengths), list(depths))
     out["nll"] = sum(nll) / len(nll)
     return out
 
 
-def evaluate_accuracy(model: Any, tok: Any, t: TinyTrainSection, length: int, n: int, seed: int,
-                      task: str | None = None) -> float:
+def evaluate_accuracy(
+    model: Any,
+    tok: Any,
+    t: TinyTrainSection,
+    length: int,
+    n: int,
+    seed: int,
+    task: str | None = None,
+) -> float:
     """Greedy exact-match accuracy on ``n`` fresh samples at ``length`` (teacher-forced check)."""
     import torch
 
@@ -313,7 +381,9 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
         from transformers import LlamaForCausalLM
 
         if not (Path(cfg.init_from) / "config.json").is_file():
-            raise UserError(f"init_from: {cfg.init_from} is not a model folder saved by this recipe")
+            raise UserError(
+                f"init_from: {cfg.init_from} is not a model folder saved by this recipe"
+            )
         model = LlamaForCausalLM.from_pretrained(cfg.init_from)
         state = getattr(model.config, "trainkit_tiny_state", None) or {}
         length, step0 = int(state.get("length", length)), int(state.get("step", 0))
@@ -324,9 +394,13 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
         model = build_model(cfg.model, cfg.seed)
     model.train()
     t = cfg.train
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.98)
+    )
     if cfg.init_from and (Path(cfg.init_from) / "optimizer.pt").is_file():
-        opt.load_state_dict(torch.load(Path(cfg.init_from) / "optimizer.pt", map_location="cpu", weights_only=True))
+        opt.load_state_dict(
+            torch.load(Path(cfg.init_from) / "optimizer.pt", map_location="cpu", weights_only=True)
+        )
     warm = 0 if step0 and t.resume_schedule else t.warmup
 
     def lr_at(step: int) -> float:
@@ -344,20 +418,33 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
     for step in range(step0, step0 + t.max_steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        ids, att, lab = make_batch(tok, rng, t, length, cfg.seed, step * t.batch, t.batch,
-                                   min_length=max(cfg.curriculum.start, length // 2))
+        ids, att, lab = make_batch(
+            tok,
+            rng,
+            t,
+            length,
+            cfg.seed,
+            step * t.batch,
+            t.batch,
+            min_length=max(cfg.curriculum.start, length // 2),
+        )
         loss, acc = answer_loss_and_accuracy(model, ids, att, lab)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         loss, acc = loss.detach(), float(acc)
-        recent = (recent + [acc])[-cfg.curriculum.window:]
+        recent = (recent + [acc])[-cfg.curriculum.window :]
         mean_acc = sum(recent) / len(recent)
         if step % 25 == 0:
-            rec = {"step": step, "length": length, "loss": round(float(loss), 4),
-                   "acc": round(mean_acc, 3), "lr": round(lr_at(step), 6),
-                   "seconds": round(time.time() - t0, 1)}
+            rec = {
+                "step": step,
+                "length": length,
+                "loss": round(float(loss), 4),
+                "acc": round(mean_acc, 3),
+                "lr": round(lr_at(step), 6),
+                "seconds": round(time.time() - t0, 1),
+            }
             history.append(rec)
             log(rec)
         full = len(recent) == cfg.curriculum.window and mean_acc >= cfg.curriculum.threshold
@@ -374,9 +461,17 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
             break
         if time.time() - t0 > t.max_seconds or not math.isfinite(float(loss)):
             break
-    history.append({"step": step, "length": length, "final": True, "seconds": round(time.time() - t0, 1)})
-    model.config.trainkit_tiny_state = {"length": length, "step": step + 1, "decay_from": decay_from,
-                                        "source": t.source, "kv_echo": t.kv_echo, "key_len": t.key_len}
+    history.append(
+        {"step": step, "length": length, "final": True, "seconds": round(time.time() - t0, 1)}
+    )
+    model.config.trainkit_tiny_state = {
+        "length": length,
+        "step": step + 1,
+        "decay_from": decay_from,
+        "source": t.source,
+        "kv_echo": t.kv_echo,
+        "key_len": t.key_len,
+    }
     return model, tok, history, opt
 
 
@@ -396,8 +491,11 @@ def save(model: Any, tok: Any, path: str | Path, optimizer: Any = None) -> Path:
 def eval_section(model: Any) -> TinyTrainSection:
     """The sample format a tiny model was trained on (``trainkit_tiny_state`` in its config)."""
     state = getattr(model.config, "trainkit_tiny_state", None) or {}
-    return TinyTrainSection(source=state.get("source", "random"), kv_echo=bool(state.get("kv_echo", False)),
-                            key_len=int(state.get("key_len", 4)))
+    return TinyTrainSection(
+        source=state.get("source", "random"),
+        kv_echo=bool(state.get("kv_echo", False)),
+        key_len=int(state.get("key_len", 4)),
+    )
 
 
 def load_shipped(path: str | Path | None = None):
@@ -406,8 +504,10 @@ def load_shipped(path: str | Path | None = None):
 
     p = Path(path) if path else ASSET_DIR
     if not (p / "config.json").is_file():
-        raise UserError(f"no tiny base model at {p}: train one with "
-                        "examples/train_tiny_retrieval.py --config configs/longctx/tiny_base.yaml")
+        raise UserError(
+            f"no tiny base model at {p}: train one with "
+            "examples/train_tiny_retrieval.py --config configs/longctx/tiny_base.yaml"
+        )
     model = AutoModelForCausalLM.from_pretrained(p, dtype="float32")
     model.eval()
     return model, AutoTokenizer.from_pretrained(p)

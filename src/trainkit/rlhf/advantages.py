@@ -22,8 +22,9 @@ def _zero_masked(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.to(torch.bool), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[Tensor, Tensor]:
+def gae(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016).
 
     ``delta_t = r_t + gamma V_{t+1} - V_t``; ``A_t = delta_t + gamma lam A_{t+1}``;
@@ -75,8 +76,9 @@ def reinforce_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tens
     return out
 
 
-def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
-           unbiased: bool = False) -> Tensor:
+def whiten(
+    x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, unbiased: bool = False
+) -> Tensor:
     """Normalise ``x`` with the mean and std of its valid entries.
 
     ``y = (x - mu) / sqrt(var + eps)``; with ``shift_mean=False`` the mean is added back
@@ -104,9 +106,12 @@ def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
     return _zero_masked(y, mask)
 
 
-def group_advantages(rewards: Tensor, group_size: int,
-                     method: Literal["grpo", "dr_grpo", "rloo", "reinforce_baseline"] = "grpo",
-                     eps: float = 1e-6) -> Tensor:
+def group_advantages(
+    rewards: Tensor,
+    group_size: int,
+    method: Literal["grpo", "dr_grpo", "rloo", "reinforce_baseline"] = "grpo",
+    eps: float = 1e-6,
+) -> Tensor:
     """Per-sample advantages from the rewards of a prompt's group of samples.
 
     For a group ``r_1..r_n`` (``n = group_size``), with mean ``m`` and std ``s``
@@ -129,8 +134,10 @@ def group_advantages(rewards: Tensor, group_size: int,
         ``[n_prompts * group_size]``.
     """
     if rewards.dim() != 1 or group_size < 1 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be 1-D with a multiple of group_size={group_size} "
-                         f"entries, got shape {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be 1-D with a multiple of group_size={group_size} "
+            f"entries, got shape {tuple(rewards.shape)}"
+        )
     if method in ("grpo", "rloo") and group_size < 2:
         raise ValueError(f"{method} needs group_size >= 2, got {group_size}")
     r = rewards.reshape(-1, group_size).to(torch.promote_types(rewards.dtype, torch.float32))
@@ -142,7 +149,9 @@ def group_advantages(rewards: Tensor, group_size: int,
     elif method == "rloo":
         adv = r - (r.sum(-1, keepdim=True) - r) / (group_size - 1)
     else:
-        raise ValueError(f"method must be grpo, dr_grpo, rloo or reinforce_baseline, got {method!r}")
+        raise ValueError(
+            f"method must be grpo, dr_grpo, rloo or reinforce_baseline, got {method!r}"
+        )
     return adv.reshape(-1)
 
 
@@ -200,8 +209,10 @@ def dynamic_sampling_mask(rewards: Tensor, group_size: int, atol: float = 0.0) -
         ``[n_prompts * group_size]`` bool, True for samples of groups to keep.
     """
     if rewards.dim() != 1 or group_size < 1 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be 1-D with a multiple of group_size={group_size} "
-                         f"entries, got shape {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be 1-D with a multiple of group_size={group_size} "
+            f"entries, got shape {tuple(rewards.shape)}"
+        )
     r = rewards.reshape(-1, group_size)
     spread = r.max(-1).values - r.min(-1).values
     keep = spread > atol

@@ -47,8 +47,9 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return masked_sum(x, mask, dim) / n.clamp(min=1)
 
 
-def aggregate(loss: Tensor, mask: Tensor, agg: str = "token_mean",
-              norm: float | None = None) -> Tensor:
+def aggregate(
+    loss: Tensor, mask: Tensor, agg: str = "token_mean", norm: float | None = None
+) -> Tensor:
     """Reduce a per-token loss ``[batch, T]`` to a scalar.
 
     Args:
@@ -99,14 +100,21 @@ def token_logps(logits: Tensor, labels: Tensor, chunk_elems: int = 1 << 24) -> T
     if flat.shape[0] <= rows:
         lse = torch.logsumexp(flat.to(dtype), dim=-1)
     else:
-        lse = torch.cat([torch.logsumexp(flat[i:i + rows].to(dtype), dim=-1)
-                         for i in range(0, flat.shape[0], rows)])
+        lse = torch.cat(
+            [
+                torch.logsumexp(flat[i : i + rows].to(dtype), dim=-1)
+                for i in range(0, flat.shape[0], rows)
+            ]
+        )
     lse = lse.reshape(labels.shape)
-    return torch.where(labels >= 0, picked - lse, torch.zeros((), dtype=dtype, device=logits.device))
+    return torch.where(
+        labels >= 0, picked - lse, torch.zeros((), dtype=dtype, device=logits.device)
+    )
 
 
-def sequence_logps(logits_or_token_logps: Tensor, labels: Tensor | None, mask: Tensor,
-                   average: bool = False) -> Tensor:
+def sequence_logps(
+    logits_or_token_logps: Tensor, labels: Tensor | None, mask: Tensor, average: bool = False
+) -> Tensor:
     """Sequence log-probability: sum (or mean) of token log-probs over valid tokens.
 
     ``log pi(y | x) = sum_t mask_t * log pi(y_t | x, y_<t)`` (DPO uses the sum;
@@ -151,8 +159,9 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
 # ------------------------------------------------------------------- reward model
 
 
-def pairwise_rm_loss(chosen_rewards: Tensor, rejected_rewards: Tensor,
-                     margin: Tensor | float | None = None) -> Tensor:
+def pairwise_rm_loss(
+    chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | float | None = None
+) -> Tensor:
     """Bradley-Terry pairwise loss of a reward model (InstructGPT, OpenRLHF ``PairWiseLoss``).
 
     ``loss = mean(-log sigmoid(r_c - r_r - m))``, with ``m = 0`` when no margin is given
@@ -194,10 +203,15 @@ def pairwise_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tenso
 # ------------------------------------------------------------------------ DPO family
 
 
-def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
-             ref_chosen_logps: Tensor, ref_rejected_logps: Tensor, beta: float = 0.1,
-             label_smoothing: float = 0.0,
-             loss_type: Literal["sigmoid", "ipo"] = "sigmoid") -> tuple[Tensor, Tensor, Tensor]:
+def dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid",
+) -> tuple[Tensor, Tensor, Tensor]:
     """DPO (Rafailov et al. 2023), cDPO and IPO (Azar et al. 2023) losses.
 
     With ``delta = (logp_c - logp_r) - (logp_ref_c - logp_ref_r)``:
@@ -229,8 +243,9 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     rejected_ratio = policy_rejected_logps - ref_rejected_logps
     delta = chosen_ratio - rejected_ratio
     if loss_type == "sigmoid":
-        losses = (-(1.0 - label_smoothing) * F.logsigmoid(beta * delta)
-                  - label_smoothing * F.logsigmoid(-beta * delta))
+        losses = -(1.0 - label_smoothing) * F.logsigmoid(
+            beta * delta
+        ) - label_smoothing * F.logsigmoid(-beta * delta)
     elif loss_type == "ipo":
         losses = (delta - 1.0 / (2.0 * beta)) ** 2
     else:
@@ -241,10 +256,17 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
 # ------------------------------------------------------------------------------- PPO
 
 
-def policy_loss_with_stats(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
-                           clip_low: float = 0.2, clip_high: float = 0.2,
-                           dual_clip: float | None = None, agg: str = "token_mean",
-                           norm: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+def policy_loss_with_stats(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    agg: str = "token_mean",
+    norm: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017) with asymmetric and dual clipping.
 
     Per token, with ``rho = exp(logp - old_logp)``:
@@ -297,16 +319,24 @@ def policy_loss_with_stats(logp: Tensor, old_logp: Tensor, advantages: Tensor, m
     return loss, stats
 
 
-def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
-                clip_low: float = 0.2, clip_high: float = 0.2,
-                dual_clip: float | None = None) -> Tensor:
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+) -> Tensor:
     """Scalar PPO policy loss, mean over valid tokens; see :func:`policy_loss_with_stats`."""
-    return policy_loss_with_stats(logp, old_logp, advantages, mask, clip_low, clip_high,
-                                  dual_clip)[0]
+    return policy_loss_with_stats(logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip)[
+        0
+    ]
 
 
-def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
-               clip: float | None = 0.5) -> Tensor:
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float | None = 0.5
+) -> Tensor:
     """Clipped value loss of the PPO critic (OpenRLHF ``ValueLoss``).
 
     ``loss_t = 0.5 * max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)``, mean over
@@ -334,8 +364,13 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor
 # ------------------------------------------------------------------------------- KL
 
 
-def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: Literal["k1", "k2", "k3"] = "k1",
-                mask: Tensor | None = None, clamp: float | None = None) -> Tensor:
+def kl_estimate(
+    logp: Tensor,
+    ref_logp: Tensor,
+    kind: Literal["k1", "k2", "k3"] = "k1",
+    mask: Tensor | None = None,
+    clamp: float | None = None,
+) -> Tensor:
     """Per-token estimators of ``KL(pi || pi_ref)`` from sampled tokens (Schulman 2020).
 
     With ``r = logp - ref_logp`` (tokens sampled from ``pi``):

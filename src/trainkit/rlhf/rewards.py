@@ -43,7 +43,8 @@ class RewardError(UserError):
 _NUM = r"[-−+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?"
 _NUM_RE = re.compile(_NUM)
 _ANSWER_RE = re.compile(
-    r"(?:final\s+answer|answer)\s*(?:is)?\s*[:=]?\s*\**\s*\$?\s*(" + _NUM + r")", re.IGNORECASE)
+    r"(?:final\s+answer|answer)\s*(?:is)?\s*[:=]?\s*\**\s*\$?\s*(" + _NUM + r")", re.IGNORECASE
+)
 _HASH_RE = re.compile(r"####\s*\$?\s*(" + _NUM + r")")
 
 
@@ -139,8 +140,12 @@ def _labels(name: str, value: Any, n: int) -> list:
 # ------------------------------------------------------------------------- built-ins
 
 
-def math_exact(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any] | None = None,
-               **labels: Any) -> list[float]:
+def math_exact(
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    answer: Sequence[Any] | None = None,
+    **labels: Any,
+) -> list[float]:
     """1.0 when the extracted final answer equals ``answer`` exactly, else 0.0.
 
     Args:
@@ -158,8 +163,12 @@ def math_exact(prompts: Sequence[str], completions: Sequence[str], answer: Seque
     return out
 
 
-def math_closeness(prompts: Sequence[str], completions: Sequence[str],
-                   answer: Sequence[Any] | None = None, **labels: Any) -> list[float]:
+def math_closeness(
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    answer: Sequence[Any] | None = None,
+    **labels: Any,
+) -> list[float]:
     """Graded answer reward: ``max(0, 1 - |pred - ans| / max(1, |ans|))``; no answer -> 0.
 
     Exact answers get 1.0; an answer off by 10% of the reference gets 0.9. Gives a weak
@@ -182,8 +191,9 @@ def math_closeness(prompts: Sequence[str], completions: Sequence[str],
 ANSWER_LINE = r"Answer:\s*-?\d[\d,]*(?:\.\d+)?\s*$"
 
 
-def format_reward(pattern: str = ANSWER_LINE, flags: int = re.IGNORECASE | re.MULTILINE,
-                  fullmatch: bool = False) -> RewardFn:
+def format_reward(
+    pattern: str = ANSWER_LINE, flags: int = re.IGNORECASE | re.MULTILINE, fullmatch: bool = False
+) -> RewardFn:
     """A reward that is 1.0 when the completion matches ``pattern`` (``re.search``), else 0.
 
     The default checks that a line ends with ``Answer: <number>`` (the format the
@@ -282,10 +292,12 @@ def load_reward(ref: str | RewardFn) -> RewardFn:
     if ref.startswith("sandbox:"):
         from trainkit.rlhf.sandbox import SandboxedReward
 
-        return SandboxedReward(ref[len("sandbox:"):])
+        return SandboxedReward(ref[len("sandbox:") :])
     if ":" not in ref:
-        raise RewardError(f"reward '{ref}' is not a built-in ({', '.join(BUILTINS)}) "
-                          "nor of the form 'module:function' or 'file.py:function'")
+        raise RewardError(
+            f"reward '{ref}' is not a built-in ({', '.join(BUILTINS)}) "
+            "nor of the form 'module:function' or 'file.py:function'"
+        )
     target, _, name = ref.rpartition(":")
     if target.endswith(".py") or "/" in target or "\\" in target:
         path = Path(target).expanduser()
@@ -301,8 +313,9 @@ def load_reward(ref: str | RewardFn) -> RewardFn:
             spec.loader.exec_module(mod)
         except Exception as e:
             sys.modules.pop(modname, None)
-            raise RewardError(f"{path}: importing the reward file failed: "
-                              f"{type(e).__name__}: {e}") from None
+            raise RewardError(
+                f"{path}: importing the reward file failed: {type(e).__name__}: {e}"
+            ) from None
     else:
         try:
             mod = importlib.import_module(target)
@@ -321,11 +334,14 @@ def _check_len(vals: Any, n: int, fn: Any) -> list:
     try:
         vals = list(vals)
     except TypeError:
-        raise TypeError(f"reward {getattr(fn, '__name__', fn)} returned "
-                        f"{type(vals).__name__}, expected a list of floats") from None
+        raise TypeError(
+            f"reward {getattr(fn, '__name__', fn)} returned "
+            f"{type(vals).__name__}, expected a list of floats"
+        ) from None
     if len(vals) != n:
-        raise ValueError(f"reward {getattr(fn, '__name__', fn)} returned {len(vals)} values "
-                         f"for {n} completions")
+        raise ValueError(
+            f"reward {getattr(fn, '__name__', fn)} returned {len(vals)} values for {n} completions"
+        )
     return vals
 
 
@@ -357,8 +373,11 @@ class RewardResult:
 
     def stats(self) -> dict[str, float]:
         """Counts for the metrics log: ``reward_invalid``, ``reward_nan``, ``reward_raised``."""
-        return {"reward_invalid": self.n_invalid, "reward_nan": self.n_nan,
-                "reward_raised": self.n_raised}
+        return {
+            "reward_invalid": self.n_invalid,
+            "reward_nan": self.n_nan,
+            "reward_raised": self.n_raised,
+        }
 
 
 def _to_float(v: Any) -> float:
@@ -367,9 +386,14 @@ def _to_float(v: Any) -> float:
     return float(v)
 
 
-def score(fn: RewardFn, prompts: Sequence[str], completions: Sequence[str],
-          labels: dict[str, Sequence[Any]] | None = None, max_invalid_fraction: float = 0.5,
-          fill: float = 0.0) -> RewardResult:
+def score(
+    fn: RewardFn,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    labels: dict[str, Sequence[Any]] | None = None,
+    max_invalid_fraction: float = 0.5,
+    fill: float = 0.0,
+) -> RewardResult:
     """Call a reward on a batch, isolating failures to the samples that caused them.
 
     The batch is scored in one call; if that raises, each sample is scored alone. Every
@@ -393,8 +417,10 @@ def score(fn: RewardFn, prompts: Sequence[str], completions: Sequence[str],
         raise ValueError(f"{len(prompts)} prompts for {n} completions")
     for k, v in labels.items():
         if not hasattr(v, "__len__") or len(v) != n:
-            raise ValueError(f"label '{k}' must hold one value per completion ({n}), got "
-                             f"{len(v) if hasattr(v, '__len__') else type(v).__name__}")
+            raise ValueError(
+                f"label '{k}' must hold one value per completion ({n}), got "
+                f"{len(v) if hasattr(v, '__len__') else type(v).__name__}"
+            )
     name = getattr(fn, "__name__", repr(fn))
     raw: list[Any] = [None] * n
     errs: list[str | None] = [None] * n
@@ -428,11 +454,20 @@ def score(fn: RewardFn, prompts: Sequence[str], completions: Sequence[str],
     res = RewardResult(rewards, valid, errs)
     if res.n_invalid:
         first = next(e for e in errs if e is not None)
-        log.warning("reward %s: %d of %d samples invalid (%d raised, %d non-finite); first: %s",
-                    name, res.n_invalid, n, res.n_raised, res.n_nan, first)
+        log.warning(
+            "reward %s: %d of %d samples invalid (%d raised, %d non-finite); first: %s",
+            name,
+            res.n_invalid,
+            n,
+            res.n_raised,
+            res.n_nan,
+            first,
+        )
         if n and res.n_invalid / n > max_invalid_fraction:
-            raise RewardError(f"reward {name} failed on {res.n_invalid} of {n} samples "
-                              f"(limit {max_invalid_fraction:.0%}); first error: {first}")
+            raise RewardError(
+                f"reward {name} failed on {res.n_invalid} of {n} samples "
+                f"(limit {max_invalid_fraction:.0%}); first error: {first}"
+            )
     return res
 
 
@@ -456,8 +491,15 @@ class RemoteReward:
         batch_size: split large batches into requests of at most this many queries.
     """
 
-    def __init__(self, url: str, timeout: float = 30.0, retries: int = 3,
-                 token: str | None = None, backoff: float = 0.5, batch_size: int = 256):
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 30.0,
+        retries: int = 3,
+        token: str | None = None,
+        backoff: float = 0.5,
+        batch_size: int = 256,
+    ):
         if not url.startswith(("http://", "https://")):
             raise UserError(f"remote reward url must start with http:// or https://, got {url!r}")
         self.url, self.timeout, self.retries = url, float(timeout), int(retries)
@@ -493,13 +535,16 @@ class RemoteReward:
                 last = RuntimeError(f"{self.url}: {getattr(e, 'reason', e)}")
         raise RuntimeError(f"remote reward failed after {self.retries + 1} attempts: {last}")
 
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str],
-                 **labels: Any) -> list[float]:
+    def __call__(
+        self, prompts: Sequence[str], completions: Sequence[str], **labels: Any
+    ) -> list[float]:
         out: list[float] = []
         for s in range(0, len(completions), self.batch_size):
             e = s + self.batch_size
-            payload = {"query": [p + c for p, c in zip(prompts[s:e], completions[s:e])],
-                       "prompts": list(prompts[s:e])}
+            payload = {
+                "query": [p + c for p, c in zip(prompts[s:e], completions[s:e])],
+                "prompts": list(prompts[s:e]),
+            }
             lab = {k: list(v[s:e]) for k, v in labels.items()}
             if lab:
                 payload["labels"] = lab

@@ -131,8 +131,11 @@ def _reason(rc: int | None, timed_out: bool, timeout: float, stderr: str) -> str
         return None
     if rc is not None and rc < 0:
         name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
-        extra = {"SIGXCPU": " (CPU time limit)", "SIGXFSZ": " (output size limit)",
-                 "SIGKILL": " (killed)"}.get(name, "")
+        extra = {
+            "SIGXCPU": " (CPU time limit)",
+            "SIGXFSZ": " (output size limit)",
+            "SIGKILL": " (killed)",
+        }.get(name, "")
         return f"killed by {name}{extra}"
     tail = [ln for ln in stderr.strip().splitlines() if ln.strip()]
     last = tail[-1][:300] if tail else ""
@@ -164,7 +167,7 @@ def _group_alive(pgid: int) -> bool:
         except OSError:
             continue
         # fields after the ")" that ends the command name: state ppid pgrp ...
-        rest = stat[stat.rfind(")") + 2:].split()
+        rest = stat[stat.rfind(")") + 2 :].split()
         if len(rest) > 2 and rest[2] == str(pgid) and rest[0] not in ("Z", "X"):
             return True
     return False
@@ -187,8 +190,9 @@ def _kill_group(proc: subprocess.Popen, wait_s: float = 2.0) -> None:
         time.sleep(0.005)
 
 
-def _run(cfg: dict, files: dict[str, str], stdin: str, timeout: float,
-         keep: Sequence[str] = ()) -> tuple[SandboxResult, dict[str, str]]:
+def _run(
+    cfg: dict, files: dict[str, str], stdin: str, timeout: float, keep: Sequence[str] = ()
+) -> tuple[SandboxResult, dict[str, str]]:
     work = tempfile.mkdtemp(prefix="trainkit-sbx-")
     got: dict[str, str] = {}
     try:
@@ -199,12 +203,21 @@ def _run(cfg: dict, files: dict[str, str], stdin: str, timeout: float,
             f.write(stdin)
         env = {"PATH": "/usr/bin:/bin", "HOME": work, "LANG": "C.UTF-8", "TMPDIR": work}
         t0 = time.monotonic()
-        with open(os.path.join(work, "stdin.txt"), "rb") as fin, \
-                open(os.path.join(work, ".out"), "wb") as fout, \
-                open(os.path.join(work, ".err"), "wb") as ferr:
-            proc = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, json.dumps(cfg)],
-                                    cwd=work, env=env, stdin=fin, stdout=fout, stderr=ferr,
-                                    start_new_session=True, close_fds=True)
+        with (
+            open(os.path.join(work, "stdin.txt"), "rb") as fin,
+            open(os.path.join(work, ".out"), "wb") as fout,
+            open(os.path.join(work, ".err"), "wb") as ferr,
+        ):
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _BOOT, json.dumps(cfg)],
+                cwd=work,
+                env=env,
+                stdin=fin,
+                stdout=fout,
+                stderr=ferr,
+                start_new_session=True,
+                close_fds=True,
+            )
             timed_out = False
             try:
                 rc: int | None = proc.wait(timeout=timeout)
@@ -234,8 +247,14 @@ def _run(cfg: dict, files: dict[str, str], stdin: str, timeout: float,
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_python(code: str, stdin: str = "", timeout: float = 5.0, memory_mb: int = 512,
-               max_output: int = 1 << 20, network: bool = False) -> SandboxResult:
+def run_python(
+    code: str,
+    stdin: str = "",
+    timeout: float = 5.0,
+    memory_mb: int = 512,
+    max_output: int = 1 << 20,
+    network: bool = False,
+) -> SandboxResult:
     """Run Python source in the sandbox.
 
     Args:
@@ -249,8 +268,13 @@ def run_python(code: str, stdin: str = "", timeout: float = 5.0, memory_mb: int 
     Returns:
         :class:`SandboxResult`; ``ok`` is True when the program exited with 0 in time.
     """
-    cfg = {"mode": "code", "memory_mb": int(memory_mb), "cpu_s": int(math.ceil(timeout)) + 1,
-           "max_output": int(max_output), "network": bool(network)}
+    cfg = {
+        "mode": "code",
+        "memory_mb": int(memory_mb),
+        "cpu_s": int(math.ceil(timeout)) + 1,
+        "max_output": int(max_output),
+        "network": bool(network),
+    }
     res, _ = _run(cfg, {"main.py": code}, stdin, timeout)
     return res
 
@@ -271,14 +295,19 @@ def code_tests_reward(timeout: float = 5.0, memory_mb: int = 512, max_workers: i
     for code rewards a failing program is a legitimate (zero) reward, not an error.
     """
 
-    def code_tests(prompts: Sequence[str], completions: Sequence[str],
-                   tests: Sequence[str] | None = None, **labels: Any) -> list[float]:
+    def code_tests(
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        tests: Sequence[str] | None = None,
+        **labels: Any,
+    ) -> list[float]:
         if tests is None:
             raise ValueError("code_tests reward needs the label 'tests' in each data row")
         jobs = [extract_code(c) + "\n\n" + t + "\n" for c, t in zip(completions, tests)]
         with ThreadPoolExecutor(max_workers=max(1, max_workers)) as ex:
-            res = list(ex.map(lambda src: run_python(src, timeout=timeout, memory_mb=memory_mb),
-                              jobs))
+            res = list(
+                ex.map(lambda src: run_python(src, timeout=timeout, memory_mb=memory_mb), jobs)
+            )
         return [1.0 if r.ok else 0.0 for r in res]
 
     code_tests.__name__ = "code_tests"
@@ -302,13 +331,20 @@ class SandboxedReward:
         network: allow network access.
     """
 
-    def __init__(self, ref: str, timeout: float = 10.0, memory_mb: int = 1024,
-                 max_workers: int = 2, network: bool = False):
+    def __init__(
+        self,
+        ref: str,
+        timeout: float = 10.0,
+        memory_mb: int = 1024,
+        max_workers: int = 2,
+        network: bool = False,
+    ):
         if not isinstance(ref, str) or ":" not in ref:
             from trainkit.common.errors import UserError
 
-            raise UserError(f"sandboxed reward must be 'module:function' or "
-                            f"'file.py:function', got {ref!r}")
+            raise UserError(
+                f"sandboxed reward must be 'module:function' or 'file.py:function', got {ref!r}"
+            )
         if ref.rpartition(":")[0].endswith(".py"):
             ref = os.path.abspath(ref.rpartition(":")[0]) + ":" + ref.rpartition(":")[2]
         self.ref, self.timeout, self.memory_mb = ref, float(timeout), int(memory_mb)
@@ -317,10 +353,15 @@ class SandboxedReward:
         self.__name__ = f"sandboxed({ref})"
 
     def _one(self, prompt: str, completion: str, labels: dict) -> tuple[float, str | None]:
-        cfg = {"mode": "reward", "memory_mb": self.memory_mb,
-               "cpu_s": int(math.ceil(self.timeout)) + 1, "max_output": 1 << 20,
-               "network": self.network, "ref": self.ref,
-               "sys_path": [p for p in sys.path if p and os.path.isdir(p)]}
+        cfg = {
+            "mode": "reward",
+            "memory_mb": self.memory_mb,
+            "cpu_s": int(math.ceil(self.timeout)) + 1,
+            "max_output": 1 << 20,
+            "network": self.network,
+            "ref": self.ref,
+            "sys_path": [p for p in sys.path if p and os.path.isdir(p)],
+        }
         payload = json.dumps({"prompts": [prompt], "completions": [completion], "labels": labels})
         res, got = _run(cfg, {"payload.json": payload}, "", self.timeout, keep=("result.json",))
         if not res.ok:
@@ -331,8 +372,9 @@ class SandboxedReward:
         except (ValueError, IndexError, TypeError) as e:
             return math.nan, f"no valid result from the reward ({e})"
 
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str],
-                 **labels: Any) -> list[float]:
+    def __call__(
+        self, prompts: Sequence[str], completions: Sequence[str], **labels: Any
+    ) -> list[float]:
         per = [{k: [v[i]] for k, v in labels.items()} for i in range(len(completions))]
         with ThreadPoolExecutor(max_workers=max(1, self.max_workers)) as ex:
             out = list(ex.map(self._one, prompts, completions, per))

@@ -64,9 +64,13 @@ def _is_loopback(host: str) -> bool:
 
 
 _BUSY_BODY = b'{"error": "too many connections"}'
-_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-         b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\nConnection: close\r\n\r\n"
-         + _BUSY_BODY)
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Content-Length: "
+    + str(len(_BUSY_BODY)).encode()
+    + b"\r\nConnection: close\r\n\r\n"
+    + _BUSY_BODY
+)
 
 
 class _Server(ThreadingHTTPServer):
@@ -159,7 +163,8 @@ class _Handler(BaseHTTPRequestHandler):
         got = self.headers.get("Authorization", "")
         scheme, _, value = got.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-                value.strip().encode("utf-8", "replace"), token.encode("utf-8")):
+            value.strip().encode("utf-8", "replace"), token.encode("utf-8")
+        ):
             raise _HTTPError(401, "missing or invalid bearer token")
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
@@ -258,8 +263,11 @@ class RewardServer:
         if self.max_concurrency < 1 or self.max_connections < 1:
             raise UserError("reward server: max_concurrency and max_connections must be >= 1")
         if not _is_loopback(self.host) and not self.token:
-            log.warning("reward server bound to %s without a token: anyone who can reach "
-                        "this address can use it", self.host)
+            log.warning(
+                "reward server bound to %s without a token: anyone who can reach "
+                "this address can use it",
+                self.host,
+            )
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.max_concurrency)
         self._conn_sem = threading.BoundedSemaphore(self.max_connections)
@@ -268,8 +276,9 @@ class RewardServer:
             self._httpd = _Server((self.host, self.port), _Handler, bind_and_activate=True)
         except OSError as e:
             self._pool.shutdown(wait=False)
-            raise UserError(f"reward server: cannot bind {self.host}:{self.port}: "
-                            f"{e.strerror or e}") from None
+            raise UserError(
+                f"reward server: cannot bind {self.host}:{self.port}: {e.strerror or e}"
+            ) from None
         self._httpd.owner = self
         self.port = self._httpd.server_address[1]
         self._thread: threading.Thread | None = None
@@ -318,9 +327,12 @@ class RewardServer:
     def start(self) -> RewardServer:
         """Serve in a daemon thread; returns self."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                            kwargs={"poll_interval": 0.1},
-                                            name="reward-server", daemon=True)
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever,
+                kwargs={"poll_interval": 0.1},
+                name="reward-server",
+                daemon=True,
+            )
             self._thread.start()
         return self
 
@@ -362,8 +374,9 @@ class RewardServer:
 # ------------------------------------------------------------------------- API
 
 
-def make_server(score: Scorer, host: str = "127.0.0.1", port: int = 0,
-                token: str | None = None, **limits: Any) -> RewardServer:
+def make_server(
+    score: Scorer, host: str = "127.0.0.1", port: int = 0, token: str | None = None, **limits: Any
+) -> RewardServer:
     """A bound (not yet serving) :class:`RewardServer`; ``limits`` are its other fields.
 
     Call ``serve_forever()`` (blocking; Ctrl-C stops it) or ``start()`` (background).

@@ -63,11 +63,13 @@ class ArithmeticSpec:
         if not self.ops or set(self.ops) - set("+-*"):
             raise UserError(f"arithmetic task: ops must use only + - *, got {self.ops!r}")
         if self.style not in ("answer_line", "number_only"):
-            raise UserError(f"arithmetic task: style must be answer_line or number_only, "
-                            f"got {self.style!r}")
+            raise UserError(
+                f"arithmetic task: style must be answer_line or number_only, got {self.style!r}"
+            )
         if not 0.0 < self.heldout_fraction < 1.0:
-            raise UserError(f"arithmetic task: heldout_fraction must be in (0, 1), "
-                            f"got {self.heldout_fraction}")
+            raise UserError(
+                f"arithmetic task: heldout_fraction must be in (0, 1), got {self.heldout_fraction}"
+            )
 
 
 #: built-in task names (``data.path`` in RL configs) -> difficulty.
@@ -137,8 +139,13 @@ def _draw(rng: random.Random, spec: ArithmeticSpec) -> tuple[list[int], list[str
     return operands, [rng.choice(spec.ops) for _ in range(spec.n_operands - 1)]
 
 
-def make_arithmetic(n: int, seed: int = 0, split: str = "train",
-                    spec: ArithmeticSpec | None = None, unique: bool | None = None) -> list[dict]:
+def make_arithmetic(
+    n: int,
+    seed: int = 0,
+    split: str = "train",
+    spec: ArithmeticSpec | None = None,
+    unique: bool | None = None,
+) -> list[dict]:
     """Draw ``n`` arithmetic records of one split.
 
     Args:
@@ -167,8 +174,10 @@ def make_arithmetic(n: int, seed: int = 0, split: str = "train",
         if misses > 20_000:
             if unique and out:
                 break  # the split has fewer distinct problems than asked for
-            raise UserError(f"arithmetic task: cannot draw {n} {split} problems from a space "
-                            f"of {_space_size(spec)} (widen the operand range)")
+            raise UserError(
+                f"arithmetic task: cannot draw {n} {split} problems from a space "
+                f"of {_space_size(spec)} (widen the operand range)"
+            )
         operands, ops = _draw(rng, spec)
         expr = " ".join([str(operands[0])] + [f"{o} {x}" for o, x in zip(ops, operands[1:])])
         if _is_heldout(expr, spec.heldout_fraction) != want_held:
@@ -178,8 +187,9 @@ def make_arithmetic(n: int, seed: int = 0, split: str = "train",
         seen.add(expr)
         misses = 0
         ans = evaluate_expression(operands, ops)
-        out.append({"prompt": _phrase(operands, ops, spec, _hash(expr)), "answer": ans,
-                    "expression": expr})
+        out.append(
+            {"prompt": _phrase(operands, ops, spec, _hash(expr)), "answer": ans, "expression": expr}
+        )
     return out
 
 
@@ -202,19 +212,23 @@ def parse_task(name: str) -> ArithmeticSpec:
             else:
                 spec[key] = type(cur)(val)
         except ValueError:
-            raise UserError(f"task '{name}': option {key} expects {type(cur).__name__}, "
-                            f"got {val!r}") from None
+            raise UserError(
+                f"task '{name}': option {key} expects {type(cur).__name__}, got {val!r}"
+            ) from None
     out = ArithmeticSpec(**spec)
     out.validate()
     return out
 
 
-def load_task(name: str = "arithmetic", seed: int = 0, n_train: int = 2000,
-              n_heldout: int = 100) -> tuple[list[dict], list[dict]]:
+def load_task(
+    name: str = "arithmetic", seed: int = 0, n_train: int = 2000, n_heldout: int = 100
+) -> tuple[list[dict], list[dict]]:
     """``(train, heldout)`` prompt records of a built-in task (see :data:`PRESETS`)."""
     spec = parse_task(name)
-    return (make_arithmetic(n_train, seed, "train", spec),
-            make_arithmetic(n_heldout, seed, "heldout", spec))
+    return (
+        make_arithmetic(n_train, seed, "train", spec),
+        make_arithmetic(n_heldout, seed, "heldout", spec),
+    )
 
 
 # ------------------------------------------------------------------ preference pairs
@@ -267,9 +281,14 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def write_preference_data(folder: str | Path, n: int = 1000, seed: int = 0,
-                          n_heldout: int = 100, kind: str = "format",
-                          task: str = "arithmetic_number_only") -> tuple[Path, Path]:
+def write_preference_data(
+    folder: str | Path,
+    n: int = 1000,
+    seed: int = 0,
+    n_heldout: int = 100,
+    kind: str = "format",
+    task: str = "arithmetic_number_only",
+) -> tuple[Path, Path]:
     """Write ``train.jsonl`` and ``heldout.jsonl`` preference pairs (atomically).
 
     The held-out pairs come from held-out problems only.
@@ -286,13 +305,20 @@ def write_preference_data(folder: str | Path, n: int = 1000, seed: int = 0,
     return tp, hp
 
 
-def write_task_data(folder: str | Path, task: str = "arithmetic", seed: int = 0,
-                    n_train: int = 2000, n_heldout: int = 100) -> tuple[Path, Path]:
+def write_task_data(
+    folder: str | Path,
+    task: str = "arithmetic",
+    seed: int = 0,
+    n_train: int = 2000,
+    n_heldout: int = 100,
+) -> tuple[Path, Path]:
     """Write RL prompt records ``{"prompt", "answer", "expression"}`` as two jsonl files."""
     train, held = load_task(task, seed, n_train, n_heldout)
     folder = Path(folder)
-    return (atomic_write_text(folder / "train.jsonl", _jsonl(train)),
-            atomic_write_text(folder / "heldout.jsonl", _jsonl(held)))
+    return (
+        atomic_write_text(folder / "train.jsonl", _jsonl(train)),
+        atomic_write_text(folder / "heldout.jsonl", _jsonl(held)),
+    )
 
 
 # ------------------------------------------------------------------ query scoring
@@ -319,11 +345,11 @@ def score_arithmetic_queries(queries: list[str]) -> list[float]:
             continue
         toks = m.group(1).split()
         want = evaluate_expression([int(x) for x in toks[::2]], toks[1::2])
-        rest = q[m.end():]
+        rest = q[m.end() :]
         for instr in (ANSWER_INSTRUCTION, NUMBER_INSTRUCTION):
             j = rest.find(instr)
             if j >= 0:
-                rest = rest[j + len(instr):]
+                rest = rest[j + len(instr) :]
                 break
         pred = extract_answer(rest)
         out.append(1.0 if pred is not None and pred == want else 0.0)

@@ -26,11 +26,12 @@ def heldout_windows(tokenizer: Any, length: int = 256, windows: int = 16) -> lis
     n = min(windows, len(ids) // length)
     if n == 0:
         raise UserError(f"held-out text has {len(ids)} tokens, fewer than ppl length {length}")
-    return [ids[i * length:(i + 1) * length] for i in range(n)]
+    return [ids[i * length : (i + 1) * length] for i in range(n)]
 
 
-def perplexity(model: Any, tokenizer: Any, length: int = 256, windows: int = 16,
-               batch_size: int = 4) -> dict:
+def perplexity(
+    model: Any, tokenizer: Any, length: int = 256, windows: int = 16, batch_size: int = 4
+) -> dict:
     """``{"ppl", "nll", "tokens", "length", "windows"}`` of ``model`` on held-out text."""
     import torch
     import torch.nn.functional as F
@@ -39,12 +40,18 @@ def perplexity(model: Any, tokenizer: Any, length: int = 256, windows: int = 16,
     total, count = 0.0, 0
     with torch.inference_mode():
         for i in range(0, len(wins), batch_size):
-            ids = torch.tensor(wins[i:i + batch_size], device=model.device)  # [b, length]
+            ids = torch.tensor(wins[i : i + batch_size], device=model.device)  # [b, length]
             logits = model(input_ids=ids).logits[:, :-1].float()  # [b, length-1, vocab]
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                  reduction="sum")
+            nll = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+            )
             total += float(nll)
             count += ids[:, 1:].numel()
     mean = total / count
-    return {"ppl": math.exp(mean), "nll": mean, "tokens": count, "length": length,
-            "windows": len(wins)}
+    return {
+        "ppl": math.exp(mean),
+        "nll": mean,
+        "tokens": count,
+        "length": length,
+        "windows": len(wins),
+    }

@@ -32,16 +32,19 @@ ALL_TASKS = GRID_TASKS + ("ppl",)
 class EvalConfig:
     model: str = field(default="", metadata={"help": "model folder, .gguf or built-in name"})
     tasks: list[str] = field(default_factory=lambda: ["needle", "passkey", "kv", "topics", "ppl"])
-    lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048],
-                               metadata={"help": "context lengths (in `unit`)"})
+    lengths: list[int] = field(
+        default_factory=lambda: [256, 512, 1024, 2048],
+        metadata={"help": "context lengths (in `unit`)"},
+    )
     depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     samples: int = field(default=2, metadata={"help": "haystacks per grid cell"})
     seed: int = 0
     out: str = field(default="runs/longctx/eval", metadata={"help": "output folder"})
     unit: Literal["tokens", "chars"] = "tokens"
     scorer: Literal["contains", "exact", "rouge"] = "contains"
-    source: Literal["stdlib", "bio", "repeat"] = field(default="stdlib",
-                                                      metadata={"help": "haystack text"})
+    source: Literal["stdlib", "bio", "repeat"] = field(
+        default="stdlib", metadata={"help": "haystack text"}
+    )
     n_keys: int = field(default=4, metadata={"help": "pairs per kv sample"})
     ppl_length: int = 256
     ppl_windows: int = 16
@@ -94,10 +97,23 @@ def heatmap(summary: dict, title: str, path: str | Path) -> Path:
     return Path(path)
 
 
-def evaluate(model: Any, tokenizer: Any, tasks: list[str], lengths: list[int], depths: list[float],
-             seed: int, out_dir: str | Path | None, *, samples: int = 1, unit: str = "tokens",
-             scorer: str = "contains", source: str = "stdlib", n_keys: int = 4,
-             ppl_length: int = 256, ppl_windows: int = 16) -> dict:
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    tasks: list[str],
+    lengths: list[int],
+    depths: list[float],
+    seed: int,
+    out_dir: str | Path | None,
+    *,
+    samples: int = 1,
+    unit: str = "tokens",
+    scorer: str = "contains",
+    source: str = "stdlib",
+    n_keys: int = 4,
+    ppl_length: int = 256,
+    ppl_windows: int = 16,
+) -> dict:
     """Run ``tasks`` on ``model`` and return (and, with ``out_dir``, write) the results.
 
     Args:
@@ -122,10 +138,12 @@ def evaluate(model: Any, tokenizer: Any, tasks: list[str], lengths: list[int], d
     if scorer not in SCORERS:
         raise UserError(f"scorer must be one of {', '.join(SCORERS)}, got {scorer!r}")
     meter = Meter(tokenizer) if unit == "tokens" else Meter()
-    fns = {"needle": (needle.evaluate_needle, {"source": source}),
-           "passkey": (passkey.evaluate_passkey, {"source": source}),
-           "kv": (kv.evaluate_kv, {"source": source, "n_keys": n_keys}),
-           "topics": (topics.evaluate_topics, {})}
+    fns = {
+        "needle": (needle.evaluate_needle, {"source": source}),
+        "passkey": (passkey.evaluate_passkey, {"source": source}),
+        "kv": (kv.evaluate_kv, {"source": source, "n_keys": n_keys}),
+        "topics": (topics.evaluate_topics, {}),
+    }
     was_training = getattr(model, "training", False)
     model.eval()
     results: dict[str, Any] = {}
@@ -136,23 +154,41 @@ def evaluate(model: Any, tokenizer: Any, tasks: list[str], lengths: list[int], d
                 results["ppl"] = perplexity(model, tokenizer, ppl_length, ppl_windows)
                 continue
             fn, opts = fns[task]
-            summary, rows = fn(model, tokenizer, list(lengths), list(depths), seed=seed,
-                               samples=samples, meter=meter, scorer=scorer, **opts)
+            summary, rows = fn(
+                model,
+                tokenizer,
+                list(lengths),
+                list(depths),
+                seed=seed,
+                samples=samples,
+                meter=meter,
+                scorer=scorer,
+                **opts,
+            )
             results[task] = summary
             all_rows += rows
     finally:
         if was_training:
             model.train()
-    results["config"] = {"tasks": list(tasks), "lengths": list(lengths), "depths": list(depths),
-                         "seed": seed, "samples": samples, "unit": unit, "scorer": scorer,
-                         "source": source, "n_keys": n_keys}
+    results["config"] = {
+        "tasks": list(tasks),
+        "lengths": list(lengths),
+        "depths": list(depths),
+        "seed": seed,
+        "samples": samples,
+        "unit": unit,
+        "scorer": scorer,
+        "source": source,
+        "n_keys": n_keys,
+    }
     if out_dir is not None:
         out = Path(out_dir)
         for task in tasks:
             if task != "ppl":
                 heatmap(results[task], task, out / f"{task}.png")
-        atomic_write_text(out / "predictions.jsonl",
-                          "".join(json.dumps(r) + "\n" for r in all_rows))
+        atomic_write_text(
+            out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in all_rows)
+        )
         atomic_write_json(out / "results.json", results)
     return results
 
@@ -164,10 +200,26 @@ def run(cfg: EvalConfig, args=None) -> int:
     from trainkit.llm.models import load_model
 
     model, tok = load_model(cfg.model, dtype=cfg.dtype)
-    res = evaluate(model, tok, cfg.tasks, cfg.lengths, cfg.depths, cfg.seed, cfg.out,
-                   samples=cfg.samples, unit=cfg.unit, scorer=cfg.scorer, source=cfg.source,
-                   n_keys=cfg.n_keys, ppl_length=cfg.ppl_length, ppl_windows=cfg.ppl_windows)
-    line = {t: (round(v["accuracy"], 4) if "accuracy" in v else round(v["ppl"], 3))
-            for t, v in res.items() if t != "config"}
+    res = evaluate(
+        model,
+        tok,
+        cfg.tasks,
+        cfg.lengths,
+        cfg.depths,
+        cfg.seed,
+        cfg.out,
+        samples=cfg.samples,
+        unit=cfg.unit,
+        scorer=cfg.scorer,
+        source=cfg.source,
+        n_keys=cfg.n_keys,
+        ppl_length=cfg.ppl_length,
+        ppl_windows=cfg.ppl_windows,
+    )
+    line = {
+        t: (round(v["accuracy"], 4) if "accuracy" in v else round(v["ppl"], 3))
+        for t, v in res.items()
+        if t != "config"
+    }
     print(json.dumps({"out": cfg.out, **line}))
     return 0

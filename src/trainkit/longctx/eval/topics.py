@@ -10,9 +10,28 @@ from trainkit.longctx.eval.common import run_grid
 TASK = "topics"
 
 
-def evaluate_topics(model: Any, tokenizer: Any, lengths: list[int], depths: list[float] | None = None,
-                    *, seed: int, samples: int = 1, meter=None, scorer: str = "contains",
-                    **options) -> tuple[dict, list]:
+def evaluate_topics(
+    model: Any,
+    tokenizer: Any,
+    lengths: list[int],
+    depths: list[float] | None = None,
+    *,
+    seed: int,
+    samples: int = 1,
+    meter=None,
+    scorer: str = "contains",
+    **options,
+) -> tuple[dict, list]:
     """Accuracy of naming the first topic, per length (``by_depth`` has the key ``"0.0"``)."""
-    return run_grid(model, tokenizer, TASK, lengths, [0.0], seed=seed, samples=samples,
-                    meter=meter, scorer=scorer, options=options)
+    return run_grid(
+        model,
+        tokenizer,
+        TASK,
+        lengths,
+        [0.0],
+        seed=seed,
+        samples=samples,
+        meter=meter,
+        scorer=scorer,
+        options=options,
+    )

@@ -78,18 +78,31 @@ class Rollout:
 
     def select(self, idx: Tensor) -> Rollout:
         """The rows ``idx`` (``[k]`` long) of every per-sample tensor."""
-        return Rollout(self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx],
-                       self.action_mask[idx], self.logprobs[idx], self.truncated[idx],
-                       self.n, dict(self.info))
+        return Rollout(
+            self.prompt_ids[idx],
+            self.prompt_mask[idx],
+            self.response_ids[idx],
+            self.action_mask[idx],
+            self.logprobs[idx],
+            self.truncated[idx],
+            self.n,
+            dict(self.info),
+        )
 
 
 @runtime_checkable
 class RolloutEngine(Protocol):
     """What the trainer needs from a rollout engine (HF now; Ray/vLLM later)."""
 
-    def generate(self, prompt_token_ids: list[list[int]], n: int, max_new_tokens: int,
-                 temperature: float = 1.0, top_p: float = 1.0,
-                 seed: int | None = None) -> Rollout:
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Rollout:
         """Sample ``n`` completions of every prompt; see :class:`Rollout`."""
         ...
 
@@ -106,8 +119,8 @@ def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
     return ids, mask
 
 
@@ -116,9 +129,14 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def response_logps(model: Any, sequences: Tensor, attention_mask: Tensor, n_response: int,
-                   temperature: float = 1.0, return_entropy: bool = False,
-                   ) -> tuple[Tensor, Tensor | None]:
+def response_logps(
+    model: Any,
+    sequences: Tensor,
+    attention_mask: Tensor,
+    n_response: int,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """Recompute log-probs of the last ``n_response`` tokens of ``sequences``.
 
     One forward pass; the LM head runs only on the ``R + 1`` last positions
@@ -139,9 +157,13 @@ def response_logps(model: Any, sequences: Tensor, attention_mask: Tensor, n_resp
     """
     from trainkit.rlhf.losses import entropy_from_logits, token_logps
 
-    out = model(input_ids=sequences, attention_mask=attention_mask,
-                position_ids=position_ids(attention_mask), use_cache=False,
-                logits_to_keep=n_response + 1)
+    out = model(
+        input_ids=sequences,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+        logits_to_keep=n_response + 1,
+    )
     logits = out.logits[:, :-1, :]
     if temperature != 1.0:
         logits = logits / temperature
@@ -161,10 +183,16 @@ def _repeat_cache(cache: Any, repeats: int) -> bool:
     return True
 
 
-def shared_prefix_logps(model: Any, prompt_ids: Tensor, prompt_mask: Tensor,
-                        response_ids: Tensor, action_mask: Tensor, group: int,
-                        temperature: float = 1.0, return_entropy: bool = False,
-                        ) -> tuple[Tensor, Tensor | None] | None:
+def shared_prefix_logps(
+    model: Any,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    action_mask: Tensor,
+    group: int,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None] | None:
     """:func:`response_logps` with each group's prompt encoded once, not ``group`` times.
 
     GRPO/RLOO sample ``n`` completions of one prompt; rows ``g*n .. g*n+n-1`` share
@@ -194,20 +222,30 @@ def shared_prefix_logps(model: Any, prompt_ids: Tensor, prompt_mask: Tensor,
     if group < 2 or B % group:
         return None
     u_ids, u_mask = prompt_ids[::group], prompt_mask[::group]
-    out = model(input_ids=u_ids, attention_mask=u_mask, position_ids=position_ids(u_mask),
-                use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=u_ids,
+        attention_mask=u_mask,
+        position_ids=position_ids(u_mask),
+        use_cache=True,
+        logits_to_keep=1,
+    )
     cache = getattr(out, "cache", None)
     cache = cache if cache is not None else getattr(out, "past_key_values", None)
     if cache is None or not _repeat_cache(cache, group):
         return None
     first = out.logits[:, -1:, :].repeat_interleave(group, dim=0)  # [B, 1, V] scores token 0
     full_mask = torch.cat([prompt_mask, action_mask.to(prompt_mask.dtype)], dim=1)
-    pos = position_ids(full_mask)[:, prompt_ids.shape[1]:]
+    pos = position_ids(full_mask)[:, prompt_ids.shape[1] :]
     kw = {_cache_kw(model): cache}
     logits = first
     if R > 1:
-        out2 = model(input_ids=response_ids[:, :-1], attention_mask=full_mask[:, :-1],
-                     position_ids=pos[:, :-1], use_cache=True, **kw)
+        out2 = model(
+            input_ids=response_ids[:, :-1],
+            attention_mask=full_mask[:, :-1],
+            position_ids=pos[:, :-1],
+            use_cache=True,
+            **kw,
+        )
         logits = torch.cat([first, out2.logits], dim=1)  # [B, R, V]
     if temperature != 1.0:
         logits = logits / temperature

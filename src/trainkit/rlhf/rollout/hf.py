@@ -68,8 +68,14 @@ class HFEngine:
         merge_lora: fold LoRA adapters into the weights while generating.
     """
 
-    def __init__(self, model: Any, pad_id: int, eos_ids: int | list[int],
-                 max_batch: int | None = None, merge_lora: bool = False):
+    def __init__(
+        self,
+        model: Any,
+        pad_id: int,
+        eos_ids: int | list[int],
+        max_batch: int | None = None,
+        merge_lora: bool = False,
+    ):
         self.model = model
         self.pad_id = int(pad_id)
         self.eos_ids = [int(eos_ids)] if isinstance(eos_ids, int) else [int(e) for e in eos_ids]
@@ -100,12 +106,18 @@ class HFEngine:
         stash: list[tuple[Tensor, Tensor]] = []
         model.eval()
         try:
-            if self.merge_lora and hasattr(model, "merge_adapter") and hasattr(model, "peft_config"):
+            if (
+                self.merge_lora
+                and hasattr(model, "merge_adapter")
+                and hasattr(model, "peft_config")
+            ):
                 # keep the exact base weights: W + BA - BA is not W in floating point, and
                 # the drift would accumulate over thousands of steps
-                stash = [(m.base_layer.weight, m.base_layer.weight.detach().clone())
-                         for m in model.modules()
-                         if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
+                stash = [
+                    (m.base_layer.weight, m.base_layer.weight.detach().clone())
+                    for m in model.modules()
+                    if hasattr(m, "base_layer") and hasattr(m, "lora_A")
+                ]
                 model.merge_adapter()
             yield
         finally:
@@ -119,9 +131,16 @@ class HFEngine:
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
-    def _decode(self, ids: Tensor, mask: Tensor, max_new_tokens: int, temperature: float,
-                top_p: float, generator: torch.Generator | None,
-                group: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+    def _decode(
+        self,
+        ids: Tensor,
+        mask: Tensor,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        generator: torch.Generator | None,
+        group: int = 1,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """KV-cache decoding of one chunk: ``[b, P]`` -> response ids, logps, done ``[b, R]``.
 
         With ``group > 1`` (rows ``g*group ..`` share a prompt) each prompt is prefilled
@@ -136,16 +155,26 @@ class HFEngine:
         past = None
         if group > 1 and b % group == 0:
             u_mask = mask[::group]
-            out = self.model(input_ids=ids[::group], attention_mask=u_mask,
-                             position_ids=position_ids(u_mask), use_cache=True, logits_to_keep=1)
+            out = self.model(
+                input_ids=ids[::group],
+                attention_mask=u_mask,
+                position_ids=position_ids(u_mask),
+                use_cache=True,
+                logits_to_keep=1,
+            )
             past = _cache_of(out)
             if past is not None and _repeat_cache(past, group):
                 logits = out.logits[:, -1, :].repeat_interleave(group, dim=0)
             else:
                 past = None
         if past is None:
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                             use_cache=True, logits_to_keep=1)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids(mask),
+                use_cache=True,
+                logits_to_keep=1,
+            )
             past, logits = _cache_of(out), out.logits[:, -1, :]
         pos = mask.sum(-1, keepdim=True) - 1  # [b, 1] position of the last prompt token
         finished = torch.zeros(b, dtype=torch.bool, device=dev)
@@ -169,14 +198,25 @@ class HFEngine:
                 break
             mask = torch.cat([mask, alive.long()[:, None]], dim=1)
             pos = pos + 1
-            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos,
-                             use_cache=True, **{self._cache_kw: past})
+            out = self.model(
+                input_ids=tok[:, None],
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                **{self._cache_kw: past},
+            )
             past, logits = _cache_of(out), out.logits[:, -1, :]
         return torch.stack(toks, 1), torch.stack(lps, 1), torch.stack(valid, 1)
 
-    def generate(self, prompt_token_ids: list[list[int]], n: int = 1, max_new_tokens: int = 64,
-                 temperature: float = 1.0, top_p: float = 1.0,
-                 seed: int | None = None) -> Rollout:
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        n: int = 1,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Rollout:
         """Sample ``n`` completions per prompt (rows ``i*n .. i*n+n-1`` belong to prompt i).
 
         Args:
@@ -208,13 +248,26 @@ class HFEngine:
         chunks = []
         with self._generation_mode():
             for s in range(0, len(rows), step):
-                chunks.append(self._decode(ids[s:s + step], mask[s:s + step], max_new_tokens,
-                                           temperature, top_p, gen, group))
+                chunks.append(
+                    self._decode(
+                        ids[s : s + step],
+                        mask[s : s + step],
+                        max_new_tokens,
+                        temperature,
+                        top_p,
+                        gen,
+                        group,
+                    )
+                )
         width = max(c[0].shape[1] for c in chunks)
 
         def cat(i: int, fill) -> Tensor:
-            return torch.cat([torch.nn.functional.pad(c[i], (0, width - c[i].shape[1]), value=fill)
-                              for c in chunks]).cpu()
+            return torch.cat(
+                [
+                    torch.nn.functional.pad(c[i], (0, width - c[i].shape[1]), value=fill)
+                    for c in chunks
+                ]
+            ).cpu()
 
         resp, logps, valid = cat(0, self.pad_id), cat(1, 0.0), cat(2, False)
         eos = torch.tensor(self.eos_ids)

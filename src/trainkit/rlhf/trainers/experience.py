@@ -69,15 +69,23 @@ class Experience:
 
     def select(self, idx: Tensor) -> Experience:
         """Rows ``idx``, with all-padding columns trimmed on both sides (less compute)."""
-        kw = {f.name: (getattr(self, f.name) if f.name == "group" or getattr(self, f.name) is None
-                       else getattr(self, f.name)[idx]) for f in fields(self)}
+        kw = {
+            f.name: (
+                getattr(self, f.name)
+                if f.name == "group" or getattr(self, f.name) is None
+                else getattr(self, f.name)[idx]
+            )
+            for f in fields(self)
+        }
         sub = Experience(**kw)
         return sub.trimmed()
 
     def to(self, device: Any) -> Experience:
         """The same experience with every tensor on ``device``."""
-        kw = {f.name: (v.to(device) if isinstance(v := getattr(self, f.name), Tensor) else v)
-              for f in fields(self)}
+        kw = {
+            f.name: (v.to(device) if isinstance(v := getattr(self, f.name), Tensor) else v)
+            for f in fields(self)
+        }
         return Experience(**kw)
 
     def prompt_response(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -101,7 +109,7 @@ class Experience:
             if v is None or f.name == "group" or v.dim() == 1:
                 kw[f.name] = v
             elif f.name in ("sequences", "attention_mask"):
-                kw[f.name] = v[:, first:v.shape[1] - cut]
+                kw[f.name] = v[:, first : v.shape[1] - cut]
             else:
                 kw[f.name] = v[:, :r_keep]
         return Experience(**kw)
@@ -117,9 +125,15 @@ def ref_context(policy: Any, ref_model: Any | None):
     raise ValueError("no reference model: pass ref_model or use a LoRA policy")
 
 
-def policy_logps(model: Any, sequences: Tensor, attention_mask: Tensor, action_mask: Tensor,
-                 temperature: float, group: int = 1, return_entropy: bool = False,
-                 ) -> tuple[Tensor, Tensor | None]:
+def policy_logps(
+    model: Any,
+    sequences: Tensor,
+    attention_mask: Tensor,
+    action_mask: Tensor,
+    temperature: float,
+    group: int = 1,
+    return_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """Log-probs ``[B, R]`` of the response tokens; with ``group > 1`` each group's prompt
     is encoded once (:func:`~trainkit.rlhf.rollout.base.shared_prefix_logps`)."""
     from trainkit.rlhf.rollout.base import shared_prefix_logps
@@ -127,35 +141,63 @@ def policy_logps(model: Any, sequences: Tensor, attention_mask: Tensor, action_m
     R = action_mask.shape[1]
     if group > 1:
         P = sequences.shape[1] - R
-        got = shared_prefix_logps(model, sequences[:, :P], attention_mask[:, :P],
-                                  sequences[:, P:], action_mask, group, temperature,
-                                  return_entropy)
+        got = shared_prefix_logps(
+            model,
+            sequences[:, :P],
+            attention_mask[:, :P],
+            sequences[:, P:],
+            action_mask,
+            group,
+            temperature,
+            return_entropy,
+        )
         if got is not None:
             return got
     return response_logps(model, sequences, attention_mask, R, temperature, return_entropy)
 
 
 @torch.no_grad()
-def forward_no_grad(model: Any, sequences: Tensor, attention_mask: Tensor, action_mask: Tensor,
-                    temperature: float, micro_batch: int, group: int = 1) -> Tensor:
+def forward_no_grad(
+    model: Any,
+    sequences: Tensor,
+    attention_mask: Tensor,
+    action_mask: Tensor,
+    temperature: float,
+    micro_batch: int,
+    group: int = 1,
+) -> Tensor:
     """:func:`policy_logps` in eval mode over micro-batches: ``[B, T]`` -> ``[B, R]``."""
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
     step = max(group, (micro_batch // group) * group) if group > 1 else micro_batch
     try:
-        outs = [policy_logps(model, sequences[s:s + step].to(dev),
-                             attention_mask[s:s + step].to(dev), action_mask[s:s + step].to(dev),
-                             temperature, group)[0].float().cpu()
-                for s in range(0, sequences.shape[0], step)]
+        outs = [
+            policy_logps(
+                model,
+                sequences[s : s + step].to(dev),
+                attention_mask[s : s + step].to(dev),
+                action_mask[s : s + step].to(dev),
+                temperature,
+                group,
+            )[0]
+            .float()
+            .cpu()
+            for s in range(0, sequences.shape[0], step)
+        ]
     finally:
         model.train(was)
     return torch.cat(outs)
 
 
 @torch.no_grad()
-def critic_values(critic: Any, sequences: Tensor, attention_mask: Tensor, n_response: int,
-                  micro_batch: int | None = None) -> Tensor:
+def critic_values(
+    critic: Any,
+    sequences: Tensor,
+    attention_mask: Tensor,
+    n_response: int,
+    micro_batch: int | None = None,
+) -> Tensor:
     """Critic values of the states before each response token: ``[B, T]`` -> ``[B, R]``.
 
     ``V_t`` is read at position ``P - 1 + t`` (the state that chose response token t).
@@ -169,20 +211,31 @@ def critic_values(critic: Any, sequences: Tensor, attention_mask: Tensor, n_resp
     try:
         outs = []
         for s in range(0, sequences.shape[0], micro_batch):
-            am = attention_mask[s:s + micro_batch].to(dev)
-            v = critic(sequences[s:s + micro_batch].to(dev), attention_mask=am,
-                       position_ids=position_ids(am))
-            outs.append(v[:, -n_response - 1:-1].float().cpu())
+            am = attention_mask[s : s + micro_batch].to(dev)
+            v = critic(
+                sequences[s : s + micro_batch].to(dev),
+                attention_mask=am,
+                position_ids=position_ids(am),
+            )
+            outs.append(v[:, -n_response - 1 : -1].float().cpu())
     finally:
         critic.train(was)
     return torch.cat(outs).float()
 
 
-def compute_advantages(estimator: str, rewards: Tensor, mask: Tensor, group_size: int, *,
-                       kl: Tensor | None = None, kl_coef: float = 0.0,
-                       kl_in_reward: bool = False, values: Tensor | None = None,
-                       gamma: float = 1.0, lam: float = 0.95,
-                       ) -> tuple[Tensor, Tensor | None]:
+def compute_advantages(
+    estimator: str,
+    rewards: Tensor,
+    mask: Tensor,
+    group_size: int,
+    *,
+    kl: Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_in_reward: bool = False,
+    values: Tensor | None = None,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[Tensor, Tensor | None]:
     """Advantages ``[B, R]`` (and returns for gae) from scalar rewards ``[B]``.
 
     With ``kl_in_reward`` the token reward is ``-kl_coef * kl_t`` plus the scalar reward
@@ -198,8 +251,12 @@ def compute_advantages(estimator: str, rewards: Tensor, mask: Tensor, group_size
     if estimator == "reinforce_baseline":
         rewards = A.group_advantages(rewards, group_size, method="reinforce_baseline")
     use_kl = kl_in_reward and kl is not None and kl_coef > 0
-    tok_r = A.token_rewards(rewards, kl if use_kl else torch.zeros_like(mask, dtype=torch.float),
-                            mask, kl_coef if use_kl else 0.0)
+    tok_r = A.token_rewards(
+        rewards,
+        kl if use_kl else torch.zeros_like(mask, dtype=torch.float),
+        mask,
+        kl_coef if use_kl else 0.0,
+    )
     if estimator == "gae":
         if values is None:
             raise ValueError("estimator 'gae' needs critic values")
@@ -211,11 +268,19 @@ def compute_advantages(estimator: str, rewards: Tensor, mask: Tensor, group_size
     raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
 
 
-def make_experience(rollout: Rollout, rewards: Tensor, *, policy: Any, algo: Any,
-                    temperature: float, micro_batch: int, ref_model: Any | None = None,
-                    share_prompt: bool = True,
-                    critic: Any | None = None, valid: Tensor | None = None,
-                    ) -> tuple[Experience | None, dict[str, float]]:
+def make_experience(
+    rollout: Rollout,
+    rewards: Tensor,
+    *,
+    policy: Any,
+    algo: Any,
+    temperature: float,
+    micro_batch: int,
+    ref_model: Any | None = None,
+    share_prompt: bool = True,
+    critic: Any | None = None,
+    valid: Tensor | None = None,
+) -> tuple[Experience | None, dict[str, float]]:
     """Build an :class:`Experience` from a rollout and its scalar rewards.
 
     Args:
@@ -267,11 +332,21 @@ def make_experience(rollout: Rollout, rewards: Tensor, *, policy: Any, algo: Any
     if algo.estimator == "gae":
         values = critic_values(critic, seq, am, R, micro_batch) * mask
     adv, ret = compute_advantages(
-        algo.estimator, rewards, mask, rollout.n, kl=kl, kl_coef=algo.kl_coef,
-        kl_in_reward=algo.kl_in_reward, values=values, gamma=algo.gamma, lam=algo.lam)
+        algo.estimator,
+        rewards,
+        mask,
+        rollout.n,
+        kl=kl,
+        kl_coef=algo.kl_coef,
+        kl_in_reward=algo.kl_in_reward,
+        values=values,
+        gamma=algo.gamma,
+        lam=algo.lam,
+    )
     if valid is not None:
         mask = mask & valid[idx].to(mask.device)[:, None]
     mask = mask.long()
-    exp = Experience(seq, am, mask, old * mask, adv * mask, rewards, ref, values, ret,
-                     group=rollout.n)
+    exp = Experience(
+        seq, am, mask, old * mask, adv * mask, rewards, ref, values, ret, group=rollout.n
+    )
     return exp, stats

@@ -40,9 +40,13 @@ def build_models(cfg: RLConfig):
     from trainkit.llm.models import load_model
 
     lora = cfg.lora if cfg.lora.enabled else None
-    policy, tok = load_model(cfg.model.name, quantization=cfg.model.quantization, lora=lora,
-                             dtype=cfg.model.dtype,
-                             gradient_checkpointing=cfg.model.gradient_checkpointing)
+    policy, tok = load_model(
+        cfg.model.name,
+        quantization=cfg.model.quantization,
+        lora=lora,
+        dtype=cfg.model.dtype,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+    )
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.model.quantization is None:  # quantised models are placed by load_model
         policy.to(dev)
@@ -77,9 +81,13 @@ def make_engine(cfg: RLConfig, policy: Any, tok: Any):
         return engine
     from trainkit.rlhf.rollout.hf import HFEngine
 
-    return HFEngine(policy, tok.pad_token_id, eos, cfg.rollout.max_batch,
-                    merge_lora=cfg.rollout.merge_lora and cfg.lora.enabled
-                    and cfg.model.quantization is None)
+    return HFEngine(
+        policy,
+        tok.pad_token_id,
+        eos,
+        cfg.rollout.max_batch,
+        merge_lora=cfg.rollout.merge_lora and cfg.lora.enabled and cfg.model.quantization is None,
+    )
 
 
 def eos_ids(model: Any, tok: Any) -> list[int]:
@@ -95,11 +103,13 @@ def eos_ids(model: Any, tok: Any) -> list[int]:
 
 def make_optimizer(params, lr: float, optim: Any, max_steps: int):
     params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=tuple(optim.betas),
-                            weight_decay=optim.weight_decay)
+    opt = torch.optim.AdamW(
+        params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay
+    )
     warm = max(optim.warmup_steps, 0)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+    )
     return opt, sched
 
 
@@ -126,8 +136,18 @@ def _weights(mask: torch.Tensor, rows: int, agg: str, total_tokens: float, total
     return rows / total_rows
 
 
-def ppo_update(exp, policy, opt, sched, cfg: RLConfig, step: int, guard, critic=None,
-               critic_opt=None, critic_sched=None) -> dict[str, float]:
+def ppo_update(
+    exp,
+    policy,
+    opt,
+    sched,
+    cfg: RLConfig,
+    step: int,
+    guard,
+    critic=None,
+    critic_opt=None,
+    critic_sched=None,
+) -> dict[str, float]:
     """``ppo_epochs`` x ``mini_batches`` optimizer steps on one batch of experience."""
     from trainkit.rlhf.losses import kl_estimate, masked_mean, policy_loss_with_stats, value_loss
     from trainkit.rlhf.trainers.experience import policy_logps
@@ -137,8 +157,11 @@ def ppo_update(exp, policy, opt, sched, cfg: RLConfig, step: int, guard, critic=
     group = exp.group if share_prompt(cfg) else 1
     n_groups = len(exp) // group
     groups_per_micro = max(1, cfg.train.micro_batch_size // group)
-    agg = a.loss_agg if a.loss_agg != "auto" else (
-        "sum_norm" if a.estimator == "dr_grpo" else "token_mean")
+    agg = (
+        a.loss_agg
+        if a.loss_agg != "auto"
+        else ("sum_norm" if a.estimator == "dr_grpo" else "token_mean")
+    )
     norm = float(cfg.rollout.max_new_tokens)
     g = torch.Generator().manual_seed(cfg.train.seed * 7919 + step)
     offs = torch.arange(group)
@@ -159,11 +182,26 @@ def ppo_update(exp, policy, opt, sched, cfg: RLConfig, step: int, guard, critic=
                 e = exp.select(micro).to(dev)
                 R = e.action_mask.shape[1]
                 w = _weights(e.action_mask, len(micro), agg, tot_tok, len(mini))
-                logp, ent = policy_logps(policy, e.sequences, e.attention_mask, e.action_mask,
-                                         cfg.rollout.temperature, group,
-                                         return_entropy=a.entropy_coef > 0)
-                pl, ps = policy_loss_with_stats(logp, e.old_logp, e.advantages, e.action_mask,
-                                                a.clip_low, a.clip_high, a.dual_clip, agg, norm)
+                logp, ent = policy_logps(
+                    policy,
+                    e.sequences,
+                    e.attention_mask,
+                    e.action_mask,
+                    cfg.rollout.temperature,
+                    group,
+                    return_entropy=a.entropy_coef > 0,
+                )
+                pl, ps = policy_loss_with_stats(
+                    logp,
+                    e.old_logp,
+                    e.advantages,
+                    e.action_mask,
+                    a.clip_low,
+                    a.clip_high,
+                    a.dual_clip,
+                    agg,
+                    norm,
+                )
                 loss = pl
                 if a.kl_coef > 0 and not a.kl_in_reward:
                     kl = masked_mean(kl_estimate(logp, e.ref_logp, a.kl_kind), e.action_mask)
@@ -206,24 +244,52 @@ def _critic_forward(critic, sequences, attention_mask, n_response):
     from trainkit.rlhf.rollout.base import position_ids
 
     v = critic(sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
-    return v[:, -n_response - 1:-1]
+    return v[:, -n_response - 1 : -1]
 
 
 # ------------------------------------------------------------------------ checkpoints
-def _save(out: Path, step: int, strategy, policy, opt, sched, critic, critic_opt,
-          critic_sched, keep_last: int, extra: dict) -> None:
+def _save(
+    out: Path,
+    step: int,
+    strategy,
+    policy,
+    opt,
+    sched,
+    critic,
+    critic_opt,
+    critic_sched,
+    keep_last: int,
+    extra: dict,
+) -> None:
     """The critic first, then the policy: a policy checkpoint at step s implies a critic one."""
     from trainkit.llm.checkpoint import save_checkpoint
 
     if critic is not None:
-        save_checkpoint(out / "checkpoints_critic", step, strategy, critic, critic_opt,
-                        critic_sched, keep_last=keep_last)
-    save_checkpoint(out / "checkpoints", step, strategy, policy, opt, sched,
-                    data_state={"step": step}, extra=extra, keep_last=keep_last)
+        save_checkpoint(
+            out / "checkpoints_critic",
+            step,
+            strategy,
+            critic,
+            critic_opt,
+            critic_sched,
+            keep_last=keep_last,
+        )
+    save_checkpoint(
+        out / "checkpoints",
+        step,
+        strategy,
+        policy,
+        opt,
+        sched,
+        data_state={"step": step},
+        extra=extra,
+        keep_last=keep_last,
+    )
 
 
-def _resume(out: Path, strategy, policy, opt, sched, critic, critic_opt,
-            critic_sched) -> tuple[int, dict]:
+def _resume(
+    out: Path, strategy, policy, opt, sched, critic, critic_opt, critic_sched
+) -> tuple[int, dict]:
     from trainkit.common.errors import UserError
     from trainkit.llm.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -281,8 +347,9 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
     opt, sched = make_optimizer(policy.parameters(), cfg.optim.lr, cfg.optim, cfg.train.max_steps)
     critic_opt = critic_sched = None
     if critic is not None:
-        critic_opt, critic_sched = make_optimizer(critic.parameters(), cfg.optim.critic_lr,
-                                                  cfg.optim, cfg.train.max_steps)
+        critic_opt, critic_sched = make_optimizer(
+            critic.parameters(), cfg.optim.critic_lr, cfg.optim, cfg.train.max_steps
+        )
     start = 0
     if cfg.train.resume:
         start, _ = _resume(out, strategy, policy, opt, sched, critic, critic_opt, critic_sched)
@@ -297,8 +364,9 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
         if eval_set is None or cfg.eval.n_prompts == 0:
             return
         t = time.perf_counter()
-        rec = rl_data.evaluate(engine, tok, eval_set, reward_fn, acc_fn, cfg.eval, eval_tokens,
-                               seed=cfg.train.seed)
+        rec = rl_data.evaluate(
+            engine, tok, eval_set, reward_fn, acc_fn, cfg.eval, eval_tokens, seed=cfg.train.seed
+        )
         rec["eval_s"] = time.perf_counter() - t
         evals.append({"step": step, **rec})
         r = logger.log(step, **rec)
@@ -308,37 +376,57 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
     if start == 0:
         do_eval(0)
     t_run = time.perf_counter()
-    bar = progress(total=cfg.train.max_steps, initial=start, desc=f"rl {cfg.algo.estimator}",
-                   disable=not cfg.train.progress)
+    bar = progress(
+        total=cfg.train.max_steps,
+        initial=start,
+        desc=f"rl {cfg.algo.estimator}",
+        disable=not cfg.train.progress,
+    )
     done = saved = start
     with GracefulInterrupt() as stop:
         for step in range(start, cfg.train.max_steps):
             t0 = time.perf_counter()
             torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout etc.: exact resume
-            idx = prompt_indices(len(train_set), cfg.rollout.prompts_per_step, step,
-                                 cfg.train.seed)
+            idx = prompt_indices(len(train_set), cfg.rollout.prompts_per_step, step, cfg.train.seed)
             texts, ids, labels = train_set.take(idx)
-            ro = engine.generate(ids, n=cfg.rollout.n, max_new_tokens=cfg.rollout.max_new_tokens,
-                                 temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                 seed=cfg.train.seed * 1_000_003 + step)
+            ro = engine.generate(
+                ids,
+                n=cfg.rollout.n,
+                max_new_tokens=cfg.rollout.max_new_tokens,
+                temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p,
+                seed=cfg.train.seed * 1_000_003 + step,
+            )
             t1 = time.perf_counter()
             comps = rl_data.decode(tok, ro.response_ids, ro.action_mask)
             n = cfg.rollout.n
             rep_labels = {k: [v for v in vals for _ in range(n)] for k, vals in labels.items()}
-            res = score(reward_fn, [t for t in texts for _ in range(n)], comps, rep_labels,
-                        max_invalid_fraction=cfg.data.max_invalid_fraction)
+            res = score(
+                reward_fn,
+                [t for t in texts for _ in range(n)],
+                comps,
+                rep_labels,
+                max_invalid_fraction=cfg.data.max_invalid_fraction,
+            )
             rewards = torch.tensor(res.rewards, dtype=torch.float32)
-            exp, xstats = make_experience(ro, rewards, policy=policy, algo=cfg.algo,
-                                          temperature=cfg.rollout.temperature,
-                                          micro_batch=cfg.train.micro_batch_size,
-                                          ref_model=ref, critic=critic,
-                                          share_prompt=share_prompt(cfg),
-                                          valid=torch.tensor(res.valid))
+            exp, xstats = make_experience(
+                ro,
+                rewards,
+                policy=policy,
+                algo=cfg.algo,
+                temperature=cfg.rollout.temperature,
+                micro_batch=cfg.train.micro_batch_size,
+                ref_model=ref,
+                critic=critic,
+                share_prompt=share_prompt(cfg),
+                valid=torch.tensor(res.valid),
+            )
             t2 = time.perf_counter()
             ustats = {}
             if exp is not None:
-                ustats = ppo_update(exp, policy, opt, sched, cfg, step, guard, critic,
-                                    critic_opt, critic_sched)
+                ustats = ppo_update(
+                    exp, policy, opt, sched, cfg, step, guard, critic, critic_opt, critic_sched
+                )
             sync_s = 0.0
             if exp is not None and getattr(engine, "model", None) is not policy:  # separate engine
                 ts = time.perf_counter()
@@ -347,16 +435,31 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
             t3 = time.perf_counter()
             acc = None
             if acc_fn is not None:
-                hits = score(acc_fn, [t for t in texts for _ in range(n)], comps, rep_labels,
-                             max_invalid_fraction=1.0).rewards
+                hits = score(
+                    acc_fn,
+                    [t for t in texts for _ in range(n)],
+                    comps,
+                    rep_labels,
+                    max_invalid_fraction=1.0,
+                ).rewards
                 acc = sum(v == 1.0 for v in hits) / len(comps)
-            rec = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()),
-                   "truncated": ro.num_truncated, "truncated_frac": ro.truncated_frac,
-                   "response_len": float(ro.response_lengths.float().mean()),
-                   "gen_s": t1 - t0, "exp_s": t2 - t1, "train_s": t3 - t2 - sync_s,
-                   "sync_s": sync_s,
-                   "step_s": t3 - t0, "tokens_per_s": ro.info["gen_tokens"] / max(t3 - t0, 1e-9),
-                   "lr": sched.get_last_lr()[0], **res.stats(), **xstats, **ustats}
+            rec = {
+                "reward": float(rewards.mean()),
+                "reward_std": float(rewards.std()),
+                "truncated": ro.num_truncated,
+                "truncated_frac": ro.truncated_frac,
+                "response_len": float(ro.response_lengths.float().mean()),
+                "gen_s": t1 - t0,
+                "exp_s": t2 - t1,
+                "train_s": t3 - t2 - sync_s,
+                "sync_s": sync_s,
+                "step_s": t3 - t0,
+                "tokens_per_s": ro.info["gen_tokens"] / max(t3 - t0, 1e-9),
+                "lr": sched.get_last_lr()[0],
+                **res.stats(),
+                **xstats,
+                **ustats,
+            }
             if acc is not None:
                 rec["accuracy"] = acc
             if exp is None:
@@ -370,8 +473,19 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
             if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.train.max_steps:
                 do_eval(done)
             if (cfg.train.save_every and done % cfg.train.save_every == 0) or stop.requested:
-                _save(out, done, strategy, policy, opt, sched, critic, critic_opt, critic_sched,
-                      cfg.train.keep_last, {"estimator": cfg.algo.estimator})
+                _save(
+                    out,
+                    done,
+                    strategy,
+                    policy,
+                    opt,
+                    sched,
+                    critic,
+                    critic_opt,
+                    critic_sched,
+                    cfg.train.keep_last,
+                    {"estimator": cfg.algo.estimator},
+                )
                 saved = done
             if stop.requested:
                 break
@@ -379,16 +493,31 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
     if done > start or not evals:
         do_eval(done)
     if done > saved:
-        _save(out, done, strategy, policy, opt, sched, critic, critic_opt, critic_sched,
-              cfg.train.keep_last, {"estimator": cfg.algo.estimator})
+        _save(
+            out,
+            done,
+            strategy,
+            policy,
+            opt,
+            sched,
+            critic,
+            critic_opt,
+            critic_sched,
+            cfg.train.keep_last,
+            {"estimator": cfg.algo.estimator},
+        )
     if cfg.train.save_model:
         strategy.save_pretrained(policy, out / "model", tokenizer=tok)
     logger.close()
     if hasattr(engine, "close"):
         engine.close()  # in-process vLLM engines must be released explicitly
-    summary = {"steps": done, "seconds": time.perf_counter() - t_run,
-               "first_eval": evals[0] if evals else None, "last_eval": evals[-1] if evals else None,
-               "nonfinite_skipped": guard.skipped}
+    summary = {
+        "steps": done,
+        "seconds": time.perf_counter() - t_run,
+        "first_eval": evals[0] if evals else None,
+        "last_eval": evals[-1] if evals else None,
+        "nonfinite_skipped": guard.skipped,
+    }
     atomic_write_json(out / "summary.json", summary)
     return summary
 

@@ -53,8 +53,9 @@ def _task_records(name: str, seed: int) -> tuple[list[dict], list[dict]]:
     try:
         from trainkit.rlhf import tasks
     except ImportError:  # pragma: no cover - the tasks module ships with trainkit
-        raise UserError(f"data.path '{name}' is not a file and no built-in tasks are "
-                        "available") from None
+        raise UserError(
+            f"data.path '{name}' is not a file and no built-in tasks are available"
+        ) from None
     return tasks.load_task(name, seed=seed)
 
 
@@ -88,8 +89,9 @@ def tokenize_prompts(records: list[dict], tokenizer: Any, data: Any) -> PromptSe
     texts, ids, labels, skipped = [], [], [], 0
     for r in records:
         if use_chat:
-            msgs = ([{"role": "system", "content": data.system_prompt}]
-                    if data.system_prompt else []) + [{"role": "user", "content": r["prompt"]}]
+            msgs = (
+                [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
+            ) + [{"role": "user", "content": r["prompt"]}]
             s = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
             toks = tokenizer(s, add_special_tokens=False).input_ids
         else:
@@ -101,11 +103,15 @@ def tokenize_prompts(records: list[dict], tokenizer: Any, data: Any) -> PromptSe
         ids.append(list(toks))
         labels.append({k: v for k, v in r.items() if k != "prompt"})
     if skipped:
-        print(f"warning: {skipped} prompts longer than data.max_prompt_tokens="
-              f"{data.max_prompt_tokens} skipped", file=sys.stderr)
+        print(
+            f"warning: {skipped} prompts longer than data.max_prompt_tokens="
+            f"{data.max_prompt_tokens} skipped",
+            file=sys.stderr,
+        )
     if not texts:
-        raise UserError("no prompts left after tokenisation (all longer than "
-                        "data.max_prompt_tokens?)")
+        raise UserError(
+            "no prompts left after tokenisation (all longer than data.max_prompt_tokens?)"
+        )
     return PromptSet(texts, ids, labels)
 
 
@@ -126,8 +132,16 @@ def decode(tokenizer: Any, response_ids, action_mask) -> list[str]:
     return tokenizer.batch_decode(rows, skip_special_tokens=True)
 
 
-def evaluate(engine: Any, tokenizer: Any, prompts: PromptSet, reward_fn: Any, acc_fn: Any,
-             ev: Any, max_new_tokens: int, seed: int = 0) -> dict[str, float]:
+def evaluate(
+    engine: Any,
+    tokenizer: Any,
+    prompts: PromptSet,
+    reward_fn: Any,
+    acc_fn: Any,
+    ev: Any,
+    max_new_tokens: int,
+    seed: int = 0,
+) -> dict[str, float]:
     """Mean reward and exact accuracy on the first ``ev.n_prompts`` held-out prompts.
 
     Greedy when ``ev.temperature == 0``; otherwise ``ev.samples_per_prompt`` samples per
@@ -142,16 +156,26 @@ def evaluate(engine: Any, tokenizer: Any, prompts: PromptSet, reward_fn: Any, ac
     for s in range(0, n, max(1, ev.batch_size // k)):
         idx = [i for i in range(s, min(n, s + max(1, ev.batch_size // k))) for _ in range(k)]
         texts, ids, labels = prompts.take(idx)
-        ro = engine.generate(ids, n=1, max_new_tokens=max_new_tokens,
-                             temperature=ev.temperature, top_p=1.0, seed=seed + s)
+        ro = engine.generate(
+            ids,
+            n=1,
+            max_new_tokens=max_new_tokens,
+            temperature=ev.temperature,
+            top_p=1.0,
+            seed=seed + s,
+        )
         comps = decode(tokenizer, ro.response_ids, ro.action_mask)
         rew += score(reward_fn, texts, comps, labels, max_invalid_fraction=1.0).rewards
         if acc_fn is not None:
-            acc += [float(v == 1.0) for v in
-                    score(acc_fn, texts, comps, labels, max_invalid_fraction=1.0).rewards]
+            acc += [
+                float(v == 1.0)
+                for v in score(acc_fn, texts, comps, labels, max_invalid_fraction=1.0).rewards
+            ]
         trunc += ro.truncated.float().tolist()
-    out = {"eval_reward": sum(rew) / max(len(rew), 1),
-           "eval_truncated_frac": sum(trunc) / max(len(trunc), 1)}
+    out = {
+        "eval_reward": sum(rew) / max(len(rew), 1),
+        "eval_truncated_frac": sum(trunc) / max(len(trunc), 1),
+    }
     if acc_fn is not None:
         out["eval_accuracy"] = sum(acc) / max(len(acc), 1)
     return out
