@@ -20,6 +20,13 @@ GROUP = ("grpo", "dr_grpo", "rloo", "reinforce_baseline")
 
 @dataclass
 class ModelSection:
+    """The policy model (and the critic of estimator=gae).
+
+    Attributes:
+        gradient_checkpointing: recompute the policy's activations in backward (less memory,
+            more compute); also turns off train.share_prompt, which needs a KV cache.
+    """
+
     name: str = field(default="tiny-llama", metadata={"help": "built-in name or HF folder"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16"})
     quantization: str | None = field(
@@ -37,6 +44,19 @@ class ModelSection:
 
 @dataclass
 class DataSection:
+    """Training/held-out prompts and the reward functions that score completions.
+
+    Attributes:
+        eval_fraction: share of a jsonl data.path held out for eval (seeded shuffle, at least
+            one record) when eval_path is empty; unused for built-in tasks.
+        prompt_key: jsonl field holding the prompt; the record's other fields are passed to
+            the reward functions as labels.
+        system_prompt: system message put before each prompt when the chat template is
+            applied; null: none.
+        max_invalid_fraction: raise an error when more than this share of a step's samples
+            fail to get a reward (failed ones stay in their group but get no loss tokens).
+    """
+
     path: str = field(
         default="arithmetic",
         metadata={
@@ -75,6 +95,18 @@ class DataSection:
 
 @dataclass
 class RolloutSection:
+    """Sampling of completions for each training step.
+
+    Attributes:
+        prompts_per_step: prompts per step, from a seeded permutation per epoch; a step
+            samples prompts_per_step * n completions.
+        max_new_tokens: most tokens generated per completion; also the normaliser of the
+            sum_norm loss (dr_grpo) and the eval default.
+        temperature: sampling temperature, must be > 0; training log-probs are of
+            softmax(logits / temperature) too.
+        top_p: nucleus sampling threshold in (0, 1]; 1.0 disables it.
+    """
+
     engine: Literal["hf", "vllm"] = field(
         default="hf",
         metadata={
@@ -99,6 +131,31 @@ class RolloutSection:
 
 @dataclass
 class AlgoSection:
+    """Advantage estimator, KL penalty and the PPO-style clipped losses.
+
+    Attributes:
+        estimator: advantages: gae (PPO, needs a critic), reinforce (REINFORCE++), or the
+            group ones reinforce_baseline, grpo, dr_grpo, rloo (need rollout.n >= 2).
+        kl_kind: per-token KL(pi || pi_ref) estimator (Schulman 2020): k1 = log-ratio, k2 =
+            half its square, k3 = exp(-r) - 1 + r (unbiased, >= 0); used when kl_coef > 0.
+        clip_low: eps_low of the PPO ratio clip, ratio >= 1 - clip_low.
+        clip_high: eps_high, ratio <= 1 + clip_high; larger than clip_low is DAPO's
+            clip-higher.
+        dual_clip: dual-clip constant c > 1 (Ye et al. 2020) bounding the loss of
+            negative-advantage tokens at c * A; null: off.
+        value_clip: clip of the critic's new values to old +- value_clip in the value loss
+            (OpenRLHF value_clip; gae only); null: unclipped.
+        vf_coef: weight of the critic's value loss (gae only; the critic has its own
+            optimizer).
+        gamma: discount of gae and reinforce returns; 1.0: no discount (unused by grpo,
+            dr_grpo, rloo).
+        lam: GAE lambda (bias/variance trade-off of the advantages); gae only.
+        entropy_coef: weight of the entropy bonus subtracted from the loss; 0 skips computing
+            the entropy.
+        ppo_epochs: passes over each step's experience (each pass: mini_batches optimizer
+            steps).
+    """
+
     estimator: Estimator = "grpo"
     kl_coef: float = field(default=0.0, metadata={"help": "beta; 0 skips the reference pass"})
     kl_kind: Literal["k1", "k2", "k3"] = "k3"
@@ -135,6 +192,19 @@ class AlgoSection:
 
 @dataclass
 class OptimSection:
+    """AdamW optimizers of the policy and the critic (constant LR after linear warmup).
+
+    Attributes:
+        lr: policy AdamW learning rate.
+        critic_lr: critic AdamW learning rate (estimator=gae only).
+        weight_decay: AdamW decoupled weight decay (policy and critic).
+        grad_clip: max global gradient norm per optimizer step, policy and critic clipped
+            separately.
+        warmup_steps: linear LR warmup over this many optimizer steps (ppo_epochs *
+            mini_batches per training step); 0: no warmup.
+        betas: AdamW (beta1, beta2).
+    """
+
     lr: float = 1e-5
     critic_lr: float = 1e-5
     weight_decay: float = 0.0
@@ -145,6 +215,18 @@ class OptimSection:
 
 @dataclass
 class TrainSection:
+    """Training loop length, seeding, checkpoints and failure handling.
+
+    Attributes:
+        max_steps: RL steps to run (each: rollout, experience, ppo_epochs of updates).
+        seed: seeds everything (eval split, prompt order, sampling, mini-batch shuffles), so
+            a run and its resume are reproducible.
+        keep_last: newest checkpoints kept in output_dir/checkpoints (<= 0: keep all).
+        progress: show a progress bar on stderr.
+        nonfinite: on a non-finite loss or grad norm, skip: drop that optimizer step, warn
+            and count (error after 5 in a row); stop: raise at the first one.
+    """
+
     max_steps: int = 50
     seed: int = 0
     micro_batch_size: int = field(
@@ -169,6 +251,14 @@ class TrainSection:
 
 @dataclass
 class EvalSection:
+    """Periodic evaluation on held-out prompts (mean reward and accuracy).
+
+    Attributes:
+        n_prompts: evaluate on the first N held-out prompts; 0 disables evaluation.
+        batch_size: completions per generate call while evaluating (prompts per call:
+            batch_size // samples_per_prompt, at least 1).
+    """
+
     every: int = field(
         default=10, metadata={"help": "evaluate every N steps (0: only at start and end)"}
     )
@@ -186,6 +276,13 @@ class EvalSection:
 
 @dataclass
 class RLConfig:
+    """Online-RL recipe config (PPO, REINFORCE++, GRPO, Dr. GRPO, RLOO in one trainer).
+
+    Attributes:
+        output_dir: run folder: config.yaml, metrics.jsonl, summary.json, checkpoints/
+            (+ checkpoints_critic/ with estimator=gae) and model/ (train.save_model).
+    """
+
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
@@ -271,14 +368,24 @@ class RLConfig:
 
 @dataclass
 class GRPOConfig(RLConfig):
-    """GRPO defaults: group-normalised advantages, no critic, KL as a loss term."""
+    """GRPO defaults: group-normalised advantages, no critic, KL as a loss term.
+
+    Attributes:
+        output_dir: run folder: config.yaml, metrics.jsonl, summary.json, checkpoints/
+            (+ checkpoints_critic/ with estimator=gae) and model/ (train.save_model).
+    """
 
     output_dir: str = "runs/grpo"
 
 
 @dataclass
 class PPOConfig(RLConfig):
-    """PPO defaults: critic + GAE, KL (k1) in the per-token reward."""
+    """PPO defaults: critic + GAE, KL (k1) in the per-token reward.
+
+    Attributes:
+        output_dir: run folder: config.yaml, metrics.jsonl, summary.json, checkpoints/
+            (+ checkpoints_critic/ with estimator=gae) and model/ (train.save_model).
+    """
 
     algo: AlgoSection = field(
         default_factory=lambda: AlgoSection(
