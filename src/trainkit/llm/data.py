@@ -57,7 +57,31 @@ FORMATS = ("chat", "prompt_response", "text", "preference")
 
 @dataclass
 class DataConfig:
-    """The ``data`` section of every LLM recipe."""
+    """The ``data`` section of every LLM recipe.
+
+    Attributes:
+        format: record format: chat, prompt_response, text or preference; auto (default)
+            picks it from the first record's keys (messages, chosen+rejected, prompt+response, text).
+        messages_field: record key of the chat message list (format chat).
+        prompt_field: record key of the prompt (formats prompt_response and preference).
+        response_field: record key of the response (format prompt_response).
+        text_field: record key of the plain text (format text).
+        chosen_field: record key of the preferred answer (format preference).
+        rejected_field: record key of the dispreferred answer (format preference).
+        roles: allowed message roles; a message with any other role is a data error.
+        add_eos: append the tokenizer's EOS token to a response rendered without chat template
+            (prompt_response, preference) and to text samples; templated turns unaffected.
+        max_length: tokens per sample (each side of a preference pair), and the row length
+            when packing; longer samples follow ``truncation``. Must be >= 2.
+        eval_path: held-out file or datasets folder (same format as ``path``); null: none,
+            or ``eval_fraction``. Exclusive with ``eval_fraction``.
+        eval_split: split of ``eval_path`` to read when it is a saved DatasetDict.
+        eval_fraction: fraction in [0, 1) of the records held out for eval (at least one); the
+            default 0 holds out none. Exclusive with ``eval_path``.
+        packing: SFT only: pack several samples into rows of ``max_length`` tokens
+            (best-fit, no attention across samples); not allowed for preference data.
+        seed: seed of the shuffle that picks the ``eval_fraction`` held-out records.
+    """
 
     path: str = field(
         default="", metadata={"help": "jsonl / json / parquet file or datasets folder"}

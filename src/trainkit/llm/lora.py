@@ -27,7 +27,15 @@ LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 
 @dataclass
 class LoraSection:
-    """The ``lora:`` section of a recipe config."""
+    """The ``lora:`` section of a recipe config.
+
+    Attributes:
+        enabled: train LoRA adapters (Hu et al. 2021) instead of all weights; false: full
+            fine-tuning. Required for a quantised (QLoRA) base.
+        dropout: dropout probability on the adapter input (peft ``lora_dropout``), in [0, 1).
+        target_modules: names of the linear layers that get adapters (peft
+            ``target_modules``); default: the Llama attention and MLP projections.
+    """
 
     enabled: bool = False
     r: int = field(default=16, metadata={"help": "adapter rank"})

@@ -37,6 +37,13 @@ from trainkit.llm.lora import LoraSection
 
 @dataclass
 class ModelSection:
+    """The ``model`` section: which causal LM to fine-tune and how to load it.
+
+    Attributes:
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant)
+            to save memory at the cost of extra compute.
+    """
+
     name: str = field(
         default="smollm2-135m-instruct", metadata={"help": "built-in name, HF folder or .gguf file"}
     )
@@ -49,6 +56,19 @@ class ModelSection:
 
 @dataclass
 class OptimSection:
+    """The ``optim`` section: AdamW and the learning-rate schedule.
+
+    Attributes:
+        lr: peak learning rate of AdamW (reached after ``warmup_steps``).
+        weight_decay: AdamW decoupled weight decay; 0: none.
+        betas: AdamW ``(beta1, beta2)`` moment decay rates.
+        eps: AdamW epsilon added to the denominator for numerical stability.
+        schedule: lr after warmup: cosine decay or linear decay to ``min_lr_ratio * lr`` at
+            ``train.max_steps``, or constant.
+        warmup_steps: optimizer steps of linear warmup from ``lr / warmup_steps`` to ``lr``
+            (the default 0: no warmup).
+    """
+
     lr: float = 2e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
@@ -61,6 +81,25 @@ class OptimSection:
 
 @dataclass
 class TrainSection:
+    """The ``train`` section: steps, batching, distribution, logging and checkpoints.
+
+    Attributes:
+        max_steps: optimizer steps to train (>= 1); also the length of the lr schedule.
+        eval_batch_size: held-out sequences per eval forward pass, per rank.
+        keep_last: keep only this many newest checkpoints under ``output_dir/checkpoints``;
+            <= 0: keep all.
+        seed: seeds Python, NumPy and torch (LoRA init, dropout) and the batch shuffle order.
+        strategy: single: one process, one device; fsdp2: FSDP2 data parallel over
+            ``torchrun`` processes.
+        mixed_precision: bf16: bfloat16 compute (autocast on CUDA with single; bf16 params,
+            fp32 gradient reduce with fsdp2); no: compute in the model dtype.
+        device: device to train on, e.g. cpu or cuda:0; null: cuda when available, else cpu
+            (fsdp2 uses each rank's local GPU unless it is set to something other than cuda).
+        progress: show a progress bar (on the main rank).
+        tensorboard: also write the metrics to ``output_dir/tb`` for TensorBoard (when
+            installed); metrics.jsonl is always written.
+    """
+
     max_steps: int = 100
     batch_size: int = field(default=8, metadata={"help": "sequences per optimizer step, all ranks"})
     micro_batch_size: int = field(default=2, metadata={"help": "sequences per forward, per rank"})
@@ -86,6 +125,13 @@ class TrainSection:
 
 @dataclass
 class SFTConfig:
+    """Config of ``trainkit rlhf sft``: supervised fine-tuning of a causal LM.
+
+    Attributes:
+        output_dir: run folder: config.yaml, metrics.jsonl, checkpoints/, final/ (model or
+            LoRA adapter) and merged/ with ``train.merge_lora``.
+    """
+
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(
         default_factory=lambda: DataConfig(path="builtin:toy-chat", max_length=256)

@@ -55,6 +55,15 @@ IGNORE = -100
 # ----------------------------------------------------------------------------- config
 @dataclass
 class ModelSection:
+    """The ``model`` section: the policy to train (and, unless precomputed, its reference).
+
+    Attributes:
+        dtype: weight dtype: auto (bfloat16 on a bf16-capable GPU, else float32), float32,
+            bfloat16 or float16.
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant)
+            to save memory at the cost of extra compute.
+    """
+
     name: str = field(default="tiny-llama", metadata={"help": "built-in name or HF folder"})
     dtype: str = "auto"
     gradient_checkpointing: bool = False
@@ -62,11 +71,33 @@ class ModelSection:
 
 @dataclass
 class DataSection(_RMData):
+    """The ``data`` section: the reward-model data keys plus a prompt length limit.
+
+    Attributes:
+        eval_fraction: with ``path`` set and no ``eval_path``: fraction in [0, 1) of the pairs
+            held out for eval (at least one; seeded by ``train.seed``); 0: no held-out pairs.
+    """
+
     max_prompt_len: int = field(default=192, metadata={"help": "prompt tokens (left-truncated)"})
 
 
 @dataclass
 class TrainSection:
+    """The ``train`` section: steps, batching, the DPO/IPO/cDPO loss and the reference.
+
+    Attributes:
+        max_steps: optimizer steps; a step whose gradient norm is NaN/inf is not applied.
+        seed: seeds Python, NumPy and torch, the held-out split, generated data and the
+            batch order (pairs reshuffled every epoch).
+        log_every: write train metrics (loss, reward_acc, margin, logps, grad_norm, lr) at
+            step 1, every N steps and at the last step.
+        beta: DPO inverse temperature (KL strength, > 0); implicit reward is
+            ``beta * (logp - logp_ref)``; IPO target margin is ``1 / (2 beta)``.
+        loss_type: sigmoid: DPO, or cDPO with ``label_smoothing > 0`` (Rafailov et al. 2023);
+            or ipo: ``(delta - 1 / (2 beta))^2`` (Azar et al. 2023).
+        progress: show progress bars.
+    """
+
     max_steps: int = 100
     batch_size: int = field(default=8, metadata={"help": "preference pairs per step"})
     seed: int = 0
@@ -93,6 +124,17 @@ class TrainSection:
 
 @dataclass
 class EvalSection:
+    """The ``eval`` section: held-out preference accuracy and rule-checked generations.
+
+    Attributes:
+        batch_size: pairs per forward pass when evaluating or precomputing reference
+            log-probs, and prompts per batch when generating.
+        generate: before and after training, generate greedily on held-out prompts and
+            report the fraction that follows ``rule`` (follow_rate).
+        num_prompts: held-out prompts used for the generation eval (the first N).
+        max_new_tokens: new tokens per greedy generation.
+    """
+
     every: int = field(default=0, metadata={"help": "held-out eval every N steps (0: end only)"})
     batch_size: int = 16
     max_pairs: int = field(default=0, metadata={"help": "cap on held-out pairs (0: all)"})
@@ -107,6 +149,13 @@ class EvalSection:
 
 @dataclass
 class DPOConfig:
+    """Config of ``trainkit rlhf dpo``: DPO / IPO / cDPO on preference pairs.
+
+    Attributes:
+        output_dir: run folder: config.yaml, metrics.jsonl, summary.json, adapter/ or model/
+            (per ``train.save``) and data/ when the pairs are generated.
+    """
+
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     lora: LoraSection = field(default_factory=LoraSection)

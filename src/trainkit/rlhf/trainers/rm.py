@@ -37,6 +37,13 @@ from trainkit.llm.lora import LoraSection
 # ----------------------------------------------------------------------------- config
 @dataclass
 class ModelSection:
+    """The ``model`` section: the backbone under the scalar reward head.
+
+    Attributes:
+        gradient_checkpointing: recompute the backbone's activations in the backward pass
+            (non-reentrant) to save memory at the cost of extra compute.
+    """
+
     name: str = field(default="tiny-llama", metadata={"help": "built-in name or HF folder"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16"})
     gradient_checkpointing: bool = False
@@ -44,6 +51,13 @@ class ModelSection:
 
 @dataclass
 class DataSection:
+    """The ``data`` section: preference pairs ``{prompt, chosen, rejected}`` (jsonl).
+
+    Attributes:
+        eval_fraction: with ``path`` set and no ``eval_path``: fraction in [0, 1) of the pairs
+            held out for eval (at least one; seeded by ``train.seed``); 0: no held-out pairs.
+    """
+
     path: str = field(
         default="",
         metadata={
@@ -74,6 +88,16 @@ class DataSection:
 
 @dataclass
 class OptimSection:
+    """The ``optim`` section: AdamW with linear warmup, then a constant learning rate.
+
+    Attributes:
+        lr: learning rate of AdamW after warmup (constant; no decay).
+        weight_decay: AdamW decoupled weight decay; 0: none.
+        warmup_steps: steps of linear warmup from ``lr / warmup_steps`` to ``lr``; 0: none.
+        max_grad_norm: clip the global gradient norm of the trainable parameters to this
+            value before each step (torch ``clip_grad_norm_``).
+    """
+
     lr: float = 1e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -82,6 +106,19 @@ class OptimSection:
 
 @dataclass
 class TrainSection:
+    """The ``train`` section: steps, batching, loss and logging.
+
+    Attributes:
+        max_steps: optimizer steps (>= 0; 0: only evaluate and save the untrained model).
+        seed: seeds Python, NumPy and torch, the held-out split, generated data and the
+            batch order (pairs reshuffled every epoch).
+        log_every: write train metrics (loss, acc, margin, grad_norm, lr) every N steps
+            and at the last step.
+        loss: sigmoid: ``-log sigmoid(r_c - r_r - margin)`` (OpenRLHF PairWiseLoss); logexp:
+            ``log(1 + exp(r_r - r_c))`` (OpenRLHF LogExpLoss; ignores ``margin``).
+        progress: show a progress bar.
+    """
+
     max_steps: int = 200
     batch_size: int = field(default=8, metadata={"help": "preference pairs per step"})
     seed: int = 0
@@ -99,6 +136,13 @@ class TrainSection:
 
 @dataclass
 class EvalSection:
+    """The ``eval`` section: held-out pairwise accuracy, margin and loss.
+
+    Attributes:
+        batch_size: pairs per forward pass when evaluating (and when computing the
+            ``normalize_reward`` statistics).
+    """
+
     every: int = field(default=0, metadata={"help": "held-out eval every N steps (0: end only)"})
     batch_size: int = 16
     max_pairs: int = field(default=0, metadata={"help": "cap on held-out pairs (0: all)"})
@@ -106,6 +150,13 @@ class EvalSection:
 
 @dataclass
 class RMConfig:
+    """Config of ``trainkit rlhf rm``: a pairwise (Bradley-Terry) reward model.
+
+    Attributes:
+        output_dir: run folder: config.yaml, metrics.jsonl, summary.json, model/ (a
+            ``*ForSequenceClassification`` folder) and data/ when the pairs are generated.
+    """
+
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     lora: LoraSection = field(default_factory=LoraSection)
