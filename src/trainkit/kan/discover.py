@@ -319,6 +319,13 @@ def discover(
 # ---- the command ------------------------------------------------------------------------
 @dataclass
 class ModelSection:
+    """The ``model:`` section of ``kan discover``: the initial KAN before sparsification.
+
+    Attributes:
+        k: B-spline order of every activation (pykan's ``k``; 3 = cubic, as in the paper).
+        seed: seed of the model's random initialisation (not of the data; see ``data.seed``).
+    """
+
     width: list[Any] | None = field(
         default=None,
         metadata={
@@ -332,6 +339,22 @@ class ModelSection:
 
 @dataclass
 class SparseSection:
+    """The ``sparse:`` section: sparse training and pruning (paper sec. 2.5.1).
+
+    Attributes:
+        penalty: sparsity penalty kind: ``std`` = pykan 0.2's normalised penalty (edge std over
+            the batch / input std, plus entropy); ``paper`` = eq. 2.17's mean ``|phi|``.
+        steps: LBFGS steps of the first sparse fit, before the first prune (0 skips the fit).
+        resparse_steps: LBFGS steps of the sparse re-fit after a prune that removed nodes;
+            0 or less stops after the first prune.
+        prune_rounds: maximum number of prune (+ re-fit) rounds, at least 1; stops early once a
+            prune removes no node.
+        node_th: node attribution score (fraction of the output's variation) below which a
+            hidden node is removed; 1e-2 is pykan 0.2 / KAN 2.0's default.
+        edge_th: edge attribution score below which an edge is masked off (its mean folded into
+            a surviving edge); 3e-2 is pykan 0.2 / KAN 2.0's default.
+    """
+
     lamb: float = field(default=0.01, metadata={"help": "sparsity strength; 0 skips pruning"})
     penalty: Literal["std", "paper"] = "std"
     steps: int = 50
@@ -343,12 +366,32 @@ class SparseSection:
 
 @dataclass
 class RefineSection:
+    """The ``refine:`` section: grid extension after pruning (paper sec. 2.4).
+
+    Attributes:
+        grids: grid sizes ``G`` (intervals) trained in turn, the model refined to each one
+            (skipped when already at that size); positive integers.
+        steps: LBFGS steps of training at each grid size of ``grids``.
+    """
+
     grids: list[int] = field(default_factory=lambda: [5, 10, 20])
     steps: int = 50
 
 
 @dataclass
 class SymbolicSection:
+    """The ``symbolic:`` section: ``auto_symbolic`` snapping and the reported formula.
+
+    Attributes:
+        r2_threshold: the formula is reported ``confident`` only when every edge's symbolic fit
+            reaches this ``R^2``; otherwise it is labelled a best fit (snapping happens anyway).
+        weight_simple: simplicity weight of ``auto_symbolic``: decades of ``1 - R^2`` one unit
+            of function complexity is worth (pykan's ``weight_simple``; 0 = best fit only).
+        finetune_steps: LBFGS steps fine-tuning the snapped model's affine parameters, grids
+            frozen (0 = no fine-tune).
+        digits: decimals the constants of the reported formula are rounded to.
+    """
+
     lib: list[str] | None = field(default=None, metadata={"help": "library names; default all"})
     r2_threshold: float = 0.999
     weight_simple: float = 1.0
@@ -358,6 +401,14 @@ class SymbolicSection:
 
 @dataclass
 class OutSection:
+    """The ``out:`` section: where the run is written and how chatty it is.
+
+    Attributes:
+        root: parent folder of run directories; a run goes to ``root/name/<timestamp>/``.
+        name: run name, the sub-folder of ``root`` (holds models, plots, summary.json, config).
+        verbose: print each stage's progress (widths, test RMSE) to stderr.
+    """
+
     root: str = "runs"
     name: str = "kan-discover"
     verbose: bool = True

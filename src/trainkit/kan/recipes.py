@@ -18,6 +18,17 @@ from trainkit.common.errors import UserError
 
 @dataclass
 class ModelSection:
+    """The ``model:`` section of ``kan fit``: the KAN's shape and numerics.
+
+    Attributes:
+        grid_range: ``[lo, hi]`` initial range of every spline grid (pykan's ``grid_range``);
+            the grids then follow the training inputs while ``train.update_grid`` is on.
+        base_fun: residual base function ``b(x)`` added to each spline (the paper's ``silu``);
+            one of silu, identity, zero, tanh, gelu (``zero`` = no base branch).
+        dtype: torch dtype of the model and the data (float64 as in pykan's examples).
+        device: torch device of the model, e.g. ``cpu`` or ``cuda``.
+    """
+
     width: list[Any] | None = field(
         default=None,
         metadata={
@@ -34,6 +45,16 @@ class ModelSection:
 
 @dataclass
 class DataSection:
+    """The ``data:`` section: a formula to sample or a CSV file to read.
+
+    Attributes:
+        ranges: ``[lo, hi]`` interval every formula variable is sampled uniformly from
+            (lo < hi; ignored for CSV data).
+        train_num: number of sampled training points of a formula (ignored for CSV data).
+        test_num: number of sampled test points of a formula (ignored for CSV data).
+        seed: seed of the formula sampling, or of the CSV rows' train/test shuffle.
+    """
+
     formula: str | None = field(default=None, metadata={"help": "e.g. exp(sin(pi*x1)+x2**2)"})
     csv: str | None = field(default=None, metadata={"help": "CSV file with a header row"})
     target: str | None = field(default=None, metadata={"help": "CSV column to predict"})
@@ -46,6 +67,24 @@ class DataSection:
 
 @dataclass
 class TrainSection:
+    """The ``train:`` section: the grid-extension schedule and pykan-style ``fit`` options.
+
+    Attributes:
+        grids: grid sizes ``G`` trained in turn (the paper's grid extension); the model is
+            built with ``grids[0]`` and refined to each next size; positive integers.
+        opt: optimiser: ``LBFGS`` (strong-Wolfe line search, as pykan) or ``Adam``.
+        lr: learning rate (for LBFGS the initial step of the line search; 1.0 as pykan).
+        lamb: overall sparsity penalty weight (pykan's ``lamb``); 0 = no penalty.
+        lamb_l1: weight of the L1 term inside the penalty (pykan's ``lamb_l1``).
+        lamb_entropy: weight of the entropy term inside the penalty (pykan's ``lamb_entropy``).
+        update_grid: adapt the spline grids to the training inputs during early steps.
+        grid_update_num: how many grid updates happen before ``stop_grid_update_step`` (one
+            every ``stop_grid_update_step // grid_update_num`` steps).
+        stop_grid_update_step: step (per grid stage) after which grids are no longer updated.
+        batch: minibatch size per step; -1 (or more than the data) = full batch.
+        verbose: show a progress bar per grid stage with the step's train/test RMSE.
+    """
+
     grids: list[int] = field(default_factory=lambda: [3, 5, 10, 20])
     steps: int = field(default=200, metadata={"help": "optimiser steps per grid"})
     opt: Literal["LBFGS", "Adam"] = "LBFGS"
@@ -62,6 +101,14 @@ class TrainSection:
 
 @dataclass
 class OutSection:
+    """The ``out:`` section: where the run is written.
+
+    Attributes:
+        root: parent folder of run directories; a run goes to ``root/name/<timestamp>/``.
+        name: run name, the sub-folder of ``root`` (model, history.json, summary.json, config).
+        plot: also write ``loss.png`` (train/test RMSE per step, grid changes marked).
+    """
+
     root: str = "runs"
     name: str = "kan-fit"
     plot: bool = True

@@ -70,6 +70,13 @@ class DataSection:
 
 @dataclass
 class MakeDataConfig:
+    """Config of ``trainkit longctx make-data``: synthetic long-context SFT data as JSONL.
+
+    Attributes:
+        seed: seed of the samples (haystacks, keys, depths), the short mix and the shuffle;
+            the same seed writes the same file.
+    """
+
     data: DataSection = field(default_factory=DataSection)
     seed: int = 0
     out: str = field(default="data/longctx/train.jsonl", metadata={"help": "output JSONL file"})

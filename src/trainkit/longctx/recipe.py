@@ -44,6 +44,15 @@ from trainkit.llm.lora import LoraSection
 
 @dataclass
 class ExtendModelSection:
+    """The ``model:`` section of ``longctx extend``: the base model and how it is loaded.
+
+    Attributes:
+        dtype: torch dtype of the loaded (non-quantised) weights and of the full-precision base
+            copy the adapter is merged into; ``auto`` = bfloat16 on a bf16 GPU, else float32.
+        gradient_checkpointing: recompute activations in the backward pass to save memory on
+            long sequences; ``configs/longctx/tiny_8x.yaml`` turns it off.
+    """
+
     name: str = field(
         default="smollm2-135m-instruct", metadata={"help": "model folder or built-in name"}
     )
@@ -57,6 +66,14 @@ class ExtendModelSection:
 
 @dataclass
 class RopeSection:
+    """The ``rope:`` section: the RoPE extension rule applied before training.
+
+    Attributes:
+        method: rule (:func:`trainkit.longctx.rope.apply_rope`): ``theta`` raises rope_theta
+            (the paper: 500K -> 200M), ``linear`` position interpolation, ``dynamic`` NTK,
+            ``yarn``, ``llama3``; ``none`` leaves RoPE unchanged. All but theta/none need factor.
+    """
+
     method: Literal["theta", "linear", "dynamic", "yarn", "llama3", "none"] = "theta"
     factor: float | None = field(
         default=None, metadata={"help": "extension ratio (target / original)"}
@@ -70,7 +87,17 @@ class RopeSection:
 
 @dataclass
 class ExtendLoraSection(LoraSection):
-    """LoRA defaults of the paper (sec. 2): r=32, alpha=16, q/k/v/o, embeddings trained."""
+    """LoRA defaults of the paper (sec. 2): r=32, alpha=16, q/k/v/o, embeddings trained.
+
+    Attributes:
+        enabled: not read by this recipe: LoRA is used unless ``model.full_finetune`` is true.
+        r: adapter rank (the paper: 32).
+        alpha: LoRA alpha; the update is scaled by ``alpha / r`` (the paper: 16, i.e. 0.5).
+        dropout: dropout on the adapter input, in [0, 1); 0 as in the paper.
+        target_modules: module names that get adapters (the attention projections q/k/v/o).
+        modules_to_save: modules trained fully (not through LoRA) and saved; ``embed_tokens``
+            as in the paper (kept tied to ``lm_head``).
+    """
 
     enabled: bool = True
     r: int = 32
@@ -84,6 +111,36 @@ class ExtendLoraSection(LoraSection):
 
 @dataclass
 class ExtendDataSection(DataConfig):
+    """The ``data:`` section: ``data.path`` records (any LLM data source) or synthetic samples.
+
+    Attributes:
+        format: record format of ``data.path``: ``auto`` (guessed from the first record's
+            keys), ``chat``, ``prompt_response``, ``text`` or ``preference``.
+        messages_field: record key of the chat message list (``chat`` format).
+        prompt_field: record key of the prompt (``prompt_response`` / ``preference``).
+        response_field: record key of the response (``prompt_response`` format).
+        text_field: record key of the plain text (``text`` format, loss on every token).
+        chosen_field: record key of the preferred response (``preference`` format).
+        rejected_field: record key of the rejected response (``preference`` format).
+        roles: message roles allowed in chat records; other roles are an error.
+        add_eos: append the tokenizer's EOS token to prompt/response and text samples.
+        max_length: longest sample in tokens (longer ``data.path`` samples follow
+            ``data.truncation``); synthetic samples are ``min_length`` .. ``max_length`` tokens.
+        eval_path: held-out file loaded as an eval split; this recipe does not evaluate it.
+        eval_split: split of a saved DatasetDict read from ``eval_path``.
+        eval_fraction: fraction of ``data.path`` records held out of training, in [0, 1)
+            (not evaluated by this recipe); 0 = train on all.
+        packing: pack several samples into rows of ``max_length`` tokens; off by default (the
+            paper does not pack).
+        seed: seed of the ``eval_fraction`` split (batch order and synthetic samples use the
+            top-level ``seed``).
+        tasks: synthetic tasks (``data.synthetic: random``), used in turn: ``passkey``, ``kv``.
+        n_keys: ``[lo, hi]`` range the key-value pair count of a synthetic kv sample is drawn
+            from uniformly.
+        min_length: shortest synthetic sample in tokens; lengths are uniform in
+            ``[min_length, max_length]``.
+    """
+
     synthetic: Literal["", "random"] = field(
         default="",
         metadata={
@@ -97,6 +154,25 @@ class ExtendDataSection(DataConfig):
 
 @dataclass
 class ExtendTrainSection:
+    """The ``train:`` section: AdamW on the trainable weights, step and time budgets.
+
+    Attributes:
+        max_steps: optimiser steps to run and length of the LR schedule; 0 or less = no step
+            limit (then ``max_seconds`` must be > 0).
+        max_seconds: wall-clock budget in seconds, checked before each step; 0 = none.
+        batch_size: samples per optimiser step (padded batch, no gradient accumulation).
+        lr: peak AdamW learning rate.
+        warmup_steps: steps of linear warmup from 0 to ``lr``; 0 = none.
+        schedule: LR decay after warmup over ``max_steps``: ``linear`` to 0 (the paper),
+            ``cosine`` or ``constant``.
+        weight_decay: AdamW weight decay.
+        grad_clip: maximum global gradient norm; 0 = no clipping.
+        loss_chunk: tokens per chunk of the chunked cross-entropy (only ``[chunk, vocab]``
+            logits exist at once); smaller saves memory.
+        threads: torch CPU threads (``torch.set_num_threads``); 0 = torch default.
+        log_every: print a JSON log line (loss, lr, seconds) every N steps and at step 1.
+    """
+
     max_steps: int = 1000
     max_seconds: float = 0.0  # 0 = no time budget
     batch_size: int = 1
@@ -112,6 +188,14 @@ class ExtendTrainSection:
 
 @dataclass
 class ExtendConfig:
+    """Config of ``trainkit longctx extend`` (arXiv 2404.19553; see the module docstring).
+
+    Attributes:
+        seed: seed of torch (``torch.manual_seed``), the batch order and the synthetic samples.
+        output_dir: folder the trained HF model (LoRA merged), tokenizer and
+            ``trainkit_extend.json`` are written to, atomically.
+    """
+
     model: ExtendModelSection = field(default_factory=ExtendModelSection)
     rope: RopeSection = field(default_factory=RopeSection)
     lora: ExtendLoraSection = field(default_factory=ExtendLoraSection)

@@ -30,6 +30,22 @@ ALL_TASKS = GRID_TASKS + ("ppl",)
 
 @dataclass
 class EvalConfig:
+    """Config of ``trainkit longctx eval``: retrieval grids and perplexity of one model.
+
+    Attributes:
+        tasks: tasks to run, some of ``needle``, ``passkey``, ``kv``, ``topics`` (grids of
+            length x depth) and ``ppl`` (held-out perplexity).
+        depths: answer depths in [0, 1] (0 = start of the context, 1 = end); ``topics``
+            always uses 0.
+        seed: changes haystacks, needles and keys; the same seed gives the same samples.
+        unit: what ``lengths`` count: ``tokens`` of the model's tokenizer or ``chars``.
+        scorer: answer scoring: ``contains`` (the needle's fact inside the answer), ``exact``
+            match, or ``rouge`` (ROUGE-L F).
+        ppl_length: tokens per held-out window of the ``ppl`` task.
+        ppl_windows: number of held-out windows for ``ppl`` (fewer if the text is too short).
+        dtype: dtype the model is loaded in; ``auto`` = bfloat16 on a bf16 GPU, else float32.
+    """
+
     model: str = field(default="", metadata={"help": "model folder, .gguf or built-in name"})
     tasks: list[str] = field(default_factory=lambda: ["needle", "passkey", "kv", "topics", "ppl"])
     lengths: list[int] = field(
