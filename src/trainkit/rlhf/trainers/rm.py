@@ -69,7 +69,12 @@ class DataSection:
         default="", metadata={"help": "held-out jsonl; empty: hold out eval_fraction of path"}
     )
     eval_fraction: float = 0.1
-    max_len: int = field(default=256, metadata={"help": "tokens per sequence (left-truncated)"})
+    max_len: int = field(
+        default=256,
+        metadata={
+            "help": "tokens per sequence (rm: left-truncated; dpo: prompt cut from the left to max_prompt_len, responses cut at the right)"
+        },
+    )
     limit: int = field(default=0, metadata={"help": "use only the first N train pairs (0: all)"})
     generate_n: int = field(default=600, metadata={"help": "pairs generated when path is empty"})
     generate_heldout: int = field(default=100, metadata={"help": "held-out pairs generated"})
