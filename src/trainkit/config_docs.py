@@ -29,7 +29,7 @@ def _attr_docs(cls: type) -> dict[str, str]:
             in_attrs = True
             continue
         if in_attrs:
-            m = re.match(r"^\s{2,8}(\w+)(?: \([^)]*\))?:\s*(.*)$", line)
+            m = re.match(r"^ {2,4}(\w+)(?: \([^)]*\))?:\s*(.*)$", line)
             if m:
                 out[m.group(1)] = m.group(2).strip()
                 last = m.group(1)
