@@ -360,6 +360,21 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
     logger = MetricsLogger(out, tensorboard=False)
     evals: list[dict] = []
 
+    def save(step: int) -> None:
+        _save(
+            out,
+            step,
+            strategy,
+            policy,
+            opt,
+            sched,
+            critic,
+            critic_opt,
+            critic_sched,
+            cfg.train.keep_last,
+            {"estimator": cfg.algo.estimator},
+        )
+
     def do_eval(step: int) -> None:
         if eval_set is None or cfg.eval.n_prompts == 0:
             return
@@ -473,19 +488,7 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
             if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.train.max_steps:
                 do_eval(done)
             if (cfg.train.save_every and done % cfg.train.save_every == 0) or stop.requested:
-                _save(
-                    out,
-                    done,
-                    strategy,
-                    policy,
-                    opt,
-                    sched,
-                    critic,
-                    critic_opt,
-                    critic_sched,
-                    cfg.train.keep_last,
-                    {"estimator": cfg.algo.estimator},
-                )
+                save(done)
                 saved = done
             if stop.requested:
                 break
@@ -493,19 +496,7 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
     if done > start or not evals:
         do_eval(done)
     if done > saved:
-        _save(
-            out,
-            done,
-            strategy,
-            policy,
-            opt,
-            sched,
-            critic,
-            critic_opt,
-            critic_sched,
-            cfg.train.keep_last,
-            {"estimator": cfg.algo.estimator},
-        )
+        save(done)
     if cfg.train.save_model:
         strategy.save_pretrained(policy, out / "model", tokenizer=tok)
     logger.close()
