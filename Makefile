@@ -30,8 +30,14 @@ test-all: setup
 	bash scripts/test_vllm.sh
 	$(PY) -m pytest -q -m '' --durations=25 $(PYTEST_ARGS)
 
+# Each prints one JSON object; the arguments are those of the figures in docs/RESULTS.md.
 bench: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	OMP_NUM_THREADS=1 $(PY) benchmarks/kan_speed.py --quick
+	OMP_NUM_THREADS=1 $(PY) benchmarks/kan_speed.py --skip pykan_default
+	OMP_NUM_THREADS=1 $(PY) benchmarks/kan_feynman.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/llm_loss_memory.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/rl_throughput.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/longctx_memory.py --lengths 1024,2048,4096,8192 --layers 2
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
