@@ -19,13 +19,7 @@ import subprocess
 import sys
 import time
 
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+from _procmem import rss_kb  # benchmarks/ is on sys.path when run as a script
 
 
 def _worker(a) -> dict:
@@ -48,7 +42,7 @@ def _worker(a) -> dict:
     else:
         with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
             f.write("5")
-        base = _rss_kb("VmRSS") * 1024
+        base = rss_kb("VmRSS") * 1024
     t = time.perf_counter()
     if a.variant == "plain":
         loss, n = plain_cross_entropy(hidden, weight, targets)
@@ -59,7 +53,7 @@ def _worker(a) -> dict:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = _rss_kb("VmHWM") * 1024 - base
+        peak = rss_kb("VmHWM") * 1024 - base
     secs = time.perf_counter() - t
     return {
         "peak_bytes": int(peak),
