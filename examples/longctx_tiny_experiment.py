@@ -16,7 +16,7 @@ import json
 import time
 
 from trainkit.common.io import atomic_write_json
-from trainkit.longctx.recipe import tiny_experiment
+from trainkit.longctx.experiment import tiny_experiment
 
 
 def main() -> None:

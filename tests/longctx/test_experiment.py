@@ -20,7 +20,7 @@ from trainkit.longctx import tinybase
 def result():
     if not (tinybase.ASSET_DIR / "config.json").is_file():
         pytest.skip("no shipped tiny base")
-    from trainkit.longctx.recipe import tiny_experiment
+    from trainkit.longctx.experiment import tiny_experiment
 
     return tiny_experiment(
         steps=30,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trainkit.config import load_config
-from trainkit.longctx import recipe, tinybase
+from trainkit.longctx import experiment, recipe, tinybase
 
 
 def _jsonl(path, n=6):
@@ -100,5 +100,5 @@ def test_tiny_8x_yaml_matches_code():
     from trainkit.config import to_dict
 
     a = load_config(recipe.ExtendConfig, "configs/longctx/tiny_8x.yaml", [])
-    b = load_config(recipe.ExtendConfig, None, recipe.TINY_8X)
+    b = load_config(recipe.ExtendConfig, None, experiment.TINY_8X)
     assert to_dict(a) == to_dict(b)

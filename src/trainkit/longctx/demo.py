@@ -57,7 +57,8 @@ def run(out_dir: Path, quick: bool):
     from trainkit.config import load_config
     from trainkit.demo import Section
     from trainkit.longctx import tinybase
-    from trainkit.longctx.recipe import TINY_8X, ExtendConfig, extend
+    from trainkit.longctx.experiment import TINY_8X
+    from trainkit.longctx.recipe import ExtendConfig, extend
 
     t0 = time.time()
     s = SETTINGS["quick" if quick else "full"]
