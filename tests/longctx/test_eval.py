@@ -198,3 +198,67 @@ def test_cli_eval_and_make_data(tmp_path, capsys):
     )
     assert len((tmp_path / "d.jsonl").read_text().splitlines()) == 3
     assert "not found" in capsys.readouterr().err
+
+
+def test_eval_rope_rule_applied_training_free(tmp_path):
+    """`--rope-method linear --rope-factor 2` halves every rotary frequency of the loaded model
+    (w_i = 10000^(-2i/32) / 2), leaves the weights alone, and results.json records the rule."""
+    from trainkit.cli import main
+    from trainkit.config import load_config
+    from trainkit.longctx.eval.runner import load_for_eval
+
+    model, tok = _tiny_model()
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = load_config(
+        EvalConfig, None, [f"model={tmp_path / 'm'}", "rope_method=linear", "rope_factor=2"]
+    )
+    ext, _ = load_for_eval(cfg)
+    inv = ext.model.rotary_emb.inv_freq
+    assert inv.shape == (16,)
+    assert inv[0].item() == pytest.approx(0.5)
+    assert inv[1].item() == pytest.approx(0.5 * 10000 ** (-2 / 32), rel=1e-6)  # 0.2811707
+    assert inv[15].item() == pytest.approx(0.5 * 10000 ** (-30 / 32), rel=1e-6)  # 8.889e-5
+    assert ext.config.max_position_embeddings == 512
+    assert all(torch.equal(base[k], v) for k, v in ext.state_dict().items() if k in base)
+    # theta rule: the new base is used as given
+    cfg = load_config(
+        EvalConfig, None, [f"model={tmp_path / 'm'}", "rope_method=theta", "rope_theta=40000"]
+    )
+    ext, _ = load_for_eval(cfg)
+    assert ext.model.rotary_emb.inv_freq[1].item() == pytest.approx(40000 ** (-1 / 16), rel=1e-6)
+    rc = main(
+        [
+            "longctx",
+            "eval",
+            "--model",
+            str(tmp_path / "m"),
+            "--tasks",
+            "passkey",
+            "--lengths",
+            "96",
+            "--depths",
+            "0.5",
+            "--out",
+            str(tmp_path / "e"),
+            "--rope-method",
+            "yarn",
+            "--rope-factor",
+            "4",
+            "--original-max-position",
+            "128",
+        ]
+    )
+    assert rc == 0
+    rope = json.loads((tmp_path / "e" / "results.json").read_text())["config"]["rope"]
+    assert rope["rope_parameters"]["rope_type"] == "yarn"
+    assert rope["rope_parameters"]["factor"] == 4.0
+    assert rope["rope_parameters"]["original_max_position_embeddings"] == 128
+    assert rope["max_position_embeddings"] == 512
+    assert rope["trainkit_longctx"]["method"] == "yarn"
+    assert rope["trainkit_longctx"]["base_rope_theta"] == 10000.0
+    with pytest.raises(UserError, match="needs rope_factor"):
+        load_config(EvalConfig, None, ["rope_method=llama3"])
+    with pytest.raises(UserError, match="rope_method is none"):
+        load_config(EvalConfig, None, ["rope_factor=2"])

@@ -28,6 +28,10 @@ COMMANDS = {
             "--seed": "seed",
             "--samples": "samples",
             "--unit": "unit",
+            "--rope-method": "rope_method",
+            "--rope-factor": "rope_factor",
+            "--rope-theta": "rope_theta",
+            "--original-max-position": "original_max_position",
         },
     ),
     "extend": Command(

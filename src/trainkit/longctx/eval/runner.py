@@ -3,7 +3,7 @@
 Output folder::
 
     results.json       {task: {"accuracy", "by_length", "by_depth", "grid", "n"}, "ppl": {...},
-                        "config": {...}}
+                        "config": {..., "rope": the model's RoPE settings as evaluated}}
     <task>.png         heatmap of accuracy, depth (rows) x length (columns)
     predictions.jsonl  one line per generated answer (task, length, depth, answer, prediction)
 
@@ -44,6 +44,14 @@ class EvalConfig:
         ppl_length: tokens per held-out window of the ``ppl`` task.
         ppl_windows: number of held-out windows for ``ppl`` (fewer if the text is too short).
         dtype: dtype the model is loaded in; ``auto`` = bfloat16 on a bf16 GPU, else float32.
+        rope_method: RoPE rule applied to the loaded model without training
+            (:func:`trainkit.longctx.rope.apply_rope`): ``none`` keeps the model's RoPE,
+            ``theta`` raises rope_theta, ``linear`` position interpolation, ``dynamic`` NTK,
+            ``yarn``, ``llama3``; all but ``none``/``theta`` need ``rope_factor``.
+        rope_factor: extension ratio (target / original length) of the rule.
+        rope_theta: new rope_theta for ``rope_method: theta`` (default: ``suggest_theta``).
+        original_max_position: pretraining length the rule scales from (default: the
+            config's ``max_position_embeddings``).
     """
 
     model: str = field(default="", metadata={"help": "model folder, .gguf or built-in name"})
@@ -65,6 +73,10 @@ class EvalConfig:
     ppl_length: int = 256
     ppl_windows: int = 16
     dtype: str = "auto"
+    rope_method: Literal["none", "theta", "linear", "dynamic", "yarn", "llama3"] = "none"
+    rope_factor: float | None = None
+    rope_theta: float | None = None
+    original_max_position: int | None = None
 
     def validate(self) -> None:
         check_tasks(self.tasks)
@@ -72,6 +84,11 @@ class EvalConfig:
             raise UserError(f"depths must be in [0, 1], got {self.depths}")
         if not self.lengths or any(n <= 0 for n in self.lengths) or self.samples < 1:
             raise UserError("lengths must be positive numbers and samples >= 1")
+        given = [k for k in ("rope_factor", "rope_theta") if getattr(self, k) is not None]
+        if self.rope_method == "none" and given:
+            raise UserError(f"{', '.join(given)} set but rope_method is none; set rope_method")
+        if self.rope_method not in ("none", "theta") and self.rope_factor is None:
+            raise UserError(f"rope_method={self.rope_method} needs rope_factor (e.g. 2)")
 
 
 def check_tasks(tasks: list[str]) -> None:
@@ -200,6 +217,7 @@ def evaluate(
         "scorer": scorer,
         "source": source,
         "n_keys": n_keys,
+        "rope": rope_record(model),
     }
     if out_dir is not None:
         out = Path(out_dir)
@@ -213,13 +231,42 @@ def evaluate(
     return results
 
 
-def run(cfg: EvalConfig, args=None) -> int:
-    """CLI entry: load ``cfg.model`` with trainkit.llm and evaluate it."""
-    if not cfg.model:
-        raise UserError("no model given: use --model PATH (a model folder, .gguf or built-in name)")
+def rope_record(model: Any) -> dict | None:
+    """The RoPE settings of ``model.config`` as evaluated (``None`` without a config):
+    ``rope_parameters``, ``max_position_embeddings`` and, when a rule was applied by
+    trainkit, ``trainkit_longctx`` (method, factor, original length, base theta)."""
+    c = getattr(model, "config", None)
+    if c is None:
+        return None
+    return {
+        "rope_parameters": dict(getattr(c, "rope_parameters", None) or {}),
+        "max_position_embeddings": getattr(c, "max_position_embeddings", None),
+        "trainkit_longctx": getattr(c, "trainkit_longctx", None),
+    }
+
+
+def load_for_eval(cfg: EvalConfig):
+    """``(model, tokenizer)`` of ``cfg.model``, with ``cfg.rope_method`` applied in place
+    (training-free: the rotary tables are rebuilt, no weight changes)."""
     from trainkit.llm.models import load_model
+    from trainkit.longctx.recipe import RopeSection, apply_rope_inplace
 
     model, tok = load_model(cfg.model, dtype=cfg.dtype)
+    rope = RopeSection(
+        method=cfg.rope_method,
+        factor=cfg.rope_factor,
+        theta=cfg.rope_theta,
+        original_max_position=cfg.original_max_position,
+    )
+    apply_rope_inplace(model, rope)
+    return model, tok
+
+
+def run(cfg: EvalConfig, args=None) -> int:
+    """CLI entry: load ``cfg.model`` with trainkit.llm (RoPE rule applied) and evaluate it."""
+    if not cfg.model:
+        raise UserError("no model given: use --model PATH (a model folder, .gguf or built-in name)")
+    model, tok = load_for_eval(cfg)
     res = evaluate(
         model,
         tok,
