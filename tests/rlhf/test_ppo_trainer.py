@@ -389,3 +389,67 @@ def test_grpo_lora_smollm2_raises_heldout_accuracy(tmp_path):
     first, last = s["first_eval"], s["last_eval"]
     assert last["eval_accuracy"] >= first["eval_accuracy"] + 0.10
     assert last["eval_reward"] >= first["eval_reward"] + 0.2
+
+
+# ------------------------------------------------- engine vs trainer log-prob mismatch
+MAX_KEY, MEAN_KEY = "rollout/logprob_abs_diff_max", "rollout/logprob_abs_diff_mean"
+
+
+def test_logprob_mismatch_values():
+    from trainkit.rlhf.trainers.experience import logprob_mismatch, mismatch_stats
+
+    new = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, 9.0]])
+    old = torch.tensor([[-1.1, -2.0, -2.5], [-0.5, -0.3, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])  # the 9.0 vs 0.0 pad is ignored
+    mx, tot, cnt = logprob_mismatch(new, old, mask)
+    assert mx == pytest.approx(0.5) and tot == pytest.approx(0.8) and cnt == 5
+    st = mismatch_stats(mx, tot, cnt)
+    assert st == {MAX_KEY: pytest.approx(0.5), MEAN_KEY: pytest.approx(0.16)}
+    assert logprob_mismatch(new, old, torch.zeros_like(mask)) == (0.0, 0.0, 0)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_hf_engine_logprobs_match_the_trainer_every_step(tmp_path, recompute):
+    """fp32, HF engine: the logged engine-vs-trainer mismatch is float noise (< 1e-4),
+    measured in the update's first forward, or in make_experience when recomputing."""
+    cfg = _cfg(
+        GRPOConfig,
+        tmp_path,
+        "model.name=tiny-llama",
+        "model.dtype=float32",
+        "train.max_steps=2",
+        "algo.mini_batches=2",
+        f"algo.recompute_old_logp={str(recompute).lower()}",
+    )
+    recs: list[dict] = []
+    train(cfg, on_log=recs.append)
+    steps = [r for r in recs if "loss" in r]
+    assert len(steps) == 2
+    for r in steps:
+        assert 0.0 <= r[MEAN_KEY] <= r[MAX_KEY] < 1e-4, r
+    if recompute:
+        assert all(r["logp_mismatch"] == r[MAX_KEY] for r in steps)
+
+
+def test_update_reports_a_shifted_behaviour_logprob(tmp_path):
+    """Behaviour log-probs off by 0.3 on every token (what a mismatched engine gives):
+    the update's first forward reports 0.3 as both max and mean."""
+    from trainkit.common.guard import NonFiniteGuard
+    from trainkit.llm.models import load_model
+    from trainkit.rlhf.rollout.hf import HFEngine
+    from trainkit.rlhf.trainers.ppo import make_optimizer, ppo_update
+
+    cfg = _cfg(GRPOConfig, tmp_path, "model.name=tiny-llama", "algo.mini_batches=2")
+    model, _ = load_model("tiny-llama", dtype="float32")
+    model.train()
+    ro = HFEngine(model, pad_id=2, eos_ids=[2]).generate(
+        [[1, 5, 6, 7], [1, 9, 10]], n=4, max_new_tokens=6, temperature=1.0, seed=3
+    )
+    exp, _ = make_experience(
+        ro, torch.arange(8.0) % 3, policy=model, algo=cfg.algo, temperature=1.0, micro_batch=4
+    )
+    exp.old_logp = (exp.old_logp - 0.3) * exp.action_mask
+    opt, sched = make_optimizer(model.parameters(), 1e-3, cfg.optim, 1)
+    st = ppo_update(exp, model, opt, sched, cfg, 0, NonFiniteGuard("stop"))
+    assert st[MAX_KEY] == pytest.approx(0.3, abs=1e-4)
+    assert st[MEAN_KEY] == pytest.approx(0.3, abs=1e-4)

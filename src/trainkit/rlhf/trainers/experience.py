@@ -5,7 +5,9 @@ Steps (OpenRLHF's ``make_experience``, Hu et al. 2024, arXiv 2405.11143, section
 1. old log-probs: the rollout engine's own log-probs of the sampled tokens (an in-process
    HF engine computes them from the logits it sampled from, equal to a recomputation
    within float error); ``recompute_old=True`` does one extra no-grad forward instead
-   (needed for engines such as vLLM whose numbers differ) and reports the mismatch;
+   (needed for engines such as vLLM whose numbers differ) and reports the mismatch
+   (:func:`logprob_mismatch`; without it the PPO update reports it from its first
+   forward);
 2. reference log-probs: one no-grad forward of the frozen reference, which with LoRA is
    the same model with adapters disabled (no second copy); skipped when ``kl_coef = 0``;
 3. values: one no-grad critic forward (``estimator = "gae"`` only);
@@ -268,6 +270,37 @@ def compute_advantages(
     raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
 
 
+MISMATCH_MAX = "rollout/logprob_abs_diff_max"
+MISMATCH_MEAN = "rollout/logprob_abs_diff_mean"
+
+
+def logprob_mismatch(recomputed: Tensor, engine: Tensor, mask: Tensor) -> tuple[float, float, int]:
+    """How far the trainer's log-probs are from the rollout engine's on the sampled tokens.
+
+    A mismatch enters the PPO ratio ``exp(logp - old)`` directly, so it shows up as ratio
+    spikes and clipping on the first update (vLLM kernels, bf16, top-p renormalisation).
+
+    Args:
+        recomputed: ``[B, R]`` the trainer's log-probs of the sampled tokens.
+        engine: ``[B, R]`` the engine's log-probs of the same tokens.
+        mask: ``[B, R]`` 1 on response tokens.
+
+    Returns:
+        ``(max |diff|, sum |diff|, token count)`` over masked tokens (sums so that callers
+        can combine micro-batches; the mean is ``sum / count``).
+    """
+    m = mask.bool()
+    d = (recomputed.detach().float() - engine.detach().float()).abs()[m]
+    if d.numel() == 0:
+        return 0.0, 0.0, 0
+    return float(d.max()), float(d.sum()), int(d.numel())
+
+
+def mismatch_stats(mx: float, total: float, count: int) -> dict[str, float]:
+    """``{MISMATCH_MAX: mx, MISMATCH_MEAN: total / count}`` (the logged metrics)."""
+    return {MISMATCH_MAX: mx, MISMATCH_MEAN: total / max(count, 1)}
+
+
 def make_experience(
     rollout: Rollout,
     rewards: Tensor,
@@ -318,7 +351,9 @@ def make_experience(
     group = rollout.n if share_prompt else 1
     if algo.recompute_old_logp:
         new = forward_no_grad(policy, seq, am, mask, temperature, micro_batch, group)
-        stats["logp_mismatch"] = float(((new - old).abs() * mask).max())
+        mx, tot, cnt = logprob_mismatch(new, old, mask)
+        stats.update(mismatch_stats(mx, tot, cnt))
+        stats["logp_mismatch"] = mx  # the older name of MISMATCH_MAX
         old = new
     old = old * mask
     ref = kl = None

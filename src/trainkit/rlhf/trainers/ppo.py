@@ -15,7 +15,9 @@
 5. log, evaluate on held-out prompts every ``eval.every`` steps, checkpoint.
 
 Departures from OpenRLHF, on purpose: the behaviour log-probs are the rollout engine's
-own (no second forward) unless ``algo.recompute_old_logp``; with LoRA the reference is
+own (no second forward) unless ``algo.recompute_old_logp`` (either way their distance to
+the trainer's forward is logged as ``rollout/logprob_abs_diff_max``/``_mean``, the usual
+source of ratio spikes with vLLM rollouts); with LoRA the reference is
 the policy with adapters disabled; the critic is a full model (LoRA applies to the
 actor only); dynamic sampling drops all-equal groups without drawing replacements.
 """
@@ -150,7 +152,7 @@ def ppo_update(
 ) -> dict[str, float]:
     """``ppo_epochs`` x ``mini_batches`` optimizer steps on one batch of experience."""
     from trainkit.rlhf.losses import kl_estimate, masked_mean, policy_loss_with_stats, value_loss
-    from trainkit.rlhf.trainers.experience import policy_logps
+    from trainkit.rlhf.trainers.experience import logprob_mismatch, mismatch_stats, policy_logps
 
     a = cfg.algo
     dev = next(policy.parameters()).device
@@ -167,6 +169,10 @@ def ppo_update(
     offs = torch.arange(group)
     sums: dict[str, float] = {}
     count = 0
+    # engine-vs-trainer log-prob mismatch, from the first mini-batch's forward (no update
+    # yet, so logp is the trainer's recomputation); with recompute_old_logp the old
+    # log-probs are already the trainer's and make_experience measured it
+    measure, mism = not a.recompute_old_logp, [0.0, 0.0, 0]
     for _ in range(a.ppo_epochs):
         # shuffle whole groups (a group's rows stay together so its prompt is shared)
         gperm = torch.randperm(n_groups, generator=g)
@@ -191,6 +197,9 @@ def ppo_update(
                     group,
                     return_entropy=a.entropy_coef > 0,
                 )
+                if measure:
+                    mx, tot, cnt = logprob_mismatch(logp, e.old_logp, e.action_mask)
+                    mism = [max(mism[0], mx), mism[1] + tot, mism[2] + cnt]
                 pl, ps = policy_loss_with_stats(
                     logp,
                     e.old_logp,
@@ -237,7 +246,11 @@ def ppo_update(
             for k, v in st.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
-    return {k: v / max(count, 1) for k, v in sums.items()}
+            measure = False
+    out = {k: v / max(count, 1) for k, v in sums.items()}
+    if not a.recompute_old_logp:
+        out.update(mismatch_stats(*mism))
+    return out
 
 
 def _critic_forward(critic, sequences, attention_mask, n_response):
