@@ -2,6 +2,7 @@
 
     python benchmarks/rl_throughput.py            # SmolLM2-135M-Instruct, LoRA r16
     python benchmarks/rl_throughput.py --quick    # tiny-llama, for a fast check
+    python benchmarks/rl_throughput.py --engines hf,vllm   # + trainkit with vLLM rollouts
 
 Both sides: the same saved model folder (``trainkit.llm.models.resolve``), the same
 chat-formatted prompts (the built-in ``arithmetic`` task), ``n`` completions of one
@@ -12,6 +13,15 @@ generation batch, the whole batch in one forward/backward, token-mean loss, the 
 consecutive optimizer steps, generation included; we report the median over the steps
 after the first (warm-up), in wall seconds and in CPU seconds of the process (the fair
 figure when other jobs share the cores; use ``--threads 1``). Prints one JSON object.
+
+``--engines hf,vllm`` also runs trainkit's GRPO with ``rollout.engine=vllm`` (same model,
+prompts, seed, steps, batch, tokens, threads) in a subprocess of the vLLM virtual
+environment (``.venv-vllm``, built by ``scripts/vllm_env.sh``; TRL lives only in ``.venv``
+and vLLM only there, so no single interpreter runs all three). ``rollout_engines`` in the
+JSON has, per engine: step wall/CPU seconds, generation seconds, generated tokens per
+generation second, weight-sync seconds (vLLM gets the merged policy after every update) and
+the logged engine-vs-trainer log-prob mismatch; ``hf_over_vllm_*`` are the ratios. Without
+that venv (or when the run fails) the vllm entry is ``"skipped: <reason>"``.
 
 Where trainkit saves time (same algorithm, same numbers up to float rounding): its decoding
 loop folds LoRA into the weights while generating (``rollout.merge_lora``), prefills each
@@ -25,12 +35,16 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ROOT = Path(__file__).resolve().parents[1]
+MISMATCH = "rollout/logprob_abs_diff_max"
+PART_KEYS = ("gen_s", "exp_s", "train_s", "sync_s", "step_s", "tokens_per_s", "response_len")
 
 
 def prompts_for(n_steps: int) -> list[dict]:
@@ -40,7 +54,9 @@ def prompts_for(n_steps: int) -> list[dict]:
     return train[:n_steps]
 
 
-def run_trainkit(model_path: str, recs: list[dict], a, out: Path) -> tuple[list, list, list]:
+def run_trainkit(
+    model_path: str, recs: list[dict], a, out: Path, engine: str = "hf"
+) -> tuple[list, list, list]:
     from trainkit.common.io import atomic_write_text
     from trainkit.config import load_config
     from trainkit.rlhf.trainers.ppo import GRPOConfig, train
@@ -52,6 +68,8 @@ def run_trainkit(model_path: str, recs: list[dict], a, out: Path) -> tuple[list,
     )
     over = [
         f"model.name={model_path}",
+        "model.dtype=float32",
+        f"rollout.engine={engine}",
         f"data.path={data}",
         f"data.eval_path={data}",
         "data.reward=[math_closeness]",
@@ -86,7 +104,7 @@ def run_trainkit(model_path: str, recs: list[dict], a, out: Path) -> tuple[list,
         if "loss" in rec:
             stamps.append(time.perf_counter())
             cpu.append(time.process_time())
-            parts.append({k: rec[k] for k in ("gen_s", "exp_s", "train_s", "response_len")})
+            parts.append({k: rec[k] for k in PART_KEYS + (MISMATCH,) if k in rec})
 
     t0, c0 = time.perf_counter(), time.process_time()
     train(cfg, on_log=on_log)
@@ -95,6 +113,56 @@ def run_trainkit(model_path: str, recs: list[dict], a, out: Path) -> tuple[list,
 
 def _diffs(t0: float, stamps: list[float]) -> list[float]:
     return [b - a_ for a_, b in zip([t0] + stamps[:-1], stamps)]
+
+
+def engine_summary(steps: list, cpu: list, parts: list) -> dict:
+    """Medians over the steps after the first (warm-up) of one trainkit run."""
+    warm = parts[1:] or parts
+
+    def med(key: str) -> float:
+        return round(statistics.median(p_[key] for p_ in warm), 3)
+
+    # tokens_per_s is over the whole step; tokens * step_s / gen_s is over generation only
+    gen_tps = statistics.median(p_["tokens_per_s"] * p_["step_s"] / p_["gen_s"] for p_ in warm)
+    return {
+        "s_per_step": statistics.median(steps[1:] or steps),
+        "cpu_s_per_step": statistics.median(cpu[1:] or cpu),
+        "steps_s": [round(x, 3) for x in steps],
+        "gen_s": med("gen_s"),
+        "exp_s": med("exp_s"),
+        "train_s": med("train_s"),
+        "sync_s": med("sync_s"),
+        "gen_tokens_per_s": round(gen_tps, 1),
+        "step_tokens_per_s": med("tokens_per_s"),
+        "mean_completion_len": statistics.mean(p_["response_len"] for p_ in parts),
+        "logprob_abs_diff_max": max((p_.get(MISMATCH, 0.0) for p_ in parts), default=None),
+    }
+
+
+def run_vllm_column(name: str, a, tmp: Path) -> dict | str:
+    """trainkit's GRPO with ``rollout.engine=vllm``, run by this script in the vLLM venv.
+
+    Returns the child's :func:`engine_summary`, or ``"skipped: <reason>"``.
+    """
+    py = Path(
+        a.vllm_python or os.environ.get("TRAINKIT_VLLM_PYTHON") or ROOT / ".venv-vllm/bin/python"
+    )
+    if not py.exists():
+        return f"skipped: no vLLM venv at {py} (build it with scripts/vllm_env.sh)"
+    out = tmp / "vllm.json"
+    cmd = [str(py), str(Path(__file__).resolve()), "--vllm-child", str(out), "--model", name]
+    cmd += ["--steps", str(a.steps), "--n", str(a.n), "--max-new-tokens", str(a.max_new_tokens)]
+    cmd += ["--lora-r", str(a.lora_r), "--threads", str(a.threads)]
+    cmd += [] if a.merge_lora else ["--no-merge-lora"]
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", OMP_NUM_THREADS=str(a.threads))
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+    except subprocess.TimeoutExpired:
+        return "skipped: vLLM run took over an hour"
+    if p.returncode != 0 or not out.exists():
+        lines = [x for x in p.stderr.splitlines() if x.strip()] or ["no output"]
+        return f"skipped: vLLM run failed (exit {p.returncode}): {lines[-1][:300]}"
+    return json.loads(out.read_text())
 
 
 def run_trl(model_path: str, recs: list[dict], a, out: Path) -> tuple[list, list, list]:
@@ -199,7 +267,22 @@ def main(argv: list[str] | None = None) -> int:
         "in configs/rlhf/grpo_smollm2.yaml)",
     )
     p.add_argument("--only", choices=["trainkit", "trl"], default=None)
+    p.add_argument(
+        "--engines",
+        default="hf",
+        help="trainkit rollout engines to time, comma separated: hf (in this process), "
+        "vllm (a subprocess of the vLLM venv)",
+    )
+    p.add_argument(
+        "--vllm-python",
+        default=None,
+        help="python of the vLLM venv (default: $TRAINKIT_VLLM_PYTHON or .venv-vllm/bin/python)",
+    )
+    p.add_argument("--vllm-child", default=None, help=argparse.SUPPRESS)  # internal
     a = p.parse_args(argv)
+    engines = [e.strip() for e in a.engines.split(",") if e.strip()]
+    if not engines or set(engines) - {"hf", "vllm"}:
+        p.error(f"--engines: a comma-separated subset of hf,vllm, got {a.engines!r}")
     a.steps = a.steps or (6 if a.quick else 5)
     import torch
 
@@ -209,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     name = a.model or ("tiny-llama" if a.quick else "smollm2-135m-instruct")
     path = resolve(name)
     recs = prompts_for(a.steps)
+    if a.vllm_child:  # inside the vLLM venv: one trainkit run with vLLM rollouts
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = engine_summary(*run_trainkit(path, recs, a, Path(tmp) / "tk", "vllm"))
+        Path(a.vllm_child).write_text(json.dumps(summary))
+        return 0
     result = {
         "model": name,
         "n": a.n,
@@ -220,17 +308,25 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if a.only in (None, "trainkit"):
-            tk, tk_cpu, parts = run_trainkit(path, recs, a, tmp / "tk")
-            result["trainkit_steps_s"] = [round(x, 3) for x in tk]
-            result["trainkit_s_per_step"] = statistics.median(tk[1:] or tk)
-            result["trainkit_cpu_s_per_step"] = statistics.median(tk_cpu[1:] or tk_cpu)
-            result["trainkit_parts_median_s"] = {
-                k: round(statistics.median(p_[k] for p_ in (parts[1:] or parts)), 3)
-                for k in ("gen_s", "exp_s", "train_s")
-            }
-            result["trainkit_mean_completion_len"] = statistics.mean(
-                p_["response_len"] for p_ in parts
+        eng: dict = {}
+        if a.only in (None, "trainkit") and "hf" in engines:
+            eng["hf"] = hf = engine_summary(*run_trainkit(path, recs, a, tmp / "tk"))
+            result["trainkit_steps_s"] = hf["steps_s"]
+            result["trainkit_s_per_step"] = hf["s_per_step"]
+            result["trainkit_cpu_s_per_step"] = hf["cpu_s_per_step"]
+            result["trainkit_parts_median_s"] = {k: hf[k] for k in ("gen_s", "exp_s", "train_s")}
+            result["trainkit_mean_completion_len"] = hf["mean_completion_len"]
+        if a.only in (None, "trainkit") and "vllm" in engines:
+            eng["vllm"] = run_vllm_column(name, a, tmp)
+        if eng:
+            result["rollout_engines"] = eng
+        if isinstance(eng.get("hf"), dict) and isinstance(eng.get("vllm"), dict):
+            hf, vl = eng["hf"], eng["vllm"]
+            result["hf_over_vllm_s_per_step"] = hf["s_per_step"] / vl["s_per_step"]
+            result["hf_over_vllm_cpu_s_per_step"] = hf["cpu_s_per_step"] / vl["cpu_s_per_step"]
+            result["hf_over_vllm_gen_s"] = hf["gen_s"] / vl["gen_s"]
+            result["vllm_over_hf_gen_tokens_per_s"] = (
+                vl["gen_tokens_per_s"] / hf["gen_tokens_per_s"]
             )
         if a.only in (None, "trl"):
             trl_steps, trl_cpu, trl_len = run_trl(path, recs, a, tmp / "trl")
