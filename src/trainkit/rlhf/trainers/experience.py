@@ -313,6 +313,7 @@ def make_experience(
     share_prompt: bool = True,
     critic: Any | None = None,
     valid: Tensor | None = None,
+    precomputed: dict[str, Tensor] | None = None,
 ) -> tuple[Experience | None, dict[str, float]]:
     """Build an :class:`Experience` from a rollout and its scalar rewards.
 
@@ -329,6 +330,10 @@ def make_experience(
         share_prompt: encode each group's prompt once in the no-grad passes.
         valid: ``[B]`` bool, False for samples whose reward failed: they keep their place
             in their group but get no tokens in the loss.
+        precomputed: ``[B, R]`` results of the forward passes made elsewhere (the Ray
+            trainer's policy, reference and critic actors): ``old_logp`` (with
+            ``recompute_old_logp``), ``ref_logp``, ``values``; a given key replaces the
+            forward pass of that model (``policy``/``ref_model``/``critic`` may be None).
 
     Returns:
         ``(experience or None when dynamic sampling dropped every group, stats)``.
@@ -349,8 +354,12 @@ def make_experience(
     seq, am, mask, rewards = seq[idx], am[idx], mask[idx], rewards[idx]
     old = rollout.logprobs[idx]
     group = rollout.n if share_prompt else 1
+    pre = precomputed or {}
     if algo.recompute_old_logp:
-        new = forward_no_grad(policy, seq, am, mask, temperature, micro_batch, group)
+        if "old_logp" in pre:
+            new = pre["old_logp"][idx]
+        else:
+            new = forward_no_grad(policy, seq, am, mask, temperature, micro_batch, group)
         mx, tot, cnt = logprob_mismatch(new, old, mask)
         stats.update(mismatch_stats(mx, tot, cnt))
         stats["logp_mismatch"] = mx  # the older name of MISMATCH_MAX
@@ -358,14 +367,21 @@ def make_experience(
     old = old * mask
     ref = kl = None
     if algo.kl_coef > 0:
-        model, ctx = ref_context(policy, ref_model)
-        with ctx:
-            ref = forward_no_grad(model, seq, am, mask, temperature, micro_batch, group) * mask
+        if "ref_logp" in pre:
+            ref = pre["ref_logp"][idx] * mask
+        else:
+            model, ctx = ref_context(policy, ref_model)
+            with ctx:
+                ref = forward_no_grad(model, seq, am, mask, temperature, micro_batch, group)
+            ref = ref * mask
         kl = kl_estimate(old, ref, algo.kl_kind, mask=mask)
         stats["kl"] = float(masked_mean(kl, mask))
     values = None
     if algo.estimator == "gae":
-        values = critic_values(critic, seq, am, R, micro_batch) * mask
+        if "values" in pre:
+            values = pre["values"][idx] * mask
+        else:
+            values = critic_values(critic, seq, am, R, micro_batch) * mask
     adv, ret = compute_advantages(
         algo.estimator,
         rewards,

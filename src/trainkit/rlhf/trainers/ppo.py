@@ -8,7 +8,7 @@
 2. sample ``rollout.n`` completions each with the rollout engine (HF, KV cache);
 3. score them with the reward functions; make experience (old/ref log-probs, values,
    KL, advantages: :mod:`~trainkit.rlhf.trainers.experience`);
-4. ``algo.ppo_epochs`` passes over ``algo.mini_batches`` shuffled mini-batches, each an
+4. (:mod:`~trainkit.rlhf.trainers.ppo_update`) ``algo.ppo_epochs`` passes over ``algo.mini_batches`` shuffled mini-batches, each an
    optimizer step accumulated over micro-batches: clipped policy loss
    (+ ``kl_coef`` x KL when the KL is a loss, - ``entropy_coef`` x entropy), and for gae
    the clipped value loss on the critic;
@@ -31,14 +31,16 @@ from typing import Any
 
 import torch
 
+from trainkit.rlhf.trainers.ppo_update import ppo_update, share_prompt
 from trainkit.rlhf.trainers.rl_config import GRPOConfig, PPOConfig, RLConfig
 
-__all__ = ["GRPOConfig", "PPOConfig", "RLConfig", "run_cli", "train"]
+__all__ = ["GRPOConfig", "PPOConfig", "RLConfig", "ppo_update", "run_cli", "share_prompt", "train"]
 
 
 # ------------------------------------------------------------------------ building
-def build_models(cfg: RLConfig):
-    """``(policy, tokenizer, ref_model or None, critic or None)``."""
+def build_models(cfg: RLConfig, with_ref: bool = True, with_critic: bool = True):
+    """``(policy, tokenizer, ref_model or None, critic or None)``; ``with_ref`` /
+    ``with_critic`` False leave them out (the Ray trainer's separate actors hold them)."""
     from trainkit.llm.models import load_model
 
     lora = cfg.lora if cfg.lora.enabled else None
@@ -54,17 +56,27 @@ def build_models(cfg: RLConfig):
         policy.to(dev)
     policy.train()
     ref = None
-    if cfg.algo.kl_coef > 0 and lora is None:  # LoRA: the reference is the adapter-free base
+    if (
+        with_ref and cfg.algo.kl_coef > 0 and lora is None
+    ):  # LoRA: the reference is the adapter-free base
         ref, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
         ref.to(dev).eval().requires_grad_(False)
-    critic = None
-    if cfg.uses_critic:
-        from trainkit.llm.value_head import ValueHeadModel
-
-        name = cfg.model.name if cfg.model.critic == "auto" else cfg.model.critic
-        critic = ValueHeadModel.from_pretrained(name, dtype=cfg.model.dtype)
-        critic.to(dev).train()
+    critic = build_critic(cfg) if with_critic and cfg.uses_critic else None
     return policy, tok, ref, critic
+
+
+def build_critic(cfg: RLConfig):
+    """The gae critic (``model.critic``), in train mode. A new value head is initialised
+    from ``train.seed`` alone (global RNG untouched), so a critic built in another
+    process (the Ray trainer's critic actor) starts from the same weights."""
+    from trainkit.llm.value_head import ValueHeadModel
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = cfg.model.name if cfg.model.critic == "auto" else cfg.model.critic
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        critic = ValueHeadModel.from_pretrained(name, dtype=cfg.model.dtype)
+    return critic.to(dev).train()
 
 
 def make_engine(cfg: RLConfig, policy: Any, tok: Any):
@@ -123,141 +135,6 @@ def prompt_indices(n_items: int, per_step: int, step: int, seed: int) -> list[in
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         out.append(int(torch.randperm(n_items, generator=g)[pos]))
     return out
-
-
-# ------------------------------------------------------------------------ update
-def share_prompt(cfg: RLConfig) -> bool:
-    """Encode each prompt group once (needs a KV cache: off with gradient checkpointing)."""
-    return cfg.train.share_prompt and not cfg.model.gradient_checkpointing
-
-
-def _weights(mask: torch.Tensor, rows: int, agg: str, total_tokens: float, total_rows: int):
-    """Share of a micro-batch in its mini-batch mean (exact token mean when accumulating)."""
-    if agg == "token_mean":
-        return float(mask.sum()) / max(total_tokens, 1.0)
-    return rows / total_rows
-
-
-def ppo_update(
-    exp,
-    policy,
-    opt,
-    sched,
-    cfg: RLConfig,
-    step: int,
-    guard,
-    critic=None,
-    critic_opt=None,
-    critic_sched=None,
-) -> dict[str, float]:
-    """``ppo_epochs`` x ``mini_batches`` optimizer steps on one batch of experience."""
-    from trainkit.rlhf.losses import kl_estimate, masked_mean, policy_loss_with_stats, value_loss
-    from trainkit.rlhf.trainers.experience import logprob_mismatch, mismatch_stats, policy_logps
-
-    a = cfg.algo
-    dev = next(policy.parameters()).device
-    group = exp.group if share_prompt(cfg) else 1
-    n_groups = len(exp) // group
-    groups_per_micro = max(1, cfg.train.micro_batch_size // group)
-    agg = (
-        a.loss_agg
-        if a.loss_agg != "auto"
-        else ("sum_norm" if a.estimator == "dr_grpo" else "token_mean")
-    )
-    norm = float(cfg.rollout.max_new_tokens)
-    g = torch.Generator().manual_seed(cfg.train.seed * 7919 + step)
-    offs = torch.arange(group)
-    sums: dict[str, float] = {}
-    count = 0
-    # engine-vs-trainer log-prob mismatch, from the first mini-batch's forward (no update
-    # yet, so logp is the trainer's recomputation); with recompute_old_logp the old
-    # log-probs are already the trainer's and make_experience measured it
-    measure, mism = not a.recompute_old_logp, [0.0, 0.0, 0]
-    for _ in range(a.ppo_epochs):
-        # shuffle whole groups (a group's rows stay together so its prompt is shared)
-        gperm = torch.randperm(n_groups, generator=g)
-        for gmini in gperm.chunk(min(a.mini_batches, n_groups)):
-            mini = (gmini[:, None] * group + offs).reshape(-1)
-            tot_tok = float(exp.action_mask[mini].sum())
-            opt.zero_grad(set_to_none=True)
-            if critic_opt is not None:
-                critic_opt.zero_grad(set_to_none=True)
-            st: dict[str, float] = {}
-            for gmicro in gmini.split(groups_per_micro):
-                micro = (gmicro[:, None] * group + offs).reshape(-1)
-                e = exp.select(micro).to(dev)
-                R = e.action_mask.shape[1]
-                w = _weights(e.action_mask, len(micro), agg, tot_tok, len(mini))
-                logp, ent = policy_logps(
-                    policy,
-                    e.sequences,
-                    e.attention_mask,
-                    e.action_mask,
-                    cfg.rollout.temperature,
-                    group,
-                    return_entropy=a.entropy_coef > 0,
-                )
-                if measure:
-                    mx, tot, cnt = logprob_mismatch(logp, e.old_logp, e.action_mask)
-                    mism = [max(mism[0], mx), mism[1] + tot, mism[2] + cnt]
-                pl, ps = policy_loss_with_stats(
-                    logp,
-                    e.old_logp,
-                    e.advantages,
-                    e.action_mask,
-                    a.clip_low,
-                    a.clip_high,
-                    a.dual_clip,
-                    agg,
-                    norm,
-                )
-                loss = pl
-                if a.kl_coef > 0 and not a.kl_in_reward:
-                    kl = masked_mean(kl_estimate(logp, e.ref_logp, a.kl_kind), e.action_mask)
-                    loss = loss + a.kl_coef * kl
-                    st["kl_loss"] = st.get("kl_loss", 0.0) + w * float(kl.detach())
-                if ent is not None:
-                    ent_m = masked_mean(ent, e.action_mask)
-                    loss = loss - a.entropy_coef * ent_m
-                    st["entropy"] = st.get("entropy", 0.0) + w * float(ent_m.detach())
-                (loss * w).backward()
-                st["policy_loss"] = st.get("policy_loss", 0.0) + w * float(pl.detach())
-                st["loss"] = st.get("loss", 0.0) + w * float(loss.detach())
-                for k in ("clip_frac", "approx_kl", "ratio_mean"):
-                    st[k] = st.get(k, 0.0) + w * float(ps[k])
-                if critic is not None:
-                    v = _critic_forward(critic, e.sequences, e.attention_mask, R)
-                    vl = value_loss(v, e.values, e.returns, e.action_mask, a.value_clip)
-                    (a.vf_coef * vl * w).backward()
-                    st["value_loss"] = st.get("value_loss", 0.0) + w * float(vl.detach())
-            params = [p for grp in opt.param_groups for p in grp["params"]]
-            gn = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-            st["grad_norm"] = float(gn)
-            if guard.check(step, st["loss"], gn):
-                opt.step()
-                sched.step()
-            if critic is not None:
-                cparams = [p for grp in critic_opt.param_groups for p in grp["params"]]
-                cgn = torch.nn.utils.clip_grad_norm_(cparams, cfg.optim.grad_clip)
-                st["critic_grad_norm"] = float(cgn)
-                if guard.check(step, st["value_loss"], cgn):
-                    critic_opt.step()
-                    critic_sched.step()
-            for k, v in st.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            measure = False
-    out = {k: v / max(count, 1) for k, v in sums.items()}
-    if not a.recompute_old_logp:
-        out.update(mismatch_stats(*mism))
-    return out
-
-
-def _critic_forward(critic, sequences, attention_mask, n_response):
-    from trainkit.rlhf.rollout.base import position_ids
-
-    v = critic(sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
-    return v[:, -n_response - 1 : -1]
 
 
 # ------------------------------------------------------------------------ checkpoints
