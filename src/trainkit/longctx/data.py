@@ -103,6 +103,49 @@ def _options(task: str, d: DataSection) -> dict:
     return {}
 
 
+def n_short_for(short_ratio: float, n_long: int) -> int:
+    """How many short records make them ``short_ratio`` of the file next to ``n_long``."""
+    return round(short_ratio / (1.0 - short_ratio) * n_long)
+
+
+def short_records(
+    n: int, rng: random.Random, meter: Meter, d: DataSection, *, seed: int, start_index: int
+) -> list[dict]:
+    """``n`` short samples, alternating plain text (3 consecutive stdlib paragraphs) and a
+    short chat (a task of ``d.tasks`` at ``d.short_length``, indices from ``start_index``).
+
+    Also used by :mod:`trainkit.longctx.teacher` to mix short samples into teacher data.
+    """
+    pars = [p for _, p in stdlib_paragraphs()]
+    out = []
+    i = start_index
+    for k in range(n):
+        if k % 2 == 0:
+            start = rng.randrange(len(pars))
+            text = " ".join(pars[start : start + 3])
+            out.append(
+                {
+                    "text": text,
+                    "meta": {"task": "short_text", "length": meter(text), "unit": meter.unit},
+                }
+            )
+        else:
+            task = d.tasks[(k // 2) % len(d.tasks)]
+            rec = make_sample(
+                task,
+                seed=seed,
+                index=i,
+                length=d.short_length,
+                depth=round(rng.random(), 4),
+                meter=meter,
+                **_options(task, d),
+            )
+            rec["meta"]["short"] = True
+            out.append(rec)
+            i += 1
+    return out
+
+
 def generate(cfg: MakeDataConfig, meter: Meter | None = None) -> list[dict]:
     """All records of ``cfg`` (long, then short, shuffled by ``cfg.seed``)."""
     d = cfg.data
@@ -126,33 +169,8 @@ def generate(cfg: MakeDataConfig, meter: Meter | None = None) -> list[dict]:
                     )
                 )
                 i += 1
-    n_short = round(d.short_ratio / (1.0 - d.short_ratio) * len(long_recs))
-    pars = [p for _, p in stdlib_paragraphs()]
-    short_recs = []
-    for k in range(n_short):
-        if k % 2 == 0:
-            start = rng.randrange(len(pars))
-            text = " ".join(pars[start : start + 3])
-            short_recs.append(
-                {
-                    "text": text,
-                    "meta": {"task": "short_text", "length": meter(text), "unit": meter.unit},
-                }
-            )
-        else:
-            task = d.tasks[(k // 2) % len(d.tasks)]
-            rec = make_sample(
-                task,
-                seed=cfg.seed,
-                index=i,
-                length=d.short_length,
-                depth=round(rng.random(), 4),
-                meter=meter,
-                **_options(task, d),
-            )
-            rec["meta"]["short"] = True
-            short_recs.append(rec)
-            i += 1
+    n_short = n_short_for(d.short_ratio, len(long_recs))
+    short_recs = short_records(n_short, rng, meter, d, seed=cfg.seed, start_index=i)
     out = long_recs + short_recs
     rng.shuffle(out)
     return out
