@@ -36,7 +36,9 @@ def char_tokenizer():
 
     tok = Tokenizer(models.WordLevel(vocab(), unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    # every character its own piece: "." would not match "\n", and the unmatched run "\n\n"
+    # became one piece, i.e. one <unk> (tokenizers saved before 2026-11-27 have that bug)
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,

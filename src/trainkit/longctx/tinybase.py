@@ -42,7 +42,7 @@ from trainkit.longctx.tasks import make_sample
 
 #: random filler alphabet: letters and spaces, no digits (answers are digits)
 FILLER = "abcdefghijklmnopqrstuvwxyz "
-#: between context and question (chartok maps "\n" to <unk>: its Split regex "." skips it)
+#: between context and question (not "\n\n": tokenizers saved before the chartok fix made it <unk>)
 SEP = " ; "
 #: the shipped checkpoint (trained by ``examples/train_tiny_retrieval.py``)
 ASSET_DIR = Path(__file__).resolve().parent / "assets" / "tiny_base"
