@@ -29,8 +29,8 @@ Departures from the paper: one process (no multi-GPU); no teacher data unless gi
 from __future__ import annotations
 
 import json
-import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,7 @@ from trainkit.common.errors import UserError
 from trainkit.common.io import atomic_dir, atomic_write_json
 from trainkit.llm.data import DataConfig
 from trainkit.llm.lora import LoraSection
+from trainkit.llm.train_control import SafetyFields
 
 
 @dataclass
@@ -153,8 +154,10 @@ class ExtendDataSection(DataConfig):
 
 
 @dataclass
-class ExtendTrainSection:
-    """The ``train:`` section: AdamW on the trainable weights, step and time budgets.
+class ExtendTrainSection(SafetyFields):
+    """The ``train:`` section: AdamW on the trainable weights, step and time budgets,
+    checkpoints (in ``output_dir/checkpoints`` until the final model replaces the folder)
+    and the NaN/inf policy.
 
     Attributes:
         max_steps: optimiser steps to run and length of the LR schedule; 0 or less = no step
@@ -203,6 +206,7 @@ class ExtendConfig:
     train: ExtendTrainSection = field(default_factory=ExtendTrainSection)
     seed: int = 0
     output_dir: str = "runs/longctx/extended"
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint"})
 
     def check(self) -> None:
         """Checks run before training (not at load time: defaults have no data)."""
@@ -321,11 +325,22 @@ def batches(cfg: ExtendConfig, tok: Any, model: Any = None):
 
 
 def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
-    """Train ``model`` in place; returns ``{"steps", "seconds", "tokens", "losses"}``."""
+    """Train ``model`` in place.
+
+    Checkpoints (``train.save_every``, ``output_dir/checkpoints``), ``resume``, the
+    NaN/inf policy and Ctrl-C follow :mod:`trainkit.llm.train_control`. The batches are a
+    seeded stream, so a resumed run replays it up to the saved step; the time budget
+    continues from the saved seconds.
+
+    Returns:
+        ``{"steps", "seconds", "tokens", "losses", "nonfinite_skipped", "interrupted"}``
+        (with ``"message"`` when interrupted: a checkpoint was saved, nothing else).
+    """
     import torch
 
     from trainkit.llm.loss import CausalLMLoss
     from trainkit.llm.sft import lr_factor
+    from trainkit.llm.train_control import TrainControl
 
     t = cfg.train
     if t.threads:
@@ -339,43 +354,59 @@ def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
     dev = next(model.parameters()).device
     steps_cap = t.max_steps if t.max_steps > 0 else 10**9
     gen = batches(cfg, tok, model)
-    t0, tokens, losses, step = time.time(), 0, [], 0
-    while step < steps_cap:
-        if t.max_seconds > 0 and time.time() - t0 >= t.max_seconds:
-            break
-        b = {k: v.to(dev) for k, v in next(gen).items()}
-        f = lr_factor(step, steps_cap if t.max_steps > 0 else 10**9, t.warmup_steps, t.schedule)
-        for g in opt.param_groups:
-            g["lr"] = t.lr * f
-        loss_sum, n = loss_mod(**b)
-        loss = loss_sum / n.clamp(min=1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-        opt.step()
-        step += 1
-        tokens += (
-            int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
-        )
-        losses.append(round(float(loss.detach()), 5))
-        if not math.isfinite(losses[-1]):
-            raise UserError(f"loss is {losses[-1]} at step {step}; lower train.lr")
-        if log and (step % max(1, t.log_every) == 0 or step == 1):
-            log(
-                {
-                    "step": step,
-                    "loss": losses[-1],
-                    "lr": t.lr * f,
-                    "seconds": round(time.time() - t0, 1),
-                }
+    ctl = TrainControl(cfg.output_dir, "extend", t, cfg.resume, model, opt)
+    state = ctl.restore() or {}
+    step, tokens = int(state.get("step", 0)), int(state.get("tokens", 0))
+    losses: list[float] = list(state.get("losses", []))
+    for _ in range(step):  # replay the seeded stream to the saved position
+        next(gen)
+    t0 = time.time() - float(state.get("seconds", 0.0))
+    with ctl:
+        while step < steps_cap:
+            if t.max_seconds > 0 and time.time() - t0 >= t.max_seconds:
+                break
+            b = {k: v.to(dev) for k, v in next(gen).items()}
+            f = lr_factor(step, steps_cap, t.warmup_steps, t.schedule)
+            for g in opt.param_groups:
+                g["lr"] = t.lr * f
+            loss_sum, n = loss_mod(**b)
+            loss = loss_sum / n.clamp(min=1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(
+                params, t.grad_clip if t.grad_clip > 0 else float("inf")
             )
-    return {
+            if ctl.apply(step + 1, loss, gnorm):  # NaN/inf never reaches the weights
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens += (
+                int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+            )
+            losses.append(round(float(loss.detach()), 5))
+            if log and (step % max(1, t.log_every) == 0 or step == 1):
+                log(
+                    {
+                        "step": step,
+                        "loss": losses[-1],
+                        "lr": t.lr * f,
+                        "seconds": round(time.time() - t0, 1),
+                    }
+                )
+            extra = {"seconds": time.time() - t0, "tokens": tokens, "losses": losses}
+            if ctl.end_step(step, {}, extra, last=step >= steps_cap):
+                break
+    out = {
         "steps": step,
         "seconds": round(time.time() - t0, 2),
         "tokens": tokens,
         "losses": losses,
+        "nonfinite_skipped": ctl.guard.skipped,
+        "interrupted": ctl.interrupted,
     }
+    if ctl.interrupted:
+        out["message"] = ctl.message(step)
+    return out
 
 
 def save_extended(model: Any, tok: Any, cfg: ExtendConfig, out: str | Path) -> Path:
@@ -425,6 +456,8 @@ def extend(cfg: ExtendConfig, log=print) -> tuple[Any, Any, dict]:
     rec = model.config.to_dict().get("trainkit_longctx")
     log({"rope": rec, "trainable": trainable, "total": total})
     stats = train_loop(model, tok, cfg, log=log)
+    if stats["interrupted"]:  # a checkpoint was saved; no model yet (resume=true continues)
+        return model, tok, {"output_dir": str(cfg.output_dir), **stats}
     out = save_extended(model, tok, cfg, cfg.output_dir)
     from trainkit.config import to_dict
 
@@ -441,8 +474,11 @@ def extend(cfg: ExtendConfig, log=print) -> tuple[Any, Any, dict]:
 
 
 def run(cfg: ExtendConfig, args: Any = None) -> int:
-    """CLI entry of ``trainkit longctx extend``."""
+    """CLI entry of ``trainkit longctx extend``: 0 when done, 130 after a Ctrl-C."""
     _, _, report = extend(cfg, log=lambda r: print(json.dumps(r), flush=True))
+    if report["interrupted"]:
+        print(report["message"], file=sys.stderr)
+        return 130
     last = report["losses"][-1] if report["losses"] else None
     print(
         json.dumps(

@@ -29,9 +29,9 @@ the model's chat template and each response ends with the EOS token.
 from __future__ import annotations
 
 import copy
-import math
 import random
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,17 +39,17 @@ from typing import Any, Literal
 
 from trainkit.common.errors import UserError
 from trainkit.llm.lora import LoraSection
-from trainkit.rlhf.trainers.rm import (
-    DataSection as _RMData,
-)
-from trainkit.rlhf.trainers.rm import (
-    OptimSection,
+from trainkit.llm.train_control import SafetyFields
+from trainkit.rlhf.trainers.pairs import (
+    batch_logps,
     chat_prompt,
+    collate,
+    encode_pair,
     load_split,
     make_optimizer,
 )
-
-IGNORE = -100
+from trainkit.rlhf.trainers.rm import DataSection as _RMData
+from trainkit.rlhf.trainers.rm import OptimSection
 
 
 # ----------------------------------------------------------------------------- config
@@ -82,8 +82,9 @@ class DataSection(_RMData):
 
 
 @dataclass
-class TrainSection:
-    """The ``train`` section: steps, batching, the DPO/IPO/cDPO loss and the reference.
+class TrainSection(SafetyFields):
+    """The ``train`` section: steps, batching, the DPO/IPO/cDPO loss, the reference,
+    checkpoints and the NaN/inf policy.
 
     Attributes:
         max_steps: optimizer steps; a step whose gradient norm is NaN/inf is not applied.
@@ -163,6 +164,7 @@ class DPOConfig:
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     output_dir: str = "runs/dpo"
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint"})
 
     def validate(self) -> None:
         if self.train.beta <= 0:
@@ -194,68 +196,6 @@ RULES: dict[str, Callable[[str, dict], bool]] = {
     "match_chosen": _match_chosen,
     "not_rejected_prefix": _not_rejected_prefix,
 }
-
-
-# ------------------------------------------------------------------------- batching
-def encode_pair(tok: Any, rec: dict, max_prompt_len: int, max_len: int) -> dict:
-    """Token ids of one pair: the shared prompt, then each response plus EOS.
-
-    Returns ``{"chosen": ids, "rejected": ids, "prompt_len": int}`` (Python lists); the
-    prompt is left-truncated to ``max_prompt_len``, responses cut to fit ``max_len``.
-    """
-    prompt = tok(chat_prompt(tok, rec["prompt"]), add_special_tokens=False)["input_ids"]
-    prompt = prompt[-max_prompt_len:]
-    room = max(1, max_len - len(prompt))
-    out = {"prompt_len": len(prompt)}
-    for side in ("chosen", "rejected"):
-        resp = tok(rec[side], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        out[side] = prompt + resp[:room]
-    return out
-
-
-def collate(encoded: list[dict], pad_id: int) -> dict:
-    """``[2B, T]`` ``input_ids``, ``attention_mask``, ``labels`` (chosen rows first).
-
-    ``labels`` hold the response token ids and ``-100`` on prompt and padding;
-    ``prompt_len`` is ``[2B]``.
-    """
-    import torch
-
-    seqs = [e["chosen"] for e in encoded] + [e["rejected"] for e in encoded]
-    plens = [e["prompt_len"] for e in encoded] * 2
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    att = torch.zeros((len(seqs), T), dtype=torch.long)
-    lab = torch.full((len(seqs), T), IGNORE, dtype=torch.long)
-    for i, (s, p) in enumerate(zip(seqs, plens)):
-        ids[i, : len(s)] = torch.tensor(s)
-        att[i, : len(s)] = 1
-        lab[i, p : len(s)] = torch.tensor(s[p:])
-    return {
-        "input_ids": ids,
-        "attention_mask": att,
-        "labels": lab,
-        "prompt_len": torch.tensor(plens, dtype=torch.long),
-    }
-
-
-def batch_logps(model: Any, batch: dict, average: bool) -> Any:
-    """Sequence log-probs ``[2B]`` of the response tokens of a collated batch."""
-    from trainkit.rlhf.losses import sequence_logps, token_logps
-
-    dev = next(model.parameters()).device
-    ids, att, lab = (batch[k].to(dev) for k in ("input_ids", "attention_mask", "labels"))
-    T = ids.shape[1]
-    # Logits only where a response token is predicted: the last K positions, with K
-    # reaching back to the shortest prompt's last token. The [*, T, vocab] logits of
-    # the prompt would dominate time and memory (vocab 49152, prompts of ~40 tokens).
-    K = min(T, T - int(batch["prompt_len"].min()) + 1)
-    logits = model(
-        input_ids=ids, attention_mask=att, use_cache=False, logits_to_keep=K
-    ).logits  # [2B, K, V]: positions T-K .. T-1
-    labels = lab[:, T - K + 1 :]  # logits at t predict token t + 1
-    lp = token_logps(logits[:, :-1], labels)  # [2B, K-1]
-    return sequence_logps(lp, None, labels != IGNORE, average=average)
 
 
 # --------------------------------------------------------------------------- recipe
@@ -430,6 +370,12 @@ def save_policy(model: Any, tok: Any, cfg: DPOConfig, out: Path) -> str | None:
 def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> dict:
     """Train with DPO/IPO/cDPO; returns the summary (also in ``summary.json``).
 
+    Checkpoints, ``resume``, the NaN/inf policy and Ctrl-C follow
+    :mod:`trainkit.llm.train_control` (after a Ctrl-C: ``{"interrupted": True, ...}``,
+    nothing saved but the checkpoint). On resume, whatever needs the initial policy (the
+    "before" evaluation, the frozen or precomputed reference) is built before the
+    checkpoint is loaded.
+
     Args:
         cfg: the recipe config.
         on_model: called with the freshly built policy before training (tests snapshot
@@ -441,15 +387,16 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
     from trainkit.common.logging import MetricsLogger, progress
     from trainkit.common.run import save_config
     from trainkit.common.seed import seed_everything
+    from trainkit.llm.train_control import TrainControl, rng_from_json, rng_to_json
     from trainkit.rlhf.losses import dpo_loss
 
     out = Path(cfg.output_dir)
+    seed_everything(cfg.train.seed)
+    model, tok = build_policy(cfg)  # inputs first: a bad model or data leaves no run folder
+    train, held = load_split(cfg.data, cfg.train.seed, out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    seed_everything(cfg.train.seed)
-    train, held = load_split(cfg.data, cfg.train.seed, out)
     held = held[: cfg.eval.max_pairs] if cfg.eval.max_pairs else held
-    model, tok = build_policy(cfg)
     if torch.cuda.is_available():
         model.cuda()
     if on_model is not None:
@@ -459,14 +406,8 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
     enc_held = [encode_pair(tok, r, D.max_prompt_len, D.max_len) for r in held]
     pad = tok.pad_token_id
 
-    log = MetricsLogger(out)
     before, held_ref = evaluate(model, enc_held, None, pad, cfg)
     gen_before = generate_eval(model, tok, held, cfg) if E.generate else None
-    log.log(
-        0,
-        **{f"eval/{k}": v for k, v in before.items()},
-        **({"eval/follow_rate": gen_before["follow_rate"]} if gen_before else {}),
-    )
     ref = Reference(model, T.ref, cfg.lora.enabled, T.average_logps)
     if T.ref == "precompute":
         ref.precompute(enc_train, pad, E.batch_size, "ref logps", T.progress)
@@ -475,53 +416,78 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
     opt, sched = make_optimizer(params, cfg.optim, T.max_steps)
     rng = random.Random(T.seed)
     order: list[int] = []
-    model.train()
-    bar = progress(total=T.max_steps, desc="dpo", disable=not T.progress)
-    for step in range(1, T.max_steps + 1):
-        if len(order) < T.batch_size:
-            perm = list(range(len(enc_train)))
-            rng.shuffle(perm)
-            order += perm
-        idx, order = order[: T.batch_size], order[T.batch_size :]
-        batch = collate([enc_train[i] for i in idx], pad)
-        ref_lp = ref.logps(idx, batch)
-        pol_lp = batch_logps(model, batch, T.average_logps)  # [2B]
-        B = len(idx)
-        ref_lp = ref_lp.to(pol_lp.device, pol_lp.dtype)
-        loss, cr, rr = dpo_loss(
-            pol_lp[:B],
-            pol_lp[B:],
-            ref_lp[:B],
-            ref_lp[B:],
-            beta=T.beta,
-            label_smoothing=T.label_smoothing,
-            loss_type=T.loss_type,
+    ctl = TrainControl(out, "dpo", T, cfg.resume, model, opt, sched)
+    state = ctl.restore()
+    start = int(state["step"]) if state else 0
+    if state:
+        order, rng = list(state["data"]["order"]), random.Random()
+        rng.setstate(rng_from_json(state["data"]["rng"]))
+    log = MetricsLogger(out)
+    if not state:
+        log.log(
+            0,
+            **{f"eval/{k}": v for k, v in before.items()},
+            **({"eval/follow_rate": gen_before["follow_rate"]} if gen_before else {}),
         )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-        if math.isfinite(float(gnorm)):
-            opt.step()
-        sched.step()
-        bar.update(1)
-        if step == 1 or step % T.log_every == 0 or step == T.max_steps:
-            rec = log.log(
-                step,
-                loss=loss.item(),
-                reward_acc=(cr > rr).float().mean().item(),
-                chosen_reward=cr.mean().item(),
-                rejected_reward=rr.mean().item(),
-                margin=(cr - rr).mean().item(),
-                logp_chosen=pol_lp[:B].mean().item(),
-                logp_rejected=pol_lp[B:].mean().item(),
-                grad_norm=float(gnorm),
-                lr=sched.get_last_lr()[0],
+    model.train()
+    bar = progress(total=T.max_steps, initial=start, desc="dpo", disable=not T.progress)
+    step = start
+    with ctl:
+        for step in range(start + 1, T.max_steps + 1):
+            if len(order) < T.batch_size:
+                perm = list(range(len(enc_train)))
+                rng.shuffle(perm)
+                order += perm
+            idx, order = order[: T.batch_size], order[T.batch_size :]
+            batch = collate([enc_train[i] for i in idx], pad)
+            ref_lp = ref.logps(idx, batch)
+            pol_lp = batch_logps(model, batch, T.average_logps)  # [2B]
+            B = len(idx)
+            ref_lp = ref_lp.to(pol_lp.device, pol_lp.dtype)
+            loss, cr, rr = dpo_loss(
+                pol_lp[:B],
+                pol_lp[B:],
+                ref_lp[:B],
+                ref_lp[B:],
+                beta=T.beta,
+                label_smoothing=T.label_smoothing,
+                loss_type=T.loss_type,
             )
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", margin=f"{rec['margin']:.3f}")
-        if E.every and step % E.every == 0 and step < T.max_steps:
-            ev, _ = evaluate(model, enc_held, held_ref, pad, cfg)
-            log.log(step, **{f"eval/{k}": v for k, v in ev.items()})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+            applied = ctl.apply(step, loss, gnorm)  # NaN/inf never reaches the weights
+            if applied:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            bar.update(1)
+            if step == 1 or step % T.log_every == 0 or step == T.max_steps or not applied:
+                log.log(
+                    step,
+                    loss=loss.item(),
+                    reward_acc=(cr > rr).float().mean().item(),
+                    chosen_reward=cr.mean().item(),
+                    rejected_reward=rr.mean().item(),
+                    margin=(cr - rr).mean().item(),
+                    logp_chosen=pol_lp[:B].mean().item(),
+                    logp_rejected=pol_lp[B:].mean().item(),
+                    grad_norm=float(gnorm),
+                    lr=sched.get_last_lr()[0],
+                    **({} if applied else {"skipped": 1}),
+                    **({"nonfinite_skipped": ctl.guard.skipped} if ctl.guard.skipped else {}),
+                )
+                bar.set_postfix(loss=f"{loss.item():.4f}", margin=f"{(cr - rr).mean().item():.3f}")
+            if E.every and step % E.every == 0 and step < T.max_steps:
+                ev, _ = evaluate(model, enc_held, held_ref, pad, cfg)
+                log.log(step, **{f"eval/{k}": v for k, v in ev.items()})
+            data = {"order": order, "rng": rng_to_json(rng.getstate())}
+            if ctl.end_step(step, data, last=step == T.max_steps):
+                break
     bar.close()
+    if ctl.interrupted:
+        log.close()
+        return {"interrupted": True, "step": step, "message": ctl.message(step)}
     after, _ = evaluate(model, enc_held, held_ref, pad, cfg)
     gen_after = generate_eval(model, tok, held, cfg) if E.generate else None
     log.log(
@@ -532,6 +498,7 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
     log.close()
     saved = save_policy(model, tok, cfg, out)
     summary = {
+        "interrupted": False,
         "heldout_accuracy_before": before["accuracy"],
         "heldout_accuracy": after["accuracy"],
         "heldout_margin": after["margin"],
@@ -542,6 +509,7 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
         "samples_before": gen_before["samples"] if gen_before else [],
         "samples_after": gen_after["samples"] if gen_after else [],
         "steps": T.max_steps,
+        "nonfinite_skipped": ctl.guard.skipped,
         "saved": saved,
         "config": asdict(cfg),
     }
@@ -550,8 +518,11 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
 
 
 def run(cfg: DPOConfig, args: Any = None) -> int:
-    """CLI entry of ``trainkit rlhf dpo``."""
+    """CLI entry of ``trainkit rlhf dpo``: 0 when done, 130 after a Ctrl-C."""
     s = train_dpo(cfg)
+    if s["interrupted"]:
+        print(s["message"], file=sys.stderr)
+        return 130
     msg = (
         f"held-out preference accuracy {s['heldout_accuracy_before']:.3f} -> "
         f"{s['heldout_accuracy']:.3f} on {s['n_heldout']} pairs"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,15 @@ from typing import Any, Literal
 
 from trainkit.common.errors import UserError
 from trainkit.llm.lora import LoraSection
+from trainkit.llm.train_control import SafetyFields
+from trainkit.rlhf.trainers.pairs import (
+    chat_prompt,
+    check_lora_targets,
+    load_split,
+    make_optimizer,
+    peft_config,
+)
+from trainkit.rlhf.trainers.pairs import read_pairs as read_pairs  # re-exported
 
 
 # ----------------------------------------------------------------------------- config
@@ -110,8 +120,8 @@ class OptimSection:
 
 
 @dataclass
-class TrainSection:
-    """The ``train`` section: steps, batching, loss and logging.
+class TrainSection(SafetyFields):
+    """The ``train`` section: steps, batching, loss, logging, checkpoints, NaN policy.
 
     Attributes:
         max_steps: optimizer steps (>= 0; 0: only evaluate and save the untrained model).
@@ -169,98 +179,13 @@ class RMConfig:
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     output_dir: str = "runs/rm"
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint"})
 
     def validate(self) -> None:
         if self.train.max_steps < 0 or self.train.batch_size < 1:
             raise UserError("train.max_steps must be >= 0 and train.batch_size >= 1")
         if not 0.0 <= self.data.eval_fraction < 1.0:
             raise UserError(f"data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
-
-
-# ------------------------------------------------------------------ data (shared with dpo)
-def read_pairs(path: str | Path) -> list[dict]:
-    """Read ``{"prompt","chosen","rejected"}`` records (strings) from a jsonl file.
-
-    Raises:
-        UserError: missing file, bad JSON, or a missing/non-string field (file and line).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"preference data file not found: {p}")
-    out = []
-    with open(p, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{p}:{i}: invalid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise UserError(f"{p}:{i}: expected an object with prompt, chosen, rejected")
-            for k in ("prompt", "chosen", "rejected"):
-                if not isinstance(rec.get(k), str):
-                    raise UserError(
-                        f"{p}:{i}: field '{k}' must be a string, got {type(rec.get(k)).__name__}"
-                    )
-            out.append(rec)
-    if not out:
-        raise UserError(f"{p}: no preference records")
-    return out
-
-
-def load_split(data: Any, seed: int, out_dir: Path) -> tuple[list[dict], list[dict]]:
-    """Train and held-out pairs from a data section (``path``/``eval_path``/...).
-
-    An empty ``path`` generates the built-in preference data (see
-    :func:`builtin_pairs`) into ``out_dir/data``.
-    """
-    path, eval_path = data.path, data.eval_path
-    if not path:
-        path, eval_path = builtin_pairs(out_dir / "data", data, seed)
-    train = read_pairs(path)
-    if eval_path:
-        held = read_pairs(eval_path)
-    else:
-        idx = list(range(len(train)))
-        random.Random(seed).shuffle(idx)
-        n_eval = max(1, int(round(len(train) * data.eval_fraction))) if data.eval_fraction else 0
-        held = [train[i] for i in idx[:n_eval]]
-        train = [train[i] for i in sorted(idx[n_eval:])]
-    if data.limit:
-        train = train[: data.limit]
-    if not train:
-        raise UserError("no training pairs left after the held-out split")
-    return train, held
-
-
-def builtin_pairs(folder: Path, data: Any, seed: int) -> tuple[str, str]:
-    """Write the default preference data (train + held-out jsonl); return both paths.
-
-    Uses :func:`trainkit.rlhf.tasks.write_preference_data`: arithmetic prompts asking for
-    the bare number; with ``kind="format"`` chosen = the correct bare number and rejected
-    = a wordy reply, the behaviour the DPO recipe's ``number_only`` rule checks.
-    """
-    from trainkit.rlhf.tasks import write_preference_data
-
-    tp, hp = write_preference_data(
-        folder,
-        n=data.generate_n,
-        seed=seed,
-        n_heldout=data.generate_heldout,
-        kind=data.kind,
-        task=data.task,
-    )
-    return str(tp), str(hp)
-
-
-def chat_prompt(tok: Any, prompt: str) -> str:
-    """``prompt`` as a user turn in the model's chat template, ready for the answer."""
-    if getattr(tok, "chat_template", None):
-        return tok.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    return prompt + "\n"
 
 
 def encode_texts(tok: Any, texts: list[str], max_len: int) -> dict:
@@ -292,35 +217,6 @@ def pair_texts(tok: Any, pairs: list[dict]) -> list[str]:
     ]
 
 
-def make_optimizer(params: list, optim: Any, max_steps: int):
-    """AdamW with linear warmup then constant LR."""
-    import torch
-
-    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
-    warm = max(0, optim.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
-    )
-    return opt, sched
-
-
-def peft_config(lora: Any, task_type: str | None = None):
-    """A ``peft.LoraConfig`` for a bare backbone (no task head) from a ``LoraSection``."""
-    from peft import LoraConfig
-
-    kw = {"task_type": task_type} if task_type else {}
-    lora.validate()
-    return LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        modules_to_save=list(lora.modules_to_save) or None,
-        bias="none",
-        **kw,
-    )
-
-
 # --------------------------------------------------------------------------- model
 def build_model(cfg: RMConfig):
     """``(ValueHeadModel, tokenizer)``; the backbone is LoRA-wrapped when enabled."""
@@ -332,6 +228,7 @@ def build_model(cfg: RMConfig):
     if cfg.lora.enabled:
         from peft import get_peft_model
 
+        check_lora_targets(model.backbone, cfg.lora)
         model.backbone = get_peft_model(model.backbone, peft_config(cfg.lora))
         for p in model.score_head.parameters():
             p.requires_grad_(True)
@@ -395,6 +292,10 @@ def reward_stats(
 def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> dict:
     """Train a reward model; returns the summary (also written to ``summary.json``).
 
+    Checkpoints, ``resume``, the NaN/inf policy and Ctrl-C follow
+    :mod:`trainkit.llm.train_control`; after a Ctrl-C the summary is
+    ``{"interrupted": True, "step", "message"}`` and no model is written.
+
     Args:
         cfg: the recipe config.
         on_model: called with the freshly built model before training (tests snapshot
@@ -406,87 +307,110 @@ def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> di
     from trainkit.common.logging import MetricsLogger, progress
     from trainkit.common.run import save_config
     from trainkit.common.seed import seed_everything
+    from trainkit.llm.train_control import TrainControl, rng_from_json, rng_to_json
     from trainkit.rlhf.losses import pairwise_rm_loss, pairwise_rm_loss_logexp
 
     out = Path(cfg.output_dir)
+    seed_everything(cfg.train.seed)
+    model, tok = build_model(cfg)  # inputs first: a bad model or data leaves no run folder
+    train, held = load_split(cfg.data, cfg.train.seed, out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    seed_everything(cfg.train.seed)
-    train, held = load_split(cfg.data, cfg.train.seed, out)
-    model, tok = build_model(cfg)
     if torch.cuda.is_available():
         model.cuda()
     if on_model is not None:
         on_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = make_optimizer(params, cfg.optim, cfg.train.max_steps)
-    L, E = cfg.data.max_len, cfg.eval
+    L, E, T = cfg.data.max_len, cfg.eval, cfg.train
     held_eval = held[: E.max_pairs] if E.max_pairs else held
 
     before = evaluate(model, tok, held_eval, L, E.batch_size)
-    rng = random.Random(cfg.train.seed)
+    rng = random.Random(T.seed)
     order: list[int] = []
+    ctl = TrainControl(out, "rm", T, cfg.resume, model, opt, sched)
+    state = ctl.restore()
+    start = int(state["step"]) if state else 0
+    if state:
+        order, rng = list(state["data"]["order"]), random.Random()
+        rng.setstate(rng_from_json(state["data"]["rng"]))
     log = MetricsLogger(out)
-    log.log(0, **{f"eval/{k}": v for k, v in before.items()})
+    if not state:
+        log.log(0, **{f"eval/{k}": v for k, v in before.items()})
     model.train()
-    bar = progress(total=cfg.train.max_steps, desc="rm", disable=not cfg.train.progress)
-    for step in range(1, cfg.train.max_steps + 1):
-        if len(order) < cfg.train.batch_size:  # reshuffle per epoch, no short batches
-            perm = list(range(len(train)))
-            rng.shuffle(perm)
-            order += perm
-        idx, order = order[: cfg.train.batch_size], order[cfg.train.batch_size :]
-        pairs = [train[i] for i in idx]
-        s = batch_scores(model, tok, pair_texts(tok, pairs), L)  # [2B]
-        c, r = s[: len(pairs)], s[len(pairs) :]
-        if cfg.train.loss == "logexp":
-            loss = pairwise_rm_loss_logexp(c, r)
-        else:
-            loss = pairwise_rm_loss(c, r, cfg.train.margin or None)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-        opt.step()
-        sched.step()
-        bar.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            rec = log.log(
-                step,
-                loss=loss.item(),
-                acc=(c > r).float().mean().item(),
-                margin=(c - r).mean().item(),
-                chosen=c.mean().item(),
-                rejected=r.mean().item(),
-                grad_norm=float(gnorm),
-                lr=sched.get_last_lr()[0],
-            )
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.2f}")
-        if E.every and step % E.every == 0 and step < cfg.train.max_steps:
-            ev = evaluate(model, tok, held_eval, L, E.batch_size)
-            log.log(step, **{f"eval/{k}": v for k, v in ev.items()})
+    bar = progress(total=T.max_steps, initial=start, desc="rm", disable=not T.progress)
+    step = start
+    with ctl:
+        for step in range(start + 1, T.max_steps + 1):
+            if len(order) < T.batch_size:  # reshuffle per epoch, no short batches
+                perm = list(range(len(train)))
+                rng.shuffle(perm)
+                order += perm
+            idx, order = order[: T.batch_size], order[T.batch_size :]
+            pairs = [train[i] for i in idx]
+            s = batch_scores(model, tok, pair_texts(tok, pairs), L)  # [2B]
+            c, r = s[: len(pairs)], s[len(pairs) :]
+            if T.loss == "logexp":
+                loss = pairwise_rm_loss_logexp(c, r)
+            else:
+                loss = pairwise_rm_loss(c, r, T.margin or None)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+            applied = ctl.apply(step, loss, gnorm)  # NaN/inf never reaches the weights
+            if applied:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            bar.update(1)
+            if step % T.log_every == 0 or step == T.max_steps or not applied:
+                rec = log.log(
+                    step,
+                    loss=loss.item(),
+                    acc=(c > r).float().mean().item(),
+                    margin=(c - r).mean().item(),
+                    chosen=c.mean().item(),
+                    rejected=r.mean().item(),
+                    grad_norm=float(gnorm),
+                    lr=sched.get_last_lr()[0],
+                    **({} if applied else {"skipped": 1}),
+                    **({"nonfinite_skipped": ctl.guard.skipped} if ctl.guard.skipped else {}),
+                )
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{rec['acc']:.2f}")
+            if E.every and step % E.every == 0 and step < T.max_steps:
+                ev = evaluate(model, tok, held_eval, L, E.batch_size)
+                log.log(step, **{f"eval/{k}": v for k, v in ev.items()})
+            data = {"order": order, "rng": rng_to_json(rng.getstate())}
+            if ctl.end_step(step, data, last=step == T.max_steps):
+                break
     bar.close()
+    if ctl.interrupted:
+        log.close()
+        return {"interrupted": True, "step": step, "message": ctl.message(step)}
     after = evaluate(model, tok, held_eval, L, E.batch_size)
-    log.log(cfg.train.max_steps, **{f"eval/{k}": v for k, v in after.items()})
+    log.log(T.max_steps, **{f"eval/{k}": v for k, v in after.items()})
     log.close()
 
     save_model = model
     if cfg.lora.enabled:
         save_model.backbone = model.backbone.merge_and_unload()
     bcfg = save_model.backbone.config
-    if cfg.train.normalize_reward:
+    if T.normalize_reward:
         mean, std = reward_stats(model, tok, train, L, E.batch_size)
         bcfg.normalize_reward, bcfg.reward_mean, bcfg.reward_std = True, mean, std
     else:
         bcfg.normalize_reward, bcfg.reward_mean, bcfg.reward_std = False, 0.0, 1.0
     save_model.save_pretrained(out / "model", tokenizer=tok)
     summary = {
+        "interrupted": False,
         "heldout_accuracy_before": before["accuracy"],
         "heldout_accuracy": after["accuracy"],
         "heldout_margin": after["margin"],
         "heldout_loss": after["loss"],
         "n_train": len(train),
         "n_heldout": after["n"],
-        "steps": cfg.train.max_steps,
+        "steps": T.max_steps,
+        "nonfinite_skipped": ctl.guard.skipped,
         "reward_mean": bcfg.reward_mean,
         "reward_std": bcfg.reward_std,
         "model_dir": str(out / "model"),
@@ -497,8 +421,11 @@ def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> di
 
 
 def run(cfg: RMConfig, args: Any = None) -> int:
-    """CLI entry of ``trainkit rlhf rm``."""
+    """CLI entry of ``trainkit rlhf rm``: 0 when done, 130 after a Ctrl-C (checkpoint saved)."""
     s = train_rm(cfg)
+    if s["interrupted"]:
+        print(s["message"], file=sys.stderr)
+        return 130
     print(
         f"held-out pairwise accuracy {s['heldout_accuracy_before']:.3f} -> "
         f"{s['heldout_accuracy']:.3f} on {s['n_heldout']} pairs; model: {s['model_dir']}"

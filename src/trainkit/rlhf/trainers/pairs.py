@@ -1,0 +1,224 @@
+"""Preference pairs and pieces shared by the reward-model and DPO recipes.
+
+``{"prompt", "chosen", "rejected"}`` records (read with file:line errors, or generated
+from a built-in task), the held-out split, the chat-template prompt, the optimizer and
+the backbone's LoRA config; the DPO pair encoding and
+response log-probs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from trainkit.common.errors import UserError
+
+IGNORE = -100
+
+
+def read_pairs(path: str | Path) -> list[dict]:
+    """Read ``{"prompt","chosen","rejected"}`` records (strings) from a jsonl file.
+
+    Raises:
+        UserError: missing file, non-UTF-8 bytes, bad JSON, a record that is not an
+            object, a missing/non-string field or a lone surrogate (file and line); or
+            no records.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"preference data file not found: {p}")
+    out = []
+    for i, raw in enumerate(p.read_bytes().split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"{p}:{i}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{p}:{i}: invalid JSON ({e.msg})") from None
+        except ValueError as e:  # e.g. an integer with more digits than Python converts
+            raise UserError(f"{p}:{i}: invalid JSON ({str(e).split(';')[0]})") from None
+        if not isinstance(rec, dict):
+            raise UserError(f"{p}:{i}: expected an object with prompt, chosen, rejected")
+        for k in ("prompt", "chosen", "rejected"):
+            v = rec.get(k)
+            if not isinstance(v, str):
+                raise UserError(f"{p}:{i}: field '{k}' must be a string, got {type(v).__name__}")
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UserError(
+                    f"{p}:{i}: field '{k}' holds an invalid unicode escape (lone surrogate)"
+                ) from None
+        out.append(rec)
+    if not out:
+        raise UserError(f"{p}: no preference records")
+    return out
+
+
+def load_split(data: Any, seed: int, out_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Train and held-out pairs from a data section (``path``/``eval_path``/...).
+
+    An empty ``path`` generates the built-in preference data (see
+    :func:`builtin_pairs`) into ``out_dir/data``.
+    """
+    path, eval_path = data.path, data.eval_path
+    if not path:
+        path, eval_path = builtin_pairs(out_dir / "data", data, seed)
+    train = read_pairs(path)
+    if eval_path:
+        held = read_pairs(eval_path)
+    else:
+        idx = list(range(len(train)))
+        random.Random(seed).shuffle(idx)
+        n_eval = max(1, int(round(len(train) * data.eval_fraction))) if data.eval_fraction else 0
+        held = [train[i] for i in idx[:n_eval]]
+        train = [train[i] for i in sorted(idx[n_eval:])]
+    if data.limit:
+        train = train[: data.limit]
+    if not train:
+        raise UserError("no training pairs left after the held-out split")
+    return train, held
+
+
+def builtin_pairs(folder: Path, data: Any, seed: int) -> tuple[str, str]:
+    """Write the default preference data (train + held-out jsonl); return both paths.
+
+    Uses :func:`trainkit.rlhf.tasks.write_preference_data`: arithmetic prompts asking for
+    the bare number; with ``kind="format"`` chosen = the correct bare number and rejected
+    = a wordy reply, the behaviour the DPO recipe's ``number_only`` rule checks.
+    """
+    from trainkit.rlhf.tasks import write_preference_data
+
+    tp, hp = write_preference_data(
+        folder,
+        n=data.generate_n,
+        seed=seed,
+        n_heldout=data.generate_heldout,
+        kind=data.kind,
+        task=data.task,
+    )
+    return str(tp), str(hp)
+
+
+def chat_prompt(tok: Any, prompt: str) -> str:
+    """``prompt`` as a user turn in the model's chat template, ready for the answer."""
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return prompt + "\n"
+
+
+def make_optimizer(params: list, optim: Any, max_steps: int):
+    """AdamW with linear warmup then constant LR."""
+    import torch
+
+    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    warm = max(0, optim.warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+    )
+    return opt, sched
+
+
+def peft_config(lora: Any, task_type: str | None = None):
+    """A ``peft.LoraConfig`` for a bare backbone (no task head) from a ``LoraSection``."""
+    from peft import LoraConfig
+
+    kw = {"task_type": task_type} if task_type else {}
+    lora.validate()
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        modules_to_save=list(lora.modules_to_save) or None,
+        bias="none",
+        **kw,
+    )
+
+
+def check_lora_targets(model: Any, lora: Any) -> None:
+    """Raise a one-line UserError when a ``lora.target_modules`` name is not in ``model``."""
+    import torch
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in lora.target_modules if t not in names]
+    if missing:
+        linear = {
+            n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+        }
+        raise UserError(
+            f"lora.target_modules {missing} not found in the model; "
+            f"linear layers there include: {sorted(linear)}"
+        )
+
+
+# ------------------------------------------------------------------ DPO batching
+def encode_pair(tok: Any, rec: dict, max_prompt_len: int, max_len: int) -> dict:
+    """Token ids of one pair: the shared prompt, then each response plus EOS.
+
+    Returns ``{"chosen": ids, "rejected": ids, "prompt_len": int}`` (Python lists); the
+    prompt is left-truncated to ``max_prompt_len``, responses cut to fit ``max_len``.
+    """
+    prompt = tok(chat_prompt(tok, rec["prompt"]), add_special_tokens=False)["input_ids"]
+    prompt = prompt[-max_prompt_len:]
+    room = max(1, max_len - len(prompt))
+    out = {"prompt_len": len(prompt)}
+    for side in ("chosen", "rejected"):
+        resp = tok(rec[side], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        out[side] = prompt + resp[:room]
+    return out
+
+
+def collate(encoded: list[dict], pad_id: int) -> dict:
+    """``[2B, T]`` ``input_ids``, ``attention_mask``, ``labels`` (chosen rows first).
+
+    ``labels`` hold the response token ids and ``-100`` on prompt and padding;
+    ``prompt_len`` is ``[2B]``.
+    """
+    import torch
+
+    seqs = [e["chosen"] for e in encoded] + [e["rejected"] for e in encoded]
+    plens = [e["prompt_len"] for e in encoded] * 2
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), T), dtype=torch.long)
+    lab = torch.full((len(seqs), T), IGNORE, dtype=torch.long)
+    for i, (s, p) in enumerate(zip(seqs, plens)):
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+        lab[i, p : len(s)] = torch.tensor(s[p:])
+    return {
+        "input_ids": ids,
+        "attention_mask": att,
+        "labels": lab,
+        "prompt_len": torch.tensor(plens, dtype=torch.long),
+    }
+
+
+def batch_logps(model: Any, batch: dict, average: bool) -> Any:
+    """Sequence log-probs ``[2B]`` of the response tokens of a collated batch."""
+    from trainkit.rlhf.losses import sequence_logps, token_logps
+
+    dev = next(model.parameters()).device
+    ids, att, lab = (batch[k].to(dev) for k in ("input_ids", "attention_mask", "labels"))
+    T = ids.shape[1]
+    # Logits only where a response token is predicted: the last K positions, with K
+    # reaching back to the shortest prompt's last token. The [*, T, vocab] logits of
+    # the prompt would dominate time and memory (vocab 49152, prompts of ~40 tokens).
+    K = min(T, T - int(batch["prompt_len"].min()) + 1)
+    logits = model(
+        input_ids=ids, attention_mask=att, use_cache=False, logits_to_keep=K
+    ).logits  # [2B, K, V]: positions T-K .. T-1
+    labels = lab[:, T - K + 1 :]  # logits at t predict token t + 1
+    lp = token_logps(logits[:, :-1], labels)  # [2B, K-1]
+    return sequence_logps(lp, None, labels != IGNORE, average=average)
