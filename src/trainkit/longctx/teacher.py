@@ -12,7 +12,8 @@ one question, the answer in the assistant turn (loss on assistant turns only). H
    model's tokenizer); an oversized paragraph is cut at word boundaries.
 3. Prompts: single-detail, one chunk -> ``qa_per_chunk`` pairs; multi-detail, two chunks
    half a document apart in one prompt -> questions that need both (``multi_per_doc``).
-4. Replies: an optional ```json fence is stripped, the text parsed as JSON and validated
+4. Replies: an optional ```json fence is stripped (else, if the whole text is not JSON, the
+   JSON value starting at the first ``[`` is read, text after it ignored), then validated
    (a non-empty list of objects with non-empty string ``question`` and ``answer``; a bare
    object or ``{"key": [...]}`` is accepted too). An unparsable or invalid reply, or a
    transport failure, is re-asked up to ``teacher.retries`` times (one budget per prompt,
@@ -145,10 +146,14 @@ def parse_pairs(text: str | None) -> tuple[list[dict] | None, str]:
     if text is None:
         return None, "dropped_unparsable"
     m = _FENCE.search(text)
+    body = m.group(1) if m else text
     try:
-        obj = json.loads(m.group(1) if m else text)
-    except ValueError:
-        return None, "dropped_unparsable"
+        obj = json.loads(body)
+    except ValueError:  # prose around the array: the JSON value that starts at the first "["
+        try:
+            obj = json.JSONDecoder().raw_decode(body, body.index("["))[0]
+        except ValueError:
+            return None, "dropped_unparsable"
     if isinstance(obj, dict):
         lists = [v for v in obj.values() if isinstance(v, list)]
         obj = [obj] if "question" in obj else (lists[0] if len(lists) == 1 else obj)
