@@ -111,8 +111,20 @@ def _run(argv: list[str]) -> int:
     return int(result) if isinstance(result, int) else 0
 
 
+def _quiet_libraries() -> None:
+    """Silence library chatter that would put extra stderr lines around a one-line error:
+    the weight-loading progress bar of transformers (read by huggingface_hub at import) and
+    bitsandbytes' warning about optional CPU kernels."""
+    import logging
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _quiet_libraries()
     try:
         return _run(argv)
     except (UserError, NonFiniteError) as e:

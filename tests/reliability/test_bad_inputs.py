@@ -5,7 +5,8 @@ Every case must give exit code 2, exactly one stderr line starting with
 ``trainkit: error:`` (lines of library progress bars aside, see ``_error_lines``), no
 traceback, and no output directory left behind. ``CASES`` is the table that
 docs/RELIABILITY.md reproduces (``python tests/reliability/test_bad_inputs.py`` prints
-it as Markdown). One subprocess test checks the same contract for a real process.
+it as Markdown). Subprocess tests check the same contract for real processes, where
+stderr must be exactly one line (no weight-loading bar, no library warning).
 """
 
 import json
@@ -20,6 +21,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SFT = ["rlhf", "sft", "--config", str(ROOT / "configs/rlhf/sft_tiny.yaml")]
 GRPO = ["rlhf", "grpo", "--config", str(ROOT / "configs/rlhf/grpo_tiny.yaml")]
 KAN = ["kan", "fit", "train.steps=2", "train.grids=[3]"]
+RM = ["rlhf", "rm", "--config", str(ROOT / "configs/rlhf/rm_tiny.yaml"), "output_dir={t}/run"]
+DPO = ["rlhf", "dpo", "--config", str(ROOT / "configs/rlhf/dpo_tiny.yaml"), "output_dir={t}/run"]
+EXT = ["longctx", "extend", "--config", str(ROOT / "configs/longctx/tiny_8x.yaml")]
+EXT += [f"model.name={ROOT / 'src/trainkit/longctx/assets/tiny_base'}", "output_dir={t}/run"]
+MAKE = ["longctx", "make-data", "--out", "{t}/data.jsonl"]
+PAIR = json.dumps({"prompt": "1+1?", "chosen": "2", "rejected": "two"}) + "\n"
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
 GOOD = json.dumps(CHAT) + "\n"
@@ -98,6 +105,93 @@ CASES = [
     ),
     ("missing data file", SFT + ["data.path={t}/none.jsonl"], {}, "none.jsonl"),
     ("unsupported data file type", SFT + ["data.path={t}/d.csv"], {"d.csv": "a,b\n"}, ".csv"),
+    # -- reward model, DPO, context extension, long-context data
+    ("rm: unknown key", RM + ["train.max_stepz=3"], {}, "unknown key 'train.max_stepz'"),
+    ("rm: wrong type", RM + ["train.batch_size=eight"], {}, "expects an integer"),
+    ("rm: eval_fraction out of range", RM + ["data.eval_fraction=1.5"], {}, "eval_fraction"),
+    ("rm: max_nonfinite < 1", RM + ["train.max_nonfinite=0"], {}, "max_nonfinite"),
+    ("rm: bad nonfinite policy", RM + ["train.nonfinite=maybe"], {}, "train.nonfinite"),
+    (
+        "rm: LoRA targets not in the model",
+        RM + ["lora.enabled=true", "lora.target_modules=[foo_proj]"],
+        {},
+        "foo_proj",
+    ),
+    ("rm: model path missing", RM + ["model.name={t}/nomodel"], {}, "not found"),
+    (
+        "rm: pair missing a field",
+        RM + ["data.path={t}/p.jsonl"],
+        {"p.jsonl": PAIR + '{"prompt": "a", "chosen": "b"}\n'},
+        "p.jsonl:2: field 'rejected'",
+    ),
+    (
+        "rm: pair field of the wrong type",
+        RM + ["data.path={t}/p.jsonl"],
+        {"p.jsonl": '{"prompt": "a", "chosen": 1, "rejected": "b"}\n'},
+        "p.jsonl:1: field 'chosen' must be a string",
+    ),
+    (
+        "rm: bad JSON pair",
+        RM + ["data.path={t}/p.jsonl"],
+        {"p.jsonl": PAIR + '{"prompt": \n'},
+        "p.jsonl:2: invalid JSON",
+    ),
+    (
+        "rm: non-UTF-8 pairs",
+        RM + ["data.path={t}/p.jsonl"],
+        {"p.jsonl": PAIR.encode() + b'{"prompt": "caf\xe9"}\n'},
+        "p.jsonl:2: not UTF-8",
+    ),
+    ("rm: empty pairs file", RM + ["data.path={t}/p.jsonl"], {"p.jsonl": "\n"}, "no preference"),
+    (
+        "rm: 5000-digit number in a pair",
+        RM + ["data.path={t}/p.jsonl"],
+        {"p.jsonl": '{"prompt": ' + "9" * 5000 + "}\n"},
+        "p.jsonl:1: invalid JSON",
+    ),
+    (
+        "rm: lone surrogate in a pair",
+        RM + ["data.path={t}/p.jsonl"],
+        {"p.jsonl": '{"prompt": "\\ud800", "chosen": "a", "rejected": "b"}\n'},
+        "lone surrogate",
+    ),
+    ("rm: pairs file missing", RM + ["data.path={t}/none.jsonl"], {}, "none.jsonl"),
+    ("dpo: beta <= 0", DPO + ["train.beta=0"], {}, "train.beta must be > 0"),
+    ("dpo: label smoothing >= 0.5", DPO + ["train.label_smoothing=0.7"], {}, "label_smoothing"),
+    ("dpo: unknown eval rule", DPO + ["eval.rule=nope"], {}, "eval.rule"),
+    ("dpo: unknown loss type", DPO + ["train.loss_type=hinge"], {}, "train.loss_type"),
+    (
+        "dpo: LoRA targets not in the model",
+        DPO + ["lora.enabled=true", "lora.target_modules=[foo_proj]"],
+        {},
+        "foo_proj",
+    ),
+    (
+        "dpo: pair missing a field",
+        DPO + ["data.path={t}/p.jsonl"],
+        {"p.jsonl": '{"prompt": "a", "rejected": "b"}\n'},
+        "field 'chosen'",
+    ),
+    ("dpo: save_every < 0", DPO + ["train.save_every=-1"], {}, "save_every"),
+    ("extend: no training data", EXT + ["data.synthetic="], {}, "no training data"),
+    ("extend: rule without factor", EXT + ["rope.method=yarn", "rope.factor=null"], {}, "factor"),
+    ("extend: unknown RoPE rule", EXT + ["rope.method=ntk"], {}, "rope.method"),
+    (
+        "extend: no step or time budget",
+        EXT + ["train.max_steps=0", "train.max_seconds=0"],
+        {},
+        "max_steps",
+    ),
+    ("extend: max_nonfinite < 1", EXT + ["train.max_nonfinite=0"], {}, "max_nonfinite"),
+    ("extend: model path missing", EXT + ["model.name={t}/nomodel"], {}, "not found"),
+    (
+        "extend: bad JSON data line",
+        EXT + ["data.synthetic=", "data.path={t}/d.jsonl"],
+        {"d.jsonl": GOOD + "{oops\n"},
+        "d.jsonl:2: invalid JSON",
+    ),
+    ("make-data: length not a number", MAKE + ["--lengths", "abc"], {}, "data.lengths"),
+    ("make-data: unknown task", MAKE + ["--tasks", "nope"], {}, "nope"),
     # -- KAN formulas and CSVs
     ("unknown symbol", KAN + ["--formula", "foo(x1)", "out.root={t}/out"], {}, "foo"),
     ("formula syntax error", KAN + ["--formula", "sin(x1", "out.root={t}/out"], {}, "formula"),
@@ -286,25 +380,45 @@ def test_bad_input_gives_one_line_and_exit_2(
     assert "pwned" not in {p.name for p in tmp_path.rglob("*")}
 
 
+def _one_line_in_a_process(argv, tmp_path, stdout_empty: bool = True) -> None:
+    p = subprocess.run(
+        [sys.executable, "-m", "trainkit.cli", *argv],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("trainkit: error: "), p.stderr
+    assert not (tmp_path / "out").exists()
+    assert p.stdout == "" or not stdout_empty, p.stdout
+
+
 def test_real_process_exit_code_and_single_line(tmp_path):
     (tmp_path / "d.jsonl").write_bytes(b"\xff\xfe\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = f"output_dir={tmp_path}/out"
     for argv in (
         SFT + ["train.max_stepz=3"],
         KAN + ["--formula", "foo(x1)", f"out.root={tmp_path}/out"],
-        SFT + [f"data.path={tmp_path}/d.jsonl", f"output_dir={tmp_path}/out"],  # after loading
+        SFT + [f"data.path={tmp_path}/d.jsonl", out],  # after loading
+        # after loading a model through peft: no weight-loading bar, no bitsandbytes warning
+        [*RM[:-1], "lora.enabled=true", "lora.target_modules=[foo]", out],
     ):
-        p = subprocess.run(
-            [sys.executable, "-m", "trainkit.cli", *argv],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert p.returncode == 2
-        assert p.stderr.count("\n") == 1 and p.stderr.startswith("trainkit: error: ")
-        assert p.stdout == "" and not (tmp_path / "out").exists()
+        _one_line_in_a_process(argv, tmp_path)
+
+
+@pytest.mark.slow
+def test_real_process_single_line_other_commands(tmp_path):
+    """The same contract for dpo, longctx extend and make-data (~10 s a process)."""
+    (tmp_path / "d.jsonl").write_bytes(b"\xff\xfe\n")
+    out = f"output_dir={tmp_path}/out"
+    _one_line_in_a_process([*DPO[:-1], f"data.path={tmp_path}/d.jsonl", out], tmp_path)
+    # extend prints its JSON log line (rope rule, parameter counts) before reading the data
+    ext = [*EXT[:-1], "data.synthetic=", f"data.path={tmp_path}/d.jsonl", out]
+    _one_line_in_a_process(ext, tmp_path, stdout_empty=False)
+    make = ["longctx", "make-data", "--lengths", "abc", "--out", f"{tmp_path}/out"]
+    _one_line_in_a_process(make, tmp_path)
 
 
 def _table() -> str:  # pragma: no cover - a docs helper
