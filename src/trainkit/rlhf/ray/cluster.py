@@ -1,9 +1,11 @@
 """Ray plumbing: attach or start a cluster, place role actors, name dead roles.
 
-Placement: one placement group for the run with one bundle per actor
-(``{CPU: num_cpus, GPU: num_gpus}``), policy first. With ``colocate`` the rollout
-actors share the policy's bundle, which holds the resources of both, so fractional GPUs
-put training and generation on one device (OpenRLHF's ``--colocate_all_models``).
+Placement (:func:`role_bundles`): one placement group for the roles on one node each,
+one bundle per actor (``{CPU: num_cpus, GPU: num_gpus}``), policy first; a role spread
+over ``num_nodes > 1`` gets its own ``STRICT_SPREAD`` group (one bundle per node). With
+``colocate`` the other roles share the policy replicas' bundles, which hold the
+resources of all, so fractional GPUs put training and generation on one device
+(OpenRLHF's ``--colocate_all_models``).
 
 Deadlock rule (DESIGN.md, "Machine facts"): actors may hold every CPU of the cluster, so
 any helper *task* the driver launches (reward scoring, ...) must use ``num_cpus=0``;
@@ -40,7 +42,7 @@ class Cluster:
         self.ray = require("ray", "rlhf")
         self.rc = rc
         self.started = False
-        self.pg = None
+        self.pgs: list[Any] = []
         self.actors: dict[str, list[Any]] = {}
         t0 = time.perf_counter()
         if not self.ray.is_initialized():
@@ -59,32 +61,39 @@ class Cluster:
         self.init_s = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- placement
-    def place(self, bundles: list[dict[str, float]]) -> None:
-        """Reserve ``bundles`` in one placement group; wait for it (bounded)."""
+    def place(self, groups: list[tuple[str, list[dict[str, float]]]]) -> None:
+        """Reserve one placement group per ``(strategy, bundles)``; wait for all (bounded)."""
         from ray.util.placement_group import placement_group
 
-        self.pg = placement_group(bundles, strategy=self.rc.placement_strategy)
-        ready = self.ray.wait([self.pg.ready()], timeout=self.rc.startup_timeout_s)[0]
-        if not ready:
+        for strategy, bundles in groups:
+            self.pgs.append(placement_group(bundles, strategy=strategy))
+        ready, _ = self.ray.wait(
+            [pg.ready() for pg in self.pgs],
+            num_returns=len(self.pgs),
+            timeout=self.rc.startup_timeout_s,
+        )
+        if len(ready) < len(self.pgs):
             have = self.ray.cluster_resources()
+            want = [b for _, bs in groups for b in bs]
             raise UserError(
-                f"ray: could not reserve {bundles} within "
+                f"ray: could not reserve {want} within "
                 f"{self.rc.startup_timeout_s:.0f} s (cluster has "
-                f"CPU={have.get('CPU', 0)}, GPU={have.get('GPU', 0)}); lower "
-                "ray.<role>.num_cpus/num_gpus or add nodes"
+                f"CPU={have.get('CPU', 0)}, GPU={have.get('GPU', 0)}, "
+                f"{sum(1 for n in self.ray.nodes() if n.get('Alive'))} node(s)); lower "
+                "ray.<role>.num_cpus/num_gpus/num_nodes or add nodes"
             )
 
     def spawn(
         self,
         role: str,
         cls: type,
-        bundle: int,
+        slot: tuple[int, int],
         num_cpus: float,
         num_gpus: float,
         *args: Any,
         **kwargs: Any,
     ) -> Any:
-        """Start one actor of ``role`` on bundle ``bundle`` of the placement group."""
+        """Start one actor of ``role`` on ``slot = (placement group, bundle index)``."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         idx = len(self.actors.get(role, []))
@@ -96,7 +105,7 @@ class Cluster:
             max_concurrency=1,
             name=f"{role}-{idx}-{os.getpid()}",
             scheduling_strategy=PlacementGroupSchedulingStrategy(
-                placement_group=self.pg, placement_group_bundle_index=bundle
+                placement_group=self.pgs[slot[0]], placement_group_bundle_index=slot[1]
             ),
         ).remote(*args, **kwargs)
         self.actors.setdefault(role, []).append(handle)
@@ -122,14 +131,14 @@ class Cluster:
                 except Exception:  # noqa: BLE001 - already dead is fine
                     pass
         self.actors.clear()
-        if self.pg is not None:
-            from ray.util.placement_group import remove_placement_group
+        from ray.util.placement_group import remove_placement_group
 
+        for pg in self.pgs:
             try:
-                remove_placement_group(self.pg)
+                remove_placement_group(pg)
             except Exception:  # noqa: BLE001
                 pass
-            self.pg = None
+        self.pgs = []
         if self.started:
             self.ray.shutdown()
             self.started = False
@@ -143,17 +152,26 @@ def helper_task(fn: Any) -> Any:
     return ray.remote(num_cpus=0)(fn)
 
 
-def role_bundles(rc: Any) -> tuple[list[dict[str, float]], dict[str, list[int]]]:
-    """Bundles of the placement group and the bundle index of every actor per role.
+Slot = tuple[int, int]  # (placement group, bundle index)
 
-    Without ``colocate`` each actor gets its own bundle. With ``colocate`` there is one
-    bundle holding the resources of the policy and of every rollout/reward replica, so
-    fractional GPUs put training and generation on the same device (e.g.
-    ``policy.num_gpus=0.5 rollout.num_gpus=0.5`` -> one ``{GPU: 1}`` bundle).
+
+def role_bundles(rc: Any) -> tuple[list[tuple[str, list[dict[str, float]]]], dict[str, list[Slot]]]:
+    """The placement groups of a run and the slot of every actor, per role (pure).
+
+    * Roles with ``num_nodes == 1`` share the first group (strategy
+      ``ray.placement_strategy``, PACK by default), one bundle per actor, in the order
+      policy, reference, critic, rollout, reward.
+    * A role with ``num_nodes = m > 1`` gets its own group of ``m`` bundles placed
+      ``STRICT_SPREAD`` (one per node), each holding ``replicas / m`` of its actors.
+    * With ``colocate`` there is one bundle per policy replica; bundle ``i`` holds policy
+      ``i`` and, round robin, the other roles' actors ``j`` with ``j % replicas == i``,
+      so fractional GPUs put training and generation on one device (e.g.
+      ``policy.num_gpus=0.5 rollout.num_gpus=0.5`` -> ``{GPU: 1}`` bundles).
 
     Returns:
-        ``(bundles, {"policy": [0], "rollout": [...], "reward": [...]})``.
+        ``([(strategy, bundles), ...], {role: [(group, bundle) per replica]})``.
     """
+    from trainkit.rlhf.ray.config import ROLES
 
     def res(r, times=1):
         b = {"CPU": float(r.num_cpus) * times}
@@ -161,16 +179,31 @@ def role_bundles(rc: Any) -> tuple[list[dict[str, float]], dict[str, list[int]]]
             b["GPU"] = float(r.num_gpus) * times
         return b
 
-    k, m = rc.rollout.replicas, rc.reward.replicas
+    roles = {name: getattr(rc, name) for name in ROLES}
+    slots: dict[str, list[Slot]] = {name: [] for name in ROLES}
     if rc.colocate:
-        parts = [res(rc.policy), res(rc.rollout, k)] + ([res(rc.reward, m)] if m else [])
-        keys = sorted({key for p in parts for key in p})
-        bundle = {key: sum(p.get(key, 0.0) for p in parts) for key in keys}
-        return [bundle], {"policy": [0], "rollout": [0] * k, "reward": [0] * m}
-    bundles = [res(rc.policy)] + [res(rc.rollout) for _ in range(k)]
-    bundles += [res(rc.reward) for _ in range(m)]
-    return bundles, {
-        "policy": [0],
-        "rollout": list(range(1, k + 1)),
-        "reward": list(range(k + 1, k + 1 + m)),
-    }
+        n = roles["policy"].replicas
+        bundles: list[dict[str, float]] = [{} for _ in range(n)]
+        for name, r in roles.items():
+            for j in range(r.replicas):
+                for key, v in res(r).items():
+                    bundles[j % n][key] = bundles[j % n].get(key, 0.0) + v
+                slots[name].append((0, j % n))
+        return [(rc.placement_strategy, [dict(sorted(b.items())) for b in bundles])], slots
+    groups: list[tuple[str, list[dict[str, float]]]] = []
+    shared: list[dict[str, float]] = []
+    spread = []
+    for name, r in roles.items():
+        if r.num_nodes > 1:
+            spread.append((name, r))
+            continue
+        for _ in range(r.replicas):
+            slots[name].append((0, len(shared)))
+            shared.append(res(r))
+    if shared:
+        groups.append((rc.placement_strategy, shared))
+    for name, r in spread:
+        per = r.replicas // r.num_nodes
+        slots[name] = [(len(groups), j // per) for j in range(r.replicas)]
+        groups.append(("STRICT_SPREAD", [res(r, per) for _ in range(r.num_nodes)]))
+    return groups, slots

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 from trainkit.config import ConfigError
 
+ROLES = ("policy", "reference", "critic", "rollout", "reward")
+STRATEGIES = ("auto", "single", "fsdp2")
+
 
 @dataclass
 class RoleResources:
@@ -22,6 +25,13 @@ class RoleResources:
         default=0.0, metadata={"help": "GPUs per replica (fractions share a GPU)"}
     )
     replicas: int = field(default=1, metadata={"help": "actors of this role"})
+    num_nodes: int = field(
+        default=1,
+        metadata={
+            "help": "nodes the replicas spread over (replicas divisible by it); > 1: one "
+            "bundle per node holding replicas/num_nodes actors, placed STRICT_SPREAD"
+        },
+    )
 
 
 @dataclass
@@ -39,7 +49,37 @@ class RaySection:
     num_cpus: int | None = field(
         default=None, metadata={"help": "CPUs of the local cluster (null: all of the machine's)"}
     )
-    policy: RoleResources = field(default_factory=RoleResources)
+    policy: RoleResources = field(
+        default_factory=RoleResources,
+        metadata={
+            "help": "policy actors; replicas > 1 train data-parallel (one torch.distributed "
+            "group, see ray.strategy), each on its share of the step's prompt groups"
+        },
+    )
+    strategy: str = field(
+        default="auto",
+        metadata={
+            "help": "training strategy of the policy (and critic) replicas: auto (single for "
+            "1 replica, fsdp2 for more), single (1 replica only), fsdp2 (FSDP2 over gloo on "
+            "CPU, nccl on GPU; gradients averaged over replicas)"
+        },
+    )
+    reference: RoleResources = field(
+        default_factory=lambda: RoleResources(replicas=0),
+        metadata={
+            "help": "reference-model actors (used when algo.kl_coef > 0); replicas=0 keeps "
+            "the reference inside each policy actor, 1+ computes reference log-probs in its "
+            "own actors, rows split over them"
+        },
+    )
+    critic: RoleResources = field(
+        default_factory=lambda: RoleResources(replicas=0),
+        metadata={
+            "help": "critic actors (algo.estimator=gae); replicas=0 keeps the critic inside "
+            "each policy actor, 1+ runs values and the value-loss update in its own actors "
+            "(data-parallel like the policy when > 1)"
+        },
+    )
     rollout: RoleResources = field(default_factory=RoleResources)
     reward: RoleResources = field(
         default_factory=lambda: RoleResources(num_cpus=1.0, replicas=0),
@@ -82,15 +122,40 @@ class RaySection:
             raise ConfigError(
                 f"ray.weight_sync must be object_store or broadcast, got {self.weight_sync!r}"
             )
-        if self.policy.replicas != 1:
+        if self.strategy not in STRATEGIES:
             raise ConfigError(
-                "ray.policy.replicas > 1 (data-parallel training) is not supported yet; use 1"
+                f"ray.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
             )
-        if self.rollout.replicas < 1:
-            raise ConfigError("ray.rollout.replicas must be >= 1")
-        if self.reward.replicas < 0:
-            raise ConfigError("ray.reward.replicas must be >= 0 (0: score in the driver)")
-        for role in ("policy", "rollout", "reward"):
+        for role in ("policy", "rollout"):
+            if getattr(self, role).replicas < 1:
+                raise ConfigError(f"ray.{role}.replicas must be >= 1")
+        for role in ("reward", "reference", "critic"):
+            if getattr(self, role).replicas < 0:
+                raise ConfigError(f"ray.{role}.replicas must be >= 0 (0: not an actor role)")
+        if self.strategy == "single" and max(self.policy.replicas, self.critic.replicas) > 1:
+            raise ConfigError(
+                "ray.strategy=single trains one replica; use fsdp2 (or auto) for "
+                "ray.policy.replicas or ray.critic.replicas > 1"
+            )
+        for role in ROLES:
             r = getattr(self, role)
             if r.num_cpus < 0 or r.num_gpus < 0:
                 raise ConfigError(f"ray.{role}.num_cpus and num_gpus must be >= 0")
+            if r.num_nodes < 1:
+                raise ConfigError(f"ray.{role}.num_nodes must be >= 1, got {r.num_nodes}")
+            if r.replicas and r.replicas % r.num_nodes:
+                raise ConfigError(
+                    f"ray.{role}.replicas={r.replicas} is not divisible by "
+                    f"ray.{role}.num_nodes={r.num_nodes}"
+                )
+            if self.colocate and r.num_nodes > 1:
+                raise ConfigError(
+                    f"ray.colocate puts roles in shared bundles on one node per policy "
+                    f"replica; ray.{role}.num_nodes must be 1"
+                )
+
+    def train_strategy(self, replicas: int) -> str:
+        """The strategy name (``single`` or ``fsdp2``) of a group of ``replicas`` learners."""
+        if self.strategy == "auto":
+            return "fsdp2" if replicas > 1 else "single"
+        return self.strategy

@@ -1,4 +1,4 @@
-"""The online-RL loop with the policy and the rollout engines as Ray actors.
+"""The online-RL loop with the policy, reference, critic and rollout engines as Ray actors.
 
 Same steps, seeds and metrics as :func:`trainkit.rlhf.trainers.ppo.train` (read that
 first); what moves where:
@@ -9,70 +9,128 @@ first); what moves where:
   replica reproduces the single-process samples), decodes and scores the completions;
 * with ``ray.reward.replicas > 0`` the scoring runs in reward actors instead (a reward
   model then lives on its own CPUs/GPU), rows split evenly over them;
-* the policy actor makes experience and runs the PPO update
-  (:class:`~trainkit.rlhf.ray.workers.PolicyWorker`);
-* after every update the policy's weights (LoRA merged) are put in the Ray object store
-  once and every rollout actor loads them before the next step: weights travel policy ->
-  object store -> engines, never through the driver. With ``ray.weight_sync=broadcast``
-  they go over a private gloo group instead (policy rank 0, engines 1..k), streamed
-  tensor by tensor into the engines (:class:`~trainkit.rlhf.rollout.sync.WeightChannel`).
+* the no-grad passes run where the models are: the policy replicas (old log-probs with
+  ``algo.recompute_old_logp``; the reference and critic when they live in the policy
+  actors), the reference actors (``ray.reference.replicas > 0``) and the critic actors
+  (``ray.critic.replicas > 0``), each on its share of the rows; the driver then makes
+  the experience (KL, advantages over the whole batch: pure tensor maths);
+* the experience is cut into shards of whole prompt groups, one per policy replica
+  (:mod:`~trainkit.rlhf.ray.learners`: FSDP2 data parallel when ``replicas > 1``) and
+  one per critic replica, which run the PPO / value-loss updates;
+* after every update the policy's weights (LoRA merged, gathered in full on rank 0) are
+  put in the Ray object store once and every rollout actor loads them before the next
+  step. With ``ray.weight_sync=broadcast`` they go over a private gloo group instead
+  (policy rank 0, engines 1..k), streamed tensor by tensor
+  (:class:`~trainkit.rlhf.rollout.sync.WeightChannel`).
 
 Fault handling: every ``ray.get`` names its role; when an actor dies the run stops with
-``ray: the <role> actor died ...``. If the policy actor is still alive its state after
+``ray: the <role> actor died ...``. If the learners are still alive their state after
 the last finished step is checkpointed first, so ``train.resume=true`` loses nothing;
-if the policy itself died the newest periodic checkpoint (``train.save_every``) is used.
+if a learner itself died the newest periodic checkpoint (``train.save_every``) is used.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainkit.rlhf.rollout.base import Rollout
+from trainkit.rlhf.ray.shards import concat_rollouts, split_even
+
+__all__ = ["concat_rollouts", "effective_section", "train_ray"]
 
 
-def concat_rollouts(parts: list[Rollout], pad: int) -> Rollout:
-    """Stack rollouts row-wise, re-padding prompts (left) and responses (right) with ``pad``."""
-    if len(parts) == 1:
-        return parts[0]
-    P = max(p.prompt_ids.shape[1] for p in parts)
-    R = max(p.response_ids.shape[1] for p in parts)
-
-    def left(t, w, v):
-        return torch.nn.functional.pad(t, (w - t.shape[1], 0), value=v)
-
-    def right(t, w, v):
-        return torch.nn.functional.pad(t, (0, w - t.shape[1]), value=v)
-
-    info = {
-        "gen_s": max(p.info.get("gen_s", 0.0) for p in parts),
-        "gen_tokens": sum(p.info.get("gen_tokens", 0) for p in parts),
-    }
-    return Rollout(
-        torch.cat([left(p.prompt_ids, P, pad) for p in parts]),
-        torch.cat([left(p.prompt_mask, P, 0) for p in parts]),
-        torch.cat([right(p.response_ids, R, pad) for p in parts]),
-        torch.cat([right(p.action_mask, R, 0) for p in parts]),
-        torch.cat([right(p.logprobs, R, 0.0) for p in parts]),
-        torch.cat([p.truncated for p in parts]),
-        parts[0].n,
-        info,
-    )
+def effective_section(cfg: Any, rc: Any) -> Any:
+    """``rc`` with the reference / critic actor roles dropped when the algorithm does not
+    use them (``algo.kl_coef = 0``, estimator other than gae)."""
+    if cfg.algo.kl_coef <= 0 and rc.reference.replicas:
+        rc = replace(rc, reference=replace(rc.reference, replicas=0))
+    if not cfg.uses_critic and rc.critic.replicas:
+        rc = replace(rc, critic=replace(rc.critic, replicas=0))
+    return rc
 
 
-def _split(items: list, k: int) -> list[list]:
-    """``k`` contiguous nearly equal slices (empty ones dropped)."""
-    q, r = divmod(len(items), k)
-    out, s = [], 0
-    for i in range(k):
-        e = s + q + (1 if i < r else 0)
-        if e > s:
-            out.append(items[s:e])
-        s = e
-    return out
+class _Roles:
+    """The run's actors by role, and the collective calls over them."""
+
+    def __init__(self, cfg: Any, rc: Any, cluster: Any):
+        from trainkit.rlhf.ray.cluster import role_bundles
+        from trainkit.rlhf.ray.learners import CriticWorker, PolicyWorker, ReferenceWorker
+        from trainkit.rlhf.ray.workers import RewardWorker, RolloutWorker
+
+        self.cluster = cluster
+        groups, slots = role_bundles(rc)
+        cluster.place(groups)
+
+        def threads(r):
+            return max(1, int(r.num_cpus))
+
+        n_pol, n_crit = rc.policy.replicas, rc.critic.replicas
+        pol_threads = cfg.train.threads or threads(rc.policy)
+        self.policy = [
+            cluster.spawn(
+                "policy",
+                PolicyWorker,
+                slots["policy"][i],
+                rc.policy.num_cpus,
+                rc.policy.num_gpus,
+                cfg,
+                pol_threads,
+                i,
+                n_pol,
+                rc.train_strategy(n_pol),
+                rc.reference.replicas == 0,
+                n_crit == 0,
+            )
+            for i in range(n_pol)
+        ]
+
+        def plain(role, cls, *args):
+            r = getattr(rc, role)
+            return [
+                cluster.spawn(role, cls, s, r.num_cpus, r.num_gpus, cfg, *args) for s in slots[role]
+            ]
+
+        self.reference = plain("reference", ReferenceWorker, cfg.train.threads or 1)
+        self.critic = [
+            cluster.spawn(
+                "critic",
+                CriticWorker,
+                slots["critic"][i],
+                rc.critic.num_cpus,
+                rc.critic.num_gpus,
+                cfg,
+                cfg.train.threads or threads(rc.critic),
+                i,
+                n_crit,
+                rc.train_strategy(n_crit),
+            )
+            for i in range(n_crit)
+        ]
+        self.rollout = plain("rollout", RolloutWorker, threads(rc.rollout))
+        self.reward = plain("reward", RewardWorker, 1)
+        for role in ("policy", "reference", "critic", "rollout", "reward"):
+            self.get(role, [h.ready.remote() for h in getattr(self, role)])
+        for role in ("policy", "critic"):  # process groups (rank 0 publishes host:port)
+            hs = getattr(self, role)
+            if hs:
+                host, port = self.get(role, hs[0].endpoint.remote())
+                self.get(role, [h.setup.remote(host, port) for h in hs])
+
+    def get(self, role: str, refs: Any) -> Any:
+        return self.cluster.get(role, refs)
+
+    def call(self, role: str, method: str, *args: Any) -> list:
+        """``method(*args)`` on every actor of ``role`` (collective for learners)."""
+        return self.get(role, [getattr(h, method).remote(*args) for h in getattr(self, role)])
+
+    def save(self, step: int) -> None:
+        """Critic first, then the policy: a policy checkpoint at s implies a critic one."""
+        self.call("critic", "save", step)
+        self.call("policy", "save", step)
 
 
 def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, Any]:
@@ -84,19 +142,30 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
         on_log: optional callback ``f(record)`` for every metrics record.
         ray_cfg: the ray section (default ``cfg.ray``).
     """
+    from trainkit.common.errors import UserError
     from trainkit.common.guard import GracefulInterrupt
     from trainkit.common.io import atomic_write_json
     from trainkit.common.logging import MetricsLogger, progress
     from trainkit.common.run import save_config
     from trainkit.llm.models import load_tokenizer
-    from trainkit.rlhf.ray.cluster import Cluster, RoleDiedError, role_bundles
-    from trainkit.rlhf.ray.workers import PolicyWorker, RewardWorker, RolloutWorker
+    from trainkit.rlhf.ray.cluster import Cluster, RoleDiedError
+    from trainkit.rlhf.ray.shards import group_rows, rollout_rows, shard_experience
     from trainkit.rlhf.rewards import load_reward, score
     from trainkit.rlhf.trainers import rl_data
+    from trainkit.rlhf.trainers.experience import make_experience
     from trainkit.rlhf.trainers.ppo import prompt_indices
+    from trainkit.rlhf.trainers.ppo_update import share_prompt
 
     rc = ray_cfg if ray_cfg is not None else cfg.ray
     rc.validate()
+    rc = effective_section(cfg, rc)
+    for role in ("policy", "critic"):
+        k = getattr(rc, role).replicas
+        if k and cfg.rollout.prompts_per_step % k:
+            raise UserError(
+                f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible "
+                f"by ray.{role}.replicas={k} (each replica trains on whole prompt groups)"
+            )
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -105,66 +174,47 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
     train_set = rl_data.tokenize_prompts(train_recs, tok, cfg.data)
     reward_fn = rl_data.build_reward(cfg.data)
     acc_fn = load_reward(cfg.data.accuracy_reward) if cfg.data.accuracy_reward else None
+    a = cfg.algo
 
     t_start = time.perf_counter()
     cluster = Cluster(rc)
     logger = MetricsLogger(out, tensorboard=False)
     evals: list[dict] = []
     try:
-        bundles, index = role_bundles(rc)
-        cluster.place(bundles)
-        pol_threads = cfg.train.threads or max(1, int(rc.policy.num_cpus))
-        ro_threads = max(1, int(rc.rollout.num_cpus))
-        policy = cluster.spawn(
-            "policy", PolicyWorker, 0, rc.policy.num_cpus, rc.policy.num_gpus, cfg, pol_threads
-        )
-        engines = [
-            cluster.spawn(
-                "rollout",
-                RolloutWorker,
-                b,
-                rc.rollout.num_cpus,
-                rc.rollout.num_gpus,
-                cfg,
-                ro_threads,
-            )
-            for b in index["rollout"]
-        ]
-        scorers = [
-            cluster.spawn("reward", RewardWorker, b, rc.reward.num_cpus, rc.reward.num_gpus, cfg, 1)
-            for b in index["reward"]
-        ]
-        cluster.get("policy", policy.ready.remote())
-        cluster.get("rollout", [e.ready.remote() for e in engines])
-        cluster.get("reward", [w.ready.remote() for w in scorers])
+        roles = _Roles(cfg, rc, cluster)
+        engines = roles.rollout
         startup_s = time.perf_counter() - t_start
-        start = cluster.get("policy", policy.resume.remote()) if cfg.train.resume else 0
+        start = 0
+        if cfg.train.resume:
+            start = roles.call("policy", "resume")[0]
+            roles.call("critic", "resume", start)
 
         meta = None
         if rc.weight_sync == "broadcast":
-            host, port = cluster.get("policy", policy.sync_endpoint.remote())
+            host, port = roles.get("policy", roles.policy[0].sync_endpoint.remote())
             world = len(engines) + 1
-            refs = [policy.open_channel.remote(host, port, world)]
+            refs = [roles.policy[0].open_channel.remote(host, port, world)]
             refs += [e.open_channel.remote(host, port, i + 1, world) for i, e in enumerate(engines)]
-            cluster.get("rollout", refs[1:])
-            cluster.get("policy", refs[0])
-            meta = cluster.get("policy", policy.weight_meta.remote())
+            roles.get("rollout", refs[1:])
+            roles.get("policy", refs[0])
+            meta = roles.call("policy", "weight_meta")[0]
 
         def sync() -> float:
             t = time.perf_counter()
             if meta is not None:  # every rank in the same collective, engines first
                 recv = [e.receive_weights.remote(meta) for e in engines]
-                sent = policy.send_weights.remote()
-                cluster.get("rollout", recv)
-                cluster.get("policy", sent)
-            else:
-                w = policy.weights.remote()  # an ObjectRef: engines fetch it from the store
-                cluster.get("rollout", [e.update_weights.remote(w) for e in engines])
+                sent = [p.send_weights.remote() for p in roles.policy]
+                roles.get("rollout", recv)
+                roles.get("policy", sent)
+            else:  # ObjectRefs: engines fetch rank 0's weights from the store
+                ws = [p.weights.remote() for p in roles.policy]
+                roles.get("rollout", [e.update_weights.remote(ws[0]) for e in engines])
+                roles.get("policy", ws[1:])
             return time.perf_counter() - t
 
         def score_rows(prompts: list, comps: list, labels: dict):
             """Rewards in the driver, or split over the reward actors."""
-            if not scorers:
+            if not roles.reward:
                 res = score(
                     reward_fn,
                     prompts,
@@ -176,25 +226,78 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
                 if acc_fn is not None:
                     hits = score(acc_fn, prompts, comps, labels, max_invalid_fraction=1.0).rewards
                 return res.rewards, res.valid, res.stats(), hits
-            rows = _split(list(range(len(comps))), len(scorers))
+            rows = split_even(list(range(len(comps))), len(roles.reward))
             refs = [
                 w.score.remote(
                     [prompts[i] for i in r],
                     [comps[i] for i in r],
                     {k: [v[i] for i in r] for k, v in labels.items()},
                 )
-                for w, r in zip(scorers, rows)
+                for w, r in zip(roles.reward, rows)
             ]
-            parts = cluster.get("reward", refs)
+            parts = roles.get("reward", refs)
             rew = [x for p in parts for x in p[0]]
             valid = [x for p in parts for x in p[1]]
             stats = {k: sum(p[2][k] for p in parts) for k in parts[0][2]}
             hits = None if parts[0][3] is None else [x for p in parts for x in p[3]]
             return rew, valid, stats, hits
 
+        pol_fwd = a.recompute_old_logp or (
+            (a.kl_coef > 0 and not roles.reference) or (cfg.uses_critic and not roles.critic)
+        )
+
+        def forwards(ro, step: int) -> dict[str, torch.Tensor]:
+            """The no-grad passes, each role on its rows, concatenated in row order."""
+            B = len(ro.truncated)
+            shard = {
+                r: group_rows(B, ro.n, len(getattr(roles, r)))
+                for r in ("policy", "reference", "critic")
+                if getattr(roles, r)
+            }
+
+            def launch(role, method, *extra):
+                hs = getattr(roles, role)
+                return [
+                    getattr(h, method).remote(rollout_rows(ro, rows), *extra)
+                    for h, rows in zip(hs, shard[role])
+                ]
+
+            pending = {}
+            if pol_fwd:
+                pending["policy"] = launch("policy", "forwards", step)
+            if roles.reference:
+                pending["reference"] = launch("reference", "logps")
+            if roles.critic:
+                pending["critic"] = launch("critic", "values")
+            pre: dict[str, torch.Tensor] = {}
+            for role, refs in pending.items():
+                parts = roles.get(role, refs)
+                if role == "policy":
+                    for key in parts[0]:
+                        pre[key] = torch.cat([p[key] for p in parts])
+                else:
+                    pre["ref_logp" if role == "reference" else "values"] = torch.cat(parts)
+            return pre
+
+        def learn(exp, step: int) -> dict[str, float]:
+            refs = [
+                h.learn.remote(s, step)
+                for h, s in zip(roles.policy, shard_experience(exp, len(roles.policy)))
+            ]
+            crefs = []
+            if roles.critic:
+                crefs = [
+                    h.learn.remote(s, step)
+                    for h, s in zip(roles.critic, shard_experience(exp, len(roles.critic)))
+                ]
+            stats = roles.get("policy", refs)[0]  # summed over ranks: the same on each
+            if crefs:
+                stats = {**stats, **roles.get("critic", crefs)[0]}
+            return stats
+
         def do_eval(step: int) -> None:
             t = time.perf_counter()
-            rec = cluster.get("rollout", engines[0].evaluate.remote(cfg.train.seed))
+            rec = roles.get("rollout", engines[0].evaluate.remote(cfg.train.seed))
             if rec is None:
                 return
             rec["eval_s"] = time.perf_counter() - t
@@ -210,7 +313,7 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
         bar = progress(
             total=cfg.train.max_steps,
             initial=start,
-            desc=f"rl {cfg.algo.estimator} (ray)",
+            desc=f"rl {a.estimator} (ray)",
             disable=not cfg.train.progress,
         )
         done = saved = start
@@ -223,7 +326,7 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
                     )
                     texts, ids, labels = train_set.take(idx)
                     seed = cfg.train.seed * 1_000_003 + step
-                    chunks = _split(list(ids), len(engines))
+                    chunks = split_even(list(ids), len(engines))
                     refs = [
                         e.generate.remote(
                             c,
@@ -235,7 +338,7 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
                         )
                         for k, (e, c) in enumerate(zip(engines, chunks))
                     ]
-                    ro = concat_rollouts(cluster.get("rollout", refs), tok.pad_token_id)
+                    ro = concat_rollouts(roles.get("rollout", refs), tok.pad_token_id)
                     t1 = time.perf_counter()
                     comps = rl_data.decode(tok, ro.response_ids, ro.action_mask)
                     n = cfg.rollout.n
@@ -243,12 +346,22 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
                     rtexts = [t for t in texts for _ in range(n)]
                     rew, valid, rstats, hits = score_rows(rtexts, comps, rep)
                     rewards = torch.tensor(rew, dtype=torch.float32)
-                    stats = cluster.get(
-                        "policy", policy.learn.remote(ro, rewards, torch.tensor(valid), step)
+                    exp, xstats = make_experience(
+                        ro,
+                        rewards,
+                        policy=None,
+                        algo=a,
+                        temperature=cfg.rollout.temperature,
+                        micro_batch=cfg.train.micro_batch_size,
+                        share_prompt=share_prompt(cfg),
+                        valid=torch.tensor(valid),
+                        precomputed=forwards(ro, step),
                     )
                     t2 = time.perf_counter()
-                    sync_s = sync()
+                    stats = learn(exp, step) if exp is not None else {"skipped_update": 1}
                     t3 = time.perf_counter()
+                    sync_s = sync()
+                    t4 = time.perf_counter()
                     rec = {
                         "reward": float(rewards.mean()),
                         "reward_std": float(rewards.std()),
@@ -256,11 +369,13 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
                         "truncated_frac": ro.truncated_frac,
                         "response_len": float(ro.response_lengths.float().mean()),
                         "gen_s": t1 - t0,
-                        "train_s": t2 - t1,
+                        "exp_s": t2 - t1,
+                        "train_s": t3 - t2,
                         "sync_s": sync_s,
-                        "step_s": t3 - t0,
-                        "tokens_per_s": ro.info["gen_tokens"] / max(t3 - t0, 1e-9),
+                        "step_s": t4 - t0,
+                        "tokens_per_s": ro.info["gen_tokens"] / max(t4 - t0, 1e-9),
                         **rstats,
+                        **xstats,
                         **stats,
                     }
                     if hits is not None:
@@ -275,15 +390,15 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
                     if (
                         cfg.train.save_every and done % cfg.train.save_every == 0
                     ) or stop.requested:
-                        cluster.get("policy", policy.save.remote(done))
+                        roles.save(done)
                         saved = done
                     if stop.requested:
                         break
         except RoleDiedError as e:
             bar.close()
-            if e.role != "policy" and done > saved:
-                try:  # the learner is alive: keep its last finished step
-                    cluster.get("policy", policy.save.remote(done))
+            if e.role not in ("policy", "critic") and done > saved:
+                try:  # the learners are alive: keep their last finished step
+                    roles.save(done)
                     saved = done
                 except RoleDiedError:
                     pass
@@ -299,9 +414,9 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
         if done > start or not evals:
             do_eval(done)
         if done > saved:
-            cluster.get("policy", policy.save.remote(done))
+            roles.save(done)
         if cfg.train.save_model:
-            cluster.get("policy", policy.save_model.remote())
+            roles.call("policy", "save_model")
         summary = {
             "steps": done,
             "seconds": time.perf_counter() - t_run,

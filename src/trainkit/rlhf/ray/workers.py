@@ -1,23 +1,19 @@
-"""The role actors of the Ray trainer (plain classes; :class:`Cluster.spawn` wraps them).
+"""The serving roles of the Ray trainer (plain classes; :class:`Cluster.spawn` wraps them).
 
-* :class:`PolicyWorker`: the actor model and its optimizer, plus the reference and the
-  critic colocated in the same process (as in the single-process trainer: the reference
-  is a frozen copy, or with LoRA the adapter-free base). It turns a rollout and its
-  rewards into experience and runs the PPO update, saves and resumes checkpoints, and
-  hands out its weights (LoRA merged) for the rollout engines.
+The learning roles (policy, reference, critic) are in :mod:`~trainkit.rlhf.ray.learners`.
+
 * :class:`RewardWorker`: the reward functions of ``data.reward`` (a reward model, a
   remote scorer, rules) scoring a slice of each step's completions;
 * :class:`RolloutWorker`: one rollout engine (``rollout.engine``: ``hf`` or ``vllm``) on a
   plain copy of the policy; receives weights after every update and runs evaluations.
 
-Both reuse the single-process building blocks (:mod:`~trainkit.rlhf.trainers.ppo`,
+They reuse the single-process building blocks (:mod:`~trainkit.rlhf.trainers.ppo`,
 :mod:`~trainkit.rlhf.trainers.experience`), so the maths is the same code.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,153 +34,6 @@ def _endpoint() -> tuple[str, int]:
         sk.bind(("", 0))
         port = sk.getsockname()[1]
     return ray.util.get_node_ip_address(), int(port)
-
-
-class PolicyWorker:
-    """Actor (+ reference, + critic) training state in one process.
-
-    Args:
-        cfg: the run's RL config.
-        threads: torch CPU threads of this actor.
-    """
-
-    def __init__(self, cfg: Any, threads: int):
-        from trainkit.common.guard import NonFiniteGuard
-        from trainkit.common.seed import seed_everything
-        from trainkit.llm.strategy import Strategy
-        from trainkit.rlhf.trainers.ppo import build_models, make_optimizer
-
-        _threads(threads)
-        seed_everything(cfg.train.seed)
-        self.cfg = cfg
-        self.out = Path(cfg.output_dir)
-        self.policy, self.tok, self.ref, self.critic = build_models(cfg)
-        self.strategy = Strategy()
-        self.strategy.setup()
-        self.opt, self.sched = make_optimizer(
-            self.policy.parameters(), cfg.optim.lr, cfg.optim, cfg.train.max_steps
-        )
-        self.copt = self.csched = None
-        if self.critic is not None:
-            self.copt, self.csched = make_optimizer(
-                self.critic.parameters(), cfg.optim.critic_lr, cfg.optim, cfg.train.max_steps
-            )
-        self.guard = NonFiniteGuard(cfg.train.nonfinite)
-
-    def ready(self) -> int:
-        """The actor's process id (also proves it finished building)."""
-        return os.getpid()
-
-    def resume(self) -> int:
-        """Load the newest checkpoint of ``output_dir``; returns its step (0: none)."""
-        from trainkit.rlhf.trainers.ppo import _resume
-
-        step, _ = _resume(
-            self.out,
-            self.strategy,
-            self.policy,
-            self.opt,
-            self.sched,
-            self.critic,
-            self.copt,
-            self.csched,
-        )
-        return step
-
-    def weights(self) -> dict[str, torch.Tensor]:
-        """Policy weights under HF checkpoint names, LoRA merged, copied to CPU."""
-        from trainkit.rlhf.rollout.sync import merged_state_dict
-
-        return merged_state_dict(self.policy, device="cpu")
-
-    # ---- weight broadcast (ray.weight_sync=broadcast)
-    def sync_endpoint(self) -> tuple[str, int]:
-        """``(this node's IP, a free port)`` for the weight channel's store."""
-        return _endpoint()
-
-    def open_channel(self, host: str, port: int, world_size: int) -> bool:
-        from trainkit.rlhf.rollout.sync import WeightChannel
-
-        self.channel = WeightChannel(host, port, 0, world_size)
-        return True
-
-    def weight_meta(self) -> list:
-        from trainkit.rlhf.rollout.sync import WeightChannel, hf_weights
-
-        return WeightChannel.describe(hf_weights(self.policy))
-
-    def send_weights(self) -> int:
-        from trainkit.rlhf.rollout.sync import hf_weights
-
-        with torch.no_grad():
-            return self.channel.send(hf_weights(self.policy))
-
-    def learn(
-        self, rollout: Any, rewards: torch.Tensor, valid: torch.Tensor, step: int
-    ) -> dict[str, float]:
-        """Experience + PPO update for one step; returns the metrics of both."""
-        from trainkit.rlhf.trainers.experience import make_experience
-        from trainkit.rlhf.trainers.ppo import ppo_update
-
-        cfg = self.cfg
-        torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout etc., as single-process
-        exp, xstats = make_experience(
-            rollout,
-            rewards,
-            policy=self.policy,
-            algo=cfg.algo,
-            temperature=cfg.rollout.temperature,
-            micro_batch=cfg.train.micro_batch_size,
-            ref_model=self.ref,
-            critic=self.critic,
-            valid=valid,
-        )
-        ustats: dict[str, float] = {}
-        if exp is not None:
-            ustats = ppo_update(
-                exp,
-                self.policy,
-                self.opt,
-                self.sched,
-                cfg,
-                step,
-                self.guard,
-                self.critic,
-                self.copt,
-                self.csched,
-            )
-        else:
-            ustats["skipped_update"] = 1
-        return {
-            **xstats,
-            **ustats,
-            "lr": self.sched.get_last_lr()[0],
-            "nonfinite_skipped": self.guard.skipped,
-        }
-
-    def save(self, step: int) -> str:
-        """Write the checkpoint of ``step`` (atomic); returns its folder."""
-        from trainkit.rlhf.trainers.ppo import _save
-
-        _save(
-            self.out,
-            step,
-            self.strategy,
-            self.policy,
-            self.opt,
-            self.sched,
-            self.critic,
-            self.copt,
-            self.csched,
-            self.cfg.train.keep_last,
-            {"estimator": self.cfg.algo.estimator},
-        )
-        return str(self.out / "checkpoints")
-
-    def save_model(self) -> str:
-        """``output_dir/model``: the final policy (and tokenizer)."""
-        self.strategy.save_pretrained(self.policy, self.out / "model", tokenizer=self.tok)
-        return str(self.out / "model")
 
 
 class RolloutWorker:
