@@ -219,3 +219,45 @@ def test_safety_keys_are_checked():
             recipe_cfg(name, "x", "train.max_nonfinite=0")
         with pytest.raises(UserError, match="train.save_every must be >= 0, got -1"):
             recipe_cfg(name, "x", "train.save_every=-1")
+
+
+def test_rl_sigint_saves_checkpoint_returns_130_and_resumes(tmp_path, monkeypatch, capsys):
+    """``rlhf grpo``: a real SIGINT (sent to this process after step 1) -> checkpoint,
+    no final eval or model, exit code 130; ``train.resume=true`` finishes the run."""
+    import os
+
+    from trainkit.config import load_config
+    from trainkit.rlhf.trainers import ppo
+    from trainkit.rlhf.trainers.rl_config import GRPOConfig
+
+    over = [
+        "data.path=arithmetic_number_only",
+        "data.chat_template=false",
+        "rollout.max_new_tokens=4",
+        "rollout.n=4",
+        "rollout.prompts_per_step=2",
+        "eval.n_prompts=4",
+        "eval.every=0",
+        "train.progress=false",
+        "train.max_steps=4",
+        f"output_dir={tmp_path / 'rl'}",
+    ]
+    cfg = load_config(GRPOConfig, None, over)
+    orig = ppo.train
+
+    def sigint_after_step_1(rec):
+        if rec["step"] == 1 and "loss" in rec:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(ppo, "train", lambda c: orig(c, on_log=sigint_after_step_1))
+    assert ppo.run_cli(cfg) == 130
+    err = capsys.readouterr().err
+    assert "rl: interrupted after step 1;" in err and "train.resume=true" in err
+    out = tmp_path / "rl"
+    assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000001"
+    assert not (out / "model").exists()  # an interrupted run writes no final model
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and summary["steps"] == 1
+    resumed = orig(load_config(GRPOConfig, None, [*over, "train.resume=true"]))
+    assert not resumed["interrupted"] and resumed["steps"] == 4
+    assert (out / "model").is_dir()

@@ -383,11 +383,12 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
             if stop.requested:
                 break
     bar.close()
-    if done > start or not evals:
+    interrupted = stop.requested and done < cfg.train.max_steps  # Ctrl-C: no final eval/model
+    if not interrupted and (done > start or not evals):
         do_eval(done)
     if done > saved:
         save(done)
-    if cfg.train.save_model:
+    if cfg.train.save_model and not interrupted:
         strategy.save_pretrained(policy, out / "model", tokenizer=tok)
     logger.close()
     if hasattr(engine, "close"):
@@ -398,15 +399,24 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
         "first_eval": evals[0] if evals else None,
         "last_eval": evals[-1] if evals else None,
         "nonfinite_skipped": guard.skipped,
+        "interrupted": interrupted,
     }
     atomic_write_json(out / "summary.json", summary)
     return summary
 
 
 def run_cli(cfg: RLConfig, args: Any = None) -> int:
-    """CLI entry (``trainkit rlhf grpo|ppo``): train and print the summary as JSON."""
+    """CLI entry (``trainkit rlhf grpo|ppo``): train and print the summary as JSON; 130
+    after a Ctrl-C (a checkpoint was saved)."""
     import json
 
     summary = train(cfg)
     print(json.dumps(summary, indent=2, default=float))
+    if summary.get("interrupted"):
+        print(
+            f"rl: interrupted after step {summary['steps']}; checkpoint in "
+            f"{Path(cfg.output_dir) / 'checkpoints'}; continue with train.resume=true",
+            file=sys.stderr,
+        )
+        return 130
     return 0
