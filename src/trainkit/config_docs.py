@@ -40,15 +40,15 @@ def _attr_docs(cls: type) -> dict[str, str]:
     return out
 
 
-def _rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+def _rows(cls: type, prefix: str = "", inst=None) -> list[tuple[str, str, str, str]]:
     hints = typing.get_type_hints(cls)
     docs = _attr_docs(cls)
-    inst = cls()
+    inst = cls() if inst is None else inst  # a section's defaults come from its parent
     rows = []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            rows += _rows(tp, prefix + f.name + ".")
+            rows += _rows(tp, prefix + f.name + ".", getattr(inst, f.name))
             continue
         name = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
         default = getattr(inst, f.name)

@@ -24,7 +24,13 @@ class RoleResources:
     num_gpus: float = field(
         default=0.0, metadata={"help": "GPUs per replica (fractions share a GPU)"}
     )
-    replicas: int = field(default=1, metadata={"help": "actors of this role"})
+    replicas: int = field(
+        default=1,
+        metadata={
+            "help": "actors of this role; 0 for reference/critic keeps the model inside each "
+            "policy actor, 0 for reward scores in the driver"
+        },
+    )
     num_nodes: int = field(
         default=1,
         metadata={

@@ -128,7 +128,7 @@ class RolloutWorker:
         """Held-out reward/accuracy with the current weights (None: no eval split)."""
         from trainkit.rlhf.trainers import rl_data
 
-        if self.eval_set is None:
+        if self.eval_set is None or self.cfg.eval.n_prompts == 0:
             return None
         ev = self.cfg.eval
         tokens = ev.max_new_tokens or self.cfg.rollout.max_new_tokens
