@@ -122,7 +122,7 @@ CASES = [
         "rm: pair missing a field",
         RM + ["data.path={t}/p.jsonl"],
         {"p.jsonl": PAIR + '{"prompt": "a", "chosen": "b"}\n'},
-        "p.jsonl:2: field 'rejected'",
+        "p.jsonl:2: missing field 'rejected'",
     ),
     (
         "rm: pair field of the wrong type",
@@ -147,7 +147,7 @@ CASES = [
         "rm: 5000-digit number in a pair",
         RM + ["data.path={t}/p.jsonl"],
         {"p.jsonl": '{"prompt": ' + "9" * 5000 + "}\n"},
-        "p.jsonl:1: invalid JSON",
+        "p.jsonl:1: invalid JSON (a number has too many digits)",
     ),
     (
         "rm: lone surrogate in a pair",
@@ -170,7 +170,7 @@ CASES = [
         "dpo: pair missing a field",
         DPO + ["data.path={t}/p.jsonl"],
         {"p.jsonl": '{"prompt": "a", "rejected": "b"}\n'},
-        "field 'chosen'",
+        "p.jsonl:1: missing field 'chosen'",
     ),
     ("dpo: save_every < 0", DPO + ["train.save_every=-1"], {}, "save_every"),
     ("extend: no training data", EXT + ["data.synthetic="], {}, "no training data"),

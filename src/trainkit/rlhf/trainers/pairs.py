@@ -43,12 +43,14 @@ def read_pairs(path: str | Path) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{p}:{i}: invalid JSON ({e.msg})") from None
-        except ValueError as e:  # e.g. an integer with more digits than Python converts
-            raise UserError(f"{p}:{i}: invalid JSON ({str(e).split(';')[0]})") from None
+        except ValueError:  # an integer with more digits than Python converts
+            raise UserError(f"{p}:{i}: invalid JSON (a number has too many digits)") from None
         if not isinstance(rec, dict):
             raise UserError(f"{p}:{i}: expected an object with prompt, chosen, rejected")
         for k in ("prompt", "chosen", "rejected"):
             v = rec.get(k)
+            if k not in rec:
+                raise UserError(f"{p}:{i}: missing field '{k}'")
             if not isinstance(v, str):
                 raise UserError(f"{p}:{i}: field '{k}' must be a string, got {type(v).__name__}")
             try:
