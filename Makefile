@@ -36,7 +36,7 @@ bench: setup
 	OMP_NUM_THREADS=1 $(PY) benchmarks/kan_speed.py --skip pykan_default
 	OMP_NUM_THREADS=1 $(PY) benchmarks/kan_feynman.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/llm_loss_memory.py
-	OMP_NUM_THREADS=1 $(PY) benchmarks/rl_throughput.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/rl_throughput.py --engines hf,vllm
 	OMP_NUM_THREADS=1 $(PY) benchmarks/longctx_memory.py --lengths 1024,2048,4096,8192 --layers 2
 
 lint: setup

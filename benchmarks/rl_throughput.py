@@ -18,10 +18,10 @@ figure when other jobs share the cores; use ``--threads 1``). Prints one JSON ob
 prompts, seed, steps, batch, tokens, threads) in a subprocess of the vLLM virtual
 environment (``.venv-vllm``, built by ``scripts/vllm_env.sh``; TRL lives only in ``.venv``
 and vLLM only there, so no single interpreter runs all three). ``rollout_engines`` in the
-JSON has, per engine: step wall/CPU seconds, generation seconds, generated tokens per
-generation second, weight-sync seconds (vLLM gets the merged policy after every update) and
-the logged engine-vs-trainer log-prob mismatch; ``hf_over_vllm_*`` are the ratios. Without
-that venv (or when the run fails) the vllm entry is ``"skipped: <reason>"``.
+JSON has, per engine: step wall/CPU seconds, generation wall/CPU seconds, generated tokens
+per generation (wall) second, weight-sync seconds (vLLM gets the merged policy after every
+update) and the logged engine-vs-trainer log-prob mismatch; ``hf_over_vllm_*`` are the
+ratios. Without that venv (or when the run fails) the vllm entry is ``"skipped: <reason>"``.
 
 Where trainkit saves time (same algorithm, same numbers up to float rounding): its decoding
 loop folds LoRA into the weights while generating (``rollout.merge_lora``), prefills each
@@ -44,7 +44,16 @@ from pathlib import Path
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ROOT = Path(__file__).resolve().parents[1]
 MISMATCH = "rollout/logprob_abs_diff_max"
-PART_KEYS = ("gen_s", "exp_s", "train_s", "sync_s", "step_s", "tokens_per_s", "response_len")
+PART_KEYS = (
+    "gen_s",
+    "gen_cpu_s",
+    "exp_s",
+    "train_s",
+    "sync_s",
+    "step_s",
+    "tokens_per_s",
+    "response_len",
+)
 
 
 def prompts_for(n_steps: int) -> list[dict]:
@@ -129,6 +138,7 @@ def engine_summary(steps: list, cpu: list, parts: list) -> dict:
         "cpu_s_per_step": statistics.median(cpu[1:] or cpu),
         "steps_s": [round(x, 3) for x in steps],
         "gen_s": med("gen_s"),
+        "gen_cpu_s": med("gen_cpu_s"),
         "exp_s": med("exp_s"),
         "train_s": med("train_s"),
         "sync_s": med("sync_s"),
@@ -325,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             result["hf_over_vllm_s_per_step"] = hf["s_per_step"] / vl["s_per_step"]
             result["hf_over_vllm_cpu_s_per_step"] = hf["cpu_s_per_step"] / vl["cpu_s_per_step"]
             result["hf_over_vllm_gen_s"] = hf["gen_s"] / vl["gen_s"]
+            result["hf_over_vllm_gen_cpu_s"] = hf["gen_cpu_s"] / vl["gen_cpu_s"]
             result["vllm_over_hf_gen_tokens_per_s"] = (
                 vl["gen_tokens_per_s"] / hf["gen_tokens_per_s"]
             )

@@ -16,17 +16,19 @@ def _bench():
 
 def test_engine_summary_medians_skip_the_warmup_step():
     mod = _bench()
-    parts = [
-        {"gen_s": 9.0, "exp_s": 0.1, "train_s": 3.0, "sync_s": 0.0, "step_s": 12.0,
-         "tokens_per_s": 10.0, "response_len": 20.0, mod.MISMATCH: 5e-7},
-        {"gen_s": 2.0, "exp_s": 0.1, "train_s": 1.0, "sync_s": 0.5, "step_s": 4.0,
-         "tokens_per_s": 40.0, "response_len": 30.0, mod.MISMATCH: 2e-6},
-        {"gen_s": 4.0, "exp_s": 0.3, "train_s": 3.0, "sync_s": 0.7, "step_s": 8.0,
-         "tokens_per_s": 20.0, "response_len": 10.0, mod.MISMATCH: 1e-6},
-    ]  # fmt: skip
+    keys = ("gen_s", "gen_cpu_s", "exp_s", "train_s", "sync_s", "step_s", "tokens_per_s")
+    keys += ("response_len", mod.MISMATCH)
+    rows = [
+        (9.0, 5.0, 0.1, 3.0, 0.0, 12.0, 10.0, 20.0, 5e-7),
+        (2.0, 1.5, 0.1, 1.0, 0.5, 4.0, 40.0, 30.0, 2e-6),
+        (4.0, 2.5, 0.3, 3.0, 0.7, 8.0, 20.0, 10.0, 1e-6),
+    ]
+    parts = [dict(zip(keys, r)) for r in rows]
     s = mod.engine_summary([13.0, 4.5, 8.5], [6.0, 2.0, 3.0], parts)
     assert s["s_per_step"] == 6.5 and s["cpu_s_per_step"] == 2.5
-    assert s["gen_s"] == 3.0 and s["sync_s"] == 0.6 and s["train_s"] == 2.0
+    assert (
+        s["gen_s"] == 3.0 and s["gen_cpu_s"] == 2.0 and s["sync_s"] == 0.6 and s["train_s"] == 2.0
+    )
     # generated tokens / generation seconds: 160 / 2 = 80 and 160 / 4 = 40 -> median 60
     assert s["gen_tokens_per_s"] == 60.0
     assert s["mean_completion_len"] == 20.0 and s["logprob_abs_diff_max"] == 2e-6
@@ -41,6 +43,11 @@ def test_missing_vllm_venv_is_a_skipped_column(tmp_path, capsys, monkeypatch):
     eng = res["rollout_engines"]
     assert eng["vllm"].startswith("skipped: no vLLM venv at") and "vllm_env.sh" in eng["vllm"]
     hf = eng["hf"]
-    assert len(hf["steps_s"]) == 2 and hf["gen_tokens_per_s"] > 0 and hf["sync_s"] == 0.0
+    assert (
+        0 < hf["gen_cpu_s"]
+        and len(hf["steps_s"]) == 2
+        and hf["gen_tokens_per_s"] > 0
+        and hf["sync_s"] == 0.0
+    )
     assert 0.0 <= hf["logprob_abs_diff_max"] < 1e-4  # HF engine, fp32
     assert "hf_over_vllm_s_per_step" not in res

@@ -290,7 +290,7 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
     done = saved = start
     with GracefulInterrupt() as stop:
         for step in range(start, cfg.train.max_steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()  # CPU s: fair on shared cores
             torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout etc.: exact resume
             idx = prompt_indices(len(train_set), cfg.rollout.prompts_per_step, step, cfg.train.seed)
             texts, ids, labels = train_set.take(idx)
@@ -302,7 +302,7 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
                 top_p=cfg.rollout.top_p,
                 seed=cfg.train.seed * 1_000_003 + step,
             )
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             comps = rl_data.decode(tok, ro.response_ids, ro.action_mask)
             n = cfg.rollout.n
             rep_labels = {k: [v for v in vals for _ in range(n)] for k, vals in labels.items()}
@@ -355,6 +355,7 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
                 "truncated_frac": ro.truncated_frac,
                 "response_len": float(ro.response_lengths.float().mean()),
                 "gen_s": t1 - t0,
+                "gen_cpu_s": c1 - c0,
                 "exp_s": t2 - t1,
                 "train_s": t3 - t2 - sync_s,
                 "sync_s": sync_s,
