@@ -259,6 +259,8 @@ def test_bearer_token_from_env_and_401_is_a_user_error(server, tmp_path, monkeyp
     monkeypatch.delenv("TK_TEACHER_KEY")
     generate(_cfg(tmp_path, server.url, "teacher.key_env=TK_TEACHER_KEY"))
     assert {s["auth"] for s in server.seen} == {None}
+    with pytest.raises(UserError, match="prefill works only with --teacher-local"):
+        generate(_cfg(tmp_path, server.url, "teacher.prefill=x"))
     server.script = ["401"]
     with pytest.raises(UserError, match="HTTP 401"):
         run(_cfg(tmp_path, server.url))
@@ -304,6 +306,7 @@ def test_local_smollm2_teacher(tmp_path):
         tmp_path, "", "teacher.local=smollm2-135m-instruct", "teacher.max_tokens=160",
         "teacher.retries=1",
     )  # fmt: skip
+    cfg.teacher.prefill = '[{"question": "'  # without it the 135M model never starts JSON
     t0 = time.monotonic()
     try:
         run(cfg)

@@ -68,6 +68,9 @@ class TeacherSection:
     timeout: float = field(default=120.0, metadata={"help": "seconds per HTTP request"})
     backoff: float = field(default=1.0, metadata={"help": "first delay after a transport error"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    prefill: str = field(
+        default="", metadata={"help": "local teacher only: text its reply is forced to start with"}
+    )
     max_tokens: int = field(default=1024, metadata={"help": "reply length limit"})
     max_consecutive_failures: int = field(
         default=3,
@@ -194,7 +197,9 @@ def build_teacher(t: TeacherSection, seed: int):
     if bool(t.url) == bool(t.local):
         raise UserError("give exactly one teacher: --teacher-url URL or --teacher-local MODEL")
     if t.local:
-        return LocalTeacher(t.local, t.temperature, t.max_tokens, seed)
+        return LocalTeacher(t.local, t.temperature, t.max_tokens, seed, t.prefill)
+    if t.prefill:
+        raise UserError("teacher.prefill works only with --teacher-local")
     if not t.model:
         raise UserError("--teacher-model is required with --teacher-url")
     return HttpTeacher(t.url, t.model, t.key_env, t.timeout, t.temperature, t.max_tokens)

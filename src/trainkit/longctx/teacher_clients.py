@@ -123,27 +123,33 @@ class LocalTeacher:
     ``smollm2-135m-instruct``) loaded by :func:`trainkit.llm.models.load_model`.
 
     Greedy decoding when ``temperature`` is 0, else sampling (seeded per call, so a run
-    is reproducible). Never raises :class:`TeacherError`.
+    is reproducible). ``prefill`` is text the assistant's reply is forced to start with
+    (e.g. ``[{"question": "`` steers a small model into JSON); the reply returned includes
+    it. Never raises :class:`TeacherError`.
     """
 
     def __init__(
-        self, name_or_path: str, temperature: float = 0.0, max_tokens: int = 1024, seed: int = 0
+        self,
+        name_or_path: str,
+        temperature: float = 0.0,
+        max_tokens: int = 1024,
+        seed: int = 0,
+        prefill: str = "",
     ):
         from trainkit.llm.models import load_model
 
         self.model, self.tok = load_model(name_or_path)
         self.model.eval()
         self.temperature, self.max_tokens = float(temperature), int(max_tokens)
-        self.seed, self.calls = seed, 0
+        self.seed, self.calls, self.prefill = seed, 0, prefill
         self.name = f"local:{name_or_path}"
 
     def __call__(self, messages: list[dict]) -> str | None:
         import torch
 
-        out: Any = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(out, "keys") and "input_ids" in out:
-            out = out["input_ids"]
-        ids = torch.tensor([list(out)], device=self.model.device)
+        text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        enc = self.tok(text + self.prefill, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([list(enc)], device=self.model.device)
         kw: dict[str, Any] = {"do_sample": self.temperature > 0}
         if self.temperature > 0:
             kw["temperature"] = self.temperature
@@ -158,4 +164,4 @@ class LocalTeacher:
                 eos_token_id=self.tok.eos_token_id,
                 **kw,
             )
-        return self.tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
+        return self.prefill + self.tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
