@@ -255,28 +255,41 @@ def test_helper_task_runs_while_actors_hold_every_cpu(cluster):
 
 
 @pytest.mark.slow  # ~55 s each on 2 busy cores
-@pytest.mark.parametrize("role", ["rollout", "policy"])
-def test_dead_actor_stops_with_role_message_and_resume_continues(cluster, tmp_path, role):
+@pytest.mark.parametrize(
+    "role,index,replicas", [("rollout", 0, 1), ("policy", 0, 1), ("policy", 1, 2)]
+)
+def test_dead_actor_stops_with_role_message_and_resume_continues(
+    cluster, tmp_path, role, index, replicas
+):
+    """With 2 policy replicas, rank 1 dies while rank 0 waits for it in a collective:
+    the run still stops at once (the driver waits on whichever replica fails first)."""
+    from dataclasses import replace
+
     out = tmp_path / role
+    rc = RC
+    if replicas > 1:
+        rc = replace(RC, policy=RoleResources(num_cpus=0.5, replicas=replicas))
 
     def kill_at_step_2(rec):
         if rec.get("step") == 2 and "reward" in rec:
-            actor = ray.get_actor(f"{role}-0-{os.getpid()}", namespace=RC.namespace)
+            actor = ray.get_actor(f"{role}-{index}-{os.getpid()}", namespace=RC.namespace)
             os.kill(ray.get(actor.ready.remote()), signal.SIGKILL)
 
     # the rollout dies before step 3 (step 2 is saved); the policy dies before saving step 2
     kept = 2 if role == "rollout" else 1
+    t = time.perf_counter()
     with pytest.raises(
         RoleDiedError,
         match=rf"^ray: the {role} actor died .*after step 2; "
         rf"checkpoint of step {kept} in .*train.resume=true",
     ):
         train_ray(
-            _cfg(out, "train.max_steps=4", "train.save_every=1"), on_log=kill_at_step_2, ray_cfg=RC
+            _cfg(out, "train.max_steps=4", "train.save_every=1"), on_log=kill_at_step_2, ray_cfg=rc
         )
+    assert time.perf_counter() - t < 240  # no hang in a collective (gloo's timeout: 30 min)
     assert [s for s, _ in list_checkpoints(out / "checkpoints")][-1] == kept
     s = train_ray(
-        _cfg(out, "train.max_steps=4", "train.save_every=1", "train.resume=true"), ray_cfg=RC
+        _cfg(out, "train.max_steps=4", "train.save_every=1", "train.resume=true"), ray_cfg=rc
     )
     assert s["steps"] == 4
     rewards, _ = _rewards(out)

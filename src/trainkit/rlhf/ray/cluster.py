@@ -117,6 +117,15 @@ class Cluster:
         from ray.exceptions import RayActorError
 
         try:
+            if isinstance(refs, list) and len(refs) > 1:
+                # fail fast: when one replica dies, the others may wait in a collective
+                # with it forever, so a plain ray.get on the list would never return
+                pending = list(refs)
+                while pending:
+                    done, pending = self.ray.wait(pending, num_returns=1, timeout=timeout)
+                    if not done:
+                        raise self.ray.exceptions.GetTimeoutError(f"{role}: no result")
+                    self.ray.get(done)
             return self.ray.get(refs, timeout=timeout)
         except RayActorError as e:
             cause = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
