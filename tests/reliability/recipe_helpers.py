@@ -17,7 +17,7 @@ RECIPES = {
         ["rlhf", "rm"],
         ROOT / "configs/rlhf/rm_tiny.yaml",
         [
-            "train.max_steps=30",
+            "train.max_steps=16",
             "train.log_every=1",
             "train.progress=false",
             "data.generate_n=96",
@@ -28,7 +28,7 @@ RECIPES = {
         ["rlhf", "dpo"],
         ROOT / "configs/rlhf/dpo_tiny.yaml",
         [
-            "train.max_steps=30",
+            "train.max_steps=16",
             "train.log_every=1",
             "train.progress=false",
             "eval.every=0",
@@ -43,7 +43,7 @@ RECIPES = {
             "data.max_length=96",
             "data.min_length=64",
             "train.batch_size=2",
-            "train.max_steps=30",
+            "train.max_steps=16",
             "train.log_every=1",
         ],
     ),

@@ -18,7 +18,7 @@ from sft_helpers import max_abs_diff
 from trainkit.llm import checkpoint as ckpt
 
 NAMES = ["rm", "dpo", "extend"]
-MAX_STEPS = 30  # recipe_helpers.RECIPES
+MAX_STEPS = 16  # recipe_helpers.RECIPES
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,10 @@ def test_sigint_checkpoints_exits_130_and_resume_matches(tmp_path, references, n
     else:
         recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         train_steps = [r["step"] for r in recs if "loss" in r]
-        assert train_steps == list(range(1, stopped + 1)) + list(range(stopped + 1, 31))
-    assert max_abs_diff(final_weights(name, out), references[name]) <= 1e-6
+        assert train_steps == list(range(1, stopped + 1)) + list(range(stopped + 1, MAX_STEPS + 1))
+    diff = max_abs_diff(final_weights(name, out), references[name])
+    print(f"{name}: SIGINT after step {stopped}; resumed; max abs weight difference {diff}")
+    assert diff <= 1e-6
 
 
 # ------------------------------------------------------------------ NaN injection
