@@ -548,3 +548,46 @@ def test_dp_lora_replicas_with_broadcast_sync_match_one_process(cluster, tmp_pat
     st, diff = _match(tmp_path, single_recs, ray_recs, ["reward", "kl", "grad_norm"])
     print(f"\nDP_LORA_BROADCAST adapter diff={diff:.2e}")
     assert st["world_size"] == 2 and all(r["sync_s"] > 0 for r in ray_recs if "reward" in r)
+
+
+def test_reference_worker_logps_equal_the_lora_policy_with_adapters_disabled(tmp_path):
+    """What a reference actor returns (the base model) is what the in-process reference
+    gives for a LoRA policy (adapters disabled), on the same rollout rows; no Ray needed."""
+    from trainkit.rlhf.ray.learners import ReferenceWorker
+    from trainkit.rlhf.ray.shards import rollout_rows
+    from trainkit.rlhf.trainers.experience import forward_no_grad, ref_context
+    from trainkit.rlhf.trainers.ppo import build_models
+
+    cfg = _cfg(tmp_path, "lora.enabled=true", "lora.r=4", "algo.kl_coef=0.05")
+    policy, tok, ref, _ = build_models(cfg)
+    assert ref is None  # LoRA: the in-process reference is the policy without adapters
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.1)  # adapters that change the policy
+    g = torch.Generator().manual_seed(0)
+    B, P, R = 8, 5, 4
+    ro = Rollout(
+        torch.randint(3, 60, (B, P), generator=g),
+        torch.ones(B, P, dtype=torch.long),
+        torch.randint(3, 60, (B, R), generator=g),
+        torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]] * 4),
+        torch.zeros(B, R),
+        torch.zeros(B, dtype=torch.bool),
+        4,
+    )
+    worker = ReferenceWorker(cfg, threads=1)
+    got = torch.cat([worker.logps(rollout_rows(ro, r)) for r in ([0, 1, 2, 3], [4, 5, 6, 7])])
+    model, ctx = ref_context(policy, None)
+    with ctx:
+        want = forward_no_grad(
+            model, ro.sequences, ro.attention_mask, ro.action_mask.bool(), 1.0, 8, 4
+        )
+    with torch.no_grad():
+        adapted = forward_no_grad(
+            policy, ro.sequences, ro.attention_mask, ro.action_mask.bool(), 1.0, 8, 4
+        )
+    mask = ro.action_mask.bool()
+    assert got.shape == (B, R)
+    assert float((got - want)[mask].abs().max()) < 1e-5
+    assert float((adapted - want)[mask].abs().max()) > 1e-2  # the adapters matter
