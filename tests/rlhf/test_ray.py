@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -73,6 +74,8 @@ def cluster():
 def test_ray_section_validation_and_bundles():
     with pytest.raises(ConfigError, match="weight_sync"):
         RaySection(weight_sync="nccl-magic").validate()
+    with pytest.raises(ConfigError, match="^ray.weight_sync_backend must be auto, gloo or nccl"):
+        RaySection(weight_sync="broadcast", weight_sync_backend="mpi").validate()
     with pytest.raises(ConfigError, match="placement_strategy"):
         RaySection(placement_strategy="ANY").validate()
     b, idx = role_bundles(RaySection(rollout=RoleResources(num_cpus=2, num_gpus=0.5, replicas=2)))
@@ -591,3 +594,93 @@ def test_reference_worker_logps_equal_the_lora_policy_with_adapters_disabled(tmp
     assert got.shape == (B, R)
     assert float((got - want)[mask].abs().max()) < 1e-5
     assert float((adapted - want)[mask].abs().max()) > 1e-2  # the adapters matter
+
+
+def _cli_args(out, *over):
+    """``trainkit rlhf grpo`` on Ray (2 CPUs: policy + rollout actor), as _cfg."""
+    args = [
+        "model.name=tiny-llama",
+        "data.path=arithmetic_number_only",
+        "data.chat_template=false",
+        "rollout.max_new_tokens=4",
+        "rollout.n=4",
+        "rollout.prompts_per_step=2",
+        "eval.n_prompts=4",
+        "eval.every=0",
+        "train.progress=false",
+        "train.threads=1",
+        "train.save_every=0",
+        "optim.lr=1e-3",
+        f"data.reward=[{__file__}:varied_reward]",
+        f"output_dir={out}",
+        "ray.enabled=true",
+        "ray.num_cpus=2",
+        "ray.policy.num_cpus=1",
+        "ray.rollout.num_cpus=1",
+    ]
+    return [sys.executable, "-m", "trainkit.cli", "rlhf", "grpo", *args, *over]
+
+
+@pytest.mark.slow  # ~80 s: two CLI runs, each starting its own Ray
+def test_ray_sigint_checkpoints_exits_130_and_resume_reaches_the_last_step(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the whole process group, Ray's processes included)
+    after step 1: the driver finishes the step, the policy actor checkpoints it, no final
+    eval or model, exit 130; ``train.resume=true`` runs the remaining steps."""
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    out, steps = tmp_path / "run", 6
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    over = [f"train.max_steps={steps}", "train.save_model=true"]
+    proc = subprocess.Popen(
+        _cli_args(out, *over),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+    metrics, deadline = out / "metrics.jsonl", time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and any('"reward"' in x for x in metrics.read_text().splitlines()):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    t_sig = time.perf_counter()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    stop_s = time.perf_counter() - t_sig
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "actor died" not in err, err[-3000:]
+    assert "rl: interrupted after step" in err and "train.resume=true" in err
+    summary = json.loads((out / "summary.json").read_text())
+    stopped = summary["steps"]
+    assert summary["interrupted"] is True and 1 <= stopped < steps
+    ckpts = list_checkpoints(out / "checkpoints")
+    assert [s for s, _ in ckpts] == [stopped]  # save_every=0: the interrupt wrote it
+    path = ckpts[-1][1]
+    state = json.loads((path / "trainer_state.json").read_text())
+    weights = load_file(str(path / "model.safetensors"))
+    assert state["step"] == stopped and len(weights) > 10
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert not (out / "model").exists()  # an interrupted run writes no final model
+    rewards, _ = _rewards(out)
+    assert sorted(rewards) == list(range(1, stopped + 1))
+
+    res = subprocess.run(
+        _cli_args(out, *over, "train.resume=true"),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == steps and summary["interrupted"] is False
+    rewards, recs = _rewards(out)
+    assert sorted(rewards) == list(range(1, steps + 1))  # steps after `stopped` were added
+    assert [r["step"] for r in recs if "reward" in r] == list(range(1, steps + 1))
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")][-1] == steps
+    assert (out / "model").is_dir()
+    print(f"\nRAY_SIGINT stopped after step {stopped}; exit 130 {stop_s:.1f} s after SIGINT")

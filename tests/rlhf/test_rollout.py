@@ -244,3 +244,76 @@ def test_cuda_engine_logprobs_match_recomputation(tiny):
         [tok("What is 2 + 3?").input_ids, tok("Hi").input_ids], n=4, max_new_tokens=8, seed=0
     )
     assert torch.equal(again.response_ids, ro.response_ids)
+
+
+def test_weight_channel_backend_choice():
+    """``auto`` takes nccl only when every rank has its own CUDA device with NCCL."""
+    from trainkit.common.errors import UserError
+    from trainkit.rlhf.rollout.sync import choose_backend, nccl_usable, rank_device
+
+    gpu_a, gpu_b = ("cuda", True, "10.0.0.1/GPU-a"), ("cuda", True, "10.0.0.1/GPU-b")
+    gpu_b_other_node = ("cuda", True, "10.0.0.2/GPU-a")
+    cpu = ("cpu", False, None)
+    assert choose_backend("auto", [gpu_a, gpu_b]) == "nccl"
+    assert choose_backend("auto", [gpu_a, gpu_b_other_node, gpu_b]) == "nccl"
+    assert choose_backend("auto", [gpu_a, cpu]) == "gloo"  # a CPU engine
+    assert choose_backend("auto", [gpu_a, ("cuda", False, "10.0.0.1/GPU-b")]) == "gloo"
+    assert choose_backend("auto", [gpu_a, gpu_a]) == "gloo"  # colocated on one GPU
+    assert choose_backend("auto", [cpu, cpu]) == "gloo"
+    assert choose_backend("auto", []) == "gloo"
+    assert choose_backend("gloo", [gpu_a, gpu_b]) == "gloo"
+    assert choose_backend("nccl", [gpu_a, gpu_b]) == "nccl"
+    with pytest.raises(UserError, match=r"^weight channel backend nccl needs CUDA .*ranks \[1\]"):
+        choose_backend("nccl", [gpu_a, cpu])
+    with pytest.raises(UserError, match=r"NCCL is not usable on ranks \[0\]"):
+        choose_backend("nccl", [("cuda", False, "n/x"), gpu_b])
+    with pytest.raises(UserError, match="two ranks share one GPU"):
+        choose_backend("nccl", [gpu_a, gpu_a])
+    with pytest.raises(UserError, match="must be one of auto, gloo, nccl, got 'mpi'"):
+        choose_backend("mpi", [gpu_a, gpu_b])
+    assert rank_device("cpu", "10.0.0.1") == ("cpu", nccl_usable(), None)
+    if torch.cuda.is_available():
+        kind, _, key = rank_device("cuda:0", "n")
+        assert kind == "cuda" and key.startswith("n/") and len(key) > 2
+
+
+def test_weight_channel_gloo_round_trip_in_two_threads():
+    """Rank 0 broadcasts named tensors over the private gloo group; rank 1 receives them
+    bit for bit, in order, on the device it asked for (CPU)."""
+    import socket
+    import threading
+
+    from trainkit.rlhf.rollout.sync import WeightChannel
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    g = torch.Generator().manual_seed(0)
+    sent = {
+        "model.embed_tokens.weight": torch.randn(7, 4, generator=g),
+        "model.norm.weight": torch.randn(4, generator=g).to(torch.bfloat16),
+        "lm_head.bias": torch.arange(5, dtype=torch.int64),
+    }
+    chans, errors, out = {}, [], {}
+
+    def open_rank(rank):
+        try:
+            chans[rank] = WeightChannel("127.0.0.1", port, rank, 2, timeout_s=60, backend="auto")
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and set(chans) == {0, 1}
+    assert chans[0].backend == chans[1].backend == "gloo"  # auto on CPU
+    meta = WeightChannel.describe(sent.items())
+    sender = threading.Thread(target=lambda: out.setdefault("bytes", chans[0].send(sent.items())))
+    sender.start()
+    got = list(chans[1].receive(meta))
+    sender.join(60)
+    assert [n for n, _ in got] == list(sent)
+    assert all(torch.equal(t, sent[n]) and t.dtype == sent[n].dtype for n, t in got)
+    assert out["bytes"] == 7 * 4 * 4 + 4 * 2 + 5 * 8

@@ -105,7 +105,16 @@ class RaySection:
         default="object_store",
         metadata={
             "help": "object_store: the policy puts its weights in Ray's object store once "
-            "per step; broadcast: a private gloo group policy -> engines (no store copy)"
+            "per step; broadcast: a private process group policy -> engines (no store copy; "
+            "see weight_sync_backend)"
+        },
+    )
+    weight_sync_backend: str = field(
+        default="auto",
+        metadata={
+            "help": "backend of ray.weight_sync=broadcast: auto (nccl when the policy and "
+            "every engine hold their own CUDA device and NCCL is available, else gloo), "
+            "gloo (through CPU memory), nccl (GPU to GPU; an error when impossible)"
         },
     )
     placement_strategy: str = field(
@@ -127,6 +136,11 @@ class RaySection:
         if self.weight_sync not in ("object_store", "broadcast"):
             raise ConfigError(
                 f"ray.weight_sync must be object_store or broadcast, got {self.weight_sync!r}"
+            )
+        if self.weight_sync_backend not in ("auto", "gloo", "nccl"):
+            raise ConfigError(
+                "ray.weight_sync_backend must be auto, gloo or nccl, got "
+                f"{self.weight_sync_backend!r}"
             )
         if self.strategy not in STRATEGIES:
             raise ConfigError(

@@ -177,10 +177,20 @@ class PolicyWorker(_Learner):
         """``(this node's IP, a free port)`` for the weight channel's store."""
         return _endpoint()
 
-    def open_channel(self, host: str, port: int, world_size: int) -> bool:
+    def channel_device(self) -> tuple:
+        """Rank 0's :func:`~trainkit.rlhf.rollout.sync.rank_device` entry (the device the
+        strategy trains on; sent tensors are copied there for nccl)."""
+        import ray
+
+        from trainkit.rlhf.rollout.sync import rank_device
+
+        return rank_device(self.strategy.device, ray.util.get_node_ip_address())
+
+    def open_channel(self, host: str, port: int, world_size: int, backend: str = "gloo") -> bool:
         from trainkit.rlhf.rollout.sync import WeightChannel
 
-        self.channel = WeightChannel(host, port, 0, world_size)
+        dev = self.strategy.device if backend == "nccl" else None
+        self.channel = WeightChannel(host, port, 0, world_size, backend=backend, device=dev)
         return True
 
     def weight_meta(self) -> list | None:

@@ -19,14 +19,22 @@ first); what moves where:
   one per critic replica, which run the PPO / value-loss updates;
 * after every update the policy's weights (LoRA merged, gathered in full on rank 0) are
   put in the Ray object store once and every rollout actor loads them before the next
-  step. With ``ray.weight_sync=broadcast`` they go over a private gloo group instead
+  step. With ``ray.weight_sync=broadcast`` they go over a private process group instead
   (policy rank 0, engines 1..k), streamed tensor by tensor
-  (:class:`~trainkit.rlhf.rollout.sync.WeightChannel`).
+  (:class:`~trainkit.rlhf.rollout.sync.WeightChannel`): NCCL GPU to GPU when every rank
+  has its own CUDA device, else gloo (``ray.weight_sync_backend``; the driver collects
+  each rank's device and decides once, so all ranks build the same group).
 
 Fault handling: every ``ray.get`` names its role; when an actor dies the run stops with
 ``ray: the <role> actor died ...``. If the learners are still alive their state after
 the last finished step is checkpointed first, so ``train.resume=true`` loses nothing;
 if a learner itself died the newest periodic checkpoint (``train.save_every``) is used.
+
+Ctrl-C: the first SIGINT (:class:`~trainkit.common.guard.GracefulInterrupt`, as in the
+single-process trainer) lets the current step finish, asks the critic and policy actors
+to checkpoint it, skips the final eval and model, closes the cluster and returns a
+summary with ``interrupted: true`` (the CLI exits 130); ``train.resume=true`` continues.
+The Ray processes block SIGINT, so a terminal's Ctrl-C reaches only the driver.
 """
 
 from __future__ import annotations
@@ -189,12 +197,20 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
             start = roles.call("policy", "resume")[0]
             roles.call("critic", "resume", start)
 
-        meta = None
+        meta, backend = None, None
         if rc.weight_sync == "broadcast":
+            from trainkit.rlhf.rollout.sync import choose_backend
+
             host, port = roles.get("policy", roles.policy[0].sync_endpoint.remote())
             world = len(engines) + 1
-            refs = [roles.policy[0].open_channel.remote(host, port, world)]
-            refs += [e.open_channel.remote(host, port, i + 1, world) for i, e in enumerate(engines)]
+            ranks = [roles.get("policy", roles.policy[0].channel_device.remote())]
+            ranks += roles.call("rollout", "channel_device")
+            backend = choose_backend(rc.weight_sync_backend, ranks)  # one choice for all
+            refs = [roles.policy[0].open_channel.remote(host, port, world, backend)]
+            refs += [
+                e.open_channel.remote(host, port, i + 1, world, backend)
+                for i, e in enumerate(engines)
+            ]
             roles.get("rollout", refs[1:])
             roles.get("policy", refs[0])
             meta = roles.call("policy", "weight_meta")[0]
@@ -411,11 +427,14 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
                 e.role, f"{e} after step {done}; {where}; rerun with train.resume=true to continue"
             ) from None
         bar.close()
-        if done > start or not evals:
+        # Ctrl-C (GracefulInterrupt): the step finished and was checkpointed above; no
+        # final eval or model, the summary says interrupted and the CLI exits 130
+        interrupted = stop.requested and done < cfg.train.max_steps
+        if not interrupted and (done > start or not evals):
             do_eval(done)
         if done > saved:
             roles.save(done)
-        if cfg.train.save_model:
+        if cfg.train.save_model and not interrupted:
             roles.call("policy", "save_model")
         summary = {
             "steps": done,
@@ -424,6 +443,8 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
             "last_eval": evals[-1] if evals else None,
             "startup_s": startup_s,
             "ray_init_s": cluster.init_s,
+            "weight_channel": backend,
+            "interrupted": interrupted,
         }
         atomic_write_json(out / "summary.json", summary)
         return summary

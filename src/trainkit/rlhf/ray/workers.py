@@ -110,10 +110,29 @@ class RolloutWorker:
         self.engine.update_weights(weights)
         return len(weights)
 
-    def open_channel(self, host: str, port: int, rank: int, world_size: int) -> bool:
+    def _device(self) -> torch.device:
+        """Where the engine's weights live (an in-process vLLM: this actor's GPU if any)."""
+        model = getattr(self.engine, "model", None)
+        if model is not None:
+            return next(model.parameters()).device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def channel_device(self) -> tuple:
+        """This rank's :func:`~trainkit.rlhf.rollout.sync.rank_device` entry."""
+        import ray
+
+        from trainkit.rlhf.rollout.sync import rank_device
+
+        return rank_device(self._device(), ray.util.get_node_ip_address())
+
+    def open_channel(
+        self, host: str, port: int, rank: int, world_size: int, backend: str = "gloo"
+    ) -> bool:
         from trainkit.rlhf.rollout.sync import WeightChannel
 
-        self.channel = WeightChannel(host, port, rank, world_size)
+        self.channel = WeightChannel(
+            host, port, rank, world_size, backend=backend, device=self._device()
+        )
         return True
 
     def receive_weights(self, meta: list) -> int:
