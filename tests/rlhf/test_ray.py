@@ -366,11 +366,12 @@ def test_broadcast_weight_sync_gives_the_same_run(cluster, tmp_path):
     over = ["train.max_steps=3"]
     train(_cfg(tmp_path / "single", *over))
     recs = []
-    train_ray(
+    s = train_ray(
         _cfg(tmp_path / "ray", *over),
         on_log=recs.append,
         ray_cfg=replace(RC, weight_sync="broadcast"),
     )
+    assert s["weight_channel"] == "gloo"  # auto: CPU actors
     r1, _ = _rewards(tmp_path / "single")
     r2, _ = _rewards(tmp_path / "ray")
     assert sorted(r1) == sorted(r2) == [1, 2, 3]
@@ -621,7 +622,7 @@ def _cli_args(out, *over):
     return [sys.executable, "-m", "trainkit.cli", "rlhf", "grpo", *args, *over]
 
 
-@pytest.mark.slow  # ~80 s: two CLI runs, each starting its own Ray
+@pytest.mark.slow  # ~50 s: two CLI runs, each starting its own Ray
 def test_ray_sigint_checkpoints_exits_130_and_resume_reaches_the_last_step(tmp_path):
     """A terminal's Ctrl-C (SIGINT to the whole process group, Ray's processes included)
     after step 1: the driver finishes the step, the policy actor checkpoints it, no final
