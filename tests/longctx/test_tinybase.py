@@ -34,3 +34,28 @@ def test_model_size_and_answer_only_labels(tmp_path):
     )
     with torch.no_grad():
         torch.testing.assert_close(re_model(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_random_filler_kv_formats():
+    """Letter keys " abcd: NNNNN. " and symbol keys " %NNNNN. ": the asked pair is in the
+    context at the stated depth, once, and every sample has exactly the requested length."""
+    from trainkit.longctx.tinybase import FILLER, KEY_SYMBOLS, SEP, random_sample
+
+    for alphabet, depth in (("letters", 0.0), ("symbols", 0.5), ("symbols", 1.0)):
+        for seed in range(5):
+            ctx, q, ans = random_sample(
+                random.Random(seed), "kv", 256, depth, n_keys=4, key_alphabet=alphabet
+            )
+            assert len(ctx) + len(SEP) + len(q) == 256 and q.endswith("?")
+            key = q[:-1]
+            fact = f" {key}{'' if alphabet == 'symbols' else ': '}{ans}. "
+            assert ctx.count(fact) == 1 and ans.isdigit() and len(ans) == 5
+            n_fill = 256 - len(SEP) - len(q) - 4 * len(fact)
+            assert abs(ctx.index(fact) - round(depth * n_fill)) <= 3 * len(fact)
+            if alphabet == "symbols":
+                assert len(key) == 1 and key in KEY_SYMBOLS and key not in FILLER
+                assert sum(ctx.count(f" {k}") for k in KEY_SYMBOLS) == 4  # four distinct keys
+            else:
+                assert len(key) == 4 and set(key) <= set(FILLER)
+    ctx, q, ans = random_sample(random.Random(0), "kv", 128, 0.5, 2, True, 4, "symbols")
+    assert ans[0] == q[0] and f" {ans}. " in ctx  # echo: the answer repeats the key

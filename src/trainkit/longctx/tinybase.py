@@ -42,6 +42,8 @@ from trainkit.longctx.tasks import make_sample
 
 #: random filler alphabet: letters and spaces, no digits (answers are digits)
 FILLER = "abcdefghijklmnopqrstuvwxyz "
+#: single-token kv keys (``train.key_alphabet=symbols``): never in the filler or the format
+KEY_SYMBOLS = "!-()/_=+*[]%"
 #: between context and question (not "\n\n": tokenizers saved before the chartok fix made it <unk>)
 SEP = " ; "
 #: the shipped checkpoint (trained by ``examples/train_tiny_retrieval.py``)
@@ -76,6 +78,13 @@ class TinyTrainSection:
         default=False, metadata={"help": "kv answers repeat the key (random filler)"}
     )
     key_len: int = field(default=4, metadata={"help": "letters per kv key (random filler)"})
+    key_alphabet: str = field(
+        default="letters",
+        metadata={
+            "help": "kv keys (random filler): 'letters' (key_len filler letters) or 'symbols' "
+            "(one of the 12 symbols " + repr("!-()/_=+*[]%") + ", never in the filler)"
+        },
+    )
     batch: int = 16
     lr: float = 1e-3
     final_lr_frac: float = 0.1
@@ -147,6 +156,7 @@ def random_sample(
     n_keys: int = 4,
     kv_echo: bool = False,
     key_len: int = 4,
+    key_alphabet: str = "letters",
 ) -> tuple[str, str, str]:
     """``(context, question, answer)`` with random-letter filler, ``length`` characters in
     all (context + `SEP` + question), the asked fact starting at ``depth`` of the context.
@@ -155,7 +165,9 @@ def random_sample(
     " abcd: NNNNN. " at random places (fewer when they would fill over half of ``length``),
     one of them asked "abcd?". With ``kv_echo`` the kv answer repeats the key,
     "abcd: NNNNN", which makes the lookup an induction-head copy (find the earlier
-    "abcd: " and continue it).
+    "abcd: " and continue it). ``key_alphabet="symbols"`` makes each key one symbol of
+    :data:`KEY_SYMBOLS` right before its value (" %NNNNN. ", asked "%?"): multi-key retrieval where matching the
+    key is one token, as in the associative-recall tasks of the state-space-model papers.
     """
 
     def digits() -> str:
@@ -166,15 +178,23 @@ def random_sample(
         facts, q = [f" pass key: {ans}. "], "pass key?"
     elif task == "kv":
         # at most as many pairs as fit in half of the length (short curriculum stages)
-        n_keys = max(1, min(n_keys, (length // 2) // (key_len + 10)))
+        if key_alphabet not in ("letters", "symbols"):
+            raise UserError(f"key_alphabet must be letters or symbols, got '{key_alphabet}'")
+        symbols = key_alphabet == "symbols"
+        klen = 1 if symbols else key_len
+        n_keys = max(1, min(n_keys, (length // 2) // (klen + 10)))
         keys: list[str] = []
         while len(keys) < n_keys:
-            k = "".join(rng.choice(FILLER[:-1]) for _ in range(key_len))
+            if symbols:
+                k = rng.choice(KEY_SYMBOLS)
+            else:
+                k = "".join(rng.choice(FILLER[:-1]) for _ in range(key_len))
             if k not in keys:
                 keys.append(k)
         vals = [digits() for _ in keys]
-        ans = f"{keys[0]}: {vals[0]}" if kv_echo else vals[0]
-        facts, q = [f" {k}: {v}. " for k, v in zip(keys, vals)], f"{keys[0]}?"
+        sep = "" if symbols else ": "  # symbol keys sit right before their value
+        ans = f"{keys[0]}{sep}{vals[0]}" if kv_echo else vals[0]
+        facts, q = [f" {k}{sep}{v}. " for k, v in zip(keys, vals)], f"{keys[0]}?"
     else:
         raise UserError(f"random filler supports tasks passkey and kv, not '{task}'")
     budget = length - len(q) - len(SEP)
@@ -211,7 +231,9 @@ def sample_ids(
 
         v = vocab()
         rng = random.Random(f"tiny-random:{seed}:{task}:{index}")
-        ctx, q, ans = random_sample(rng, task, length, depth, n_keys, t.kv_echo, t.key_len)
+        ctx, q, ans = random_sample(
+            rng, task, length, depth, n_keys, t.kv_echo, t.key_len, t.key_alphabet
+        )
         prompt = (
             [v["<|user|>"]] + [v[c] for c in ctx + SEP + q] + [v["<|end|>"], v["<|assistant|>"]]
         )
@@ -471,6 +493,7 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
         "source": t.source,
         "kv_echo": t.kv_echo,
         "key_len": t.key_len,
+        "key_alphabet": t.key_alphabet,
     }
     return model, tok, history, opt
 
@@ -495,6 +518,7 @@ def eval_section(model: Any) -> TinyTrainSection:
         source=state.get("source", "random"),
         kv_echo=bool(state.get("kv_echo", False)),
         key_len=int(state.get("key_len", 4)),
+        key_alphabet=state.get("key_alphabet", "letters"),
     )
 
 
