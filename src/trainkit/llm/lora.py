@@ -55,8 +55,9 @@ class LoraSection:
             raise UserError("lora.target_modules must name at least one module")
 
 
-def peft_config(lora: Any):
-    """A ``peft.LoraConfig`` (task CAUSAL_LM) from a :class:`LoraSection`, dict or LoraConfig."""
+def peft_config(lora: Any, task_type: str | None = "CAUSAL_LM"):
+    """A ``peft.LoraConfig`` from a :class:`LoraSection`, dict or LoraConfig; ``task_type``
+    ``None`` is for a bare backbone without an LM head (the reward model's)."""
     from peft import LoraConfig
 
     if isinstance(lora, LoraConfig):
@@ -71,7 +72,7 @@ def peft_config(lora: Any):
         target_modules=list(lora.target_modules),
         modules_to_save=list(lora.modules_to_save) or None,
         bias="none",
-        task_type="CAUSAL_LM",
+        **({"task_type": task_type} if task_type else {}),
     )
 
 

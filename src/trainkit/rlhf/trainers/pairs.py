@@ -131,23 +131,6 @@ def make_optimizer(params: list, optim: Any, max_steps: int):
     return opt, sched
 
 
-def peft_config(lora: Any, task_type: str | None = None):
-    """A ``peft.LoraConfig`` for a bare backbone (no task head) from a ``LoraSection``."""
-    from peft import LoraConfig
-
-    kw = {"task_type": task_type} if task_type else {}
-    lora.validate()
-    return LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        modules_to_save=list(lora.modules_to_save) or None,
-        bias="none",
-        **kw,
-    )
-
-
 def check_lora_targets(model: Any, lora: Any) -> None:
     """Raise a one-line UserError when a ``lora.target_modules`` name is not in ``model``."""
     import torch

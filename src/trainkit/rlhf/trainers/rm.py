@@ -32,14 +32,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trainkit.common.errors import UserError
-from trainkit.llm.lora import LoraSection
+from trainkit.llm.lora import LoraSection, peft_config
 from trainkit.llm.train_control import SafetyFields
 from trainkit.rlhf.trainers.pairs import (
     chat_prompt,
     check_lora_targets,
     load_split,
     make_optimizer,
-    peft_config,
 )
 from trainkit.rlhf.trainers.pairs import read_pairs as read_pairs  # re-exported
 
@@ -229,7 +228,7 @@ def build_model(cfg: RMConfig):
         from peft import get_peft_model
 
         check_lora_targets(model.backbone, cfg.lora)
-        model.backbone = get_peft_model(model.backbone, peft_config(cfg.lora))
+        model.backbone = get_peft_model(model.backbone, peft_config(cfg.lora, task_type=None))
         for p in model.score_head.parameters():
             p.requires_grad_(True)
     if cfg.model.gradient_checkpointing:
