@@ -151,6 +151,20 @@ class TrainControl:
         except NonFiniteError as e:
             raise NonFiniteError(f"{e}; last checkpoint: {self.last_checkpoint()}") from None
 
+    def update(self, step: int, loss: Any, params: list, max_norm: float) -> tuple[bool, Any]:
+        """Backward, clip to ``max_norm`` (<= 0: no clipping), and an optimizer step unless
+        the loss or gradient norm is NaN/inf; returns ``(applied, grad_norm)``."""
+        import torch
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        applied = self.apply(step, loss, gnorm)  # NaN/inf never reaches the weights
+        if applied:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return applied, gnorm
+
     def end_step(self, step: int, data: dict, extra: dict | None = None, last: bool = False):
         """Save when due or interrupted; True when the loop must stop (Ctrl-C).
 

@@ -371,14 +371,7 @@ def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
                 g["lr"] = t.lr * f
             loss_sum, n = loss_mod(**b)
             loss = loss_sum / n.clamp(min=1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(
-                params, t.grad_clip if t.grad_clip > 0 else float("inf")
-            )
-            if ctl.apply(step + 1, loss, gnorm):  # NaN/inf never reaches the weights
-                opt.step()
-            opt.zero_grad(set_to_none=True)
+            ctl.update(step + 1, loss, params, t.grad_clip)
             step += 1
             tokens += (
                 int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()

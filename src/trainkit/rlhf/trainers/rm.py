@@ -353,13 +353,7 @@ def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> di
                 loss = pairwise_rm_loss_logexp(c, r)
             else:
                 loss = pairwise_rm_loss(c, r, T.margin or None)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-            applied = ctl.apply(step, loss, gnorm)  # NaN/inf never reaches the weights
-            if applied:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
+            applied, gnorm = ctl.update(step, loss, params, cfg.optim.max_grad_norm)
             sched.step()
             bar.update(1)
             if step % T.log_every == 0 or step == T.max_steps or not applied:
