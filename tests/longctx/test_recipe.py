@@ -102,3 +102,35 @@ def test_tiny_8x_yaml_matches_code():
     a = load_config(recipe.ExtendConfig, "configs/longctx/tiny_8x.yaml", [])
     b = load_config(recipe.ExtendConfig, None, experiment.TINY_8X)
     assert to_dict(a) == to_dict(b)
+
+
+def test_tiny_checks_against_the_issue_targets():
+    """tiny_checks is pure: literal variants in, the issue's targets out."""
+
+    def var(pk, kv, pk2048, kv2048, spk, skv, ppl, pk_ppl, kv_ppl):
+        return {
+            "passkey": pk,
+            "kv": kv,
+            "passkey_by_length": {"2048": pk2048},
+            "kv_by_length": {"2048": kv2048},
+            "short_passkey": spk,
+            "short_kv": skv,
+            "short_answer_ppl": ppl,
+            "short_passkey_ppl": pk_ppl,
+            "short_kv_ppl": kv_ppl,
+        }
+
+    v = {
+        "base": var(0.51, 0.18, 0.2, 0.1, 1.0, 0.18, 1.22, 1.0018, 1.494),
+        "theta+ft": var(0.99, 0.16, 0.95, 0.1, 0.98, 0.22, 1.39, 1.0229, 1.887),
+        "none+ft": var(0.64, 0.11, 0.35, 0.05, 0.88, 0.12, 1.56, 1.1, 1.9),
+    }
+    c = experiment.tiny_checks(v, 2048)
+    assert c["theta_ft_passkey>=0.9"] and not c["theta_ft_kv>=0.8"]
+    assert not c["base_passkey<=0.2"] and c["base_kv<=0.2"]
+    assert c["theta_minus_notheta_passkey@2048"] == 0.6 and c["theta_beats_notheta_passkey_by_0.3"]
+    assert c["theta_minus_notheta_kv@2048"] == 0.05 and not c["theta_beats_notheta_kv_by_0.3"]
+    assert c["short_passkey_change"] == -0.02 and c["short_passkey_within_0.05"]
+    assert c["short_ppl_rel_change"] == 0.1393 and not c["short_ppl_within_5%"]
+    assert c["short_passkey_ppl_rel_change"] == 0.0211 and c["short_kv_ppl_rel_change"] == 0.2631
+    assert c["ok"] is False

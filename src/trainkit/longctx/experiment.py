@@ -64,7 +64,7 @@ def tiny_eval(
 ) -> dict:
     """Passkey and kv (4 keys) exact-match accuracy of a tiny char model on the grid
     ``lengths x depths`` and on ``short_lengths`` (within the native window), plus the
-    short-context answer perplexity ``exp(mean answer-token NLL)``."""
+    short-context answer perplexity ``exp(mean answer-token NLL)``, overall and per task."""
     from trainkit.longctx import tinybase
 
     t = tinybase.eval_section(model)
@@ -77,6 +77,7 @@ def tiny_eval(
         out[f"{task}_by_length"] = {k: round(v, 4) for k, v in g["by_length"].items()}
         out[f"{task}_grid"] = g["grid"]
         out[f"short_{task}"] = round(s["accuracy"], 4)
+        out[f"short_{task}_ppl"] = round(math.exp(s["nll"]), 5)
         nll.append(s["nll"])
     out["short_answer_ppl"] = round(math.exp(sum(nll) / len(nll)), 5)
     return out
@@ -214,5 +215,9 @@ def tiny_checks(v: dict, at: int = 2048) -> dict:
     r = th["short_answer_ppl"] / b["short_answer_ppl"] - 1
     c["short_ppl_rel_change"] = round(r, 4)
     c["short_ppl_within_5%"] = abs(r) <= 0.05
+    for task in ("passkey", "kv"):  # per task: a task the base never learned dominates the mean
+        key = f"short_{task}_ppl"
+        if key in th and key in b:
+            c[f"{key}_rel_change"] = round(th[key] / b[key] - 1, 4)
     c["ok"] = all(x for k, x in c.items() if isinstance(x, bool))
     return c
