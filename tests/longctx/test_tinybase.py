@@ -59,3 +59,18 @@ def test_random_filler_kv_formats():
                 assert len(key) == 4 and set(key) <= set(FILLER)
     ctx, q, ans = random_sample(random.Random(0), "kv", 128, 0.5, 2, True, 4, "symbols")
     assert ans[0] == q[0] and f" {ans}. " in ctx  # echo: the answer repeats the key
+
+
+def test_kv_queries_add_follow_up_turns_without_changing_the_sample():
+    tok = char_tokenizer()
+    one = tinybase.TinyTrainSection(tasks=["kv"], key_alphabet="symbols")
+    many = tinybase.TinyTrainSection(tasks=["kv"], key_alphabet="symbols", kv_queries=4)
+    ids1, lab1 = tinybase.sample_ids(tok, one, "kv", 128, 0.5, 0, 7, 4)
+    ids4, lab4 = tinybase.sample_ids(tok, many, "kv", 128, 0.5, 0, 7, 4)
+    assert ids4[: len(ids1)] == ids1 and lab4[: len(lab1)] == lab1  # first turn unchanged
+    text = tok.decode(ids4)
+    answers = tok.decode([t for t in lab4 if t != -100]).split("<|end|>")[:-1]
+    questions = [q.split("<|end|>")[0][-2:] for q in text.split("<|user|>")[1:]]
+    assert len(answers) == len(questions) == 4 and len(set(questions)) == 4
+    for q, a in zip(questions, answers):
+        assert f" {q[0]}{a}. " in text  # each answer is the value of the key asked

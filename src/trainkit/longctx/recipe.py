@@ -294,6 +294,7 @@ def batches(cfg: ExtendConfig, tok: Any, model: Any = None):
             source="random",
             kv_echo=fmt.kv_echo,
             key_len=fmt.key_len,
+            key_alphabet=fmt.key_alphabet,
         )
         i = 0
         while True:

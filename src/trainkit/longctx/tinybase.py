@@ -78,6 +78,13 @@ class TinyTrainSection:
         default=False, metadata={"help": "kv answers repeat the key (random filler)"}
     )
     key_len: int = field(default=4, metadata={"help": "letters per kv key (random filler)"})
+    kv_queries: int = field(
+        default=1,
+        metadata={
+            "help": "training only: kv samples ask up to this many of their keys, the extra "
+            "ones as follow-up chat turns with loss on every answer (denser signal)"
+        },
+    )
     key_alphabet: str = field(
         default="letters",
         metadata={
@@ -157,6 +164,7 @@ def random_sample(
     kv_echo: bool = False,
     key_len: int = 4,
     key_alphabet: str = "letters",
+    others: list | None = None,
 ) -> tuple[str, str, str]:
     """``(context, question, answer)`` with random-letter filler, ``length`` characters in
     all (context + `SEP` + question), the asked fact starting at ``depth`` of the context.
@@ -168,6 +176,8 @@ def random_sample(
     "abcd: " and continue it). ``key_alphabet="symbols"`` makes each key one symbol of
     :data:`KEY_SYMBOLS` right before its value (" %NNNNN. ", asked "%?"): multi-key retrieval where matching the
     key is one token, as in the associative-recall tasks of the state-space-model papers.
+    A kv sample appends ``(question, answer)`` of its other keys, in random order, to
+    ``others`` when that list is given.
     """
 
     def digits() -> str:
@@ -195,6 +205,7 @@ def random_sample(
         sep = "" if symbols else ": "  # symbol keys sit right before their value
         ans = f"{keys[0]}{sep}{vals[0]}" if kv_echo else vals[0]
         facts, q = [f" {k}{sep}{v}. " for k, v in zip(keys, vals)], f"{keys[0]}?"
+        rest = [(f"{k}?", f"{k}{sep}{v}" if kv_echo else v) for k, v in zip(keys, vals)][1:]
     else:
         raise UserError(f"random filler supports tasks passkey and kv, not '{task}'")
     budget = length - len(q) - len(SEP)
@@ -210,6 +221,9 @@ def random_sample(
         parts += [filler[prev : points[i]], facts[i]]
         prev = points[i]
     parts.append(filler[prev:])
+    if others is not None and task == "kv":
+        rng.shuffle(rest)  # after the sample is drawn: asking more keys changes nothing else
+        others.extend(rest)
     return "".join(parts), q, ans
 
 
@@ -231,14 +245,19 @@ def sample_ids(
 
         v = vocab()
         rng = random.Random(f"tiny-random:{seed}:{task}:{index}")
+        others: list | None = [] if task == "kv" and t.kv_queries > 1 else None
         ctx, q, ans = random_sample(
-            rng, task, length, depth, n_keys, t.kv_echo, t.key_len, t.key_alphabet
+            rng, task, length, depth, n_keys, t.kv_echo, t.key_len, t.key_alphabet, others
         )
-        prompt = (
-            [v["<|user|>"]] + [v[c] for c in ctx + SEP + q] + [v["<|end|>"], v["<|assistant|>"]]
-        )
-        answer = [v[c] for c in ans] + [v["<|end|>"]]
-        return prompt + answer, [-100] * len(prompt) + answer
+        ids: list[int] = []
+        labels: list[int] = []
+        turns = [(ctx + SEP + q, ans)] + (others or [])[: t.kv_queries - 1]
+        for text, a in turns:
+            turn = [v["<|user|>"]] + [v[c] for c in text] + [v["<|end|>"], v["<|assistant|>"]]
+            answer = [v[c] for c in a] + [v["<|end|>"]]
+            ids += turn + answer
+            labels += [-100] * len(turn) + answer
+        return ids, labels
     opts: dict[str, Any] = {"source": t.source}
     if task == "kv":
         opts["n_keys"] = n_keys
@@ -494,6 +513,7 @@ def train(cfg: TinyBaseConfig, log=print) -> tuple[Any, Any, list[dict], Any]:
         "kv_echo": t.kv_echo,
         "key_len": t.key_len,
         "key_alphabet": t.key_alphabet,
+        "kv_queries": t.kv_queries,
     }
     return model, tok, history, opt
 
