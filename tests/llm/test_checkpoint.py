@@ -69,3 +69,17 @@ def test_load_mismatch_is_user_error(tmp_path):
         ckpt.load_checkpoint(tmp_path, s, other, opt2)
     with pytest.raises(UserError, match="must be one of"):
         make_strategy("deepspeed")
+
+
+def test_epoch_order_covers_each_epoch_and_resumes_exactly():
+    import json
+
+    from trainkit.llm.train_control import EpochOrder
+
+    a = EpochOrder(5, seed=3)
+    first = [a.take(2) for _ in range(5)]  # 10 indices = two whole epochs
+    assert sorted(sum(first[:2], []) + first[2][:1]) == [0, 1, 2, 3, 4]
+    assert sorted(first[2][1:] + sum(first[3:], [])) == [0, 1, 2, 3, 4]
+    saved = json.loads(json.dumps(a.state()))  # what a checkpoint keeps
+    b = EpochOrder(5, seed=99, state=saved)
+    assert [b.take(2) for _ in range(7)] == [a.take(2) for _ in range(7)]

@@ -78,6 +78,35 @@ def rng_from_json(state: list) -> tuple:
     return (version, tuple(internal), gauss)
 
 
+class EpochOrder:
+    """Sample indices in epochs reshuffled by a seeded RNG, whole batches only, resumable.
+
+    ``state()`` is the JSON-able ``{"order", "rng"}`` a checkpoint keeps; ``EpochOrder(n,
+    seed, state)`` continues exactly where that state was taken.
+    """
+
+    def __init__(self, n: int, seed: int, state: dict | None = None):
+        import random
+
+        self.n, self.rng = n, random.Random(seed)
+        self.order: list[int] = []
+        if state:
+            self.order = list(state["order"])
+            self.rng.setstate(rng_from_json(state["rng"]))
+
+    def take(self, k: int) -> list[int]:
+        """The next ``k`` indices (a new shuffled epoch is appended when fewer are left)."""
+        if len(self.order) < k:
+            perm = list(range(self.n))
+            self.rng.shuffle(perm)
+            self.order += perm
+        idx, self.order = self.order[:k], self.order[k:]
+        return idx
+
+    def state(self) -> dict:
+        return {"order": list(self.order), "rng": rng_to_json(self.rng.getstate())}
+
+
 def _scalar(v: Any) -> float:
     return float(v.detach()) if hasattr(v, "detach") else float(v)
 

@@ -29,7 +29,6 @@ the model's chat template and each response ends with the EOS token.
 from __future__ import annotations
 
 import copy
-import random
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -279,7 +278,7 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
     from trainkit.common.logging import MetricsLogger, progress
     from trainkit.common.run import save_config
     from trainkit.common.seed import seed_everything
-    from trainkit.llm.train_control import TrainControl, rng_from_json, rng_to_json
+    from trainkit.llm.train_control import EpochOrder, TrainControl
     from trainkit.rlhf.losses import dpo_loss
 
     out = Path(cfg.output_dir)
@@ -306,14 +305,10 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = make_optimizer(params, cfg.optim, T.max_steps)
-    rng = random.Random(T.seed)
-    order: list[int] = []
     ctl = TrainControl(out, "dpo", T, cfg.resume, model, opt, sched)
     state = ctl.restore()
     start = int(state["step"]) if state else 0
-    if state:
-        order, rng = list(state["data"]["order"]), random.Random()
-        rng.setstate(rng_from_json(state["data"]["rng"]))
+    order = EpochOrder(len(enc_train), T.seed, state["data"] if state else None)
     log = MetricsLogger(out)
     if not state:
         log.log(
@@ -326,11 +321,7 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
     step = start
     with ctl:
         for step in range(start + 1, T.max_steps + 1):
-            if len(order) < T.batch_size:
-                perm = list(range(len(enc_train)))
-                rng.shuffle(perm)
-                order += perm
-            idx, order = order[: T.batch_size], order[T.batch_size :]
+            idx = order.take(T.batch_size)  # reshuffled per epoch, no short batches
             batch = collate([enc_train[i] for i in idx], pad)
             ref_lp = ref.logps(idx, batch)
             pol_lp = batch_logps(model, batch, T.average_logps)  # [2B]
@@ -367,8 +358,7 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
             if E.every and step % E.every == 0 and step < T.max_steps:
                 ev, _ = evaluate(model, enc_held, held_ref, pad, cfg)
                 log.log(step, **{f"eval/{k}": v for k, v in ev.items()})
-            data = {"order": order, "rng": rng_to_json(rng.getstate())}
-            if ctl.end_step(step, data, last=step == T.max_steps):
+            if ctl.end_step(step, order.state(), last=step == T.max_steps):
                 break
     bar.close()
     if ctl.interrupted:

@@ -23,7 +23,6 @@ the left, keeping the response end that is scored.
 from __future__ import annotations
 
 import json
-import random
 import sys
 import threading
 from collections.abc import Callable
@@ -306,7 +305,7 @@ def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> di
     from trainkit.common.logging import MetricsLogger, progress
     from trainkit.common.run import save_config
     from trainkit.common.seed import seed_everything
-    from trainkit.llm.train_control import TrainControl, rng_from_json, rng_to_json
+    from trainkit.llm.train_control import EpochOrder, TrainControl
     from trainkit.rlhf.losses import pairwise_rm_loss, pairwise_rm_loss_logexp
 
     out = Path(cfg.output_dir)
@@ -325,14 +324,10 @@ def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> di
     held_eval = held[: E.max_pairs] if E.max_pairs else held
 
     before = evaluate(model, tok, held_eval, L, E.batch_size)
-    rng = random.Random(T.seed)
-    order: list[int] = []
     ctl = TrainControl(out, "rm", T, cfg.resume, model, opt, sched)
     state = ctl.restore()
     start = int(state["step"]) if state else 0
-    if state:
-        order, rng = list(state["data"]["order"]), random.Random()
-        rng.setstate(rng_from_json(state["data"]["rng"]))
+    order = EpochOrder(len(train), T.seed, state["data"] if state else None)
     log = MetricsLogger(out)
     if not state:
         log.log(0, **{f"eval/{k}": v for k, v in before.items()})
@@ -341,11 +336,7 @@ def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> di
     step = start
     with ctl:
         for step in range(start + 1, T.max_steps + 1):
-            if len(order) < T.batch_size:  # reshuffle per epoch, no short batches
-                perm = list(range(len(train)))
-                rng.shuffle(perm)
-                order += perm
-            idx, order = order[: T.batch_size], order[T.batch_size :]
+            idx = order.take(T.batch_size)  # reshuffled per epoch, no short batches
             pairs = [train[i] for i in idx]
             s = batch_scores(model, tok, pair_texts(tok, pairs), L)  # [2B]
             c, r = s[: len(pairs)], s[len(pairs) :]
@@ -373,8 +364,7 @@ def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> di
             if E.every and step % E.every == 0 and step < T.max_steps:
                 ev = evaluate(model, tok, held_eval, L, E.batch_size)
                 log.log(step, **{f"eval/{k}": v for k, v in ev.items()})
-            data = {"order": order, "rng": rng_to_json(rng.getstate())}
-            if ctl.end_step(step, data, last=step == T.max_steps):
+            if ctl.end_step(step, order.state(), last=step == T.max_steps):
                 break
     bar.close()
     if ctl.interrupted:
