@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from _procmem import rss_kb  # benchmarks/ is on sys.path when run as a script
+from _procmem import PeakMemory  # benchmarks/ is on sys.path when run as a script
 
 
 def _worker(a) -> dict:
@@ -34,26 +34,15 @@ def _worker(a) -> dict:
     weight = (torch.randn(a.vocab, a.hidden, generator=g) * 0.05).to(dev).requires_grad_()
     targets = torch.randint(0, a.vocab, (a.seq,), generator=g).to(dev)
     targets[::10] = -100
-    cuda = dev.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
-            f.write("5")
-        base = rss_kb("VmRSS") * 1024
+    mem = PeakMemory(dev)
+    mem.start()
     t = time.perf_counter()
     if a.variant == "plain":
         loss, n = plain_cross_entropy(hidden, weight, targets)
     else:
         loss, n = chunked_cross_entropy(hidden, weight, targets, chunk_size=a.chunk)
     (loss / n).backward()
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = rss_kb("VmHWM") * 1024 - base
+    peak = mem.peak()
     secs = time.perf_counter() - t
     return {
         "peak_bytes": int(peak),

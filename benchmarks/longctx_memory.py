@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from _procmem import rss_kb  # benchmarks/ is on sys.path when run as a script
+from _procmem import PeakMemory  # benchmarks/ is on sys.path when run as a script
 
 
 def _worker(a) -> dict:
@@ -74,22 +74,11 @@ def _worker(a) -> dict:
         return loss
 
     step(ids[:, :64])  # warm-up: the optimizer state exists before the measured step
-    cuda = dev.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
-            f.write("5")
-        base = rss_kb("VmRSS") * 1024
+    mem = PeakMemory(dev)
+    mem.start()
     t = time.perf_counter()
     loss = step(ids)
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = rss_kb("VmHWM") * 1024 - base
+    peak = mem.peak()
     sec = time.perf_counter() - t
     return {
         "variant": a.variant,
