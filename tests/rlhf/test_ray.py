@@ -33,23 +33,25 @@ def varied_reward(prompts, completions, **labels):
     return [float(len(c) % 3) for c in completions]
 
 
+#: the tiny GRPO run every test here starts from (config and CLI alike)
+TINY = [
+    "model.name=tiny-llama",
+    "data.path=arithmetic_number_only",
+    "data.chat_template=false",
+    "rollout.max_new_tokens=4",
+    "rollout.n=4",
+    "rollout.prompts_per_step=2",
+    "eval.n_prompts=4",
+    "eval.every=0",
+    "train.progress=false",
+    f"data.reward=[{__file__}:varied_reward]",
+    "optim.lr=1e-3",
+    "train.threads=1",
+]
+
+
 def _cfg(out, *over):
-    base = [
-        "model.name=tiny-llama",
-        "data.path=arithmetic_number_only",
-        "data.chat_template=false",
-        "rollout.max_new_tokens=4",
-        "rollout.n=4",
-        "rollout.prompts_per_step=2",
-        "eval.n_prompts=4",
-        "eval.every=0",
-        "train.progress=false",
-        "train.save_model=false",
-        f"output_dir={out}",
-        f"data.reward=[{__file__}:varied_reward]",
-        "optim.lr=1e-3",
-        "train.threads=1",
-    ]
+    base = TINY + ["train.save_model=false", f"output_dir={out}"]
     return load_config(GRPOConfig, None, base + list(over))
 
 
@@ -599,20 +601,8 @@ def test_reference_worker_logps_equal_the_lora_policy_with_adapters_disabled(tmp
 
 def _cli_args(out, *over):
     """``trainkit rlhf grpo`` on Ray (2 CPUs: policy + rollout actor), as _cfg."""
-    args = [
-        "model.name=tiny-llama",
-        "data.path=arithmetic_number_only",
-        "data.chat_template=false",
-        "rollout.max_new_tokens=4",
-        "rollout.n=4",
-        "rollout.prompts_per_step=2",
-        "eval.n_prompts=4",
-        "eval.every=0",
-        "train.progress=false",
-        "train.threads=1",
+    args = TINY + [
         "train.save_every=0",
-        "optim.lr=1e-3",
-        f"data.reward=[{__file__}:varied_reward]",
         f"output_dir={out}",
         "ray.enabled=true",
         "ray.num_cpus=2",
