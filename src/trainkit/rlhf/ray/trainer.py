@@ -160,7 +160,7 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
     from trainkit.rlhf.ray.shards import group_rows, rollout_rows, shard_experience
     from trainkit.rlhf.rewards import load_reward, score
     from trainkit.rlhf.trainers import rl_data
-    from trainkit.rlhf.trainers.experience import make_experience
+    from trainkit.rlhf.trainers.experience import make_experience, rollout_stats
     from trainkit.rlhf.trainers.ppo import prompt_indices
     from trainkit.rlhf.trainers.ppo_update import share_prompt
 
@@ -379,11 +379,7 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
                     sync_s = sync()
                     t4 = time.perf_counter()
                     rec = {
-                        "reward": float(rewards.mean()),
-                        "reward_std": float(rewards.std()),
-                        "truncated": ro.num_truncated,
-                        "truncated_frac": ro.truncated_frac,
-                        "response_len": float(ro.response_lengths.float().mean()),
+                        **rollout_stats(rewards, ro),
                         "gen_s": t1 - t0,
                         "exp_s": t2 - t1,
                         "train_s": t3 - t2,

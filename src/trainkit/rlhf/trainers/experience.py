@@ -301,6 +301,18 @@ def mismatch_stats(mx: float, total: float, count: int) -> dict[str, float]:
     return {MISMATCH_MAX: mx, MISMATCH_MEAN: total / max(count, 1)}
 
 
+def rollout_stats(rewards: Tensor, ro: Rollout) -> dict[str, float]:
+    """The per-step rollout record both trainers log: reward mean/std ``[B*n]``, truncation,
+    mean response length."""
+    return {
+        "reward": float(rewards.mean()),
+        "reward_std": float(rewards.std()),
+        "truncated": ro.num_truncated,
+        "truncated_frac": ro.truncated_frac,
+        "response_len": float(ro.response_lengths.float().mean()),
+    }
+
+
 def make_experience(
     rollout: Rollout,
     rewards: Tensor,

@@ -212,7 +212,7 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
     from trainkit.llm.strategy import Strategy
     from trainkit.rlhf.rewards import load_reward, score
     from trainkit.rlhf.trainers import rl_data
-    from trainkit.rlhf.trainers.experience import make_experience
+    from trainkit.rlhf.trainers.experience import make_experience, rollout_stats
 
     if cfg.ray.enabled:  # same config, actors on a Ray cluster
         from trainkit.rlhf.ray.trainer import train_ray
@@ -349,11 +349,7 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
                 ).rewards
                 acc = sum(v == 1.0 for v in hits) / len(comps)
             rec = {
-                "reward": float(rewards.mean()),
-                "reward_std": float(rewards.std()),
-                "truncated": ro.num_truncated,
-                "truncated_frac": ro.truncated_frac,
-                "response_len": float(ro.response_lengths.float().mean()),
+                **rollout_stats(rewards, ro),
                 "gen_s": t1 - t0,
                 "gen_cpu_s": c1 - c0,
                 "exp_s": t2 - t1,
