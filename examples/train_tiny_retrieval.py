@@ -3,12 +3,12 @@
     python examples/train_tiny_retrieval.py --config configs/longctx/tiny_base.yaml \
         [output_dir=runs/longctx/tiny_base] [train.max_seconds=600] [init_from=FOLDER]
 
-A ~1M-parameter Llama with a 64-token character vocabulary learns passkey (and multi-key)
+A ~1M-parameter Llama with a 64-token character vocabulary learns passkey and multi-key
 retrieval in random-letter filler (``train.source=random``; ``stdlib`` = real text) with
-answer-only loss, a length curriculum 32 -> 256 (its native window) and a constant-then-
+answer-only loss, a length curriculum 64 -> 256 (its native window) and a constant-then-
 decay LR. It then reports greedy exact-match accuracy by length (up to 8x the window) and
 saves an HF folder plus ``<output_dir>_metrics.json``. The shipped checkpoint
-(src/trainkit/longctx/assets/tiny_base) came from the default config in ~14 min on a shared
+(src/trainkit/longctx/assets/tiny_base) came from the default config in ~12 min on a shared
 2-core machine (1 thread; more threads are slower when the cores are busy). Resume with
 ``init_from=<previous output_dir>``.
 """

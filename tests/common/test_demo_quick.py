@@ -34,7 +34,7 @@ def test_report_has_every_part_and_its_headline_numbers(report):
     assert re.search(r"\| GRPO held-out mean reward \| \d\.\d{3} -> \d\.\d{3}", md)
     # long context: accuracies before and after extension
     assert re.search(
-        r"\| passkey @2048 before -> after \(theta x8 \+ fine-tune\) \| \d+% -> \d+% \|", md
+        r"\| passkey @2048 before -> after \(theta 1e6 \+ fine-tune\) \| \d+% -> \d+% \|", md
     )
     assert re.search(r"\| kv \(4 keys\) @2048 before -> after \| \d+% -> \d+% \|", md)
 

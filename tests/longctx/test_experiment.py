@@ -1,14 +1,10 @@
 """The CPU experiment of issue 11 with the shipped tiny base (slow: ~8-12 min on 2 cores).
 
-Targets (issue 11): after theta x8 + the fixed fine-tune budget, >= 90% passkey and >= 80% kv
-averaged over lengths 512..2048 x 5 depths, from <= 20% before; theta beats the same budget
-without the theta change by >= 30 points at 2048 on both tasks; short-context (64..256)
-accuracy and answer perplexity change by <= 5%.
-
-The passkey targets are met. The kv targets are not: the shipped base never learned
-multi-key retrieval (kv ~20% even within its 256-token window), and it already retrieves
-pass keys beyond its window (~50% over 512..2048), so "<= 20% before" fails too. Those
-assertions are kept, unlowered, in a strict xfail: fixing the base makes it XPASS.
+Targets (issue 11): after the theta change (rope_theta 1e4 -> 1e6) + the fixed fine-tune
+budget (60 steps x 4 samples), >= 90% passkey and >= 80% kv averaged over lengths 512..2048
+x 5 depths, from <= 20% before; theta beats the same budget without the theta change by
+>= 30 points at 2048 on both tasks; short-context (64..256) accuracy and answer perplexity
+change by <= 5%; the fine-tune takes <= 20 minutes.
 """
 
 import pytest
@@ -23,7 +19,6 @@ def result():
     from trainkit.longctx.experiment import tiny_experiment
 
     return tiny_experiment(
-        steps=30,
         samples=4,
         ft_rules=("theta", "none"),
         free_rules=("theta", "linear"),
@@ -33,20 +28,22 @@ def result():
 
 
 @pytest.mark.slow
-def test_passkey_targets(result):
-    v, c = result["variants"], result["checks"]
-    assert v["theta+ft"]["passkey"] >= 0.9
-    assert c["theta_beats_notheta_passkey_by_0.3"]
-    assert c["short_passkey_within_0.05"]
-    assert v["linear_only"]["passkey"] < v["theta_only"]["passkey"]  # linear x8 breaks the model
+def test_extension_targets(result):
+    v = result["variants"]
+    assert v["base"]["passkey"] <= 0.2 and v["base"]["kv"] <= 0.2
+    assert v["theta+ft"]["passkey"] >= 0.9 and v["theta+ft"]["kv"] >= 0.8
     assert v["theta+ft"]["ft_seconds"] <= 20 * 60
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="shipped base has not learned kv and passes 256 on passkey")
-def test_kv_and_before_targets(result):
+def test_theta_beats_the_same_budget_without_it(result):
+    c = result["checks"]
+    assert c["theta_beats_notheta_passkey_by_0.3"] and c["theta_beats_notheta_kv_by_0.3"]
+
+
+@pytest.mark.slow
+def test_short_context_kept(result):
     v, c = result["variants"], result["checks"]
-    assert v["base"]["passkey"] <= 0.2 and v["base"]["kv"] <= 0.2
-    assert v["theta+ft"]["kv"] >= 0.8
-    assert c["theta_beats_notheta_kv_by_0.3"]
-    assert c["short_kv_within_0.05"] and c["short_ppl_within_5%"]
+    assert c["short_passkey_within_0.05"] and c["short_kv_within_0.05"]
+    assert c["short_ppl_within_5%"]
+    assert v["linear_only"]["passkey"] < v["theta_only"]["passkey"]  # linear x8 breaks the model

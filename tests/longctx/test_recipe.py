@@ -81,11 +81,11 @@ def test_full_finetune_tiny_theta(tmp_path):
     )
     model, tok, rep = recipe.extend(cfg, log=None)
     assert rep["steps"] == 2
-    # the rotary tables were rebuilt with theta 8e4: inv_freq[1] = 8e4 ** (-2/32)
+    # the rotary tables were rebuilt with theta 1e6: inv_freq[1] = 1e6 ** (-2/32) = 10 ** -0.375
     inv = model.model.rotary_emb.inv_freq
-    assert float(inv[1]) == pytest.approx(80000.0 ** (-2 / 32), rel=1e-6)
+    assert float(inv[1]) == pytest.approx(0.42169650342858, rel=1e-6)
     re = AutoModelForCausalLM.from_pretrained(tmp_path / "ext")
-    assert re.config.rope_parameters["rope_theta"] == 80000.0
+    assert re.config.rope_parameters["rope_theta"] == 1e6
     assert re.config.max_position_embeddings == 2048
     ids = torch.tensor([[4, 10, 11, 12]])
     with torch.no_grad():

@@ -2,7 +2,7 @@
 
 Uses the shipped tiny base (``assets/tiny_base``, native window 256): passkey and 4-key kv
 heatmaps (depth x length, greedy exact match) of the base and of the base extended to
-2048 with the paper's rule (rope_theta x8) plus a short fine-tune
+2048 with the paper's rule (rope_theta 1e4 -> 1e6) plus a short fine-tune
 (``configs/longctx/tiny_8x.yaml``), with the same fine-tune budget without the theta
 change beside it in the headline numbers.
 """
@@ -24,7 +24,7 @@ SETTINGS = {
         "compare_no_theta": False,
     },
     "full": {
-        "steps": 30,
+        "steps": 60,
         "samples": 4,
         "lengths": [256, 512, 1024, 1536, 2048],
         "depths": [0.0, 0.25, 0.5, 0.75, 1.0],
@@ -95,7 +95,7 @@ def run(out_dir: Path, quick: bool):
 
     Lmax = s["lengths"][-1]
     head = {
-        "passkey @2048 before -> after (theta x8 + fine-tune)": f"{at(before['passkey'], Lmax)} -> {at(after['passkey'], Lmax)}",
+        "passkey @2048 before -> after (theta 1e6 + fine-tune)": f"{at(before['passkey'], Lmax)} -> {at(after['passkey'], Lmax)}",
         "kv (4 keys) @2048 before -> after": f"{at(before['kv'], Lmax)} -> {at(after['kv'], Lmax)}",
         "passkey / kv @256 before -> after": f"{at(before['passkey'], 256)} / {at(before['kv'], 256)} -> "
         f"{at(after['passkey'], 256)} / {at(after['kv'], 256)}",
@@ -108,11 +108,10 @@ def run(out_dir: Path, quick: bool):
     md = (
         "A 1M-parameter Llama (64-token character vocabulary) trained by trainkit to retrieve "
         "a pass key or one of 4 key-value pairs in random-letter filler within 256 tokens, "
-        "then extended 8x to 2048 with `trainkit longctx extend` (rope_theta 1e4 -> 8e4, "
+        "then extended 8x to 2048 with `trainkit longctx extend` (rope_theta 1e4 -> 1e6, "
         f"full fine-tune of {rep['steps']} steps of 4 samples of 256-2048 tokens). "
-        "Heatmaps: greedy exact match by depth (rows) and length (columns). The shipped base "
-        "has not learned multi-key (kv) retrieval even within 256 tokens, so kv stays near "
-        "chance before and after; passkey is the task that shows the extension."
+        "Heatmaps: greedy exact match by depth (rows) and length (columns). Each kv key is one "
+        "symbol and the answer repeats it ('%12345'); the filler is random letters."
     )
     images = [
         (f"{task} {tag}", f"longctx_{task}_{tag}.png")

@@ -13,6 +13,12 @@ multi-key key-value retrieval, with
 * a constant learning rate (after warm-up) until the model passes the threshold at
   ``max_len``, then a linear decay to ``train.final_lr_frac`` over ``extra_steps_at_max``.
 
+Multi-key retrieval is learned with ``train.key_alphabet=symbols`` (each key one symbol
+never seen elsewhere), ``train.kv_echo`` (the answer repeats the key, so its first digit is
+an induction copy: find the earlier occurrence of the key and continue it) and
+``train.kv_queries`` (every key asked, in follow-up turns); without the echo a 1M model
+copies *some* pair's value at chance (docs/RESULTS.md, long context).
+
 Haystack ``train.source``: ``random`` (default; random letters and spaces, the setup
 DESIGN.md reports to learn on 2 cores) or a :mod:`trainkit.longctx.tasks` source
 (``stdlib`` real text, ``bio``, ``repeat``), which the first attempt used and which
