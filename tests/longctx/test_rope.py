@@ -91,6 +91,22 @@ def test_suggest_theta_values():
     assert wl(t2) / 2048 == pytest.approx(wl(t) / 256, rel=1e-5)
 
 
+def test_theta_in_range_values():
+    # d=32, 1e4, 256 -> 2048: pairs 7..15 turn less than once in 256 tokens; 1e4 * 8**(16/7)
+    assert rope.theta_in_range(2048, 32, 1e4, 256) == pytest.approx(1159326.29, rel=1e-6)
+    # Llama-3-8B 8K -> 80K: i_min = 35 of 64, 5e5 * 10**(64/35)
+    assert rope.theta_in_range(81920, 128, 5e5, 8192) == pytest.approx(33693135.84, rel=1e-6)
+    assert rope.theta_in_range(100, 32, 1e4, 200) == 1e4
+    assert rope.theta_in_range(2048, 32, 1.5, 256) == 1.5  # every pair turns within 256
+    with pytest.raises(UserError):
+        rope.theta_in_range(40, 32, 1e4, 4)
+    # the rule: at 2048 the first partially seen pair reaches exactly the angle it had at 256
+    t2 = rope.theta_in_range(2048, 32, 1e4, 256)
+    w, w2 = rope.default_inv_freq(32, 1e4), rope.default_inv_freq(32, t2)
+    assert 2048 * float(w2[7]) == pytest.approx(256 * float(w[7]), rel=1e-5)
+    assert 256 * float(w[6]) > 2 * math.pi > 256 * float(w[7])  # pair 6 turned fully, 7 not
+
+
 @pytest.mark.parametrize("method", rope.METHODS)
 def test_matches_transformers_and_reloads(method, tmp_path):
     from transformers import AutoConfig, LlamaForCausalLM

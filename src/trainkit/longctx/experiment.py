@@ -17,8 +17,8 @@ from trainkit.longctx.recipe import ExtendConfig, RopeSection, apply_rope_inplac
 #: the tiny experiment's rules at 8x (256 -> 2048). ``theta``: rope_theta 1e4 -> 1e6, far above
 #: the NTK suggestion (x9.2), as the paper went far above it (5e5 -> 2e8 for 10x): only then do
 #: the dims that turn less than once in 256 tokens (i >= 7 of 16 at head_dim 32) stay, at 2048,
-#: within the angles the base saw (1e4 * 8 ** (16 / 7) ~ 1.2e6). docs/RESULTS.md compares x8, x30
-#: and x100 with the same fine-tune.
+#: within the angles the base saw (``rope.theta_in_range``: 1e4 * 8 ** (16 / 7) ~ 1.2e6; we use
+#: the round 1e6). docs/RESULTS.md compares x8, x30 and x100 with the same fine-tune.
 TINY_RULES = {
     "theta": {"method": "theta", "theta": 1000000.0, "factor": 8.0},
     "none": {"method": "none"},

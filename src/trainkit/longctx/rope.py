@@ -24,6 +24,10 @@ to angles the model can cope with:
 ``AutoConfig`` / ``AutoModelForCausalLM``; what trainkit did is also kept in
 ``config.trainkit_longctx`` (method, factor, original length, base theta).
 
+Choosing the new base for ``theta``: :func:`suggest_theta` (NTK-aware: the slowest pair
+only, a lower bound) and :func:`theta_in_range` (every pair that turned less than once in
+pretraining stays within the angles it saw; what the paper's large bases do).
+
 All frequency functions return ``inv_freq`` of shape ``[head_dim // 2]`` (float32) and,
 where the rule has one, the attention scale multiplied into ``cos``/``sin``.
 """
@@ -240,6 +244,44 @@ def suggest_theta(target_len: int, head_dim: int, base_theta: float, original_le
     if s <= 1:
         return float(base_theta)
     return float(base_theta * s ** (head_dim / (head_dim - 2)))
+
+
+def theta_in_range(target_len: int, head_dim: int, base_theta: float, original_len: int) -> float:
+    """The smallest base ``theta`` that keeps every *partially seen* rotary pair in range.
+
+    A pair ``i`` whose wavelength ``2 pi theta^(2i/d)`` exceeds ``original_len`` turns less
+    than once in pretraining, so the model saw only the angles ``[0, L w_i]``. Raising the base
+    to ``theta'`` keeps those angles at ``s L`` (``s = target_len / original_len``) when
+    ``w'_i <= w_i / s``, i.e. ``theta' >= theta * s ** (d / (2 i))``; the first partially seen
+    pair ``i_min`` sets the bound:
+
+        theta' = theta * s ** (d / (2 i_min)).
+
+    Pairs that turn at least once (short wavelengths) saw every angle and need nothing. Far
+    above :func:`suggest_theta`, which only keeps the slowest pair: for Llama-3-8B 8K -> 80K
+    it gives ~3.4e7 (``i_min`` = 35 of 64) where the paper chose 2e8; for the tiny CPU
+    experiment (``d=32``, 1e4, 256 -> 2048) ~1.2e6, where theta x8 left kv retrieval at 0.65
+    and 1e6 reached 0.95 with the same fine-tune (docs/RESULTS.md). For ``s <= 1`` the base
+    is returned.
+    """
+    _check_dim(head_dim)
+    if original_len <= 0 or target_len <= 0:
+        raise UserError(
+            f"theta_in_range: lengths must be positive, got {original_len} -> {target_len}"
+        )
+    s = target_len / original_len
+    if s <= 1:
+        return float(base_theta)
+    half = head_dim // 2
+    seen = [i for i in range(half) if 2 * math.pi * base_theta ** (2 * i / head_dim) > original_len]
+    if not seen:  # every pair turned at least once
+        return float(base_theta)
+    if seen[0] == 0:
+        raise UserError(
+            f"theta_in_range: original_len {original_len} is shorter than one turn of the "
+            "fastest pair (2 pi)"
+        )
+    return float(base_theta * s ** (head_dim / (2 * seen[0])))
 
 
 def rope_frequencies(
