@@ -74,3 +74,33 @@ def test_kv_queries_add_follow_up_turns_without_changing_the_sample():
     assert len(answers) == len(questions) == 4 and len(set(questions)) == 4
     for q, a in zip(questions, answers):
         assert f" {q[0]}{a}. " in text  # each answer is the value of the key asked
+
+
+def test_prose_filler_is_real_text_without_digits_or_keys():
+    """``prose``: the same sample format in stdlib docstring text, deterministic by seed; the
+    asked pair is in the context once, near the stated depth, and the filler holds no digit,
+    key symbol or separator."""
+    from trainkit.longctx.tinybase import KEY_SYMBOLS, PROSE_KEEP, SEP, random_sample
+
+    a = random_sample(random.Random(3), "kv", 400, 0.25, 4, True, 4, "symbols", prose=True)
+    b = random_sample(random.Random(3), "kv", 400, 0.25, 4, True, 4, "symbols", prose=True)
+    assert a == b
+    ctx, q, ans = a
+    assert len(ctx) + len(SEP) + len(q) == 400 and ans[0] == q[0]
+    fact = f" {ans}. "
+    assert ctx.count(fact) == 1
+    n_fill = 400 - len(SEP) - len(q) - 4 * len(fact)
+    assert abs(ctx.index(fact) - round(0.25 * n_fill)) <= 3 * len(fact)
+    filler = ctx
+    for k in KEY_SYMBOLS:
+        filler = filler.replace(k, "")
+    filler = "".join(c for c in filler if not c.isdigit())
+    assert set(filler) <= PROSE_KEEP
+    assert sum(ctx.count(k) for k in KEY_SYMBOLS) == 4  # only the four keys
+    words = [w for w in ctx.split() if w.isalpha() and len(w) > 3]
+    assert sum(w in ("the", "that", "with", "this", "return", "returns") for w in ctx.split()) >= 2
+    assert len(words) > 20  # words, not random letters
+    # the sample ids path: same text through sample_ids, and passkey works too
+    t = tinybase.TinyTrainSection(source="prose", key_alphabet="symbols", kv_echo=True)
+    ids, lab = tinybase.sample_ids(char_tokenizer(), t, "passkey", 300, 0.5, 0, 1, 1)
+    assert len(ids) == 300 + 3 + 6 and len([x for x in lab if x != -100]) == 6

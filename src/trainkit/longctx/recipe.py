@@ -145,7 +145,8 @@ class ExtendDataSection(DataConfig):
     synthetic: Literal["", "random"] = field(
         default="",
         metadata={
-            "help": "'random': random-filler passkey/kv samples made on the fly (no data.path)"
+            "help": "'random': passkey/kv samples made on the fly (no data.path), in the "
+            "format and filler (random letters or stdlib prose) the tiny base was trained on"
         },
     )
     tasks: list[str] = field(default_factory=lambda: ["passkey", "kv"])
@@ -291,7 +292,7 @@ def batches(cfg: ExtendConfig, tok: Any, model: Any = None):
         t = tinybase.TinyTrainSection(
             tasks=list(d.tasks),
             n_keys=list(d.n_keys),
-            source="random",
+            source="prose" if fmt.source == "prose" else "random",  # the base's filler
             kv_echo=fmt.kv_echo,
             key_len=fmt.key_len,
             key_alphabet=fmt.key_alphabet,

@@ -20,7 +20,10 @@ an induction copy: find the earlier occurrence of the key and continue it) and
 copies *some* pair's value at chance (docs/RESULTS.md, long context).
 
 Haystack ``train.source``: ``random`` (default; random letters and spaces, the setup
-DESIGN.md reports to learn on 2 cores) or a :mod:`trainkit.longctx.tasks` source
+DESIGN.md reports to learn on 2 cores), ``prose`` (the same sample format in real text:
+consecutive prose paragraphs of the standard library's docstrings, lower-cased, with digits
+and every character that could be a key or a separator blanked) or a
+:mod:`trainkit.longctx.tasks` source
 (``stdlib`` real text, ``bio``, ``repeat``), which the first attempt used and which
 plateaued at ~0.45 training accuracy (docs/RESULTS.md, long context).
 
@@ -78,7 +81,13 @@ class CurriculumSection:
 @dataclass
 class TinyTrainSection:
     tasks: list[str] = field(default_factory=lambda: ["passkey", "kv"])
-    source: str = field(default="random", metadata={"help": "random, stdlib, bio or repeat"})
+    source: str = field(
+        default="random",
+        metadata={
+            "help": "random (letters), prose (stdlib docstrings, same format), or the "
+            "make_sample sources stdlib, bio, repeat"
+        },
+    )
     n_keys: list[int] = field(default_factory=lambda: [2, 4])
     kv_echo: bool = field(
         default=False, metadata={"help": "kv answers repeat the key (random filler)"}
@@ -171,6 +180,7 @@ def random_sample(
     key_len: int = 4,
     key_alphabet: str = "letters",
     others: list | None = None,
+    prose: bool = False,
 ) -> tuple[str, str, str]:
     """``(context, question, answer)`` with random-letter filler, ``length`` characters in
     all (context + `SEP` + question), the asked fact starting at ``depth`` of the context.
@@ -183,7 +193,8 @@ def random_sample(
     :data:`KEY_SYMBOLS` right before its value (" %NNNNN. ", asked "%?"): multi-key retrieval where matching the
     key is one token, as in the associative-recall tasks of the state-space-model papers.
     A kv sample appends ``(question, answer)`` of its other keys, in random order, to
-    ``others`` when that list is given.
+    ``others`` when that list is given. ``prose``: the filler is real text
+    (:func:`prose_filler`) instead of random letters.
     """
 
     def digits() -> str:
@@ -218,7 +229,7 @@ def random_sample(
     n_fill = budget - sum(len(f) for f in facts)
     if n_fill < 0:
         raise UserError(f"length {length} is too short for a {task} sample")
-    filler = "".join(rng.choices(FILLER, k=n_fill))
+    filler = prose_filler(rng, n_fill) if prose else "".join(rng.choices(FILLER, k=n_fill))
     # insertion points in the filler: the asked fact at depth, the others at random
     points = [round(depth * n_fill)] + [rng.randint(0, n_fill) for _ in facts[1:]]
     order = sorted(range(len(facts)), key=lambda i: (points[i], i))
@@ -231,6 +242,21 @@ def random_sample(
         rng.shuffle(rest)  # after the sample is drawn: asking more keys changes nothing else
         others.extend(rest)
     return "".join(parts), q, ans
+
+
+#: characters real-text filler keeps; the rest (digits, key symbols, ';') become spaces
+PROSE_KEEP = frozenset("abcdefghijklmnopqrstuvwxyz .,'\"")
+
+
+def prose_filler(rng: random.Random, n: int) -> str:
+    """``n`` characters of consecutive stdlib docstring paragraphs from a random start
+    (training split of :func:`trainkit.longctx.haystack.stdlib_paragraphs`), lower-cased,
+    every character outside :data:`PROSE_KEEP` replaced by a space."""
+    from trainkit.longctx.haystack import Meter, filler_text, stdlib_paragraphs
+
+    pool = tuple(p for _, p in stdlib_paragraphs("train"))
+    text = filler_text(rng, pool, n, Meter()).lower()
+    return "".join(c if c in PROSE_KEEP else " " for c in text).ljust(n)[:n]
 
 
 def sample_ids(
@@ -246,14 +272,23 @@ def sample_ids(
     """``(input_ids, labels)`` of one sample: chat prompt + answer + ``<|end|>``, labels
     -100 on the prompt. Random filler is encoded character by character (the chat
     template's tokens, as :func:`trainkit.longctx.eval.common.prompt_ids` gives them)."""
-    if t.source == "random":
+    if t.source in ("random", "prose"):
         from trainkit.longctx.chartok import vocab
 
         v = vocab()
         rng = random.Random(f"tiny-random:{seed}:{task}:{index}")
         others: list | None = [] if task == "kv" and t.kv_queries > 1 else None
         ctx, q, ans = random_sample(
-            rng, task, length, depth, n_keys, t.kv_echo, t.key_len, t.key_alphabet, others
+            rng,
+            task,
+            length,
+            depth,
+            n_keys,
+            t.kv_echo,
+            t.key_len,
+            t.key_alphabet,
+            others,
+            prose=t.source == "prose",
         )
         ids: list[int] = []
         labels: list[int] = []
