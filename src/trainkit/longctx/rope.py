@@ -273,15 +273,17 @@ def theta_in_range(target_len: int, head_dim: int, base_theta: float, original_l
     if s <= 1:
         return float(base_theta)
     half = head_dim // 2
-    seen = [i for i in range(half) if 2 * math.pi * base_theta ** (2 * i / head_dim) > original_len]
-    if not seen:  # every pair turned at least once
+    partial = [
+        i for i in range(half) if 2 * math.pi * base_theta ** (2 * i / head_dim) > original_len
+    ]
+    if not partial:  # every pair turned at least once
         return float(base_theta)
-    if seen[0] == 0:
+    if partial[0] == 0:
         raise UserError(
             f"theta_in_range: original_len {original_len} is shorter than one turn of the "
             "fastest pair (2 pi)"
         )
-    return float(base_theta * s ** (head_dim / (2 * seen[0])))
+    return float(base_theta * s ** (head_dim / (2 * partial[0])))
 
 
 def rope_frequencies(
