@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainkit.longctx import demo, tinybase
+from trainkit.longctx import demo, tinybase, tinydata
 
 
 def test_estimates():
@@ -22,7 +22,7 @@ def test_shipped_base_retrieves_within_window():
 
     from trainkit.longctx.chartok import vocab
 
-    ids, lab = tinybase.sample_ids(tok, t, "passkey", 200, 0.5, 3, 0, 1)
+    ids, lab = tinydata.sample_ids(tok, t, "passkey", 200, 0.5, 3, 0, 1)
     n = sum(1 for x in lab if x == -100)
     out = model.generate(
         torch.tensor([ids[:n]]),

@@ -4,7 +4,7 @@ import random
 
 import torch
 
-from trainkit.longctx import tinybase
+from trainkit.longctx import tinybase, tinydata
 from trainkit.longctx.chartok import char_tokenizer
 
 
@@ -14,7 +14,7 @@ def test_model_size_and_answer_only_labels(tmp_path):
     assert 1.0e6 < sum(p.numel() for p in model.parameters()) < 1.1e6
     assert model.config.head_dim == 32 and model.config.vocab_size == 64
     tok = char_tokenizer()
-    ids, att, lab = tinybase.make_batch(tok, random.Random(0), cfg.train, 200, 0, 0, 4)
+    ids, att, lab = tinydata.make_batch(tok, random.Random(0), cfg.train, 200, 0, 0, 4)
     assert ids.shape == lab.shape == att.shape and ids.shape[0] == 4
     for i in range(4):
         answer = [t for t in lab[i].tolist() if t != -100]
@@ -39,7 +39,7 @@ def test_model_size_and_answer_only_labels(tmp_path):
 def test_random_filler_kv_formats():
     """Letter keys " abcd: NNNNN. " and symbol keys " %NNNNN. ": the asked pair is in the
     context at the stated depth, once, and every sample has exactly the requested length."""
-    from trainkit.longctx.tinybase import FILLER, KEY_SYMBOLS, SEP, random_sample
+    from trainkit.longctx.tinydata import FILLER, KEY_SYMBOLS, SEP, random_sample
 
     for alphabet, depth in (("letters", 0.0), ("symbols", 0.5), ("symbols", 1.0)):
         for seed in range(5):
@@ -65,8 +65,8 @@ def test_kv_queries_add_follow_up_turns_without_changing_the_sample():
     tok = char_tokenizer()
     one = tinybase.TinyTrainSection(tasks=["kv"], key_alphabet="symbols")
     many = tinybase.TinyTrainSection(tasks=["kv"], key_alphabet="symbols", kv_queries=4)
-    ids1, lab1 = tinybase.sample_ids(tok, one, "kv", 128, 0.5, 0, 7, 4)
-    ids4, lab4 = tinybase.sample_ids(tok, many, "kv", 128, 0.5, 0, 7, 4)
+    ids1, lab1 = tinydata.sample_ids(tok, one, "kv", 128, 0.5, 0, 7, 4)
+    ids4, lab4 = tinydata.sample_ids(tok, many, "kv", 128, 0.5, 0, 7, 4)
     assert ids4[: len(ids1)] == ids1 and lab4[: len(lab1)] == lab1  # first turn unchanged
     text = tok.decode(ids4)
     answers = tok.decode([t for t in lab4 if t != -100]).split("<|end|>")[:-1]
@@ -80,7 +80,7 @@ def test_prose_filler_is_real_text_without_digits_or_keys():
     """``prose``: the same sample format in stdlib docstring text, deterministic by seed; the
     asked pair is in the context once, near the stated depth, and the filler holds no digit,
     key symbol or separator."""
-    from trainkit.longctx.tinybase import KEY_SYMBOLS, PROSE_KEEP, SEP, random_sample
+    from trainkit.longctx.tinydata import KEY_SYMBOLS, PROSE_KEEP, SEP, random_sample
 
     a = random_sample(random.Random(3), "kv", 400, 0.25, 4, True, 4, "symbols", prose=True)
     b = random_sample(random.Random(3), "kv", 400, 0.25, 4, True, 4, "symbols", prose=True)
@@ -102,5 +102,5 @@ def test_prose_filler_is_real_text_without_digits_or_keys():
     assert len(words) > 20  # words, not random letters
     # the sample ids path: same text through sample_ids, and passkey works too
     t = tinybase.TinyTrainSection(source="prose", key_alphabet="symbols", kv_echo=True)
-    ids, lab = tinybase.sample_ids(char_tokenizer(), t, "passkey", 300, 0.5, 0, 1, 1)
+    ids, lab = tinydata.sample_ids(char_tokenizer(), t, "passkey", 300, 0.5, 0, 1, 1)
     assert len(ids) == 300 + 3 + 6 and len([x for x in lab if x != -100]) == 6

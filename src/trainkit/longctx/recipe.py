@@ -19,7 +19,7 @@ Steps (one config, ``configs/longctx/<name>.yaml``):
 
 Data: ``data.path`` (JSONL of ``{"messages": [...]}`` from ``trainkit longctx make-data``,
 or any :class:`trainkit.llm.data.DataConfig` source), or ``data.synthetic: random``:
-random-filler passkey/kv samples made on the fly (:mod:`trainkit.longctx.tinybase`,
+random-filler passkey/kv samples made on the fly (:mod:`trainkit.longctx.tinydata`,
 the tiny experiment), lengths uniform in ``[data.min_length, data.max_length]``.
 
 Departures from the paper: one process (no multi-GPU); no teacher data unless given in
@@ -286,7 +286,7 @@ def batches(cfg: ExtendConfig, tok: Any, model: Any = None):
     d, bs = cfg.data, cfg.train.batch_size
     rng = random.Random(f"extend:{cfg.seed}")
     if d.synthetic == "random":
-        from trainkit.longctx import tinybase
+        from trainkit.longctx import tinybase, tinydata
 
         fmt = tinybase.eval_section(model) if model is not None else tinybase.TinyTrainSection()
         t = tinybase.TinyTrainSection(
@@ -299,7 +299,7 @@ def batches(cfg: ExtendConfig, tok: Any, model: Any = None):
         )
         i = 0
         while True:
-            ids, att, lab = tinybase.make_batch(
+            ids, att, lab = tinydata.make_batch(
                 tok,
                 rng,
                 t,
