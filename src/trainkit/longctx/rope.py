@@ -209,6 +209,13 @@ def llama3_inv_freq(
     return torch.where(medium, smooth, out)
 
 
+def _stretch(name: str, target_len: int, original_len: int) -> float:
+    """``s = target_len / original_len`` for the theta helpers; both lengths must be positive."""
+    if original_len <= 0 or target_len <= 0:
+        raise UserError(f"{name}: lengths must be positive, got {original_len} -> {target_len}")
+    return target_len / original_len
+
+
 def suggest_theta(target_len: int, head_dim: int, base_theta: float, original_len: int) -> float:
     """A base ``theta`` for extending ``original_len`` -> ``target_len`` by the ``theta`` rule.
 
@@ -236,11 +243,7 @@ def suggest_theta(target_len: int, head_dim: int, base_theta: float, original_le
     _check_dim(head_dim)
     if head_dim <= 2:
         raise UserError("suggest_theta needs head_dim > 2")
-    if original_len <= 0 or target_len <= 0:
-        raise UserError(
-            f"suggest_theta: lengths must be positive, got {original_len} -> {target_len}"
-        )
-    s = target_len / original_len
+    s = _stretch("suggest_theta", target_len, original_len)
     if s <= 1:
         return float(base_theta)
     return float(base_theta * s ** (head_dim / (head_dim - 2)))
@@ -265,11 +268,7 @@ def theta_in_range(target_len: int, head_dim: int, base_theta: float, original_l
     is returned.
     """
     _check_dim(head_dim)
-    if original_len <= 0 or target_len <= 0:
-        raise UserError(
-            f"theta_in_range: lengths must be positive, got {original_len} -> {target_len}"
-        )
-    s = target_len / original_len
+    s = _stretch("theta_in_range", target_len, original_len)
     if s <= 1:
         return float(base_theta)
     half = head_dim // 2
