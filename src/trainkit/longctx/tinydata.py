@@ -9,11 +9,12 @@ back from a saved model, so evaluation and the extension fine-tune use the same 
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import TYPE_CHECKING, Any
 
 from trainkit.common.errors import UserError
-from trainkit.longctx.haystack import Meter
+from trainkit.longctx.haystack import Meter, filler_text, stdlib_paragraphs
 from trainkit.longctx.tasks import make_sample
 
 if TYPE_CHECKING:
@@ -105,14 +106,16 @@ def random_sample(
 PROSE_KEEP = frozenset("abcdefghijklmnopqrstuvwxyz .,'\"")
 
 
+@functools.lru_cache(maxsize=1)
+def _prose_pool() -> tuple[str, ...]:
+    return tuple(p for _, p in stdlib_paragraphs("train"))
+
+
 def prose_filler(rng: random.Random, n: int) -> str:
     """``n`` characters of consecutive stdlib docstring paragraphs from a random start
     (training split of :func:`trainkit.longctx.haystack.stdlib_paragraphs`), lower-cased,
     every character outside :data:`PROSE_KEEP` replaced by a space."""
-    from trainkit.longctx.haystack import Meter, filler_text, stdlib_paragraphs
-
-    pool = tuple(p for _, p in stdlib_paragraphs("train"))
-    text = filler_text(rng, pool, n, Meter()).lower()
+    text = filler_text(rng, _prose_pool(), n, Meter()).lower()
     return "".join(c if c in PROSE_KEEP else " " for c in text).ljust(n)[:n]
 
 
