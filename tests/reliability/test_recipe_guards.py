@@ -15,6 +15,7 @@ import torch
 from recipe_helpers import Child, final_file, final_weights, recipe_cfg, run_recipe
 from sft_helpers import max_abs_diff
 
+from tiny_rl import TINY_GRPO
 from trainkit.llm import checkpoint as ckpt
 
 NAMES = ["rm", "dpo", "extend"]
@@ -233,14 +234,7 @@ def test_rl_sigint_saves_checkpoint_returns_130_and_resumes(tmp_path, monkeypatc
     from trainkit.rlhf.trainers.rl_config import GRPOConfig
 
     over = [
-        "data.path=arithmetic_number_only",
-        "data.chat_template=false",
-        "rollout.max_new_tokens=4",
-        "rollout.n=4",
-        "rollout.prompts_per_step=2",
-        "eval.n_prompts=4",
-        "eval.every=0",
-        "train.progress=false",
+        *TINY_GRPO,
         "train.max_steps=4",
         f"output_dir={tmp_path / 'rl'}",
     ]

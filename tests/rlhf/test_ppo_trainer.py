@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from tiny_rl import TINY_GRPO, VARIED_REWARD
 from trainkit.config import ConfigError, load_config
 from trainkit.rlhf.trainers.experience import Experience, compute_advantages, make_experience
 from trainkit.rlhf.trainers.ppo import GRPOConfig, PPOConfig, RLConfig, prompt_indices, train
@@ -13,24 +14,12 @@ from trainkit.rlhf.trainers.ppo import GRPOConfig, PPOConfig, RLConfig, prompt_i
 TASK = "arithmetic_number_only"
 
 
-def varied_reward(prompts, completions, **labels):
-    """A reward with spread on a random model's output: completion length mod 3."""
-    return [float(len(c) % 3) for c in completions]
-
-
 def _cfg(cls, tmp_path, *over):
     base = [
-        f"data.path={TASK}",
-        "data.chat_template=false",
-        "rollout.max_new_tokens=4",
-        "rollout.n=4",
-        "rollout.prompts_per_step=2",
-        "eval.n_prompts=4",
-        "eval.every=0",
-        "train.progress=false",
+        *TINY_GRPO,
         "train.save_model=false",
         f"output_dir={tmp_path}",
-        f"data.reward=[{__file__}:varied_reward]",
+        f"data.reward={VARIED_REWARD}",
         "optim.lr=1e-3",
         "optim.critic_lr=1e-3",
     ]

@@ -18,6 +18,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+from tiny_rl import TINY_GRPO, VARIED_REWARD  # noqa: E402
 from trainkit.common.errors import UserError  # noqa: E402
 from trainkit.config import ConfigError, load_config  # noqa: E402
 from trainkit.llm.checkpoint import list_checkpoints  # noqa: E402
@@ -27,24 +28,11 @@ from trainkit.rlhf.ray.trainer import concat_rollouts, train_ray  # noqa: E402
 from trainkit.rlhf.rollout.base import Rollout  # noqa: E402
 from trainkit.rlhf.trainers.ppo import GRPOConfig, train  # noqa: E402
 
-
-def varied_reward(prompts, completions, **labels):
-    """A reward with spread on a random model's output: completion length mod 3."""
-    return [float(len(c) % 3) for c in completions]
-
-
 #: the tiny GRPO run every test here starts from (config and CLI alike)
 TINY = [
     "model.name=tiny-llama",
-    "data.path=arithmetic_number_only",
-    "data.chat_template=false",
-    "rollout.max_new_tokens=4",
-    "rollout.n=4",
-    "rollout.prompts_per_step=2",
-    "eval.n_prompts=4",
-    "eval.every=0",
-    "train.progress=false",
-    f"data.reward=[{__file__}:varied_reward]",
+    *TINY_GRPO,
+    f"data.reward={VARIED_REWARD}",
     "optim.lr=1e-3",
     "train.threads=1",
 ]
@@ -453,7 +441,7 @@ def _ppo_cfg(out, *over):
             ("train.progress", "false"),
             ("train.save_model", "false"),
             ("output_dir", out),
-            ("data.reward", f"[{__file__}:varied_reward]"),
+            ("data.reward", VARIED_REWARD),
             ("optim.lr", 1e-3),
             ("optim.critic_lr", 1e-3),
             ("train.threads", 1),
