@@ -92,3 +92,15 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
         os.umask(mask)
     assert oct((tmp_path / "a.txt").stat().st_mode & 0o777) == "0o644"
     assert oct((tmp_path / "b.png").stat().st_mode & 0o777) == "0o644"
+
+
+def test_hypothesis_profile_follows_ci():
+    """Under CI=true property tests are derandomized; elsewhere they draw fresh examples."""
+    import os
+
+    from hypothesis import settings
+
+    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    if "HYPOTHESIS_PROFILE" not in os.environ:
+        assert settings.default.derandomize is ci
+        assert (settings.default.database is None) or not ci

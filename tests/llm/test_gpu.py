@@ -154,10 +154,8 @@ def test_flash_attention_matches_sdpa():
 
 
 def test_kan_forward_backward_cuda():
-    try:
-        from trainkit.kan import KAN
-    except (ImportError, AttributeError) as e:
-        pytest.skip(f"trainkit.kan.KAN not available: {e}")
+    from trainkit.kan import KAN
+
     torch.manual_seed(0)
     cpu = KAN(width=[2, 5, 1], grid=5, k=3, seed=0)
     gpu = KAN(width=[2, 5, 1], grid=5, k=3, seed=0).cuda()

@@ -74,3 +74,21 @@ def test_causal_lm_wrapper_matches_hf_loss():
         ls, n = CausalLMLoss(model, chunk)(ids, am, labels)
         assert n.item() == 9 + 6  # labelled positions 3..11 and 3..8 (position 0 never a target)
         assert abs((ls / n).item() - ref.item()) < 1e-5
+
+
+def test_causal_lm_wrapper_without_labels_masks_padding():
+    """labels=None: the targets are the inputs, and padded positions carry no loss."""
+    from trainkit.llm.models import load_model
+
+    model, _ = load_model("tiny-llama")
+    ids = torch.randint(10, 1000, (2, 12), generator=torch.Generator().manual_seed(2))
+    am = torch.ones_like(ids)
+    am[1, 7:] = 0  # row 1: 7 real tokens, then 5 padding
+    ids[1, 7:] = 0  # padding ids, which must not be predicted
+    explicit = ids.masked_fill(am == 0, -100)
+    for chunk in (0, 5):
+        ls, n = CausalLMLoss(model, chunk)(ids, am, None)
+        ref, ref_n = CausalLMLoss(model, chunk)(ids, am, explicit)
+        # targets are positions 1..11 of row 0 (11) and 1..6 of row 1 (6)
+        assert n.item() == 11 + 6 == ref_n.item()
+        assert abs(ls.item() - ref.item()) < 1e-4 * max(1.0, abs(ref.item()))

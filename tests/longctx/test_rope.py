@@ -150,6 +150,18 @@ def test_paper_setting_llama3_8b():
     assert cfg.max_position_embeddings == 81920
 
 
+def test_one_rounding_of_the_target_length():
+    # 3000 * 2.3 = 6899.999999999999 in binary floating point: int() gave 6899 where the
+    # saved config said 6900, so the theta rule and apply_rope disagreed by ~1e-3
+    assert 3000 * 2.3 < 6900 and rope.target_length(3000, 2.3) == 6900
+    cfg = rope.apply_rope(_base_config(3000), "theta", factor=2.3)
+    assert cfg.max_position_embeddings == 6900
+    inv, _ = rope.rope_frequencies("theta", D, THETA, factor=2.3, original_max_position=3000)
+    want = rope.suggest_theta(6900, D, THETA, 3000)
+    assert cfg.rope_parameters["rope_theta"] == pytest.approx(want, rel=1e-12)
+    assert torch.allclose(inv, rope.default_inv_freq(D, want), rtol=1e-12, atol=0)
+
+
 def test_user_errors():
     base = _base_config()
     with pytest.raises(UserError, match="unknown rope method"):

@@ -8,6 +8,7 @@ variant kills the moment a checkpoint's temporary folder appears, i.e. mid-write
 
 import json
 import random
+import signal
 import time
 
 import pytest
@@ -31,21 +32,33 @@ def _check_latest_loads(out) -> int:
     return step
 
 
-def _kill_resume(out, when, reference) -> dict:
-    """Start, SIGKILL ``when`` seconds after step 1 is logged, check, resume, compare."""
+def _kill_resume(out, after_step, when, reference) -> dict:
+    """Start, SIGKILL ``when`` s after ``after_step`` is logged, check, resume, compare.
+
+    The child must still be running at the kill and must die of that SIGKILL (a child
+    that had already finished would make the resume check meaningless).
+    """
     from trainkit.llm.sft import train
 
     proc = start_sft(out, "train.save_every=1")
-    wait_for_step(out, 1, proc)
+    wait_for_step(out, after_step, proc)
     time.sleep(when)
+    assert proc.poll() is None, f"the child ended before the kill: {proc.returncode}"
     proc.kill()
     proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.returncode
     leftovers = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     step = _check_latest_loads(out)
     train(sft_cfg(out, "train.save_every=1", "resume=true"))
     diff = max_abs_diff(final_weights(out), reference)
     assert diff <= 1e-6, (when, step, diff)
-    return {"killed_after_s": when, "resumed_from": step, "leftovers": leftovers, "diff": diff}
+    return {
+        "killed_after_step": after_step,
+        "killed_after_s": when,
+        "resumed_from": step,
+        "leftovers": leftovers,
+        "diff": diff,
+    }
 
 
 def test_sigkill_while_saving_then_resume_matches(tmp_path, reference_run):
@@ -60,7 +73,7 @@ def test_sigkill_while_saving_then_resume_matches(tmp_path, reference_run):
         time.sleep(0.001)
     proc.kill()
     proc.communicate(timeout=60)
-    assert proc.returncode == -9
+    assert proc.returncode == -signal.SIGKILL
     assert any(p.name.startswith(".") for p in root.iterdir())  # killed mid-write
     step = _check_latest_loads(out)
     assert 1 <= step <= 7  # the save in flight is not visible; an older one is
@@ -73,6 +86,9 @@ def test_sigkill_while_saving_then_resume_matches(tmp_path, reference_run):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(6))
 def test_sigkill_at_random_points_then_resume_matches(tmp_path, reference_run, seed):
-    when = random.Random(seed).uniform(0.0, 4.0)  # 8 steps + saves take ~3-5 s here
-    res = _kill_resume(tmp_path / "run", when, reference_run[1])
+    # a random point inside the 8-step run: after step 1..6 is logged, plus up to ~half a
+    # step (a step with its save takes ~0.4-0.6 s here), so steps remain when it dies
+    rng = random.Random(seed)
+    after_step, when = rng.randint(1, 6), rng.uniform(0.0, 0.25)
+    res = _kill_resume(tmp_path / "run", after_step, when, reference_run[1])
     print("sigkill", seed, res)

@@ -82,6 +82,30 @@ def test_grpo_and_zero_std_group():
     assert torch.equal(a[4:], torch.zeros(4))
 
 
+def test_equal_rewards_give_exactly_zero_advantage():
+    # float32 0.7 is not representable; a float32 mean of seven copies rounds to a value
+    # that differs from 0.7 by ~6e-8, and (r - mean) / (std + eps) used to blow that up
+    # to |A| = 0.06 with one sign for every sample. Float64 statistics make it exactly 0.
+    for m in ("grpo", "dr_grpo", "rloo", "reinforce_baseline"):
+        a = group_advantages(torch.full((14,), 0.7), 7, m)
+        assert a.dtype == torch.float32 and torch.equal(a, torch.zeros(14)), m
+    assert torch.equal(group_advantages(t([1.484375] * 3), 3, "grpo"), torch.zeros(3))
+
+
+def test_near_equal_group_sums_to_zero():
+    # the Hypothesis draw that failed CI: two equal rewards and one 1.958e-4 lower.
+    # mean 1.48430967, deviations [6.53e-5, 6.53e-5, -1.306e-4], Bessel std 1.1307e-4,
+    # so A = [0.57735, 0.57735, -1.1547] (= [1, 1, -2] / sqrt(3)), shrunk by eps 1e-6.
+    r = t([1.484375, 1.484375, 1.4841792])
+    a = group_advantages(r, 3, "grpo").double()
+    assert abs(float(a.sum())) < 1e-6
+    assert close(a, [0.5722922, 0.5722922, -1.1445844], tol=1e-3)
+    # the exact values from the float32 inputs, in float64 arithmetic
+    r64 = r.double()
+    d = r64 - r64.mean()
+    assert close(a, d / (d.std() + 1e-6), tol=1e-6)
+
+
 def test_dr_grpo_and_reinforce_baseline():
     r = t([1.0, 0.0, 0.0, 1.0])
     assert close(group_advantages(r, 4, "dr_grpo"), [0.5, -0.5, -0.5, 0.5])
@@ -155,10 +179,26 @@ def test_group_estimator_identities(n, groups, data):
     dr = group_advantages(r, n, "dr_grpo")
     # RLOO = n/(n-1) * (r - mean) ; every estimator sums to 0 within a group
     assert close(group_advantages(r, n, "rloo"), dr * n / (n - 1), tol=1e-4)
+    # every estimator sums to 0 within a group, up to the float32 rounding of each output
+    # (half an ulp of the largest |A|: grpo's |A| <= (n - 1) / sqrt(n) < 2.1 here)
     for m in ("grpo", "dr_grpo", "rloo"):
-        assert close(
-            group_advantages(r, n, m).reshape(groups, n).sum(-1), torch.zeros(groups), tol=1e-3
-        )
+        a = group_advantages(r, n, m).double().reshape(groups, n)
+        scale = float(a.abs().max()) if a.numel() else 0.0
+        tol = 1e-6 if m == "grpo" else max(1e-6, n * scale * 2.0**-24)
+        assert close(a.sum(-1), torch.zeros(groups), tol=tol), m
+    # a group of equal rewards is exactly 0
+    same = t([data.draw(_floats)] * n)
+    assert torch.equal(group_advantages(same, n, "grpo"), torch.zeros(n))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 64), st.data())
+def test_grpo_group_sums_to_zero_for_any_float32(n, data):
+    big = st.floats(allow_nan=False, allow_infinity=False, width=32)  # any finite float32
+    r = t(data.draw(st.lists(big | _floats, min_size=n, max_size=n)))
+    a = group_advantages(r, n, "grpo")
+    assert torch.isfinite(a).all()
+    assert abs(float(a.double().sum())) < 1e-6
 
 
 @settings(max_examples=60, deadline=None)

@@ -197,6 +197,35 @@ def test_policy_loss_on_policy_is_minus_mean_advantage():
     adv = t([[0.5, -2.0, 1.0]])
     lp = t([[-1.0, -2.0, -3.0]])
     assert close(policy_loss(lp, lp, adv, t([[1, 1, 1]])), 0.1666667)  # -(-0.5/3)
+    # rho = 1 everywhere: surr1 == surr2, nothing is clipped (a `<=` count would say 1.0)
+    _, st = policy_loss_with_stats(lp, lp, adv, t([[1, 1, 1]]))
+    assert close(st["clip_frac"], 0.0)
+
+
+def test_policy_loss_asymmetric_bounds_one_side_at_a_time():
+    """clip_low bounds the ratio from below, clip_high from above, never the other way.
+
+    With clip_low 0.1 and clip_high 0.3 the clip range is [0.9, 1.3]; swapped it would be
+    [0.7, 1.1]. Each row has exactly one clipped token, so the two cannot cancel.
+    """
+    old = t([[-1.0, -1.0, -1.0]])
+    mask = t([[1, 1, 1]])
+    # row "upper": ratio 1.5 A=+1 -> min(1.5, 1.3) = 1.3 (clipped; swapped: 1.1)
+    #              ratio 0.5 A=+1 -> min(0.5, 0.9) = 0.5 ; ratio 1.05 A=-1 -> min(-1.05,
+    #              -1.05) = -1.05. loss = -(1.3 + 0.5 - 1.05) / 3 = -0.25 (swapped -0.1833333)
+    up = old + torch.log(t([[1.5, 0.5, 1.05]]))
+    adv_up = t([[1.0, 1.0, -1.0]])
+    loss, st = policy_loss_with_stats(up, old, adv_up, mask, clip_low=0.1, clip_high=0.3)
+    assert close(loss, -0.25)
+    assert close(st["clip_frac"], 1 / 3)
+    # row "lower": ratio 0.5 A=-1 -> min(-0.5, -0.9) = -0.9 (clipped; swapped: -0.7)
+    #              ratio 1.5 A=-1 -> min(-1.5, -1.3) = -1.5 ; ratio 1.05 A=+1 -> 1.05.
+    #              loss = -(-0.9 - 1.5 + 1.05) / 3 = 0.45 (swapped 0.3833333)
+    low = old + torch.log(t([[0.5, 1.5, 1.05]]))
+    adv_low = t([[-1.0, -1.0, 1.0]])
+    loss, st = policy_loss_with_stats(low, old, adv_low, mask, clip_low=0.1, clip_high=0.3)
+    assert close(loss, 0.45)
+    assert close(st["clip_frac"], 1 / 3)
 
 
 def test_value_loss_clipping_branch():

@@ -311,7 +311,10 @@ def rope_frequencies(
                     "rope method 'theta' needs new_theta, or factor and original_max_position"
                 )
             new_theta = suggest_theta(
-                int(original_max_position * factor), head_dim, theta, original_max_position
+                target_length(original_max_position, factor),
+                head_dim,
+                theta,
+                original_max_position,
             )
         return default_inv_freq(head_dim, new_theta), 1.0
     if method == "linear":
@@ -325,6 +328,14 @@ def rope_frequencies(
     if method == "llama3":
         return llama3_inv_freq(head_dim, theta, factor, original_max_position, **options), 1.0
     raise UserError(f"unknown rope method '{method}'; expected one of {', '.join(METHODS)}")
+
+
+def target_length(original_max_position: int, factor: float) -> int:
+    """The extended context ``round(L * s)`` that every rule and the saved config use.
+
+    One rounding for all callers (``int()`` would make ``3000 * 2.3`` 6899, not 6900).
+    """
+    return int(round(original_max_position * factor))
 
 
 def head_dim_of(config: Any) -> int:
@@ -395,7 +406,7 @@ def apply_rope(
         raise UserError("rope method 'theta' needs theta (the new base) or factor")
     if theta is not None and method != "theta":
         raise UserError(f"theta= is only used by method 'theta', not '{method}'")
-    target = int(round(orig * factor)) if factor is not None else orig
+    target = target_length(orig, factor) if factor is not None else orig
     extra = {k: v for k, v in params.items() if k == "partial_rotary_factor"}
 
     if method == "theta":

@@ -118,7 +118,7 @@ def group_advantages(
     (Bessel-corrected, as ``torch.std``):
 
     * ``"grpo"`` (Shao et al. 2024): ``A_i = (r_i - m) / (s + eps)``; a group whose
-      rewards are all equal gets ``A = 0``;
+      rewards are all equal gets ``A = 0`` exactly;
     * ``"dr_grpo"`` (Liu et al. 2025): ``A_i = r_i - m``;
     * ``"rloo"`` (Ahmadian et al. 2024): ``A_i = r_i - (sum_j r_j - r_i) / (n - 1)``;
     * ``"reinforce_baseline"`` (REINFORCE++-baseline): ``A_i = r_i - m``; the trainer
@@ -130,6 +130,10 @@ def group_advantages(
         method: see above.
         eps: GRPO's std epsilon.
 
+    Statistics are computed in float64 (then cast back to the rewards' float dtype, at
+    least float32), so each group's advantages sum to 0 up to the output's rounding and a
+    group of equal rewards gets exactly 0 (OpenRLHF and TRL compute in the input dtype).
+
     Returns:
         ``[n_prompts * group_size]``.
     """
@@ -140,19 +144,44 @@ def group_advantages(
         )
     if method in ("grpo", "rloo") and group_size < 2:
         raise ValueError(f"{method} needs group_size >= 2, got {group_size}")
-    r = rewards.reshape(-1, group_size).to(torch.promote_types(rewards.dtype, torch.float32))
-    mean = r.mean(-1, keepdim=True)
+    out_dtype = torch.promote_types(rewards.dtype, torch.float32)
+    # The group statistics are taken in float64 and the deviations centred twice: in
+    # float32, ``(r - mean) / (std + eps)`` turns the rounding of ``mean`` into an
+    # advantage of one sign for the whole group (|A| = 0.06 for seven rewards of 0.7),
+    # which pushes that prompt one way although every sample earned the same reward.
+    r = rewards.reshape(-1, group_size).to(torch.float64)
+    dev = r - r.mean(-1, keepdim=True)
+    dev = dev - dev.mean(-1, keepdim=True)  # [n_prompts, group_size], sums to 0
     if method == "grpo":
-        adv = (r - mean) / (r.std(-1, keepdim=True) + eps)
+        std = dev.pow(2).sum(-1, keepdim=True).div(group_size - 1).sqrt()
+        adv = dev / (std + eps)
     elif method in ("dr_grpo", "reinforce_baseline"):
-        adv = r - mean
+        adv = dev
     elif method == "rloo":
-        adv = r - (r.sum(-1, keepdim=True) - r) / (group_size - 1)
+        # r_i - (sum_j r_j - r_i) / (n - 1) = n / (n - 1) * (r_i - m)
+        adv = dev * (group_size / (group_size - 1))
     else:
         raise ValueError(
             f"method must be grpo, dr_grpo, rloo or reinforce_baseline, got {method!r}"
         )
-    return adv.reshape(-1)
+    return _round_keeping_sum(adv, out_dtype).reshape(-1)
+
+
+def _round_keeping_sum(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Cast ``[groups, n]`` float64 to ``dtype`` so that each row still sums to ~0.
+
+    Rounding every entry to float32 moves each by up to half an ulp, and the row sum
+    by up to ``n`` of them (4e-6 for 64 samples). The rounding errors of a row are
+    folded into its largest entry, so the row sum is off by at most half an ulp of
+    that entry (< 1e-6 while |A| < 16).
+    """
+    y = x.to(dtype)
+    if dtype == torch.float64 or x.numel() == 0:
+        return y
+    residual = (x - y.to(torch.float64)).sum(-1)  # [groups]
+    idx = x.abs().argmax(-1, keepdim=True)  # [groups, 1]
+    fixed = (y.to(torch.float64).gather(-1, idx).squeeze(-1) + residual).to(dtype)
+    return y.scatter(-1, idx, fixed.unsqueeze(-1))
 
 
 def expand_to_tokens(scalar: Tensor, mask: Tensor) -> Tensor:

@@ -384,8 +384,12 @@ def kl_estimate(
         ref_logp: ``[batch, T]`` reference log-probs.
         kind: ``"k1"``, ``"k2"`` or ``"k3"``.
         mask: optional ``[batch, T]``; masked tokens get 0.
-        clamp: optional bound on ``|r|`` (OpenRLHF clamps to 10 for k3 so ``exp`` cannot
-            overflow); ``None`` keeps the exact formula.
+        clamp: optional bound on the log-ratio: trainkit clamps ``r`` to
+            ``[-clamp, clamp]`` *before* the estimator (so ``exp(-r)`` in k3 cannot
+            overflow); ``None`` (the default) keeps the exact formula. OpenRLHF does
+            something else: it clamps the *estimate* (k1, k2 and k3 alike) to
+            ``[-10, 10]`` after computing it. The two agree while ``|r|`` and the estimate
+            stay below the bounds.
 
     Returns:
         ``[batch, T]``.
