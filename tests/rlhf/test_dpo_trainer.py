@@ -88,7 +88,13 @@ def test_dpo_full_finetune_frozen_copy(pref_data, tmp_path):
     first = next(r for r in _records(out) if r["step"] == 1 and "loss" in r)
     assert abs(first["loss"] - math.log(2)) < 1e-5  # policy == reference at step 0
     assert first["margin"] == 0.0
-    assert s["heldout_accuracy_before"] == 0.5  # every implicit reward is 0: all ties
+    step0 = next(r for r in _records(out) if r["step"] == 0)
+    assert step0["eval/accuracy"] == 0.5  # every implicit reward is 0: all ties
+    base = step0["eval/base_logp_accuracy"]  # the base model's own ranking: the "before"
+    assert 0.0 <= base <= 1.0 and s["heldout_accuracy_before"] == s["base_logp_accuracy"] == base
+    assert 0.0 <= s["heldout_logp_accuracy"] <= 1.0
+    assert s["base_mean_logp_accuracy"] == step0["eval/base_mean_logp_accuracy"]
+    assert 0.0 <= s["base_mean_logp_accuracy"] <= 1.0
     assert s["heldout_accuracy"] >= 0.9
     assert s["heldout_margin"] > 0.5
     assert len(trainable) > 10 and all(moved[n] for n in trainable), [
@@ -117,7 +123,9 @@ def test_dpo_lora_adapter_disabled_reference(pref_data, tmp_path):
     assert all("lora_" in n for n in trainable) and len(trainable) == 2 * 2 * 7
     assert all(moved[n] for n in trainable)
     assert not any(moved[n] for n in moved if n not in trainable)  # base stays the reference
-    assert s["heldout_accuracy_before"] == 0.5 and s["heldout_accuracy"] >= 0.9
+    step0 = next(r for r in _records(out) if r["step"] == 0)
+    assert step0["eval/accuracy"] == 0.5 and s["heldout_accuracy"] >= 0.9
+    assert 0.0 <= s["heldout_accuracy_before"] == step0["eval/base_logp_accuracy"] <= 1.0
     assert (out / "adapter" / "adapter_config.json").is_file()
 
 
@@ -154,6 +162,51 @@ def test_cdpo_step0_is_ln2_and_average_logps(pref_data, tmp_path):
     first = next(r for r in _records(out) if r["step"] == 1 and "loss" in r)
     assert abs(first["loss"] - math.log(2)) < 1e-5
     assert -20 < first["logp_chosen"] < 0  # a per-token mean, not a sum
+
+
+def test_base_logp_accuracy_literal_values(monkeypatch):
+    """The "before" figure: the untrained model's summed log-probs rank the pairs."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from trainkit.rlhf.trainers import dpo_eval
+
+    # (sum log p(chosen), sum log p(rejected)) per held-out pair, chosen has 1 response
+    # token and rejected 2: wins 1, 0, 1/2 (tie), 1 -> 2.5 / 4. Per-token means rank
+    # them -3 < -2.5, -4 < -1, -1.5 < -0.75, -2 > -3.625: 1 / 4.
+    before = [(-3.0, -5.0), (-4.0, -2.0), (-1.5, -1.5), (-2.0, -7.25)]
+    # sums: wins 1, 0, 1, 1; means (-1, -3), (-4.5, -1), (-1, -1), (-2, -4): 1, 0, 1/2, 1
+    after = [(-1.0, -6.0), (-4.5, -2.0), (-1.0, -2.0), (-2.0, -8.0)]
+    assert dpo_eval.logp_accuracy(before) == 0.625
+    assert dpo_eval.logp_accuracy(after) == 0.75
+    assert math.isnan(dpo_eval.logp_accuracy([]))
+    table = {"lp": before}
+
+    def fake_logps(model, batch, average):
+        assert not average and batch["input_ids"].shape[0] == 8  # sums; chosen then rejected
+        return torch.tensor([c for c, _ in table["lp"]] + [r for _, r in table["lp"]])
+
+    monkeypatch.setattr(dpo_eval, "batch_logps", fake_logps)
+    enc = [{"chosen": [1, 2, 3], "rejected": [1, 2, 3, 4], "prompt_len": 2}] * 4
+    model = torch.nn.Linear(1, 1)
+    # implicit-reward margin after: beta * mean((a_c - b_c) - (a_r - b_r)) of the sums, or
+    # of the per-token means (rejected / 2) with average_logps
+    for avg, margin in ((False, 0.10625), (True, 0.078125)):
+        cfg = SimpleNamespace(
+            eval=SimpleNamespace(batch_size=4), train=SimpleNamespace(beta=0.1, average_logps=avg)
+        )
+        table["lp"] = before
+        m, ref = dpo_eval.evaluate(model, enc, None, 0, cfg)
+        assert m["base_logp_accuracy"] == 0.625  # summed, whatever average_logps says
+        assert m["base_mean_logp_accuracy"] == 0.25
+        assert m["accuracy"] == 0.5 and m["margin"] == 0.0 and m["n"] == 4
+        assert ref[1] == ((-4.0, -1.0) if avg else (-4.0, -2.0))  # the implicit reward's
+        table["lp"] = after
+        m, _ = dpo_eval.evaluate(model, enc, ref, 0, cfg)
+        assert "base_logp_accuracy" not in m and m["logp_accuracy"] == 0.75
+        assert m["mean_logp_accuracy"] == 0.625
+        assert m["accuracy"] == 0.75 and m["margin"] == pytest.approx(margin, abs=1e-6)
 
 
 def test_encode_pair_masks_prompt_and_appends_eos():
@@ -230,24 +283,29 @@ def test_dpo_configs_parse_and_validate():
 
 @pytest.mark.slow
 def test_dpo_lora_smollm2_raises_heldout_accuracy_and_following(tmp_path):
+    out = tmp_path / "out"
     s = train_dpo(
         load_config(
             DPOConfig,
             CONFIGS / "dpo_smollm2.yaml",
-            [f"output_dir={tmp_path / 'out'}", "train.progress=false", "train.save=none"],
+            [f"output_dir={out}", "train.progress=false", "train.save=none"],
         )
     )
     print(
-        "smollm2 DPO held-out accuracy",
+        "smollm2 DPO held-out accuracy (base log-probs -> implicit reward)",
         s["heldout_accuracy_before"],
         "->",
         s["heldout_accuracy"],
+        "log-prob ranking after",
+        s["heldout_logp_accuracy"],
         "follow rate",
         s["follow_rate_before"],
         "->",
         s["follow_rate"],
     )
-    assert s["heldout_accuracy_before"] == pytest.approx(0.5)
+    step0 = next(r for r in _records(out) if r["step"] == 0)
+    assert step0["eval/accuracy"] == pytest.approx(0.5)  # policy == reference: all ties
+    assert 0.0 <= s["heldout_accuracy_before"] == s["base_logp_accuracy"] <= 1.0
     assert s["heldout_accuracy"] >= 0.8
     assert s["follow_rate"] > s["follow_rate_before"]
 

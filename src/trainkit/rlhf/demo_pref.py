@@ -3,8 +3,9 @@
 ``run_pref(out_dir, quick)`` trains a pairwise reward model and a DPO policy on the
 built-in format-following preference data (arithmetic prompts asking for the bare
 number; chosen = the bare number, rejected = a wordy reply) and reports held-out RM
-accuracy, DPO preference accuracy and reward margins, the share of greedy generations
-that follow the preferred format, and a PNG of the DPO margin curve.
+accuracy, DPO preference accuracy (before: the base model's log-prob ranking) and reward
+margins, the share of greedy generations that follow the preferred format, and a PNG of
+the DPO margin curve.
 
 ``quick``: the random ``tiny-llama`` (seconds; generations are noise);
 full: the real SmolLM2-135M-Instruct, LoRA for DPO (several minutes on 2 CPU cores).
@@ -106,8 +107,14 @@ def run_pref(out_dir: Path, quick: bool) -> Section:
         "RM held-out pairwise accuracy": f"{pct(rm['heldout_accuracy_before'])} -> "
         f"{pct(rm['heldout_accuracy'])} "
         f"({rm['n_heldout']} pairs)",
-        "DPO held-out preference accuracy": f"{pct(dpo['heldout_accuracy_before'])} -> "
-        f"{pct(dpo['heldout_accuracy'])}",
+        "DPO held-out preference accuracy (base log-probs -> implicit reward)": (
+            f"{pct(dpo['heldout_accuracy_before'])} -> {pct(dpo['heldout_accuracy'])}"
+        ),
+        "held-out pairs ranked by the model's own log-probs (before -> after DPO)": (
+            f"sum {pct(dpo['base_logp_accuracy'])} -> {pct(dpo['heldout_logp_accuracy'])}, "
+            f"per-token mean {pct(dpo['base_mean_logp_accuracy'])} -> "
+            f"{pct(dpo['heldout_mean_logp_accuracy'])}"
+        ),
         "DPO held-out reward margin": f"{dpo['heldout_margin']:.3f}",
         "greedy answers in the preferred format": f"{pct(dpo['follow_rate_before'])} -> "
         f"{pct(dpo['follow_rate'])}",
@@ -117,8 +124,11 @@ def run_pref(out_dir: Path, quick: bool) -> Section:
         f"Model: `{rm_cfg.model.name}` (RM, full fine-tune) and `{dpo_cfg.model.name}` "
         f"(DPO{', LoRA; reference = adapter-disabled base' if dpo_cfg.lora.enabled else ''}). "
         "Data: arithmetic prompts asking for the bare number; chosen = the bare number, "
-        "rejected = a wordy reply (trainkit.rlhf.tasks). Accuracy counts ties as 1/2, so "
-        "an untrained DPO policy (equal to its reference) scores exactly 50%.",
+        "rejected = a wordy reply (trainkit.rlhf.tasks). Accuracies count ties as 1/2. "
+        "'Before' is the untrained model's own ranking: the share of held-out pairs with "
+        "sum log p(chosen) > sum log p(rejected); its implicit-reward accuracy would be 50% "
+        "by construction (the policy equals its reference at step 0). The sum favours the "
+        "shorter response, here the chosen one; the per-token mean does not.",
     ]
     if samples:
         lines += ["", "| prompt | greedy answer after DPO | preferred format |", "|---|---|---|"]

@@ -17,9 +17,13 @@ Reference policy, by config:
 
 Evaluation before and after training on the held-out pairs: preference accuracy (the
 implicit reward ranks chosen over rejected; a tie counts 1/2, so the untrained policy,
-equal to its reference, scores exactly 0.5) and mean margin; and greedy generations on
-held-out prompts scored by a verifiable rule (``eval.rule``): the fraction that follow
-the preferred behaviour.
+equal to its reference, scores exactly 0.5 by construction) and mean margin; the model's
+own ranking by summed log-probs, ``sum log p(chosen) > sum log p(rejected)`` (ties 1/2):
+``eval/base_logp_accuracy`` for the untrained model, the summary's "before" accuracy,
+and ``eval/logp_accuracy`` for the trained policy (``*mean_logp_accuracy``: the same by
+per-token means, free of the sum's bias towards short responses); and greedy generations
+on held-out prompts scored by a verifiable rule (``eval.rule``): the fraction that
+follow the preferred behaviour.
 
 Departures from OpenRLHF: no sample packing or ring attention; chosen and rejected are
 concatenated into one ``[2B, T]`` forward pass as there, but the prompt is rendered with
@@ -375,8 +379,13 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
     saved = save_policy(model, tok, cfg, out)
     summary = {
         "interrupted": False,
-        "heldout_accuracy_before": before["accuracy"],
+        # "before": the base model's own ranking (its implicit-reward accuracy is 1/2)
+        "heldout_accuracy_before": before["base_logp_accuracy"],
         "heldout_accuracy": after["accuracy"],
+        "base_logp_accuracy": before["base_logp_accuracy"],
+        "heldout_logp_accuracy": after["logp_accuracy"],
+        "base_mean_logp_accuracy": before["base_mean_logp_accuracy"],
+        "heldout_mean_logp_accuracy": after["mean_logp_accuracy"],
         "heldout_margin": after["margin"],
         "n_train": len(train),
         "n_heldout": after["n"],
@@ -400,8 +409,8 @@ def run(cfg: DPOConfig, args: Any = None) -> int:
         print(s["message"], file=sys.stderr)
         return 130
     msg = (
-        f"held-out preference accuracy {s['heldout_accuracy_before']:.3f} -> "
-        f"{s['heldout_accuracy']:.3f} on {s['n_heldout']} pairs"
+        f"held-out preference accuracy {s['heldout_accuracy_before']:.3f} (base model "
+        f"log-probs) -> {s['heldout_accuracy']:.3f} (implicit reward) on {s['n_heldout']} pairs"
     )
     if s["follow_rate"] is not None:
         msg += (

@@ -1,6 +1,6 @@
 """Evaluation of the DPO recipe (:mod:`trainkit.rlhf.trainers.dpo`): held-out preference
-accuracy and margin of the implicit reward, and greedy generations checked by a
-verifiable rule (``eval.rule``)."""
+accuracy and margin of the implicit reward, the log-probability ranking of the pairs by
+the model itself, and greedy generations checked by a verifiable rule (``eval.rule``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from trainkit.rlhf.trainers.pairs import batch_logps, chat_prompt, collate
+from trainkit.rlhf.trainers.pairs import IGNORE, batch_logps, chat_prompt, collate
 
 
 # ----------------------------------------------------------------- verifiable rules
@@ -32,6 +32,40 @@ RULES: dict[str, Callable[[str, dict], bool]] = {
 }
 
 
+def logp_accuracy(pairs: list[tuple[float, float]]) -> float:
+    """Fraction of pairs whose chosen response has the higher log-prob (ties count 1/2).
+
+    ``mean_i [logp_c,i > logp_r,i] + 1/2 [logp_c,i == logp_r,i]`` over ``pairs`` of
+    ``(logp_chosen, logp_rejected)``; NaN when there are none. With the untrained
+    model's summed log-probs this is the base model's preference accuracy: the honest
+    "before" of DPO, whose implicit-reward accuracy is 1/2 by construction at step 0.
+    """
+    if not pairs:
+        return float("nan")
+    return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in pairs) / len(pairs)
+
+
+def _pair_logps(model: Any, encoded: list[dict], pad_id: int, cfg: Any):
+    """``(summed, per_token_mean)`` per-pair ``(chosen, rejected)`` log-probs of the
+    responses."""
+    import torch
+
+    was = model.training
+    model.eval()
+    summed, means = [], []
+    with torch.no_grad():
+        for i in range(0, len(encoded), cfg.eval.batch_size):
+            chunk = encoded[i : i + cfg.eval.batch_size]
+            batch = collate(chunk, pad_id)
+            lp = batch_logps(model, batch, average=False).float().cpu()  # [2B]
+            mean = lp / (batch["labels"] != IGNORE).sum(1).clamp(min=1)  # per response token
+            B = len(chunk)
+            summed += [(float(lp[j]), float(lp[B + j])) for j in range(B)]
+            means += [(float(mean[j]), float(mean[B + j])) for j in range(B)]
+    model.train(was)
+    return summed, means
+
+
 def evaluate(
     model: Any,
     encoded: list[dict],
@@ -39,30 +73,34 @@ def evaluate(
     pad_id: int,
     cfg: Any,
 ) -> tuple[dict, list[tuple[float, float]]]:
-    """Held-out preference accuracy (ties 1/2) and mean implicit-reward margin.
+    """Held-out preference accuracy (ties 1/2), mean implicit-reward margin, and the
+    model's own preference accuracy (:func:`logp_accuracy`) by summed log-probs
+    (``logp_accuracy``) and by per-token mean log-probs (``mean_logp_accuracy``: free of
+    the sum's preference for shorter responses).
 
     Args:
         ref_lp: reference log-probs per pair; ``None`` means "the policy is the
-            reference" (before training): they are computed and returned.
+            reference" (before training): they are computed and returned, and the
+            log-prob accuracies are named ``base_logp_accuracy`` and
+            ``base_mean_logp_accuracy``.
 
     Returns:
         ``(metrics, ref_lp)``.
     """
     import torch
 
-    was = model.training
-    model.eval()
-    pol = []
-    with torch.no_grad():
-        for i in range(0, len(encoded), cfg.eval.batch_size):
-            chunk = encoded[i : i + cfg.eval.batch_size]
-            lp = batch_logps(model, collate(chunk, pad_id), cfg.train.average_logps).float().cpu()
-            pol += [(float(lp[j]), float(lp[len(chunk) + j])) for j in range(len(chunk))]
-    model.train(was)
+    summed, means = _pair_logps(model, encoded, pad_id, cfg)
+    pol = means if cfg.train.average_logps else summed  # what the implicit reward uses
+    pre = "base_" if ref_lp is None else ""
     if ref_lp is None:
         ref_lp = pol
+    ranks = {
+        f"{pre}logp_accuracy": logp_accuracy(summed),
+        f"{pre}mean_logp_accuracy": logp_accuracy(means),
+    }
     if not pol:
-        return {"accuracy": float("nan"), "margin": float("nan"), "n": 0}, ref_lp
+        nan = float("nan")
+        return {"accuracy": nan, "margin": nan, **ranks, "n": 0}, ref_lp
     p, r = torch.tensor(pol), torch.tensor(ref_lp)
     rewards = cfg.train.beta * (p - r)  # [n, 2]: chosen, rejected
     c, j = rewards[:, 0], rewards[:, 1]
@@ -72,6 +110,7 @@ def evaluate(
         "margin": (c - j).mean().item(),
         "chosen": c.mean().item(),
         "rejected": j.mean().item(),
+        **ranks,
         "n": len(pol),
     }, ref_lp
 
