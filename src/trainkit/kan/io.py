@@ -3,6 +3,9 @@
 The folder appears atomically (:func:`trainkit.common.io.atomic_dir`). ``config.json``
 holds the constructor arguments, the format version, and each layer's symbolic function
 names; the safetensors file holds every parameter and buffer (grids, masks).
+
+This module knows the folder format, not the class: :meth:`trainkit.kan.KAN.load` builds
+the model from :func:`read`'s config and fills it with :func:`restore`.
 """
 
 from __future__ import annotations
@@ -39,11 +42,10 @@ def save(model, path: str | os.PathLike) -> Path:
     return path
 
 
-def load(path: str | os.PathLike, device=None):
-    """Read a folder written by :func:`save`; returns a :class:`trainkit.kan.KAN`."""
+def read(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(config, tensors)`` of a folder written by :func:`save`; the config's format is
+    checked. :meth:`trainkit.kan.KAN.load` builds the model from them."""
     from safetensors.torch import load_file
-
-    from trainkit.kan.model import KAN
 
     path = Path(path)
     cfg_file, w_file = path / "config.json", path / "model.safetensors"
@@ -55,18 +57,14 @@ def load(path: str | os.PathLike, device=None):
         raise UserError(f"{cfg_file}: line {e.lineno}: invalid JSON ({e.msg})") from None
     if cfg.get("format") != FORMAT:
         raise UserError(f"{cfg_file}: field 'format' must be '{FORMAT}', got {cfg.get('format')!r}")
+    return cfg, load_file(str(w_file))
+
+
+def restore(model: nn.Module, cfg: dict, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Put the saved ``state`` and symbolic names into ``model``, freshly built from ``cfg``
+    (returned, same object). Layers refined after construction have other shapes than a
+    fresh model: each stored shape is adopted before the state dict is loaded."""
     dtype = getattr(torch, cfg.get("dtype", "float32"))
-    model = KAN(
-        width=cfg["width"],
-        grid=cfg["grid"],
-        k=cfg["k"],
-        seed=cfg.get("seed", 0),
-        grid_range=tuple(cfg["grid_range"]),
-        dtype=dtype,
-        **cfg.get("layer_kw", {}),
-    )
-    state = load_file(str(w_file))
-    # layers may have been refined to different sizes: adopt the stored shapes first
     for name, tensor in state.items():
         mod_name, _, attr = name.rpartition(".")
         mod = model.get_submodule(mod_name)
@@ -79,4 +77,4 @@ def load(path: str | os.PathLike, device=None):
     model.load_state_dict(state)
     for layer, fns in zip(model.layers, cfg.get("sym_fns", [])):
         layer.sym_fns = [list(r) for r in fns]
-    return model.to(device) if device is not None else model
+    return model

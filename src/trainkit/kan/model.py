@@ -5,8 +5,8 @@ n_mult]`` (Liu et al. 2024b, "KAN 2.0", MultKAN): the layer feeding that node ro
 has ``n_sum + 2 * n_mult`` outputs; the first ``n_sum`` are summation nodes and each pair
 after them is multiplied, so the row holds ``n_sum + n_mult`` values for the next layer.
 
-Construction writes nothing to disk. ``save``/``load`` are in :mod:`trainkit.kan.io`,
-training in :mod:`trainkit.kan.fit`; both are also methods here.
+Construction writes nothing to disk. ``save``/``load`` are methods here (the folder format is
+:mod:`trainkit.kan.io`), training is :mod:`trainkit.kan.fit` (also the method ``fit``).
 """
 
 from __future__ import annotations
@@ -231,11 +231,26 @@ class KAN(nn.Module):
         save(self, path)
 
     @classmethod
-    def load(cls, path, device=None) -> KAN:
-        """Read a model written by :meth:`save`."""
-        from trainkit.kan.io import load
+    def from_config(cls, cfg: dict) -> KAN:
+        """A fresh model from :meth:`config`'s dict (the inverse; weights not included)."""
+        return cls(
+            width=cfg["width"],
+            grid=cfg["grid"],
+            k=cfg["k"],
+            seed=cfg.get("seed", 0),
+            grid_range=tuple(cfg["grid_range"]),
+            dtype=getattr(torch, cfg.get("dtype", "float32")),
+            **cfg.get("layer_kw", {}),
+        )
 
-        return load(path, device=device)
+    @classmethod
+    def load(cls, path, device=None) -> KAN:
+        """Read a model written by :meth:`save` (format: :mod:`trainkit.kan.io`)."""
+        from trainkit.kan.io import read, restore
+
+        cfg, state = read(path)
+        model = restore(cls.from_config(cfg), cfg, state)
+        return model.to(device) if device is not None else model
 
     def n_params(self) -> int:
         """Trainable spline + base parameters (the symbolic slot excluded)."""
