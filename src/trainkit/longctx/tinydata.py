@@ -2,23 +2,21 @@
 multi-key kv retrieval in random-letter or real-text (stdlib prose) filler, encoded with the
 64-token character vocabulary as chat turns with answer-only labels, and padded batches.
 
-The format (``TinyTrainSection``: key alphabet, key echo, follow-up questions, filler source)
-is the one the base was trained on; :func:`trainkit.longctx.tinybase.eval_section` reads it
-back from a saved model, so evaluation and the extension fine-tune use the same samples.
+The format (:class:`SampleFormat`: key alphabet, key echo, follow-up questions, filler
+source; ``tinybase.TinyTrainSection`` carries it) is the one the base was trained on;
+:func:`trainkit.longctx.tinybase.eval_section` reads it back from a saved model, so
+evaluation and the extension fine-tune use the same samples.
 """
 
 from __future__ import annotations
 
 import functools
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from trainkit.common.errors import UserError
 from trainkit.longctx.haystack import Meter, filler_text, stdlib_paragraphs
 from trainkit.longctx.tasks import make_sample
-
-if TYPE_CHECKING:
-    from trainkit.longctx.tinybase import TinyTrainSection
 
 #: random filler alphabet: letters and spaces, no digits (answers are digits)
 FILLER = "abcdefghijklmnopqrstuvwxyz "
@@ -26,6 +24,19 @@ FILLER = "abcdefghijklmnopqrstuvwxyz "
 KEY_SYMBOLS = "!-()/_=+*[]%"
 #: between context and question (not "\n\n": tokenizers saved before the chartok fix made it <unk>)
 SEP = " ; "
+
+
+class SampleFormat(Protocol):
+    """The sample fields :func:`sample_ids` and :func:`make_batch` read (the ``train``
+    section of the tiny base, ``trainkit.longctx.tinybase.TinyTrainSection``, has them)."""
+
+    tasks: list[str]  # "passkey" and/or "kv", taken in turn
+    source: str  # random | prose | a make_sample source (stdlib, bio, repeat)
+    n_keys: list[int]  # kv pairs per sample: uniform in [min, max]
+    kv_echo: bool
+    key_len: int
+    kv_queries: int
+    key_alphabet: str  # letters | symbols
 
 
 def random_sample(
@@ -121,7 +132,7 @@ def prose_filler(rng: random.Random, n: int) -> str:
 
 def sample_ids(
     tok: Any,
-    t: TinyTrainSection,
+    t: SampleFormat,
     task: str,
     length: int,
     depth: float,
@@ -197,7 +208,7 @@ def pad_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int):
 def make_batch(
     tok: Any,
     rng: random.Random,
-    t: TinyTrainSection,
+    t: SampleFormat,
     length: int,
     seed: int,
     index0: int,
