@@ -98,6 +98,42 @@ def test_eos_stops_and_masks(tiny):
     assert ((lp - ro.logprobs).abs() * ro.action_mask).max().item() < 1e-4
 
 
+def test_min_new_tokens_forbids_eos_but_keeps_policy_logprobs(tiny):
+    from trainkit.config import ConfigError, load_config
+    from trainkit.rlhf.trainers.rl_config import GRPOConfig
+
+    model, tok = tiny
+    allowed = [5, 9, 11]  # every other token is declared EOS
+    eng = HFEngine(
+        model, tok.pad_token_id, [i for i in range(model.config.vocab_size) if i not in allowed]
+    )
+    prompts = [tok("a b c").input_ids, tok("hello there").input_ids]
+    free = eng.generate(prompts, n=3, max_new_tokens=6, seed=3)
+    assert free.action_mask.sum(-1).tolist() == [1] * 6  # all stop at once
+    same = eng.generate(prompts, n=3, max_new_tokens=6, seed=3, min_new_tokens=0)
+    assert torch.equal(same.response_ids, free.response_ids)
+    forced = eng.generate(prompts, n=3, max_new_tokens=6, seed=3, min_new_tokens=6)
+    assert forced.action_mask.sum(-1).tolist() == [6] * 6 and forced.num_truncated == 6
+    assert set(forced.response_ids.unique().tolist()) <= set(allowed)
+    # the recorded log-probs are the unmasked policy's (what the trainer recomputes)
+    with torch.no_grad():
+        lp, _ = response_logps(model, forced.sequences, forced.attention_mask, 6)
+    assert (lp - forced.logprobs).abs().max().item() < 1e-4
+    assert forced.logprobs.max().item() < -1.0  # not renormalised over the 3 allowed tokens
+    part = eng.generate(prompts, n=3, max_new_tokens=6, seed=3, min_new_tokens=2)
+    assert part.action_mask.sum(-1).tolist() == [3] * 6  # 2 allowed, then an EOS
+    assert set(part.response_ids[:, :2].unique().tolist()) <= set(allowed)
+    # greedy: the best allowed token
+    g = eng.generate(prompts[:1], n=1, max_new_tokens=2, temperature=0.0, min_new_tokens=2)
+    with torch.no_grad():
+        z = model(torch.tensor([prompts[0]])).logits[0, -1]
+    assert g.response_ids[0, 0].item() == allowed[int(z[allowed].argmax())]
+    with pytest.raises(ValueError):
+        eng.generate(prompts, n=1, max_new_tokens=2, min_new_tokens=-1)
+    with pytest.raises(ConfigError, match="rollout.min_new_tokens"):
+        load_config(GRPOConfig, None, ["rollout.max_new_tokens=4", "rollout.min_new_tokens=5"])
+
+
 def test_max_batch_chunks_give_the_same_samples_as_one_call(tiny):
     model, tok = tiny
     prompts = [tok("x").input_ids, tok("y z").input_ids]

@@ -351,6 +351,7 @@ def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, An
                             cfg.rollout.temperature,
                             cfg.rollout.top_p,
                             seed + k,
+                            cfg.rollout.min_new_tokens,
                         )
                         for k, (e, c) in enumerate(zip(engines, chunks))
                     ]

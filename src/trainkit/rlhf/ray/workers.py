@@ -95,6 +95,7 @@ class RolloutWorker:
         temperature: float,
         top_p: float,
         seed: int | None,
+        min_new_tokens: int = 0,
     ) -> Any:
         return self.engine.generate(
             prompt_token_ids,
@@ -103,6 +104,7 @@ class RolloutWorker:
             temperature=temperature,
             top_p=top_p,
             seed=seed,
+            min_new_tokens=min_new_tokens,
         )
 
     def update_weights(self, weights: dict[str, torch.Tensor]) -> int:

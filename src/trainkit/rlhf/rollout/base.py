@@ -102,8 +102,9 @@ class RolloutEngine(Protocol):
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        min_new_tokens: int = 0,
     ) -> Rollout:
-        """Sample ``n`` completions of every prompt; see :class:`Rollout`."""
+        """Sample ``n`` completions of every prompt (no EOS before ``min_new_tokens``)."""
         ...
 
     def update_weights(self, state_dict: dict[str, Tensor]) -> None:

@@ -5,6 +5,9 @@ A small decoding loop instead of ``model.generate``: it samples with a seeded
 ``log_softmax(z / temperature)`` of each sampled token from the very logits it sampled
 from (no second forward pass for the "old" log-probs), stops each row at EOS and the
 whole batch once every row has stopped, and reports rows cut by ``max_new_tokens``.
+``min_new_tokens`` forbids EOS before that many tokens, as ``model.generate``'s
+``min_new_tokens`` does (EOS logits set to -inf before sampling); the recorded log-probs
+stay those of the model's unmasked distribution, the quantity the trainer recomputes.
 The ``n`` samples of a prompt share one prefill (its KV cache is repeated ``n`` times).
 Prompts are left padded; position ids are ``cumsum(mask) - 1`` as in training
 (:func:`trainkit.rlhf.rollout.base.response_logps`).
@@ -140,11 +143,13 @@ class HFEngine:
         top_p: float,
         generator: torch.Generator | None,
         group: int = 1,
+        min_new_tokens: int = 0,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """KV-cache decoding of one chunk: ``[b, P]`` -> response ids, logps, done ``[b, R]``.
 
         With ``group > 1`` (rows ``g*group ..`` share a prompt) each prompt is prefilled
-        once and its KV cache repeated ``group`` times.
+        once and its KV cache repeated ``group`` times. EOS cannot be sampled at steps
+        ``t < min_new_tokens``.
         """
         from trainkit.rlhf.rollout.base import _repeat_cache
 
@@ -181,12 +186,16 @@ class HFEngine:
         toks, lps, valid = [], [], []
         for t in range(max_new_tokens):
             z = logits.float()
+            # before min_new_tokens EOS is masked for the choice only (as HF's min-length
+            # processor); the log-probs below stay those of the unmasked policy
+            zs = z.index_fill(-1, eos, float("-inf")) if t < min_new_tokens else z
             if temperature > 0:
                 logp_all = torch.log_softmax(z / temperature, dim=-1)
-                tok = sample_top_p(logp_all.exp(), top_p, generator)
+                probs = logp_all.exp() if zs is z else torch.softmax(zs / temperature, dim=-1)
+                tok = sample_top_p(probs, top_p, generator)
             else:  # greedy; log-probs at temperature 1
                 logp_all = torch.log_softmax(z, dim=-1)
-                tok = z.argmax(-1)
+                tok = zs.argmax(-1)
             lp = logp_all.gather(-1, tok[:, None]).squeeze(-1)
             alive = ~finished
             tok = torch.where(alive, tok, torch.full_like(tok, self.pad_id))
@@ -216,6 +225,7 @@ class HFEngine:
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        min_new_tokens: int = 0,
     ) -> Rollout:
         """Sample ``n`` completions per prompt (rows ``i*n .. i*n+n-1`` belong to prompt i).
 
@@ -226,12 +236,14 @@ class HFEngine:
             temperature: softmax temperature; 0 means greedy.
             top_p: nucleus mass in ``(0, 1]``.
             seed: seeds the sampling generator (same seed, same weights -> same samples).
+            min_new_tokens: no EOS before this many tokens; ``>= max_new_tokens`` makes
+                every completion exactly ``max_new_tokens`` long.
 
         Returns:
             A :class:`Rollout` with ``B = n_prompts * n`` rows.
         """
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
+        if max_new_tokens < 1 or min_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 1 and min_new_tokens >= 0")
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         t0 = time.perf_counter()
@@ -257,6 +269,7 @@ class HFEngine:
                         top_p,
                         gen,
                         group,
+                        min_new_tokens,
                     )
                 )
         width = max(c[0].shape[1] for c in chunks)

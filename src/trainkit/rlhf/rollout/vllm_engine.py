@@ -22,7 +22,10 @@ How the returned numbers relate to the HF engine's (:mod:`trainkit.rlhf.rollout.
   renormalised nucleus, which is larger; set ``algo.recompute_old_logp=true`` then
   (``info["logprobs_exact"]`` says which case applies);
 * EOS (any of ``eos_ids``) ends a row and is part of the response; rows that reach
-  ``max_new_tokens`` without EOS are flagged in ``truncated``.
+  ``max_new_tokens`` without EOS are flagged in ``truncated``;
+* ``min_new_tokens`` is vLLM's ``min_tokens`` (no EOS before it). vLLM masks EOS before
+  it computes processed log-probs, so those are renormalised over the other tokens
+  (larger by ``-log(1 - p_eos)``): ``info["logprobs_exact"]`` is False then too.
 """
 
 from __future__ import annotations
@@ -181,6 +184,7 @@ class VLLMEngine:
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        min_new_tokens: int = 0,
     ) -> Rollout:
         """Sample ``n`` completions per prompt (rows ``i*n .. i*n+n-1`` belong to prompt i).
 
@@ -191,6 +195,7 @@ class VLLMEngine:
             temperature: softmax temperature; 0 means greedy (log-probs at T = 1).
             top_p: nucleus mass in ``(0, 1]``.
             seed: seeds every row's sampler (``None``: unseeded).
+            min_new_tokens: no EOS before this many tokens (vLLM ``min_tokens``).
 
         Returns:
             A :class:`~trainkit.rlhf.rollout.base.Rollout` with ``B = n_prompts * n`` rows.
@@ -198,8 +203,8 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
+        if max_new_tokens < 1 or min_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 1 and min_new_tokens >= 0")
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         t0 = time.perf_counter()
@@ -211,6 +216,7 @@ class VLLMEngine:
                 temperature=float(temperature),
                 top_p=float(top_p),
                 max_tokens=int(max_new_tokens),
+                min_tokens=min(int(min_new_tokens), int(max_new_tokens)),
                 logprobs=0,
                 stop_token_ids=list(self.eos_ids),
                 detokenize=False,
@@ -234,7 +240,7 @@ class VLLMEngine:
             "gen_s": time.perf_counter() - t0,
             "gen_tokens": int(valid.sum()),
             "engine": "vllm",
-            "logprobs_exact": top_p >= 1.0,
+            "logprobs_exact": top_p >= 1.0 and min_new_tokens == 0,
         }
         return Rollout(ids, mask, resp, valid.long(), logps, truncated, n, info)
 

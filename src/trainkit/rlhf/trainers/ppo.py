@@ -301,6 +301,7 @@ def train(cfg: RLConfig, on_log: Any = None) -> dict[str, Any]:
                 temperature=cfg.rollout.temperature,
                 top_p=cfg.rollout.top_p,
                 seed=cfg.train.seed * 1_000_003 + step,
+                min_new_tokens=cfg.rollout.min_new_tokens,
             )
             t1, c1 = time.perf_counter(), time.process_time()
             comps = rl_data.decode(tok, ro.response_ids, ro.action_mask)

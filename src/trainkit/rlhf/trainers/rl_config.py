@@ -102,6 +102,10 @@ class RolloutSection:
             samples prompts_per_step * n completions.
         max_new_tokens: most tokens generated per completion; also the normaliser of the
             sum_norm loss (dr_grpo) and the eval default.
+        min_new_tokens: EOS cannot be sampled before this many tokens (HF generate's
+            min_new_tokens, vLLM's min_tokens); = max_new_tokens makes every completion
+            exactly max_new_tokens long (equal-work benchmarks). Training rollouts only,
+            not eval.
         temperature: sampling temperature, must be > 0; training log-probs are of
             softmax(logits / temperature) too.
         top_p: nucleus sampling threshold in (0, 1]; 1.0 disables it.
@@ -117,6 +121,7 @@ class RolloutSection:
     n: int = field(default=8, metadata={"help": "samples per prompt (group size)"})
     prompts_per_step: int = 1
     max_new_tokens: int = 32
+    min_new_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
     max_batch: int | None = field(default=None, metadata={"help": "rows per generate call"})
@@ -337,6 +342,11 @@ class RLConfig:
         if r.n < 1 or r.prompts_per_step < 1 or r.max_new_tokens < 1:
             raise ConfigError(
                 "rollout.n, rollout.prompts_per_step and rollout.max_new_tokens must be >= 1"
+            )
+        if not 0 <= r.min_new_tokens <= r.max_new_tokens:
+            raise ConfigError(
+                f"rollout.min_new_tokens must be in [0, rollout.max_new_tokens="
+                f"{r.max_new_tokens}], got {r.min_new_tokens}"
             )
         if r.temperature <= 0:
             raise ConfigError(
