@@ -41,7 +41,7 @@ def convert(cfg: Any, args: Any) -> int:
     if args.merge_adapter:
         if not args.out:
             raise UserError("--merge-adapter needs --out (where the merged model goes)")
-        from trainkit.llm.lora import merge_adapter
+        from trainkit.llm.merge import merge_adapter
 
         merge_adapter(args.merge_adapter, args.out, base=path)
         print(args.out)

@@ -7,13 +7,12 @@ arXiv 2305.14314) keeps the frozen base in 4-bit NormalFloat (NF4) with double
 quantization of the scales; on CPU bitsandbytes 0.50 runs it, so it is tested here.
 
 Functions: :func:`peft_config` (dataclass section -> ``peft.LoraConfig``),
-:func:`apply_lora`, :func:`save_adapter`, :func:`merge_adapter` (adapter folder -> plain
-HF folder, merged into a full-precision copy of the base).
+:func:`apply_lora`, :func:`save_adapter`. Merging a saved adapter into its base (which
+loads the base model) is :func:`trainkit.llm.merge.merge_adapter`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -135,53 +134,6 @@ def save_adapter(model, out_dir: str | os.PathLike, tokenizer=None) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-    return Path(out_dir)
-
-
-def merge_adapter(
-    adapter_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    base: str | os.PathLike | None = None,
-    dtype: Any = "float32",
-) -> Path:
-    """Merge a saved adapter into a full-precision base and save a plain HF folder.
-
-    QLoRA adapters are merged into the unquantised base weights (merging into NF4
-    weights would round them again). The result loads with
-    ``AutoModelForCausalLM.from_pretrained`` and needs no peft.
-
-    Args:
-        adapter_dir: a folder written by :func:`save_adapter`.
-        out_dir: the merged model folder (replaced atomically).
-        base: the base model (default: ``base_model_name_or_path`` of the adapter).
-        dtype: dtype of the merged weights.
-    """
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from trainkit.llm.models import load_tokenizer, resolve, to_dtype
-
-    cfg_file = Path(adapter_dir) / "adapter_config.json"
-    if not cfg_file.is_file():
-        raise UserError(f"{adapter_dir}: no adapter_config.json (not a LoRA adapter folder)")
-    base = base or json.loads(cfg_file.read_text()).get("base_model_name_or_path")
-    if not base:
-        raise UserError(f"{cfg_file}: base_model_name_or_path is empty; pass the base model")
-    base_path = resolve(base)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=to_dtype(dtype))
-    try:
-        merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    except (RuntimeError, ValueError, KeyError) as e:
-        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-        raise UserError(
-            f"{adapter_dir}: adapter does not fit the base model {base} "
-            f"({lines[-1] if lines else type(e).__name__})"
-        ) from None
-    tok = load_tokenizer(base_path)
-    with atomic_dir(out_dir) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
     return Path(out_dir)
 
 

@@ -445,7 +445,7 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     strategy.save_pretrained(module, final, tokenizer=tok)
     merged = None
     if cfg.lora.enabled and cfg.train.merge_lora and strategy.is_main:
-        from trainkit.llm.lora import merge_adapter
+        from trainkit.llm.merge import merge_adapter
 
         merged = merge_adapter(final, out / "merged")
     strategy.barrier()
