@@ -3,24 +3,35 @@
 Model: SmolLM2-135M-Instruct (vocab 49152) in NF4 with the paper's LoRA (r=32, alpha=16 on
 q/k/v/o, embed_tokens trained fully), batch 1, LM loss on every token, one AdamW step.
 
-* ``trainkit``: gradient checkpointing + the chunked loss of
-  :class:`trainkit.llm.loss.CausalLMLoss` (the ``[T, vocab]`` logits never exist at once);
-* ``plain``: a plain transformers + peft loop, ``model(input_ids, labels=...).loss`` with
-  full logits and no checkpointing.
+Four configurations, so that each of trainkit's two memory savers is measured against a
+baseline that differs from it in that one setting only:
+
+* ``nockpt_full``: no gradient checkpointing, full logits: the plain transformers + peft
+  loop, ``model(input_ids, labels=...).loss`` (the ``[T, vocab]`` logits exist at once);
+* ``nockpt_chunked``: no checkpointing, the chunked loss of
+  :class:`trainkit.llm.loss.CausalLMLoss` (the logits never exist at once);
+* ``ckpt_full``: non-reentrant gradient checkpointing, full logits;
+* ``ckpt_chunked``: checkpointing + chunked loss: trainkit's long-context recipe.
+
+(``--variants plain,trainkit`` are aliases of ``nockpt_full,ckpt_chunked``.)
 
 Each (variant, length) runs in a fresh subprocess. On CPU the peak is the rise of the
 resident set's high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) over
 the footprint after the model, inputs and optimizer state (one 64-token warm-up step)
 are ready; on CUDA ``max_memory_allocated``
 above it. ``--layers N`` keeps only the first N decoder layers (all 30 by default) so
-that long lengths fit a shared CPU box; the logits' share does not depend on it.
+that long lengths fit a shared CPU box; the logits' share does not depend on it, the
+checkpointing saving grows with it.
 
     python benchmarks/longctx_memory.py [--lengths 1024,2048,4096,8192] [--layers 30]
-        [--threads 1] [--device cpu|cuda] [--out runs/longctx/memory.json] [--plot PNG]
+        [--threads 1] [--device cpu|cuda] [--variants V,...] [--out runs/longctx/memory.json]
+        [--plot PNG]
 
 Prints (and writes to ``--out``) one JSON object: per variant and length the peak in MiB,
-seconds and tokens/s, the ratio trainkit/plain per length, and the peak's growth per
-doubling of the length (2.0 = linear).
+seconds and tokens/s; ``effects``, the peak ratios per length of one change at a time
+(chunked loss at the same checkpointing, checkpointing at the same loss) and of both
+together (``combined``: ckpt_chunked / nockpt_full); and the peak's growth per doubling
+of the length (2.0 = linear).
 """
 
 from __future__ import annotations
@@ -32,6 +43,24 @@ import sys
 import time
 
 from _procmem import PeakMemory  # benchmarks/ is on sys.path when run as a script
+
+#: name -> (gradient checkpointing, "full" logits or "chunked" loss)
+VARIANTS = {
+    "nockpt_full": (False, "full"),
+    "nockpt_chunked": (False, "chunked"),
+    "ckpt_full": (True, "full"),
+    "ckpt_chunked": (True, "chunked"),
+}
+ALIASES = {"plain": "nockpt_full", "trainkit": "ckpt_chunked"}
+
+#: effect name -> (numerator, denominator): one change at a time, then both
+EFFECTS = {
+    "chunked_loss_at_ckpt_on": ("ckpt_chunked", "ckpt_full"),
+    "chunked_loss_at_ckpt_off": ("nockpt_chunked", "nockpt_full"),
+    "ckpt_at_full_logits": ("ckpt_full", "nockpt_full"),
+    "ckpt_at_chunked_loss": ("ckpt_chunked", "nockpt_chunked"),
+    "combined": ("ckpt_chunked", "nockpt_full"),
+}
 
 
 def _worker(a) -> dict:
@@ -52,8 +81,8 @@ def _worker(a) -> dict:
     if a.layers and a.layers < len(model.model.layers):
         model.model.layers = model.model.layers[: a.layers]
         model.config.num_hidden_layers = a.layers
-    gc = a.variant == "trainkit"
-    model = apply_lora(model, ExtendLoraSection(), quantized=True, gradient_checkpointing=gc)
+    ckpt, logits = VARIANTS[a.variant]
+    model = apply_lora(model, ExtendLoraSection(), quantized=True, gradient_checkpointing=ckpt)
     model.train()
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
@@ -63,7 +92,7 @@ def _worker(a) -> dict:
     loss_mod = CausalLMLoss(model, chunk_size=a.chunk)
 
     def step(x):
-        if a.variant == "plain":
+        if logits == "full":
             loss = model(input_ids=x, labels=x).loss
         else:
             s, n = loss_mod(input_ids=x, labels=x)
@@ -82,6 +111,8 @@ def _worker(a) -> dict:
     sec = time.perf_counter() - t
     return {
         "variant": a.variant,
+        "ckpt": ckpt,
+        "logits": logits,
         "length": a.length,
         "peak_mib": round(peak / 2**20, 1),
         "seconds": round(sec, 2),
@@ -99,10 +130,13 @@ def _plot(res: dict, path: str) -> None:
 
     from trainkit.common.io import atomic_path
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for v in ("trainkit", "plain"):
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for v, (ckpt, logits) in VARIANTS.items():
         rows = [r for r in res["runs"] if r["variant"] == v and "peak_mib" in r]
-        ax.plot([r["length"] for r in rows], [r["peak_mib"] for r in rows], "o-", label=v)
+        if rows:
+            what = "full logits" if logits == "full" else "chunked loss"
+            label = f"ckpt {'on' if ckpt else 'off'}, {what}"
+            ax.plot([r["length"] for r in rows], [r["peak_mib"] for r in rows], "o-", label=label)
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel("peak memory of one step (MiB)")
     ax.set_title(f"QLoRA step, SmolLM2-135M ({res['layers']} layers)")
@@ -123,7 +157,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
-    ap.add_argument("--variants", default="trainkit,plain")
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, of {', '.join(VARIANTS)} (aliases: plain, trainkit)",
+    )
     ap.add_argument("--out", default="")
     ap.add_argument("--plot", default="")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
@@ -132,9 +170,13 @@ def main() -> None:
     if a.variant:
         print(json.dumps(_worker(a)))
         return
+    variants = [ALIASES.get(v, v) for v in a.variants.split(",")]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     runs = []
     for L in [int(x) for x in a.lengths.split(",")]:
-        for v in a.variants.split(","):
+        for v in variants:
             cmd = [
                 sys.executable,
                 __file__,
@@ -165,10 +207,13 @@ def main() -> None:
             runs.append(r)
     peak = {(r["variant"], r["length"]): r["peak_mib"] for r in runs if "peak_mib" in r}
     lengths = sorted({r["length"] for r in runs})
-    ratio = {
-        str(L): round(peak[("trainkit", L)] / peak[("plain", L)], 3)
-        for L in lengths
-        if ("trainkit", L) in peak and ("plain", L) in peak
+    effects = {
+        name: {
+            str(L): round(peak[(num, L)] / peak[(den, L)], 3)
+            for L in lengths
+            if (num, L) in peak and (den, L) in peak
+        }
+        for name, (num, den) in EFFECTS.items()
     }
     growth = {
         v: {
@@ -176,7 +221,7 @@ def main() -> None:
             for a_, b_ in zip(lengths, lengths[1:])
             if (v, a_) in peak and (v, b_) in peak
         }
-        for v in ("trainkit", "plain")
+        for v in variants
     }
     res = {
         "model": "smollm2-135m-instruct (nf4) + LoRA r32/a16 qkvo + embed_tokens",
@@ -185,7 +230,8 @@ def main() -> None:
         "threads": a.threads,
         "chunk": a.chunk,
         "runs": runs,
-        "ratio_trainkit_over_plain": ratio,
+        "effects": effects,
+        "effects_definition": {k: f"peak {n} / peak {d}" for k, (n, d) in EFFECTS.items()},
         "peak_growth_per_doubling": growth,
     }
     if a.out:
