@@ -7,11 +7,10 @@ is imported until a command runs. User errors print one line and exit with code 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from trainkit import __version__
-from trainkit.commands import resolve
+from trainkit.commands import part_commands, resolve
 from trainkit.common.errors import UserError
 from trainkit.common.guard import NonFiniteError
 
@@ -21,16 +20,6 @@ PARTS = {
     "rlhf": "SFT, reward models, DPO family, PPO/GRPO/RLOO",
     "longctx": "context extension: RoPE rescaling, synthetic data, needle eval",
 }
-
-
-def _part_commands(part: str) -> dict:
-    try:
-        mod = importlib.import_module(f"trainkit.{part}.commands")
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith(f"trainkit.{part}"):
-            return {}
-        raise
-    return getattr(mod, "COMMANDS", {})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     for part, helptext in PARTS.items():
         pp = sub.add_parser(part, help=helptext, description=helptext)
         psub = pp.add_subparsers(dest="command", metavar="<command>")
-        for name, cmd in _part_commands(part).items():
+        for name, cmd in part_commands(part).items():
             cp = psub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help)
             cp.set_defaults(_cmd=cmd)
             if cmd.config is not None:

@@ -31,3 +31,15 @@ def resolve(ref: str) -> Any:
     """Import ``"package.module:attr"``."""
     mod, _, attr = ref.partition(":")
     return getattr(importlib.import_module(mod), attr)
+
+
+def part_commands(part: str) -> dict[str, Command]:
+    """``COMMANDS`` of ``trainkit.<part>.commands``; ``{}`` when the part has no such module
+    (an import error inside it is raised, not hidden)."""
+    try:
+        mod = importlib.import_module(f"trainkit.{part}.commands")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith(f"trainkit.{part}"):
+            return {}
+        raise
+    return getattr(mod, "COMMANDS", {})

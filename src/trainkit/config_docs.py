@@ -15,8 +15,8 @@ import sys
 import typing
 from pathlib import Path
 
-from trainkit.cli import PARTS, _part_commands
-from trainkit.commands import resolve
+from trainkit.cli import PARTS
+from trainkit.commands import part_commands, resolve
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md"
 
@@ -67,7 +67,7 @@ def render() -> str:
         "",
     ]
     for part in PARTS:
-        for name, cmd in sorted(_part_commands(part).items()):
+        for name, cmd in sorted(part_commands(part).items()):
             if cmd.config is None:
                 continue
             cls = resolve(cmd.config)

@@ -38,7 +38,7 @@ ECHO = Command(
 
 @pytest.fixture
 def with_echo(monkeypatch):
-    real = cli._part_commands
+    real = cli.part_commands
 
     def fake(part):
         cmds = dict(real(part))
@@ -46,7 +46,7 @@ def with_echo(monkeypatch):
             cmds["echo"] = ECHO
         return cmds
 
-    monkeypatch.setattr(cli, "_part_commands", fake)
+    monkeypatch.setattr(cli, "part_commands", fake)
 
 
 def run_cli(*args):
