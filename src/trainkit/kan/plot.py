@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from trainkit.common.errors import UserError
-from trainkit.kan.prune import _inputs, attribution
+from trainkit.kan.prune import attribution, inputs_or_default
 
 SPLINE_COLOR, SYMBOLIC_COLOR = "black", "tab:red"
 
@@ -98,7 +98,7 @@ def plot(
         The ``matplotlib.figure.Figure``.
     """
     Figure = _require_mpl()
-    x = _inputs(model, x)
+    x = inputs_or_default(model, x)
     att = attribution(model, x)
     curves = _curves(model, x)
     widths = [sum(w) for w in model.width]
@@ -219,9 +219,9 @@ def plot_edge(model, l: int, i: int, j: int, path=None, x=None, dpi: int = 120):
         The ``matplotlib.figure.Figure``.
     """
     Figure = _require_mpl()
-    from trainkit.kan.symbolic import _check_edge, edge_samples
+    from trainkit.kan.symbolic import edge_layer, edge_samples
 
-    layer = _check_edge(model, l, i, j)
+    layer = edge_layer(model, l, i, j)
     xs, ys = edge_samples(model, l, i, j, x)
     order = torch.argsort(xs)
     xs, ys = xs[order].double().cpu(), ys[order].double().cpu()

@@ -50,7 +50,10 @@ def default_inputs(model, n: int = 1000, seed: int = 0) -> torch.Tensor:
     return (lo.double().cpu() + (hi - lo).double().cpu() * u).to(model.device, model.dtype)
 
 
-def _inputs(model, x) -> torch.Tensor:
+def inputs_or_default(model, x) -> torch.Tensor:
+    """``x`` as ``[N, n_0]`` on the model's device and dtype, or :func:`default_inputs` when
+    ``x`` is None; the data of scores, symbolic fits and plots (:class:`UserError` on a wrong
+    shape)."""
     if x is None:
         return default_inputs(model)
     x = torch.as_tensor(x).to(model.device, model.dtype)
@@ -72,7 +75,7 @@ def attribution(model, x=None) -> dict[str, list[torch.Tensor]]:
         n_mult ], "subnode": [ [out_l] per layer ]}``; ``node[0]`` are the input scores,
         ``node[-1]`` are ones.
     """
-    x = _inputs(model, x)
+    x = inputs_or_default(model, x)
     _, acts = model.forward_with_acts(x)
     L = model.depth
     node: list[torch.Tensor] = [None] * (L + 1)  # type: ignore[list-item]
@@ -181,7 +184,7 @@ def remove_nodes(model, l: int, keep: Sequence[int], x=None):
         raise UserError(f"prune_node: row {l} has nodes 0..{n_sum + n_mult - 1}, got {keep}")
     if not keep:
         raise UserError(f"prune_node: cannot remove every node of row {l}")
-    x = _inputs(model, x)
+    x = inputs_or_default(model, x)
     means = _edge_means(model, x)[l]  # [out_l, n_l] of the next layer
     new = copy.deepcopy(model)
     drop = [i for i in range(n_sum + n_mult) if i not in keep]
@@ -235,7 +238,7 @@ def prune_edge(model, threshold: float = 3e-2, x=None):
 
     The removed edge's mean is folded into another edge of the same output.
     """
-    x = _inputs(model, x)
+    x = inputs_or_default(model, x)
     scores = edge_scores(model, x)
     means = _edge_means(model, x)
     new = copy.deepcopy(model)
@@ -257,7 +260,7 @@ def prune_input(model, threshold: float = 1e-2, x=None, active_inputs: Sequence[
     Returns:
         ``(new_model, kept)``: the model takes ``x[:, kept]`` as input.
     """
-    x = _inputs(model, x)
+    x = inputs_or_default(model, x)
     if active_inputs is None:
         s = feature_score(model, x)
         kept = [i for i in range(s.numel()) if float(s[i]) >= threshold] or [int(torch.argmax(s))]
@@ -293,5 +296,5 @@ def prune(model, node_th: float = 1e-2, edge_th: float = 3e-2, x=None):
         The pruned KAN, e.g. ``[2, 5, 1] -> [2, 1, 1]`` after sparse training on
         ``exp(sin(pi x) + y^2)``.
     """
-    x = _inputs(model, x)
+    x = inputs_or_default(model, x)
     return prune_edge(prune_node(model, node_th, x), edge_th, x)

@@ -34,7 +34,7 @@ import torch
 from trainkit.common.errors import UserError
 from trainkit.kan import layer as _layer
 from trainkit.kan import symbolic_lib as slib
-from trainkit.kan.prune import _inputs
+from trainkit.kan.prune import inputs_or_default
 
 ODD = {
     "x",
@@ -57,7 +57,9 @@ for _name, _fn in slib.LIBRARY.items():  # the guarded versions, usable in sym_f
 
 
 # ---- helpers ----------------------------------------------------------------------------
-def _check_edge(model, l: int, i: int, j: int):
+def edge_layer(model, l: int, i: int, j: int):
+    """The layer holding edge ``(l, i, j)`` (layer ``l``, input node ``i``, output node
+    ``j``), after checking the indices: a :class:`UserError` names the valid ranges."""
     if not 0 <= l < model.depth:
         raise UserError(f"edge ({l},{i},{j}): layer {l} out of range 0..{model.depth - 1}")
     layer = model.layers[l]
@@ -76,8 +78,8 @@ def edge_samples(model, l: int, i: int, j: int, x=None) -> tuple[torch.Tensor, t
     Args:
         x: ``[N, n_0]`` model inputs; default points uniform in the first grid's range.
     """
-    layer = _check_edge(model, l, i, j)
-    h = model.layer_inputs(_inputs(model, x))[l]
+    layer = edge_layer(model, l, i, j)
+    h = model.layer_inputs(inputs_or_default(model, x))[l]
     acts = layer.edge_activations(h)
     return h[:, i], acts["postacts"][:, j, i]
 
@@ -151,7 +153,7 @@ def fix_symbolic(
     Returns:
         The ``R^2`` of the fit (``nan`` when ``fit_params`` is False).
     """
-    layer = _check_edge(model, l, i, j)
+    layer = edge_layer(model, l, i, j)
     fn = slib.get_function(name)
     if fit is None and fit_params:
         xs, ys = edge_samples(model, l, i, j, x)
@@ -172,7 +174,7 @@ def fix_symbolic(
 @torch.no_grad()
 def unfix_symbolic(model, l: int, i: int, j: int) -> None:
     """Give edge ``(l, i, j)`` back to its spline (the spline was kept while snapped)."""
-    layer = _check_edge(model, l, i, j)
+    layer = edge_layer(model, l, i, j)
     layer.sym_mask[j, i] = 0.0
     layer.mask[j, i] = 1.0
     layer.sym_fns[j][i] = "0"
@@ -212,7 +214,7 @@ def auto_symbolic(
         ``R^2 < r2_threshold``; ``name`` is then the best candidate, for the record) and
         ``candidates``, the top 3 ``(name, R^2)`` by score.
     """
-    x = _inputs(model, x)
+    x = inputs_or_default(model, x)
     report = []
     for l in range(model.depth):
         edges = [e for e in spline_edges(model) if e[0] == l]
