@@ -174,8 +174,11 @@ def response_logps(
     return logps, ent
 
 
-def _repeat_cache(cache: Any, repeats: int) -> bool:
-    """Repeat every row of a KV cache ``repeats`` times in place; False if unsupported."""
+def repeat_kv_cache(cache: Any, repeats: int) -> bool:
+    """Repeat every row of a transformers KV cache ``repeats`` times in place (``[b, ...]``
+    -> ``[b * repeats, ...]``, row ``r`` becoming rows ``r*repeats .. r*repeats+repeats-1``),
+    so ``n`` samples of one prompt share its prefill. False, cache untouched, when the cache
+    type has no ``batch_repeat_interleave``."""
     layers = getattr(cache, "layers", None)
     if layers is None or not all(hasattr(la, "batch_repeat_interleave") for la in layers):
         return False
@@ -232,7 +235,7 @@ def shared_prefix_logps(
     )
     cache = getattr(out, "cache", None)
     cache = cache if cache is not None else getattr(out, "past_key_values", None)
-    if cache is None or not _repeat_cache(cache, group):
+    if cache is None or not repeat_kv_cache(cache, group):
         return None
     first = out.logits[:, -1:, :].repeat_interleave(group, dim=0)  # [B, 1, V] scores token 0
     full_mask = torch.cat([prompt_mask, action_mask.to(prompt_mask.dtype)], dim=1)

@@ -151,7 +151,7 @@ class HFEngine:
         once and its KV cache repeated ``group`` times. EOS cannot be sampled at steps
         ``t < min_new_tokens``.
         """
-        from trainkit.rlhf.rollout.base import _repeat_cache
+        from trainkit.rlhf.rollout.base import repeat_kv_cache
 
         dev = next(self.model.parameters()).device
         ids, mask = ids.to(dev), mask.to(dev)
@@ -168,7 +168,7 @@ class HFEngine:
                 logits_to_keep=1,
             )
             past = _cache_of(out)
-            if past is not None and _repeat_cache(past, group):
+            if past is not None and repeat_kv_cache(past, group):
                 logits = out.logits[:, -1, :].repeat_interleave(group, dim=0)
             else:
                 past = None
