@@ -177,7 +177,7 @@ class KANLinear(nn.Module):
             name = self.sym_fns[o][i]
             fn = SYMBOLIC_FUNCS.get(name)
             if fn is None:  # library names work without importing trainkit.kan.symbolic
-                from trainkit.kan.symbolic_lib import LIBRARY
+                from trainkit.kan.symbolic_functions import LIBRARY
 
                 fn = LIBRARY[name].torch_fn if name in LIBRARY else None
             if fn is None:
