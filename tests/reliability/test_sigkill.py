@@ -47,7 +47,8 @@ def _kill_resume(out, after_step, when, reference) -> dict:
     proc.kill()
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.returncode
-    leftovers = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+    root = out / "checkpoints"  # absent when the kill came before the first save began
+    leftovers = [p.name for p in root.iterdir() if p.name.startswith(".")] if root.is_dir() else []
     step = _check_latest_loads(out)
     train(sft_cfg(out, "train.save_every=1", "resume=true"))
     diff = max_abs_diff(final_weights(out), reference)
