@@ -2,15 +2,29 @@
 
 Prints one JSON object. For each shape (``[64,64,10]`` at batch 1024 and
 ``[784,256,10]`` at batch 512, float32, G=5, k=3) and each implementation it times one
-training step (forward, MSE loss, backward; gradients zeroed), interleaving the
-implementations round by round, and reports the median and the ratios to trainkit:
+training step (forward, MSE loss, backward; gradients zeroed) on two grids:
+
+- ``uniform``: a freshly built model, equally spaced knots (trainkit's fast path);
+- ``after_update_grid``: the same model after ``update_grid(x)`` on the step's inputs,
+  i.e. data-adapted, non-uniform knots -- what every model trained with ``fit`` (which
+  updates the grid by default) runs on.
+
+Implementations:
 
 - ``trainkit``: :class:`trainkit.kan.KAN` (local basis, custom backward);
 - ``cox_autograd``: the same layer computed with plain autograd through the dense
   Cox-de Boor recursion (efficient-kan's approach) -- the memory baseline;
-- ``pykan_default`` / ``pykan_speed``: PyPI ``pykan`` (``KAN(...)`` and ``.speed()``),
-  constructed inside a temporary directory because it writes ``./model``;
-- ``mlp``: ``Linear-SiLU-Linear`` with about as many parameters as the KAN.
+- ``pykan_default`` / ``pykan_speed``: PyPI ``pykan`` (``KAN(...)`` and ``.speed()``; the
+  grid is updated with ``update_grid(x)`` before ``.speed()``), constructed inside a
+  temporary directory because it writes ``./model``;
+- ``mlp``: ``Linear-SiLU-Linear`` with about as many parameters as the KAN (no grid: timed
+  in ``uniform`` only).
+
+Timing: every (implementation, grid) pair is timed interleaved, one step each per round,
+the order rotated every round (A B C, B C A, C A B, ...), so load changes on a shared
+machine hit all alike and no step always follows the same one; each gets at least 3 rounds and at most ``--budget`` seconds of timed steps beyond those. Reported per pair:
+wall ``median_ms`` and ``range_ms`` ([min, max]) and the process CPU time of the step
+(``time.process_time``, all threads) ``cpu_median_ms`` and ``cpu_range_ms``.
 
 Memory: ``saved_mb`` is what autograd keeps for backward (distinct storages, via
 ``saved_tensors_hooks``) -- on CPU the activation memory that dominates a step's peak;
@@ -18,13 +32,14 @@ on CUDA ``peak_mb`` is ``torch.cuda.max_memory_allocated`` during the step minus
 memory allocated before it (parameters, inputs).
 
 Usage: ``python benchmarks/kan_speed.py [--device cuda] [--threads 1] [--quick]
-[--skip pykan_default] [--budget 20]``.
+[--skip pykan_default] [--budget 15]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -45,6 +60,8 @@ from trainkit.kan import (
 )
 
 SHAPES = [([64, 64, 10], 1024), ([784, 256, 10], 512)]
+GRIDS = ("uniform", "after_update_grid")
+MIN_REPS = 3
 
 
 class CoxKAN(nn.Module):
@@ -79,7 +96,8 @@ def in_tempdir():
             os.chdir(old)
 
 
-def make_pykan(width, speed: bool, device: str):
+def make_pykan(width, speed: bool, device: str, grid_x: torch.Tensor | None = None):
+    """A pykan model; ``grid_x`` given: its grids updated to those samples first."""
     import kan as pykan  # PyPI pykan (a dev extra)
 
     with in_tempdir() as d:
@@ -87,20 +105,40 @@ def make_pykan(width, speed: bool, device: str):
             m = pykan.KAN(
                 width=width, grid=5, k=3, seed=0, device=device, ckpt_path=os.path.join(d, "model")
             )
-        m.auto_save = False
+            m.auto_save = False
+            if grid_x is not None:
+                m.update_grid(grid_x)
         if speed:
             m = m.speed()
     return m
 
 
-def implementations(tk: KAN, width: list[int], dev: str) -> dict:
-    """Builders of every compared model (pykan gets a copy: it rewrites ``width``)."""
+def updated(tk: KAN, x: torch.Tensor) -> KAN:
+    m = copy.deepcopy(tk)
+    m.update_grid(x)
+    return m
+
+
+def implementations(tk: KAN, width: list[int], dev: str, x: torch.Tensor) -> dict:
+    """``{(name, grid): builder}`` of every compared model (pykan gets a copy of ``width``:
+    it rewrites it); the ``after_update_grid`` models are updated on ``x``."""
+    tk_u = {}  # built once, shared by trainkit and cox_autograd
+
+    def tk_upd():
+        if "m" not in tk_u:
+            tk_u["m"] = updated(tk, x)
+        return tk_u["m"]
+
     return {
-        "trainkit": lambda: tk,
-        "cox_autograd": lambda: CoxKAN(tk),
-        "mlp": lambda: mlp_like(tk.n_params(), width[0], width[-1]).to(dev),
-        "pykan_speed": lambda: make_pykan(list(width), True, dev),
-        "pykan_default": lambda: make_pykan(list(width), False, dev),
+        ("trainkit", "uniform"): lambda: tk,
+        ("trainkit", "after_update_grid"): tk_upd,
+        ("cox_autograd", "uniform"): lambda: CoxKAN(tk),
+        ("cox_autograd", "after_update_grid"): lambda: CoxKAN(tk_upd()),
+        ("mlp", "uniform"): lambda: mlp_like(tk.n_params(), width[0], width[-1]).to(dev),
+        ("pykan_speed", "uniform"): lambda: make_pykan(list(width), True, dev),
+        ("pykan_speed", "after_update_grid"): lambda: make_pykan(list(width), True, dev, x),
+        ("pykan_default", "uniform"): lambda: make_pykan(list(width), False, dev),
+        ("pykan_default", "after_update_grid"): lambda: make_pykan(list(width), False, dev, x),
     }
 
 
@@ -128,28 +166,37 @@ def saved_mb(step) -> float:
     return sum(seen.values()) / 2**20
 
 
+def _stats(values_s: list[float], prefix: str = "") -> dict:
+    ms = [v * 1e3 for v in values_s]
+    return {f"{prefix}median_ms": statistics.median(ms), f"{prefix}range_ms": [min(ms), max(ms)]}
+
+
 def measure_all(steps: dict, device: str, budget_s: float, max_reps: int = 40) -> dict:
-    """Time the steps interleaved (A B C A B C ...), so load changes on a shared machine
-    hit every implementation alike; each gets at most ``budget_s`` of timed steps
-    (at least 3, or 1 when a single step exceeds the budget)."""
+    """Time the steps interleaved (A B C, B C A, C A B, ...), so load changes on a shared
+    machine hit every implementation alike and none always runs after the same one (a
+    step after a big one finds the allocator's memory ready); each gets ``MIN_REPS``
+    rounds, then more while its timed steps stay within ``budget_s`` (at most
+    ``max_reps``)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for step in steps.values():
         step()  # warm-up
     sync()
-    times = {name: [] for name in steps}
-    for _ in range(max_reps):
-        active = [n for n, ts in times.items() if sum(ts) < budget_s or len(ts) < 3]
-        active = [n for n in active if not (times[n] and times[n][0] > budget_s)]
+    wall = {key: [] for key in steps}
+    cpu = {key: [] for key in steps}
+    for rnd in range(max_reps):
+        active = [k for k, ts in wall.items() if len(ts) < MIN_REPS or sum(ts) < budget_s]
         if not active:
             break
-        for name in active:
-            t0 = time.perf_counter()
-            steps[name]()
+        shift = rnd % len(active)  # rotate, so no step always follows the same one
+        for key in active[shift:] + active[:shift]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            steps[key]()
             sync()
-            times[name].append(time.perf_counter() - t0)
+            wall[key].append(time.perf_counter() - t0)
+            cpu[key].append(time.process_time() - c0)
     out = {}
-    for name, step in steps.items():
-        r = {"median_ms": statistics.median(times[name]) * 1e3, "reps": len(times[name])}
+    for key, step in steps.items():
+        r = {**_stats(wall[key]), **_stats(cpu[key], "cpu_"), "reps": len(wall[key])}
         r["saved_mb"] = saved_mb(step)
         if device == "cuda":
             torch.cuda.synchronize()
@@ -158,8 +205,34 @@ def measure_all(steps: dict, device: str, budget_s: float, max_reps: int = 40) -
             step()
             torch.cuda.synchronize()
             r["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-        out[name] = r
+        out[key] = r
     return out
+
+
+def ratios_to_trainkit(impls: dict, grid: str) -> dict:
+    """Time and memory ratios of every implementation to trainkit on the same grid."""
+    base = impls.get("trainkit", {}).get(grid)
+    out = {}
+    if not isinstance(base, dict) or "median_ms" not in base:
+        return out
+    for name, per_grid in impls.items():
+        r = per_grid.get(grid)
+        if name == "trainkit" or not isinstance(r, dict) or "median_ms" not in r:
+            continue
+        out[f"{name}_time_over_trainkit"] = r["median_ms"] / base["median_ms"]
+        out[f"{name}_cpu_over_trainkit"] = r["cpu_median_ms"] / max(base["cpu_median_ms"], 1e-9)
+        out[f"trainkit_saved_mem_over_{name}"] = base["saved_mb"] / max(r["saved_mb"], 1e-9)
+        if "peak_mb" in r:
+            out[f"trainkit_peak_mem_over_{name}"] = base["peak_mb"] / max(r["peak_mb"], 1e-9)
+    return out
+
+
+def loadavg() -> str | None:
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def main(argv=None) -> dict:
@@ -170,7 +243,7 @@ def main(argv=None) -> dict:
         "--budget",
         type=float,
         default=15.0,
-        help="seconds of timed steps per implementation and shape",
+        help="seconds of timed steps per implementation, grid and shape (after 3 rounds)",
     )
     ap.add_argument("--quick", action="store_true", help="only the [64,64,10] shape")
     ap.add_argument("--skip", default="", help="comma-separated implementations to skip")
@@ -184,11 +257,19 @@ def main(argv=None) -> dict:
         "torch": torch.__version__,
         "device": dev,
         "threads": args.threads,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "machine": platform.platform(),
+        "loadavg_start": loadavg(),
         "dtype": "float32",
         "grid": 5,
         "k": 3,
         "step": "forward + MSE + backward",
+        "grids": {
+            "uniform": "freshly built model, equally spaced knots",
+            "after_update_grid": "after update_grid(x) on the step's inputs (non-uniform knots)",
+        },
+        "min_reps": MIN_REPS,
+        "budget_s": args.budget,
         "cases": [],
     }
     if dev == "cuda":
@@ -198,29 +279,37 @@ def main(argv=None) -> dict:
         x = (torch.rand(batch, width[0], generator=gen) * 2 - 1).to(dev)
         y = torch.randn(batch, width[-1], generator=gen).to(dev)
         tk = KAN(width, grid=5, k=3, seed=0, device=dev)
-        impls = implementations(tk, width, dev)
         case = {"width": width, "batch": batch, "kan_params": tk.n_params(), "impls": {}}
         steps = {}
-        for name, build in impls.items():
+        for (name, grid), build in implementations(tk, width, dev, x).items():
             if name in skip:
                 continue
+            per_grid = case["impls"].setdefault(name, {})
             try:
-                steps[name] = step_fn(build(), x, y)
+                model = build()
             except ImportError as e:
-                case["impls"][name] = {"skipped": f"import failed: {e}"}
-        print(f"[kan_speed] {width} batch {batch}: {', '.join(steps)}", file=sys.stderr, flush=True)
-        case["impls"].update(measure_all(steps, dev, args.budget))
-        base = case["impls"]["trainkit"]
-        ratios = {}
-        for name, r in case["impls"].items():
-            if name == "trainkit" or "median_ms" not in r:
+                per_grid[grid] = {"skipped": f"import failed: {e}"}
                 continue
-            ratios[f"{name}_time_over_trainkit"] = r["median_ms"] / base["median_ms"]
-            ratios[f"trainkit_saved_mem_over_{name}"] = base["saved_mb"] / max(r["saved_mb"], 1e-9)
-            if "peak_mb" in r:
-                ratios[f"trainkit_peak_mem_over_{name}"] = base["peak_mb"] / max(r["peak_mb"], 1e-9)
-        case["ratios"] = ratios
+            per_grid[grid] = {}
+            if name == "trainkit":
+                per_grid[grid]["grid_uniform"] = [m.grid_is_uniform() for m in model.layers]
+            steps[(name, grid)] = step_fn(model, x, y)
+        for per_grid in case["impls"].values():
+            for grid in GRIDS:
+                per_grid.setdefault(grid, {"skipped": "not applicable: no grid"})
+        names = ", ".join(f"{n}/{g}" for n, g in steps)
+        print(f"[kan_speed] {width} batch {batch}: {names}", file=sys.stderr, flush=True)
+        for (name, grid), r in measure_all(steps, dev, args.budget).items():
+            case["impls"][name][grid] = {**case["impls"][name].get(grid, {}), **r}
+        case["ratios"] = {g: ratios_to_trainkit(case["impls"], g) for g in GRIDS}
+        slow = {}
+        for name, per_grid in case["impls"].items():
+            a, b = per_grid.get("uniform", {}), per_grid.get("after_update_grid", {})
+            if "median_ms" in a and "median_ms" in b:
+                slow[name] = b["median_ms"] / a["median_ms"]
+        case["after_update_grid_over_uniform_time"] = slow
         result["cases"].append(case)
+    result["loadavg_end"] = loadavg()
     print(json.dumps(result, indent=1))
     return result
 
