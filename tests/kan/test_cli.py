@@ -39,7 +39,7 @@ def test_fit_formula_writes_run_dir(tmp_path, capsys):
             "--grids",
             "3,5",
             "--steps",
-            "5",
+            "10",  # 5 LBFGS steps: test RMSE 0.0310 on the 2026-12 machine (bound 0.03); 10: 0.0117
             "--out",
             str(tmp_path),
             "train.verbose=false",
@@ -61,7 +61,7 @@ def test_fit_formula_writes_run_dir(tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["inputs"] == ["x1", "x2"] and summary["test_rmse"] < 0.03
     assert f"test RMSE {summary['test_rmse']:.3e}" in out
-    assert len(json.loads((run / "history.json").read_text())["train_loss"]) == 10
+    assert len(json.loads((run / "history.json").read_text())["train_loss"]) == 20
     # the saved model reproduces the reported test RMSE on the same sampled data
     from trainkit.kan import create_dataset
     from trainkit.kan.formula import to_callable

@@ -118,8 +118,10 @@ def test_qlora_cpu_adapter_and_merged_load(tmp_path):
             "train.merge_lora=true",
         )
     )
-    losses = _losses(res)
-    assert losses[-1] < losses[0] - 0.3
+    # learning is judged on the held-out loss: the last training batch alone can be a
+    # hard one (measured here: batch losses 10.77, 10.31, 10.04, 10.79 while the held-out
+    # loss fell 10.77 -> 10.13)
+    assert res["final_eval_loss"] < res["initial_eval_loss"] - 0.3
     final = Path(res["final"])
     assert (final / "adapter_config.json").is_file()
     ids = torch.randint(10, 1000, (1, 10), generator=torch.Generator().manual_seed(0))
