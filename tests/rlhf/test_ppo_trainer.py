@@ -239,6 +239,65 @@ def test_resume_is_exact(tmp_path):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+def test_rl_checkpoint_saves_critic_and_policy_and_resumes_both(tmp_path):
+    """One RLCheckpoint for every holder: policy + critic, and a critic-only actor."""
+    import shutil
+
+    from trainkit.common.errors import UserError
+    from trainkit.llm.strategy import Strategy
+    from trainkit.rlhf.trainers.rl_checkpoint import RLCheckpoint
+
+    st = Strategy()
+    st.setup()
+    pol, cri = torch.nn.Linear(3, 2), torch.nn.Linear(3, 1)
+    popt, copt = torch.optim.AdamW(pol.parameters()), torch.optim.AdamW(cri.parameters())
+    ck = RLCheckpoint(tmp_path, st, pol, popt, None, cri, copt, None, extra={"estimator": "gae"})
+    assert ck.resume() == 0  # nothing saved yet
+    want_p, want_c = pol.weight.detach().clone(), cri.weight.detach().clone()
+    assert ck.save(3) == tmp_path / "checkpoints" / "step-000003"
+    state = json.loads((tmp_path / "checkpoints" / "step-000003" / "trainer_state.json").read_text())
+    assert state["step"] == 3 and state["estimator"] == "gae" and state["data"] == {"step": 3}
+    assert (tmp_path / "checkpoints_critic" / "step-000003" / "model.safetensors").is_file()
+    with torch.no_grad():
+        pol.weight.add_(1.0)
+        cri.weight.add_(1.0)
+    assert ck.resume() == 3
+    assert torch.equal(pol.weight, want_p) and torch.equal(cri.weight, want_c)
+    # a critic actor: only checkpoints_critic, at the step the policy resumed from
+    other = torch.nn.Linear(3, 1)
+    alone = RLCheckpoint(tmp_path, st, critic=other, critic_opt=torch.optim.AdamW(other.parameters()))
+    assert alone.resume(0) == 0 and alone.resume(3) == 3 and torch.equal(other.weight, want_c)
+    shutil.rmtree(tmp_path / "checkpoints_critic" / "step-000003")
+    with pytest.raises(UserError, match="no critic checkpoint .* for the policy's step 3"):
+        ck.resume()
+
+
+def test_metric_functions_add_keys_to_every_step_record(tmp_path):
+    """``train(cfg, metrics=...)``: each function sees the step's context and its keys
+    land in the step's line of metrics.jsonl; a key the record has is an error."""
+    seen = []
+
+    def reward_again(ctx):  # VARIED_REWARD is len(completion) % 3: recompute it
+        seen.append(ctx)
+        vals = [len(c) % 3 for c in ctx.completions]
+        return {"check/reward": sum(vals) / len(vals), "check/rows": len(ctx.prompts)}
+
+    cfg = _cfg(GRPOConfig, tmp_path / "a", "train.max_steps=2")
+    train(cfg, metrics=[reward_again])
+    recs = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2] == [c.step for c in seen]
+    for r, ctx in zip(steps, seen):
+        assert r["check/rows"] == 8 == len(ctx.completions) == len(ctx.rewards)
+        assert r["check/reward"] == pytest.approx(r["reward"]) == pytest.approx(float(ctx.rewards.mean()))
+        assert ctx.record["reward"] == r["reward"] and ctx.rollout.response_ids.shape[0] == 8
+        assert ctx.labels and all(len(v) == 8 for v in ctx.labels.values())
+        assert "gen_cpu_s" in r and "lr" in r
+    assert not any("check/reward" in r for r in recs if "eval_reward" in r)
+    with pytest.raises(ValueError, match=r"already has: \['reward'\]"):
+        train(_cfg(GRPOConfig, tmp_path / "b", "train.max_steps=1"), metrics=[lambda c: {"reward": 0}])
+
+
 # --------------------------------------------------------------------------- learning
 def _warm_start(out_dir, steps=40, lr=3e-3, seed=0):
     """A minimal SFT warm start on the task format: prompt -> '<answer><eos>'."""

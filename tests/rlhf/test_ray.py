@@ -308,6 +308,29 @@ def test_colocated_run_with_two_rollout_replicas_and_a_reward_actor(cluster, tmp
     assert all(0.0 <= r["reward"] <= 2.0 and r["sync_s"] > 0 for r in steps)  # len % 3
 
 
+@pytest.mark.slow  # ~40 s
+def test_metric_function_and_summary_keys_are_the_same_on_ray_and_single(cluster, tmp_path):
+    """One metric through ``ppo.train(cfg, metrics=...)`` (``ray.enabled`` picks the Ray
+    backend): it is in metrics.jsonl of both runs; the summaries share their keys, Ray
+    adding its own three."""
+
+    def reward_again(ctx):  # VARIED_REWARD is len(completion) % 3
+        return {"check/reward": sum(len(c) % 3 for c in ctx.completions) / len(ctx.completions)}
+
+    over = ["train.max_steps=2"]
+    single = train(_cfg(tmp_path / "single", *over), metrics=[reward_again])
+    ray_over = ["ray.enabled=true", "ray.policy.num_cpus=1", "ray.rollout.num_cpus=1"]
+    dist = train(_cfg(tmp_path / "ray", *over, *ray_over), metrics=[reward_again])
+    for run in ("single", "ray"):
+        _, recs = _rewards(tmp_path / run)
+        steps = [r for r in recs if "reward" in r]
+        assert len(steps) == 2, run
+        assert all(r["check/reward"] == pytest.approx(r["reward"]) for r in steps), run
+        assert all(r["gen_cpu_s"] > 0 and "lr" in r for r in steps), run
+    assert set(dist) - set(single) == {"startup_s", "ray_init_s", "weight_channel"}
+    assert set(single) <= set(dist) and dist["nonfinite_skipped"] == 0
+
+
 def test_merged_lora_weights_load_into_a_plain_model():
     """What the policy actor ships to HF rollout actors: LoRA merged, plain HF names."""
     from peft import LoraConfig, get_peft_model

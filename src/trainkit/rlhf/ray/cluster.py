@@ -153,6 +153,27 @@ class Cluster:
             self.started = False
 
 
+def set_threads(n: int) -> None:
+    """Give this actor process ``n`` torch CPU threads (and ``OMP_NUM_THREADS``), at least 1."""
+    import torch
+
+    torch.set_num_threads(max(1, int(n)))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, int(n)))
+
+
+def free_endpoint() -> tuple[str, int]:
+    """This node's IP (as Ray sees it) and a port that is free right now: the address a
+    rank-0 actor publishes for a process group or a weight channel."""
+    import socket
+
+    import ray
+
+    with socket.socket() as sk:
+        sk.bind(("", 0))
+        port = sk.getsockname()[1]
+    return ray.util.get_node_ip_address(), int(port)
+
+
 def helper_task(fn: Any) -> Any:
     """``ray.remote(num_cpus=0)(fn)``: a helper task that can run while actors hold every
     CPU (a default 1-CPU task would wait forever)."""

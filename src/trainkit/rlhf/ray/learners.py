@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from trainkit.rlhf.ray.workers import _endpoint, _threads
+from trainkit.rlhf.ray.cluster import free_endpoint, set_threads
+from trainkit.rlhf.trainers.rl_loop import step_seed
 
 
 def _init_strategy(name: str, host: str, port: int, rank: int, world: int) -> Any:
@@ -70,11 +71,11 @@ class _Learner:
 
     def endpoint(self) -> tuple[str, int]:
         """``(this node's IP, a free port)``: rank 0's address for the process group."""
-        return _endpoint()
+        return free_endpoint()
 
     def _setup(self, model: Any, lr: float, host: str, port: int) -> Any:
         from trainkit.common.guard import NonFiniteGuard
-        from trainkit.rlhf.trainers.ppo import make_optimizer
+        from trainkit.rlhf.trainers.rl_build import make_optimizer
 
         cfg = self.cfg
         self.strategy = _init_strategy(self.strategy_name, host, port, self.rank, self.world)
@@ -108,9 +109,9 @@ class PolicyWorker(_Learner):
         with_critic: bool = True,
     ):
         from trainkit.common.seed import seed_everything
-        from trainkit.rlhf.trainers.ppo import build_models
+        from trainkit.rlhf.trainers.rl_build import build_models
 
-        _threads(threads)
+        set_threads(threads)
         seed_everything(cfg.train.seed)  # the same initial weights on every replica
         self.cfg, self.rank, self.world, self.strategy_name = cfg, rank, world, strategy
         self.out = Path(cfg.output_dir)
@@ -119,7 +120,8 @@ class PolicyWorker(_Learner):
 
     def setup(self, host: str, port: int) -> int:
         """Join the process group, shard the models, build the optimizers; world size."""
-        from trainkit.rlhf.trainers.ppo import make_optimizer
+        from trainkit.rlhf.trainers.rl_build import make_optimizer
+        from trainkit.rlhf.trainers.rl_checkpoint import RLCheckpoint
 
         cfg = self.cfg
         # rank 0 keeps a plain CPU copy to assemble gathered weights in (LoRA merge, HF names)
@@ -136,23 +138,14 @@ class PolicyWorker(_Learner):
             self.copt, self.csched = make_optimizer(
                 self.critic.parameters(), cfg.optim.critic_lr, cfg.optim, cfg.train.max_steps
             )
+        self.ckpt = RLCheckpoint.for_run(
+            cfg, self.strategy, (self.policy, self.opt, self.sched), (self.critic, self.copt, self.csched)
+        )
         return self.strategy.world_size
 
     def resume(self) -> int:
         """Load the newest checkpoint of ``output_dir``; returns its step (0: none)."""
-        from trainkit.rlhf.trainers.ppo import _resume
-
-        step, _ = _resume(
-            self.out,
-            self.strategy,
-            self.policy,
-            self.opt,
-            self.sched,
-            self.critic,
-            self.copt,
-            self.csched,
-        )
-        return step
+        return self.ckpt.resume()
 
     # ---- weights for the rollout engines (collective under fsdp2: every replica calls)
     def _full_model(self) -> Any:
@@ -175,7 +168,7 @@ class PolicyWorker(_Learner):
 
     def sync_endpoint(self) -> tuple[str, int]:
         """``(this node's IP, a free port)`` for the weight channel's store."""
-        return _endpoint()
+        return free_endpoint()
 
     def channel_device(self) -> tuple:
         """Rank 0's :func:`~trainkit.rlhf.rollout.sync.rank_device` entry (the device the
@@ -215,7 +208,7 @@ class PolicyWorker(_Learner):
         from trainkit.rlhf.trainers.experience import critic_values, forward_no_grad, ref_context
 
         cfg, a = self.cfg, self.cfg.algo
-        torch.manual_seed(cfg.train.seed * 1_000_003 + step)
+        torch.manual_seed(step_seed(cfg.train.seed, step))
         kw = _forward_kw(cfg, ro)
         out: dict[str, torch.Tensor] = {}
         if a.recompute_old_logp:
@@ -236,7 +229,7 @@ class PolicyWorker(_Learner):
         from trainkit.rlhf.trainers.ppo_update import ppo_update
 
         cfg = self.cfg
-        torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout etc., as single-process
+        torch.manual_seed(step_seed(cfg.train.seed, step))  # dropout etc., as single-process
         stats = ppo_update(
             exp,
             self.policy,
@@ -254,22 +247,7 @@ class PolicyWorker(_Learner):
 
     def save(self, step: int) -> str:
         """Write the checkpoint of ``step`` (atomic; rank 0 writes); returns its folder."""
-        from trainkit.rlhf.trainers.ppo import _save
-
-        _save(
-            self.out,
-            step,
-            self.strategy,
-            self.policy,
-            self.opt,
-            self.sched,
-            self.critic,
-            self.copt,
-            self.csched,
-            self.cfg.train.keep_last,
-            {"estimator": self.cfg.algo.estimator},
-        )
-        return str(self.out / "checkpoints")
+        return str(self.ckpt.save(step).parent)
 
     def save_model(self) -> str:
         """``output_dir/model``: the final policy (and tokenizer)."""
@@ -289,7 +267,7 @@ class ReferenceWorker:
     def __init__(self, cfg: Any, threads: int):
         from trainkit.llm.models import load_model
 
-        _threads(threads)
+        set_threads(threads)
         self.cfg = cfg
         self.model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -316,16 +294,21 @@ class CriticWorker(_Learner):
     """
 
     def __init__(self, cfg: Any, threads: int, rank: int = 0, world: int = 1, strategy="single"):
-        from trainkit.rlhf.trainers.ppo import build_critic
+        from trainkit.rlhf.trainers.rl_build import build_critic
 
-        _threads(threads)
+        set_threads(threads)
         self.cfg, self.rank, self.world, self.strategy_name = cfg, rank, world, strategy
         self.out = Path(cfg.output_dir)
         self.critic = build_critic(cfg)
 
     def setup(self, host: str, port: int) -> int:
+        from trainkit.rlhf.trainers.rl_checkpoint import RLCheckpoint
+
         self.critic, self.opt, self.sched = self._setup(
             self.critic, self.cfg.optim.critic_lr, host, port
+        )
+        self.ckpt = RLCheckpoint.for_run(
+            self.cfg, self.strategy, critic=(self.critic, self.opt, self.sched)
         )
         return self.strategy.world_size
 
@@ -341,8 +324,8 @@ class CriticWorker(_Learner):
     def learn(self, exp: Any, step: int) -> dict[str, float]:
         from trainkit.rlhf.trainers.ppo_update import ppo_update
 
-        torch.manual_seed(self.cfg.train.seed * 1_000_003 + step)
-        return ppo_update(
+        torch.manual_seed(step_seed(self.cfg.train.seed, step))
+        stats = ppo_update(
             exp,
             None,
             None,
@@ -355,31 +338,12 @@ class CriticWorker(_Learner):
             self.sched,
             dp=self.dp,
         )
+        return {**stats, "critic_nonfinite_skipped": self.guard.skipped}
 
     def save(self, step: int) -> str:
-        from trainkit.llm.checkpoint import save_checkpoint
-
-        root = self.out / "checkpoints_critic"
-        save_checkpoint(
-            root,
-            step,
-            self.strategy,
-            self.critic,
-            self.opt,
-            self.sched,
-            keep_last=self.cfg.train.keep_last,
-        )
-        return str(root)
+        """Write ``checkpoints_critic/step-<step>``; returns the folder it is in."""
+        return str(self.ckpt.save(step).parent)
 
     def resume(self, step: int) -> int:
         """Load ``checkpoints_critic/step-<step>`` (the policy's checkpoint step)."""
-        from trainkit.common.errors import UserError
-        from trainkit.llm.checkpoint import load_checkpoint
-
-        if step == 0:
-            return 0
-        path = self.out / "checkpoints_critic" / f"step-{step:06d}"
-        if not path.is_dir():
-            raise UserError(f"no critic checkpoint {path} for the policy's step {step}")
-        load_checkpoint(path, self.strategy, self.critic, self.opt, self.sched)
-        return step
+        return self.ckpt.resume(step)

@@ -93,6 +93,7 @@ def concat_rollouts(parts: list[Rollout], pad: int) -> Rollout:
     info = {
         "gen_s": max(p.info.get("gen_s", 0.0) for p in parts),
         "gen_tokens": sum(p.info.get("gen_tokens", 0) for p in parts),
+        "actor_cpu_s": sum(p.info.get("actor_cpu_s", 0.0) for p in parts),
     }
     return Rollout(
         torch.cat([left(p.prompt_ids, P, pad) for p in parts]),

@@ -1,7 +1,9 @@
-"""The online-RL loop with the policy, reference, critic and rollout engines as Ray actors.
+"""The Ray backend of the online-RL loop: policy, reference, critic, rollout and reward
+engines as Ray actors.
 
-Same steps, seeds and metrics as :func:`trainkit.rlhf.trainers.ppo.train` (read that
-first); what moves where:
+The loop is :func:`trainkit.rlhf.trainers.rl_loop.run_loop`, the one the single-process
+trainer runs (same prompts, seeds, record, eval/save timing, Ctrl-C and summary; read it
+first); :class:`RayBackend` is where each piece of a step runs:
 
 * the driver (this process) holds only the prompts, the tokenizer and the reward
   functions: it picks the step's prompts, sends them to the rollout actors (split evenly
@@ -30,25 +32,23 @@ Fault handling: every ``ray.get`` names its role; when an actor dies the run sto
 the last finished step is checkpointed first, so ``train.resume=true`` loses nothing;
 if a learner itself died the newest periodic checkpoint (``train.save_every``) is used.
 
-Ctrl-C: the first SIGINT (:class:`~trainkit.common.guard.GracefulInterrupt`, as in the
-single-process trainer) lets the current step finish, asks the critic and policy actors
-to checkpoint it, skips the final eval and model, closes the cluster and returns a
-summary with ``interrupted: true`` (the CLI exits 130); ``train.resume=true`` continues.
-The Ray processes block SIGINT, so a terminal's Ctrl-C reaches only the driver.
+Ctrl-C is the loop's (the step finishes, the critic and policy actors checkpoint it, no
+final eval or model, ``interrupted: true``, the CLI exits 130); the Ray processes block
+SIGINT, so a terminal's Ctrl-C reaches only the driver. The summary adds ``startup_s``
+(cluster + actors ready), ``ray_init_s`` and ``weight_channel`` (broadcast backend).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
 from trainkit.rlhf.ray.shards import concat_rollouts, split_even
 
-__all__ = ["concat_rollouts", "effective_section", "train_ray"]
+__all__ = ["RayBackend", "concat_rollouts", "effective_section", "train_ray"]
 
 
 def effective_section(cfg: Any, rc: Any) -> Any:
@@ -141,310 +141,231 @@ class _Roles:
         self.call("policy", "save", step)
 
 
-def train_ray(cfg: Any, on_log: Any = None, ray_cfg: Any = None) -> dict[str, Any]:
-    """Run the RL recipe on Ray; returns the same summary as the single-process trainer
-    plus ``startup_s`` (cluster + actors ready) and ``ray_init_s``.
+class RayBackend:
+    """:class:`~trainkit.rlhf.trainers.rl_loop.RLBackend` over Ray actors.
+
+    Construction checks the section, writes ``output_dir/config.yaml``, attaches or
+    starts Ray, places and starts every actor and opens the broadcast weight channel
+    (``ray.weight_sync=broadcast``); on any failure the cluster is closed again.
 
     Args:
         cfg: a validated RL config.
-        on_log: optional callback ``f(record)`` for every metrics record.
         ray_cfg: the ray section (default ``cfg.ray``).
     """
-    from trainkit.common.errors import UserError
-    from trainkit.common.guard import GracefulInterrupt
-    from trainkit.common.io import atomic_write_json
-    from trainkit.common.logging import MetricsLogger, progress
-    from trainkit.common.run import save_config
-    from trainkit.llm.models import load_tokenizer
-    from trainkit.rlhf.ray.cluster import Cluster, RoleDiedError
-    from trainkit.rlhf.ray.shards import group_rows, rollout_rows, shard_experience
-    from trainkit.rlhf.rewards import load_reward, score
-    from trainkit.rlhf.trainers import rl_data
-    from trainkit.rlhf.trainers.experience import make_experience, rollout_stats
-    from trainkit.rlhf.trainers.ppo import prompt_indices
-    from trainkit.rlhf.trainers.ppo_update import share_prompt
 
-    rc = ray_cfg if ray_cfg is not None else cfg.ray
-    rc.validate()
-    rc = effective_section(cfg, rc)
-    for role in ("policy", "critic"):
-        k = getattr(rc, role).replicas
-        if k and cfg.rollout.prompts_per_step % k:
-            raise UserError(
-                f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible "
-                f"by ray.{role}.replicas={k} (each replica trains on whole prompt groups)"
-            )
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    tok = load_tokenizer(cfg.model.name)
-    train_recs, _ = rl_data.load_prompt_records(cfg.data, cfg.train.seed)
-    train_set = rl_data.tokenize_prompts(train_recs, tok, cfg.data)
-    reward_fn = rl_data.build_reward(cfg.data)
-    acc_fn = load_reward(cfg.data.accuracy_reward) if cfg.data.accuracy_reward else None
-    a = cfg.algo
+    name = "ray"
 
-    t_start = time.perf_counter()
-    cluster = Cluster(rc)
-    logger = MetricsLogger(out, tensorboard=False)
-    evals: list[dict] = []
-    try:
-        roles = _Roles(cfg, rc, cluster)
-        engines = roles.rollout
-        startup_s = time.perf_counter() - t_start
-        start = 0
-        if cfg.train.resume:
-            start = roles.call("policy", "resume")[0]
-            roles.call("critic", "resume", start)
+    def __init__(self, cfg: Any, ray_cfg: Any = None):
+        from trainkit.common.errors import UserError
+        from trainkit.llm.models import load_tokenizer
+        from trainkit.rlhf.ray.cluster import Cluster
+        from trainkit.rlhf.trainers.rl_data import Scorer
+        from trainkit.rlhf.trainers.rl_loop import prepare_output
 
-        meta, backend = None, None
-        if rc.weight_sync == "broadcast":
-            from trainkit.rlhf.rollout.sync import choose_backend
-
-            host, port = roles.get("policy", roles.policy[0].sync_endpoint.remote())
-            world = len(engines) + 1
-            ranks = [roles.get("policy", roles.policy[0].channel_device.remote())]
-            ranks += roles.call("rollout", "channel_device")
-            backend = choose_backend(rc.weight_sync_backend, ranks)  # one choice for all
-            refs = [roles.policy[0].open_channel.remote(host, port, world, backend)]
-            refs += [
-                e.open_channel.remote(host, port, i + 1, world, backend)
-                for i, e in enumerate(engines)
-            ]
-            roles.get("rollout", refs[1:])
-            roles.get("policy", refs[0])
-            meta = roles.call("policy", "weight_meta")[0]
-
-        def sync() -> float:
-            t = time.perf_counter()
-            if meta is not None:  # every rank in the same collective, engines first
-                recv = [e.receive_weights.remote(meta) for e in engines]
-                sent = [p.send_weights.remote() for p in roles.policy]
-                roles.get("rollout", recv)
-                roles.get("policy", sent)
-            else:  # ObjectRefs: engines fetch rank 0's weights from the store
-                ws = [p.weights.remote() for p in roles.policy]
-                roles.get("rollout", [e.update_weights.remote(ws[0]) for e in engines])
-                roles.get("policy", ws[1:])
-            return time.perf_counter() - t
-
-        def score_rows(prompts: list, comps: list, labels: dict):
-            """Rewards in the driver, or split over the reward actors."""
-            if not roles.reward:
-                res = score(
-                    reward_fn,
-                    prompts,
-                    comps,
-                    labels,
-                    max_invalid_fraction=cfg.data.max_invalid_fraction,
+        rc = ray_cfg if ray_cfg is not None else cfg.ray
+        rc.validate()
+        rc = effective_section(cfg, rc)
+        for role in ("policy", "critic"):
+            k = getattr(rc, role).replicas
+            if k and cfg.rollout.prompts_per_step % k:
+                raise UserError(
+                    f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible "
+                    f"by ray.{role}.replicas={k} (each replica trains on whole prompt groups)"
                 )
-                hits = None
-                if acc_fn is not None:
-                    hits = score(acc_fn, prompts, comps, labels, max_invalid_fraction=1.0).rewards
-                return res.rewards, res.valid, res.stats(), hits
-            rows = split_even(list(range(len(comps))), len(roles.reward))
-            refs = [
-                w.score.remote(
-                    [prompts[i] for i in r],
-                    [comps[i] for i in r],
-                    {k: [v[i] for i in r] for k, v in labels.items()},
-                )
-                for w, r in zip(roles.reward, rows)
-            ]
-            parts = roles.get("reward", refs)
-            rew = [x for p in parts for x in p[0]]
-            valid = [x for p in parts for x in p[1]]
-            stats = {k: sum(p[2][k] for p in parts) for k in parts[0][2]}
-            hits = None if parts[0][3] is None else [x for p in parts for x in p[3]]
-            return rew, valid, stats, hits
-
-        pol_fwd = a.recompute_old_logp or (
+        self.cfg, self.rc = cfg, rc
+        self.out = prepare_output(cfg)
+        self.tokenizer = load_tokenizer(cfg.model.name)
+        self.scorer = Scorer(cfg.data)
+        self.nonfinite_skipped = 0
+        self.meta = self.channel = None
+        t_start = time.perf_counter()
+        self.cluster = Cluster(rc)
+        try:
+            self.roles = _Roles(cfg, rc, self.cluster)
+            self.startup_s = time.perf_counter() - t_start
+            if rc.weight_sync == "broadcast":
+                self._open_channel()
+        except BaseException:
+            self.cluster.close()
+            raise
+        a, roles = cfg.algo, self.roles
+        self.policy_forwards = a.recompute_old_logp or (
             (a.kl_coef > 0 and not roles.reference) or (cfg.uses_critic and not roles.critic)
         )
 
-        def forwards(ro, step: int) -> dict[str, torch.Tensor]:
-            """The no-grad passes, each role on its rows, concatenated in row order."""
-            B = len(ro.truncated)
-            shard = {
-                r: group_rows(B, ro.n, len(getattr(roles, r)))
-                for r in ("policy", "reference", "critic")
-                if getattr(roles, r)
-            }
+    def _open_channel(self) -> None:
+        """The broadcast group: policy rank 0 is rank 0, the engines 1..k."""
+        from trainkit.rlhf.rollout.sync import choose_backend
 
-            def launch(role, method, *extra):
-                hs = getattr(roles, role)
-                return [
-                    getattr(h, method).remote(rollout_rows(ro, rows), *extra)
-                    for h, rows in zip(hs, shard[role])
-                ]
+        roles, engines = self.roles, self.roles.rollout
+        host, port = roles.get("policy", roles.policy[0].sync_endpoint.remote())
+        world = len(engines) + 1
+        ranks = [roles.get("policy", roles.policy[0].channel_device.remote())]
+        ranks += roles.call("rollout", "channel_device")
+        self.channel = choose_backend(self.rc.weight_sync_backend, ranks)  # one for all
+        refs = [roles.policy[0].open_channel.remote(host, port, world, self.channel)]
+        refs += [
+            e.open_channel.remote(host, port, i + 1, world, self.channel)
+            for i, e in enumerate(engines)
+        ]
+        roles.get("rollout", refs[1:])
+        roles.get("policy", refs[0])
+        self.meta = roles.call("policy", "weight_meta")[0]
 
-            pending = {}
-            if pol_fwd:
-                pending["policy"] = launch("policy", "forwards", step)
-            if roles.reference:
-                pending["reference"] = launch("reference", "logps")
-            if roles.critic:
-                pending["critic"] = launch("critic", "values")
-            pre: dict[str, torch.Tensor] = {}
-            for role, refs in pending.items():
-                parts = roles.get(role, refs)
-                if role == "policy":
-                    for key in parts[0]:
-                        pre[key] = torch.cat([p[key] for p in parts])
-                else:
-                    pre["ref_logp" if role == "reference" else "values"] = torch.cat(parts)
-            return pre
+    def resume(self) -> int:
+        start = self.roles.call("policy", "resume")[0]
+        self.roles.call("critic", "resume", start)
+        return start
 
-        def learn(exp, step: int) -> dict[str, float]:
-            refs = [
-                h.learn.remote(s, step)
-                for h, s in zip(roles.policy, shard_experience(exp, len(roles.policy)))
-            ]
-            crefs = []
-            if roles.critic:
-                crefs = [
-                    h.learn.remote(s, step)
-                    for h, s in zip(roles.critic, shard_experience(exp, len(roles.critic)))
-                ]
-            stats = roles.get("policy", refs)[0]  # summed over ranks: the same on each
-            if crefs:
-                stats = {**stats, **roles.get("critic", crefs)[0]}
-            return stats
+    def sync_weights(self) -> float:
+        roles, engines = self.roles, self.roles.rollout
+        t = time.perf_counter()
+        if self.meta is not None:  # every rank in the same collective, engines first
+            recv = [e.receive_weights.remote(self.meta) for e in engines]
+            sent = [p.send_weights.remote() for p in roles.policy]
+            roles.get("rollout", recv)
+            roles.get("policy", sent)
+        else:  # ObjectRefs: engines fetch rank 0's weights from the store
+            ws = [p.weights.remote() for p in roles.policy]
+            roles.get("rollout", [e.update_weights.remote(ws[0]) for e in engines])
+            roles.get("policy", ws[1:])
+        return time.perf_counter() - t
 
-        def do_eval(step: int) -> None:
-            t = time.perf_counter()
-            rec = roles.get("rollout", engines[0].evaluate.remote(cfg.train.seed))
-            if rec is None:
-                return
-            rec["eval_s"] = time.perf_counter() - t
-            evals.append({"step": step, **rec})
-            r = logger.log(step, **rec)
-            if on_log:
-                on_log(r)
-
-        sync_s = sync()
-        if start == 0:
-            do_eval(0)
-        t_run = time.perf_counter()
-        bar = progress(
-            total=cfg.train.max_steps,
-            initial=start,
-            desc=f"rl {a.estimator} (ray)",
-            disable=not cfg.train.progress,
-        )
-        done = saved = start
-        try:
-            with GracefulInterrupt() as stop:
-                for step in range(start, cfg.train.max_steps):
-                    t0 = time.perf_counter()
-                    idx = prompt_indices(
-                        len(train_set), cfg.rollout.prompts_per_step, step, cfg.train.seed
-                    )
-                    texts, ids, labels = train_set.take(idx)
-                    seed = cfg.train.seed * 1_000_003 + step
-                    chunks = split_even(list(ids), len(engines))
-                    refs = [
-                        e.generate.remote(
-                            c,
-                            cfg.rollout.n,
-                            cfg.rollout.max_new_tokens,
-                            cfg.rollout.temperature,
-                            cfg.rollout.top_p,
-                            seed + k,
-                            cfg.rollout.min_new_tokens,
-                        )
-                        for k, (e, c) in enumerate(zip(engines, chunks))
-                    ]
-                    ro = concat_rollouts(roles.get("rollout", refs), tok.pad_token_id)
-                    t1 = time.perf_counter()
-                    comps = rl_data.decode(tok, ro.response_ids, ro.action_mask)
-                    n = cfg.rollout.n
-                    rep = {k: [v for v in vals for _ in range(n)] for k, vals in labels.items()}
-                    rtexts = [t for t in texts for _ in range(n)]
-                    rew, valid, rstats, hits = score_rows(rtexts, comps, rep)
-                    rewards = torch.tensor(rew, dtype=torch.float32)
-                    exp, xstats = make_experience(
-                        ro,
-                        rewards,
-                        policy=None,
-                        algo=a,
-                        temperature=cfg.rollout.temperature,
-                        micro_batch=cfg.train.micro_batch_size,
-                        share_prompt=share_prompt(cfg),
-                        valid=torch.tensor(valid),
-                        precomputed=forwards(ro, step),
-                    )
-                    t2 = time.perf_counter()
-                    stats = learn(exp, step) if exp is not None else {"skipped_update": 1}
-                    t3 = time.perf_counter()
-                    sync_s = sync()
-                    t4 = time.perf_counter()
-                    rec = {
-                        **rollout_stats(rewards, ro),
-                        "gen_s": t1 - t0,
-                        "exp_s": t2 - t1,
-                        "train_s": t3 - t2,
-                        "sync_s": sync_s,
-                        "step_s": t4 - t0,
-                        "tokens_per_s": ro.info["gen_tokens"] / max(t4 - t0, 1e-9),
-                        **rstats,
-                        **xstats,
-                        **stats,
-                    }
-                    if hits is not None:
-                        rec["accuracy"] = sum(v == 1.0 for v in hits) / len(comps)
-                    r = logger.log(step + 1, **rec)
-                    if on_log:
-                        on_log(r)
-                    bar.update(1)
-                    done = step + 1
-                    if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.train.max_steps:
-                        do_eval(done)
-                    if (
-                        cfg.train.save_every and done % cfg.train.save_every == 0
-                    ) or stop.requested:
-                        roles.save(done)
-                        saved = done
-                    if stop.requested:
-                        break
-        except RoleDiedError as e:
-            bar.close()
-            if e.role not in ("policy", "critic") and done > saved:
-                try:  # the learners are alive: keep their last finished step
-                    roles.save(done)
-                    saved = done
-                except RoleDiedError:
-                    pass
-            where = (
-                f"checkpoint of step {saved} in {out / 'checkpoints'}"
-                if saved
-                else "no checkpoint yet"
+    def generate(self, prompt_ids: list[list[int]], seed: int) -> Any:
+        """The prompts split evenly over the rollout actors; replica ``k`` samples with
+        ``seed + k`` (one replica reproduces the single-process samples)."""
+        r, engines = self.cfg.rollout, self.roles.rollout
+        chunks = split_even(list(prompt_ids), len(engines))
+        refs = [
+            e.generate.remote(
+                c, r.n, r.max_new_tokens, r.temperature, r.top_p, seed + k, r.min_new_tokens
             )
-            raise RoleDiedError(
-                e.role, f"{e} after step {done}; {where}; rerun with train.resume=true to continue"
-            ) from None
-        bar.close()
-        # Ctrl-C (GracefulInterrupt): the step finished and was checkpointed above; no
-        # final eval or model, the summary says interrupted and the CLI exits 130
-        interrupted = stop.requested and done < cfg.train.max_steps
-        if not interrupted and (done > start or not evals):
-            do_eval(done)
-        if done > saved:
-            roles.save(done)
-        if cfg.train.save_model and not interrupted:
-            roles.call("policy", "save_model")
-        summary = {
-            "steps": done,
-            "seconds": time.perf_counter() - t_run,
-            "first_eval": evals[0] if evals else None,
-            "last_eval": evals[-1] if evals else None,
-            "startup_s": startup_s,
-            "ray_init_s": cluster.init_s,
-            "weight_channel": backend,
-            "interrupted": interrupted,
+            for k, (e, c) in enumerate(zip(engines, chunks))
+        ]
+        return concat_rollouts(self.roles.get("rollout", refs), self.tokenizer.pad_token_id)
+
+    def score(self, prompts: list[str], completions: list[str], labels: dict) -> Any:
+        """In the driver, or the rows split evenly over the reward actors."""
+        from trainkit.rlhf.trainers.rl_data import Scores
+
+        workers = self.roles.reward
+        if not workers:
+            return self.scorer(prompts, completions, labels)
+        rows = split_even(list(range(len(completions))), len(workers))
+        refs = [
+            w.score.remote(
+                [prompts[i] for i in r],
+                [completions[i] for i in r],
+                {k: [v[i] for i in r] for k, v in labels.items()},
+            )
+            for w, r in zip(workers, rows)
+        ]
+        parts = [Scores(*p) for p in self.roles.get("reward", refs)]
+        return Scores(
+            [x for p in parts for x in p.rewards],
+            [x for p in parts for x in p.valid],
+            {k: sum(p.stats[k] for p in parts) for k in parts[0].stats},
+            None if parts[0].hits is None else [x for p in parts for x in p.hits],
+        )
+
+    def forwards(self, rollout: Any, step: int) -> dict[str, Any]:
+        """The no-grad passes, each role on its rows, concatenated in row order."""
+        from trainkit.rlhf.ray.shards import group_rows, rollout_rows
+
+        roles, B = self.roles, len(rollout.truncated)
+
+        def launch(role, method, *extra):
+            hs = getattr(roles, role)
+            rows = group_rows(B, rollout.n, len(hs))
+            return [getattr(h, method).remote(rollout_rows(rollout, r), *extra) for h, r in zip(hs, rows)]
+
+        pending = {}
+        if self.policy_forwards:
+            pending["policy"] = launch("policy", "forwards", step)
+        if roles.reference:
+            pending["reference"] = launch("reference", "logps")
+        if roles.critic:
+            pending["critic"] = launch("critic", "values")
+        pre: dict[str, torch.Tensor] = {}
+        for role, refs in pending.items():
+            parts = roles.get(role, refs)
+            if role == "policy":
+                for key in parts[0]:
+                    pre[key] = torch.cat([p[key] for p in parts])
+            else:
+                pre["ref_logp" if role == "reference" else "values"] = torch.cat(parts)
+        return {"policy": None, "precomputed": pre}
+
+    def learn(self, exp: Any, step: int) -> dict[str, float]:
+        """Shards of whole prompt groups to the policy and critic replicas."""
+        from trainkit.rlhf.ray.shards import shard_experience
+
+        def launch(role):
+            hs = getattr(self.roles, role)
+            return [h.learn.remote(s, step) for h, s in zip(hs, shard_experience(exp, len(hs)))]
+
+        refs = launch("policy")
+        crefs = launch("critic") if self.roles.critic else []
+        stats = dict(self.roles.get("policy", refs)[0])  # summed over ranks: same on each
+        if crefs:
+            stats.update(self.roles.get("critic", crefs)[0])
+            stats["nonfinite_skipped"] += stats.pop("critic_nonfinite_skipped", 0)
+        self.nonfinite_skipped = int(stats.pop("nonfinite_skipped", self.nonfinite_skipped))
+        return stats
+
+    def evaluate(self, step: int) -> dict[str, float] | None:
+        engine = self.roles.rollout[0]
+        return self.roles.get("rollout", engine.evaluate.remote(self.cfg.train.seed))
+
+    def save(self, step: int) -> None:
+        self.roles.save(step)
+
+    def save_model(self) -> None:
+        self.roles.call("policy", "save_model")
+
+    def failed(self, error: Exception, done: int, saved: int) -> Exception | None:
+        """A dead actor: checkpoint the learners' last finished step if they are alive
+        (``train.resume=true`` then loses nothing), and say where the run stands."""
+        from trainkit.rlhf.ray.cluster import RoleDiedError
+
+        if not isinstance(error, RoleDiedError):
+            return None
+        if error.role not in ("policy", "critic") and done > saved:
+            try:
+                self.roles.save(done)
+                saved = done
+            except RoleDiedError:
+                pass
+        where = (
+            f"checkpoint of step {saved} in {self.out / 'checkpoints'}"
+            if saved
+            else "no checkpoint yet"
+        )
+        return RoleDiedError(
+            error.role,
+            f"{error} after step {done}; {where}; rerun with train.resume=true to continue",
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "startup_s": self.startup_s,
+            "ray_init_s": self.cluster.init_s,
+            "weight_channel": self.channel,
         }
-        atomic_write_json(out / "summary.json", summary)
-        return summary
-    finally:
-        logger.close()
-        cluster.close()
+
+    def close(self) -> None:
+        self.cluster.close()
+
+
+def train_ray(
+    cfg: Any,
+    on_log: Callable[[dict], Any] | None = None,
+    ray_cfg: Any = None,
+    metrics: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """:func:`~trainkit.rlhf.trainers.rl_loop.run_loop` with a :class:`RayBackend`
+    (``ray_cfg``: the ray section, default ``cfg.ray``); what ``trainers.ppo.train``
+    runs for ``ray.enabled=true``, with the section passed explicitly."""
+    from trainkit.rlhf.trainers.rl_loop import run_loop
+
+    return run_loop(cfg, RayBackend(cfg, ray_cfg), on_log, metrics)

@@ -7,33 +7,19 @@ The learning roles (policy, reference, critic) are in :mod:`~trainkit.rlhf.ray.l
 * :class:`RolloutWorker`: one rollout engine (``rollout.engine``: ``hf`` or ``vllm``) on a
   plain copy of the policy; receives weights after every update and runs evaluations.
 
-They reuse the single-process building blocks (:mod:`~trainkit.rlhf.trainers.ppo`,
-:mod:`~trainkit.rlhf.trainers.experience`), so the maths is the same code.
+They reuse the single-process building blocks (:mod:`~trainkit.rlhf.trainers.rl_build`,
+:mod:`~trainkit.rlhf.trainers.rl_data`), so the scoring and evaluation are the same code.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import torch
 
-
-def _threads(n: int) -> None:
-    torch.set_num_threads(max(1, int(n)))
-    os.environ["OMP_NUM_THREADS"] = str(max(1, int(n)))
-
-
-def _endpoint() -> tuple[str, int]:
-    """This node's IP (as Ray sees it) and a port that is free right now."""
-    import socket
-
-    import ray
-
-    with socket.socket() as sk:
-        sk.bind(("", 0))
-        port = sk.getsockname()[1]
-    return ray.util.get_node_ip_address(), int(port)
+from trainkit.rlhf.ray.cluster import set_threads
 
 
 class RolloutWorker:
@@ -46,10 +32,10 @@ class RolloutWorker:
 
     def __init__(self, cfg: Any, threads: int):
         from trainkit.llm.models import load_model, load_tokenizer
-        from trainkit.rlhf.trainers import rl_data
-        from trainkit.rlhf.trainers.ppo import eos_ids
+        from trainkit.rlhf.trainers.rl_build import eos_ids
+        from trainkit.rlhf.trainers.rl_data import HeldOut
 
-        _threads(threads)
+        set_threads(threads)
         self.cfg = cfg
         kind = getattr(cfg.rollout, "engine", "hf")
         if kind == "vllm":
@@ -75,14 +61,7 @@ class RolloutWorker:
             self.engine = HFEngine(
                 model, self.tok.pad_token_id, eos_ids(model, self.tok), cfg.rollout.max_batch
             )
-        _, eval_recs = rl_data.load_prompt_records(cfg.data, cfg.train.seed)
-        self.eval_set = (
-            rl_data.tokenize_prompts(eval_recs, self.tok, cfg.data) if eval_recs else None
-        )
-        self.reward_fn = rl_data.build_reward(cfg.data)
-        from trainkit.rlhf.rewards import load_reward
-
-        self.acc_fn = load_reward(cfg.data.accuracy_reward) if cfg.data.accuracy_reward else None
+        self.held_out = HeldOut(cfg, self.tok)
 
     def ready(self) -> int:
         return os.getpid()
@@ -97,7 +76,9 @@ class RolloutWorker:
         seed: int | None,
         min_new_tokens: int = 0,
     ) -> Any:
-        return self.engine.generate(
+        """The engine's rollout; ``info["actor_cpu_s"]``: this process's CPU seconds."""
+        c0 = time.process_time()
+        ro = self.engine.generate(
             prompt_token_ids,
             n=n,
             max_new_tokens=max_new_tokens,
@@ -106,6 +87,8 @@ class RolloutWorker:
             seed=seed,
             min_new_tokens=min_new_tokens,
         )
+        ro.info["actor_cpu_s"] = time.process_time() - c0
+        return ro
 
     def update_weights(self, weights: dict[str, torch.Tensor]) -> int:
         """Load the policy's weights; returns how many tensors arrived."""
@@ -147,15 +130,7 @@ class RolloutWorker:
 
     def evaluate(self, seed: int) -> dict[str, float] | None:
         """Held-out reward/accuracy with the current weights (None: no eval split)."""
-        from trainkit.rlhf.trainers import rl_data
-
-        if self.eval_set is None or self.cfg.eval.n_prompts == 0:
-            return None
-        ev = self.cfg.eval
-        tokens = ev.max_new_tokens or self.cfg.rollout.max_new_tokens
-        return rl_data.evaluate(
-            self.engine, self.tok, self.eval_set, self.reward_fn, self.acc_fn, ev, tokens, seed=seed
-        )
+        return self.held_out(self.engine, seed)
 
 
 class RewardWorker:
@@ -167,33 +142,15 @@ class RewardWorker:
     """
 
     def __init__(self, cfg: Any, threads: int):
-        from trainkit.rlhf.rewards import load_reward
-        from trainkit.rlhf.trainers import rl_data
+        from trainkit.rlhf.trainers.rl_data import Scorer
 
-        _threads(threads)
-        self.cfg = cfg
-        self.reward_fn = rl_data.build_reward(cfg.data)
-        self.acc_fn = load_reward(cfg.data.accuracy_reward) if cfg.data.accuracy_reward else None
+        set_threads(threads)
+        self.scorer = Scorer(cfg.data)
 
     def ready(self) -> int:
         return os.getpid()
 
-    def score(
-        self, prompts: list[str], completions: list[str], labels: dict[str, list]
-    ) -> tuple[list[float], list[bool], dict[str, float], list[float] | None]:
-        """``(rewards, valid, failure counts, accuracy rewards or None)`` of the rows."""
-        from trainkit.rlhf.rewards import score
-
-        res = score(
-            self.reward_fn,
-            prompts,
-            completions,
-            labels,
-            max_invalid_fraction=self.cfg.data.max_invalid_fraction,
-        )
-        hits = None
-        if self.acc_fn is not None:
-            hits = score(
-                self.acc_fn, prompts, completions, labels, max_invalid_fraction=1.0
-            ).rewards
-        return list(res.rewards), list(res.valid), res.stats(), hits
+    def score(self, prompts: list[str], completions: list[str], labels: dict[str, list]) -> Any:
+        """:class:`~trainkit.rlhf.trainers.rl_data.Scores` of the rows: rewards, valid,
+        failure counts, accuracy rewards (None without ``data.accuracy_reward``)."""
+        return self.scorer(prompts, completions, labels)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from trainkit.common.errors import UserError
 
@@ -179,3 +179,77 @@ def evaluate(
     if acc_fn is not None:
         out["eval_accuracy"] = sum(acc) / max(len(acc), 1)
     return out
+
+
+class Scores(NamedTuple):
+    """The scores of one step's completions (``B`` rows; picklable for reward actors).
+
+    Attributes:
+        rewards: ``[B]`` rewards (an invalid row holds 0.0).
+        valid: ``[B]`` False where the reward raised or was not finite.
+        stats: failure counts for the step record (``reward_invalid``, ...).
+        hits: ``[B]`` accuracy rewards (``data.accuracy_reward``), or None without one.
+    """
+
+    rewards: list[float]
+    valid: list[bool]
+    stats: dict[str, float]
+    hits: list[float] | None
+
+
+class Scorer:
+    """The reward (``data.reward``) and accuracy (``data.accuracy_reward``) functions of
+    a run, called on a batch of rows: ``scorer(prompts, completions, labels) -> Scores``.
+
+    Args:
+        data: the config's data section.
+    """
+
+    def __init__(self, data: Any):
+        from trainkit.rlhf.rewards import load_reward
+
+        self.reward_fn = build_reward(data)
+        self.acc_fn = load_reward(data.accuracy_reward) if data.accuracy_reward else None
+        self.max_invalid_fraction = data.max_invalid_fraction
+
+    def __call__(self, prompts: list[str], completions: list[str], labels: dict) -> Scores:
+        from trainkit.rlhf.rewards import score
+
+        res = score(
+            self.reward_fn,
+            prompts,
+            completions,
+            labels,
+            max_invalid_fraction=self.max_invalid_fraction,
+        )
+        hits = None
+        if self.acc_fn is not None:
+            hits = score(self.acc_fn, prompts, completions, labels, max_invalid_fraction=1.0)
+            hits = list(hits.rewards)
+        return Scores(list(res.rewards), list(res.valid), res.stats(), hits)
+
+
+class HeldOut:
+    """The held-out prompts of a run and their evaluation with any rollout engine
+    (the single-process trainer's, or a Ray rollout actor's).
+
+    Args:
+        cfg: the RL config (``data``, ``eval``, ``rollout``, ``train.seed``).
+        tokenizer: the policy's tokenizer.
+    """
+
+    def __init__(self, cfg: Any, tokenizer: Any):
+        _, recs = load_prompt_records(cfg.data, cfg.train.seed)
+        self.cfg, self.tok = cfg, tokenizer
+        self.prompts = tokenize_prompts(recs, tokenizer, cfg.data) if recs else None
+        self.scorer = Scorer(cfg.data)
+
+    def __call__(self, engine: Any, seed: int) -> dict[str, float] | None:
+        """:func:`evaluate` with the run's settings; None without held-out prompts or
+        with ``eval.n_prompts = 0``."""
+        ev = self.cfg.eval
+        if self.prompts is None or ev.n_prompts == 0:
+            return None
+        tokens = ev.max_new_tokens or self.cfg.rollout.max_new_tokens
+        s = self.scorer
+        return evaluate(engine, self.tok, self.prompts, s.reward_fn, s.acc_fn, ev, tokens, seed=seed)
