@@ -7,9 +7,9 @@
   and documented, or lives in the module that owns it;
 - no library file over 500 lines.
 
-``KNOWN_UNTIL_ONE_LOOP`` lists what is left for the single-loop refactor of the Ray trainer.
-It is a ratchet: an entry that no longer occurs fails the test too, so the list can only
-shrink, and it must shrink in the commit that fixes an entry.
+The Ray trainer's cycle with ``rlhf.trainers.ppo`` and its four private imports were the
+last entries; the one RL loop (``rlhf.trainers.rl_loop``) removed them, so nothing is
+exempt.
 """
 
 from __future__ import annotations
@@ -23,16 +23,6 @@ PACKAGE = "trainkit"
 MAX_LINES = 500
 
 #: the rlhf.ray <-> rlhf.trainers.ppo cycle and its private imports, left for the loop refactor
-KNOWN_UNTIL_ONE_LOOP = frozenset(
-    {
-        "cycle: rlhf.ray.learners <-> rlhf.ray.trainer <-> rlhf.ray.workers <-> rlhf.trainers.ppo",
-        "private import: rlhf.ray.learners <- rlhf.ray.workers._endpoint",
-        "private import: rlhf.ray.learners <- rlhf.ray.workers._threads",
-        "private import: rlhf.ray.learners <- rlhf.trainers.ppo._resume",
-        "private import: rlhf.ray.learners <- rlhf.trainers.ppo._save",
-    }
-)
-
 
 def _modules() -> dict[str, Path]:
     """Dotted module name -> file, for every .py file of the package."""
@@ -156,8 +146,8 @@ def _short(mod: str) -> str:
 
 
 def _findings() -> tuple[set[str], dict[str, str]]:
-    """Every cycle and cross-module private import, as the lines of ``KNOWN_UNTIL_ONE_LOOP``,
-    and for each cycle one concrete loop."""
+    """Every cycle and cross-module private import, one line each, and for each cycle one
+    concrete loop."""
     mods = _modules()
     graph, private = _graph(mods)
     found, loops = set(), {}
@@ -186,20 +176,10 @@ def test_cycle_finder_and_loop_on_a_toy_graph():
     assert _example_loop(g, ["a", "b", "c"]) == ["a", "b", "c", "a"]
 
 
-def test_no_new_import_cycles_or_private_imports():
+def test_no_import_cycles_or_private_imports():
     found, loops = _findings()
-    new = sorted(found - KNOWN_UNTIL_ONE_LOOP)
-    detail = [f"{x}   (e.g. {loops[x]})" if x in loops else x for x in new]
-    assert not new, "structure violations (issue 17):\n" + "\n".join(detail)
-
-
-def test_known_until_one_loop_only_shrinks():
-    found, _ = _findings()
-    gone = sorted(KNOWN_UNTIL_ONE_LOOP - found)
-    assert not gone, (
-        "fixed, so remove from KNOWN_UNTIL_ONE_LOOP in tests/common/test_import_graph.py:\n"
-        + "\n".join(gone)
-    )
+    detail = [f"{x}   (e.g. {loops[x]})" if x in loops else x for x in sorted(found)]
+    assert not found, "structure violations (issue 17):\n" + "\n".join(detail)
 
 
 def test_no_source_file_over_500_lines():
