@@ -306,3 +306,42 @@ def test_cuda_matches_cpu():
     assert torch.allclose(compute("cuda"), cpu, rtol=1e-4, atol=1e-3)
     bf = compute("cuda", torch.bfloat16)  # bf16 logits: log-probs computed in float32
     assert torch.allclose(bf[-2:], cpu[-2:], rtol=2e-2)
+
+
+def test_actor_loss_adds_clip_kl_and_entropy_terms_with_literal_values():
+    """One row, three tokens, the last masked out; old_logp = ref_logp = 0.
+
+    ratios rho = [1.1, 1.5, (1)], advantages A = [1, -1, (5)], clip 0.2:
+      token 1: min(1.1 * 1, clip(1.1) * 1) = 1.1
+      token 2: min(1.5 * -1, 1.2 * -1) = -1.5 (the unclipped branch: not counted as clipped)
+      L_clip = -mean(1.1, -1.5) = 0.2
+    k3 with r = log rho: 1/1.1 - 1 + ln 1.1 = 0.0044011, 1/1.5 - 1 + ln 1.5 = 0.0721318,
+      KL = 0.0382665; kl_coef 0.1 -> +0.0038266
+    entropy [2, 1, (9)] -> H = 1.5; entropy_coef 0.01 -> -0.015
+    L = 0.2 + 0.0038266 - 0.015 = 0.1888266
+    approx_kl = mean((rho - 1) - log rho) = mean(0.0046898, 0.0945349) = 0.0496124
+    """
+    from trainkit.rlhf.losses import actor_loss
+
+    logp = torch.tensor([[math.log(1.1), math.log(1.5), 0.0]], requires_grad=True)
+    zeros = torch.zeros(1, 3)
+    adv = torch.tensor([[1.0, -1.0, 5.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    ent = torch.tensor([[2.0, 1.0, 9.0]])
+    loss, st = actor_loss(
+        logp, zeros, adv, mask, ref_logp=zeros, entropy=ent, kl_coef=0.1, kl_kind="k3",
+        entropy_coef=0.01,
+    )
+    assert float(loss) == pytest.approx(0.1888266, abs=1e-6)
+    assert st["loss"] == pytest.approx(0.1888266, abs=1e-6)
+    assert st["policy_loss"] == pytest.approx(0.2, abs=1e-6)
+    assert st["kl_loss"] == pytest.approx(0.0382665, abs=1e-6)
+    assert st["entropy"] == pytest.approx(1.5)
+    assert st["clip_frac"] == 0.0 and st["ratio_mean"] == pytest.approx(1.3)
+    assert st["approx_kl"] == pytest.approx(0.0496124, abs=1e-6)
+    loss.backward()
+    assert float(logp.grad[0, 2]) == 0.0  # the masked token gets no gradient
+    # without the KL and entropy terms: the clipped term alone, and no kl/entropy stats
+    only, st2 = actor_loss(logp.detach(), zeros, adv, mask, ref_logp=zeros, kl_coef=0.0)
+    assert float(only) == pytest.approx(0.2, abs=1e-6)
+    assert "kl_loss" not in st2 and "entropy" not in st2

@@ -413,3 +413,60 @@ def kl_estimate(
 def entropy_bonus(logits: Tensor, mask: Tensor) -> Tensor:
     """Mean entropy over valid tokens: ``[batch, T, vocab]``, ``[batch, T]`` -> scalar."""
     return masked_mean(entropy_from_logits(logits), mask)
+
+
+# ------------------------------------------------------------------------------- actor
+
+
+def actor_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    ref_logp: Tensor | None = None,
+    entropy: Tensor | None = None,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    agg: str = "token_mean",
+    norm: float | None = None,
+    kl_coef: float = 0.0,
+    kl_kind: Literal["k1", "k2", "k3"] = "k3",
+    entropy_coef: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """The whole actor objective of one micro-batch: what the PPO/GRPO update minimises.
+
+    ``L = L_clip + kl_coef * KL - entropy_coef * H`` where
+
+    * ``L_clip`` is :func:`policy_loss_with_stats` (PPO eq. 7 with clip-higher and dual
+      clip, reduced with ``agg``);
+    * ``KL = masked_mean(kl_estimate(logp, ref_logp, kl_kind))``, the KL *in the loss*
+      (GRPO eq. 3, its k3 estimator; pass ``ref_logp=None`` or ``kl_coef=0`` when the KL
+      is a reward penalty instead: ``algo.kl_in_reward``);
+    * ``H = masked_mean(entropy)`` (``entropy=None``: no entropy term).
+
+    Shapes: every tensor is ``[batch, T]`` over the response tokens.
+
+    Returns:
+        ``(loss, stats)``: ``loss`` a scalar with gradient; ``stats`` plain floats:
+        ``loss`` (L), ``policy_loss`` (L_clip), ``clip_frac``, ``dual_clip_frac``,
+        ``approx_kl`` (k3 of KL(old || new)), ``ratio_mean``, and ``kl_loss`` (KL) /
+        ``entropy`` (H) when those terms are on.
+    """
+    pl, ps = policy_loss_with_stats(
+        logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, agg, norm
+    )
+    loss = pl
+    stats = {k: float(v) for k, v in ps.items()}
+    stats["policy_loss"] = float(pl.detach())
+    if kl_coef > 0 and ref_logp is not None:
+        kl = masked_mean(kl_estimate(logp, ref_logp, kl_kind), mask)
+        loss = loss + kl_coef * kl
+        stats["kl_loss"] = float(kl.detach())
+    if entropy is not None and entropy_coef > 0:
+        h = masked_mean(entropy, mask)
+        loss = loss - entropy_coef * h
+        stats["entropy"] = float(h.detach())
+    stats["loss"] = float(loss.detach())
+    return loss, stats

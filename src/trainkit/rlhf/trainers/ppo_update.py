@@ -26,6 +26,10 @@ from typing import Any
 import torch
 
 
+#: the actor-loss stats the update logs (weighted means over the mini-batch)
+ACTOR_LOGGED = ("loss", "policy_loss", "kl_loss", "entropy", "clip_frac", "approx_kl", "ratio_mean")
+
+
 def share_prompt(cfg: Any) -> bool:
     """Encode each prompt group once (needs a KV cache: off with gradient checkpointing)."""
     return cfg.train.share_prompt and not cfg.model.gradient_checkpointing
@@ -84,7 +88,7 @@ def ppo_update(
         Mean stats over the optimizer steps (policy_loss, kl_loss, clip_frac, grad_norm,
         value_loss, ... and the engine-vs-trainer log-prob mismatch).
     """
-    from trainkit.rlhf.losses import kl_estimate, masked_mean, policy_loss_with_stats, value_loss
+    from trainkit.rlhf.losses import actor_loss, value_loss
     from trainkit.rlhf.trainers.experience import logprob_mismatch, mismatch_stats, policy_logps
 
     a = cfg.algo
@@ -138,31 +142,26 @@ def ppo_update(
                     if measure:
                         mx, tot, cnt = logprob_mismatch(logp, e.old_logp, e.action_mask)
                         mism = [max(mism[0], mx), mism[1] + tot, mism[2] + cnt]
-                    pl, ps = policy_loss_with_stats(
+                    loss, ls = actor_loss(
                         logp,
                         e.old_logp,
                         e.advantages,
                         e.action_mask,
-                        a.clip_low,
-                        a.clip_high,
-                        a.dual_clip,
-                        agg,
-                        norm,
+                        ref_logp=None if a.kl_in_reward else e.ref_logp,
+                        entropy=ent,
+                        clip_low=a.clip_low,
+                        clip_high=a.clip_high,
+                        dual_clip=a.dual_clip,
+                        agg=agg,
+                        norm=norm,
+                        kl_coef=a.kl_coef,
+                        kl_kind=a.kl_kind,
+                        entropy_coef=a.entropy_coef,
                     )
-                    loss = pl
-                    if a.kl_coef > 0 and not a.kl_in_reward:
-                        kl = masked_mean(kl_estimate(logp, e.ref_logp, a.kl_kind), e.action_mask)
-                        loss = loss + a.kl_coef * kl
-                        st["kl_loss"] = st.get("kl_loss", 0.0) + w * float(kl.detach())
-                    if ent is not None:
-                        ent_m = masked_mean(ent, e.action_mask)
-                        loss = loss - a.entropy_coef * ent_m
-                        st["entropy"] = st.get("entropy", 0.0) + w * float(ent_m.detach())
                     (loss * (w * world)).backward()
-                    st["policy_loss"] = st.get("policy_loss", 0.0) + w * float(pl.detach())
-                    st["loss"] = st.get("loss", 0.0) + w * float(loss.detach())
-                    for k in ("clip_frac", "approx_kl", "ratio_mean"):
-                        st[k] = st.get(k, 0.0) + w * float(ps[k])
+                    for k in ACTOR_LOGGED:
+                        if k in ls:
+                            st[k] = st.get(k, 0.0) + w * ls[k]
                 if critic is not None:
                     v = _critic_forward(critic, e.sequences, e.attention_mask, R)
                     vl = value_loss(v, e.values, e.returns, e.action_mask, a.value_clip)
