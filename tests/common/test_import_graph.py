@@ -22,7 +22,6 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = "trainkit"
 MAX_LINES = 500
 
-#: the rlhf.ray <-> rlhf.trainers.ppo cycle and its private imports, left for the loop refactor
 
 def _modules() -> dict[str, Path]:
     """Dotted module name -> file, for every .py file of the package."""

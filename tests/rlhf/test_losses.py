@@ -329,7 +329,14 @@ def test_actor_loss_adds_clip_kl_and_entropy_terms_with_literal_values():
     mask = torch.tensor([[1.0, 1.0, 0.0]])
     ent = torch.tensor([[2.0, 1.0, 9.0]])
     loss, st = actor_loss(
-        logp, zeros, adv, mask, ref_logp=zeros, entropy=ent, kl_coef=0.1, kl_kind="k3",
+        logp,
+        zeros,
+        adv,
+        mask,
+        ref_logp=zeros,
+        entropy=ent,
+        kl_coef=0.1,
+        kl_kind="k3",
         entropy_coef=0.01,
     )
     assert float(loss) == pytest.approx(0.1888266, abs=1e-6)

@@ -255,7 +255,9 @@ def test_rl_checkpoint_saves_critic_and_policy_and_resumes_both(tmp_path):
     assert ck.resume() == 0  # nothing saved yet
     want_p, want_c = pol.weight.detach().clone(), cri.weight.detach().clone()
     assert ck.save(3) == tmp_path / "checkpoints" / "step-000003"
-    state = json.loads((tmp_path / "checkpoints" / "step-000003" / "trainer_state.json").read_text())
+    state = json.loads(
+        (tmp_path / "checkpoints" / "step-000003" / "trainer_state.json").read_text()
+    )
     assert state["step"] == 3 and state["estimator"] == "gae" and state["data"] == {"step": 3}
     assert (tmp_path / "checkpoints_critic" / "step-000003" / "model.safetensors").is_file()
     with torch.no_grad():
@@ -265,7 +267,9 @@ def test_rl_checkpoint_saves_critic_and_policy_and_resumes_both(tmp_path):
     assert torch.equal(pol.weight, want_p) and torch.equal(cri.weight, want_c)
     # a critic actor: only checkpoints_critic, at the step the policy resumed from
     other = torch.nn.Linear(3, 1)
-    alone = RLCheckpoint(tmp_path, st, critic=other, critic_opt=torch.optim.AdamW(other.parameters()))
+    alone = RLCheckpoint(
+        tmp_path, st, critic=other, critic_opt=torch.optim.AdamW(other.parameters())
+    )
     assert alone.resume(0) == 0 and alone.resume(3) == 3 and torch.equal(other.weight, want_c)
     shutil.rmtree(tmp_path / "checkpoints_critic" / "step-000003")
     with pytest.raises(UserError, match="no critic checkpoint .* for the policy's step 3"):
@@ -289,13 +293,19 @@ def test_metric_functions_add_keys_to_every_step_record(tmp_path):
     assert [r["step"] for r in steps] == [1, 2] == [c.step for c in seen]
     for r, ctx in zip(steps, seen):
         assert r["check/rows"] == 8 == len(ctx.completions) == len(ctx.rewards)
-        assert r["check/reward"] == pytest.approx(r["reward"]) == pytest.approx(float(ctx.rewards.mean()))
+        assert (
+            r["check/reward"]
+            == pytest.approx(r["reward"])
+            == pytest.approx(float(ctx.rewards.mean()))
+        )
         assert ctx.record["reward"] == r["reward"] and ctx.rollout.response_ids.shape[0] == 8
         assert ctx.labels and all(len(v) == 8 for v in ctx.labels.values())
         assert "gen_cpu_s" in r and "lr" in r
     assert not any("check/reward" in r for r in recs if "eval_reward" in r)
     with pytest.raises(ValueError, match=r"already has: \['reward'\]"):
-        train(_cfg(GRPOConfig, tmp_path / "b", "train.max_steps=1"), metrics=[lambda c: {"reward": 0}])
+        train(
+            _cfg(GRPOConfig, tmp_path / "b", "train.max_steps=1"), metrics=[lambda c: {"reward": 0}]
+        )
 
 
 # --------------------------------------------------------------------------- learning

@@ -139,7 +139,10 @@ class PolicyWorker(_Learner):
                 self.critic.parameters(), cfg.optim.critic_lr, cfg.optim, cfg.train.max_steps
             )
         self.ckpt = RLCheckpoint.for_run(
-            cfg, self.strategy, (self.policy, self.opt, self.sched), (self.critic, self.copt, self.csched)
+            cfg,
+            self.strategy,
+            (self.policy, self.opt, self.sched),
+            (self.critic, self.copt, self.csched),
         )
         return self.strategy.world_size
 

@@ -41,8 +41,9 @@ SIGINT, so a terminal's Ctrl-C reaches only the driver. The summary adds ``start
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -277,7 +278,10 @@ class RayBackend:
         def launch(role, method, *extra):
             hs = getattr(roles, role)
             rows = group_rows(B, rollout.n, len(hs))
-            return [getattr(h, method).remote(rollout_rows(rollout, r), *extra) for h, r in zip(hs, rows)]
+            return [
+                getattr(h, method).remote(rollout_rows(rollout, r), *extra)
+                for h, r in zip(hs, rows)
+            ]
 
         pending = {}
         if self.policy_forwards:

@@ -31,8 +31,9 @@ actor only); dynamic sampling drops all-equal groups without drawing replacement
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from trainkit.rlhf.trainers.ppo_update import ppo_update, share_prompt
 from trainkit.rlhf.trainers.rl_build import (

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-
 #: the actor-loss stats the update logs (weighted means over the mini-batch)
 ACTOR_LOGGED = ("loss", "policy_loss", "kl_loss", "entropy", "clip_frac", "approx_kl", "ratio_mean")
 

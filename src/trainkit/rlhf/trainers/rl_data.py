@@ -252,4 +252,6 @@ class HeldOut:
             return None
         tokens = ev.max_new_tokens or self.cfg.rollout.max_new_tokens
         s = self.scorer
-        return evaluate(engine, self.tok, self.prompts, s.reward_fn, s.acc_fn, ev, tokens, seed=seed)
+        return evaluate(
+            engine, self.tok, self.prompts, s.reward_fn, s.acc_fn, ev, tokens, seed=seed
+        )

@@ -8,7 +8,8 @@ a copy; a vLLM engine is separate and gets the policy's weights after each updat
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -51,7 +52,9 @@ class LocalBackend:
         self.strategy = Strategy()
         self.strategy.setup()
         o = cfg.optim
-        self.opt, self.sched = make_optimizer(self.policy.parameters(), o.lr, o, cfg.train.max_steps)
+        self.opt, self.sched = make_optimizer(
+            self.policy.parameters(), o.lr, o, cfg.train.max_steps
+        )
         self.copt = self.csched = None
         if self.critic is not None:
             self.copt, self.csched = make_optimizer(

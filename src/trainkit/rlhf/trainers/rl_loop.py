@@ -27,9 +27,10 @@ One step, in order: ``generate`` -> decode -> ``score`` -> ``forwards`` + experi
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -290,7 +291,9 @@ class _Loop:
         t0, c0 = time.perf_counter(), time.process_time()  # CPU s: fair on shared cores
         seed = step_seed(cfg.train.seed, step)
         torch.manual_seed(seed)  # dropout etc.: exact resume
-        idx = prompt_indices(len(self.train_set), cfg.rollout.prompts_per_step, step, cfg.train.seed)
+        idx = prompt_indices(
+            len(self.train_set), cfg.rollout.prompts_per_step, step, cfg.train.seed
+        )
         texts, ids, labels = self.train_set.take(idx)
         ro = b.generate(ids, seed)
         t1, c1 = time.perf_counter(), time.process_time()
