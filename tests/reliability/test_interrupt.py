@@ -6,7 +6,9 @@ is skipped and counted (``train.nonfinite=skip``) without touching the weights, 
 training stops with a one-line error after ``train.max_nonfinite`` in a row.
 """
 
+import os
 import signal
+import subprocess
 
 import torch
 from sft_helpers import TINY, final_weights, max_abs_diff, sft_cfg, start_sft, wait_for_step
@@ -97,3 +99,72 @@ def test_nan_stops_with_one_line_error(tmp_path, monkeypatch, capsys):
     assert last.name == f"step-{stop_at - 1:06d}"
     assert ckpt._load_pt(last / "optimizer.pt")
     assert not (out / "final").exists()
+
+
+def _worker_pid(launcher_pid: int, local_rank: int) -> int:
+    """The pid of the torchrun worker with ``LOCAL_RANK=local_rank`` under ``launcher_pid``."""
+    from pathlib import Path
+
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (d / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher_pid and f"LOCAL_RANK={local_rank}".encode() in env:
+            return int(d.name)
+    raise AssertionError(f"no worker with LOCAL_RANK={local_rank} under pid {launcher_pid}")
+
+
+def _torchrun_sft(out, *over) -> subprocess.Popen:
+    import sys
+
+    from sft_helpers import OVER, ROOT, TINY
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "trainkit.cli", "rlhf", "sft", "--config", TINY, f"output_dir={out}", *OVER]
+    cmd += ["train.strategy=fsdp2", "train.batch_size=4", "train.micro_batch_size=1"]
+    cmd += ["train.save_every=0", *over]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_sigint_to_one_fsdp2_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """Ctrl-C reaching only rank 1 of a 2-process FSDP2 run: rank 0 (which logs and never
+    saw the signal) stops after the same step, one checkpoint of both ranks is written, and
+    resume=true finishes with the losses of the uninterrupted single-process run."""
+    import json
+
+    from trainkit.llm.sft import train
+
+    out = tmp_path / "fsdp"
+    proc = _torchrun_sft(out)
+    wait_for_step(out, 1, proc, timeout=300)
+    os.kill(_worker_pid(proc.pid, 1), signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0  # the workers exit 130; torchrun reports them as failed
+    assert "interrupted after step" in err and "resume=true" in err, err[-3000:]
+    last = ckpt.latest_checkpoint(out / "checkpoints")
+    assert last is not None
+    stopped = int(last.name.split("-")[1])
+    assert 1 <= stopped < 8
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["world_size"] == 2  # both ranks' RNG states went into the checkpoint
+    assert len(torch.load(last / "rng.pt", weights_only=False)) == 2
+    logged = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(logged) == stopped  # rank 0 stopped after the step rank 1 was told to
+    assert not (out / "final").exists()
+
+    resumed = _torchrun_sft(out, "resume=true")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    after = {r["step"]: r["loss"] for r in recs if r["step"] > stopped}
+    assert sorted(after) == list(range(stopped + 1, 9))
+    single = train(sft_cfg(tmp_path / "single", "train.batch_size=4", "train.micro_batch_size=2"))
+    ref = {r["step"]: r["loss"] for r in single["records"]}
+    assert max(abs(after[s] - ref[s]) for s in after) < 1e-4

@@ -13,7 +13,9 @@ import math
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from trainkit.common.errors import UserError
 
@@ -87,6 +89,21 @@ class GracefulInterrupt:
             file=sys.stderr,
             flush=True,
         )
+
+    def requested_on_any_rank(self, all_reduce_sum: Callable[[Any], Any] | None = None) -> bool:
+        """True when Ctrl-C reached this process or, under torchrun, any other rank.
+
+        ``all_reduce_sum`` is the strategy's collective (``Strategy.all_reduce_sum``); every
+        rank must call this at the same point of the step, so that all of them stop after
+        the same step and take part in the same checkpoint (a terminal's Ctrl-C may reach
+        only some of them, a ``kill -INT`` only one). ``None``: this process only.
+        """
+        if all_reduce_sum is None:
+            return self.requested
+        import torch
+
+        flag = all_reduce_sum(torch.tensor([1.0 if self.requested else 0.0]))
+        return bool(float(flag.reshape(-1)[0]) > 0)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

@@ -139,17 +139,16 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     import torch
     from transformers.utils import logging as hf_logging
 
-    from trainkit.common.guard import GracefulInterrupt, NonFiniteError, NonFiniteGuard
     from trainkit.common.logging import MetricsLogger, progress
     from trainkit.common.run import save_config
     from trainkit.common.seed import seed_everything
-    from trainkit.llm import checkpoint as ckpt
     from trainkit.llm.collate import ResumableSampler, collate, pad_token_id
     from trainkit.llm.data import build_datasets
     from trainkit.llm.demo_data import resolve_data_path
     from trainkit.llm.loss import CausalLMLoss
     from trainkit.llm.models import load_model
     from trainkit.llm.strategy import make_strategy
+    from trainkit.llm.train_control import TrainControl
 
     # the weight-loading bar would put a second line before a one-line data/config error
     hf_logging.disable_progress_bar()
@@ -199,17 +198,14 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
         len(ds.train), cfg.train.batch_size, seed=cfg.train.seed, drop_last=drop_last
     )
 
+    ctl = TrainControl(
+        out, "sft", cfg.train, cfg.resume, module, optimizer, scheduler, strategy, save_last=True
+    )
     step = 0
-    ckpt_root = out / "checkpoints"
-    guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_nonfinite)
-    if cfg.resume:
-        last = ckpt.latest_checkpoint(ckpt_root)
-        if last is not None:
-            state = ckpt.load_checkpoint(last, strategy, module, optimizer, scheduler)
-            sampler.load_state_dict(state["data"])
-            step = int(state["step"])
-            guard.skipped = int(state.get("nonfinite_skipped", 0))
-            guard.consecutive = int(state.get("nonfinite_consecutive", 0))
+    state = ctl.restore()
+    if state is not None:
+        sampler.load_state_dict(state["data"])
+        step = int(state["step"])
     if strategy.is_main:
         out.mkdir(parents=True, exist_ok=True)
         for tmp in [*out.glob(".final.*"), *out.glob(".merged.*")]:  # a killed final save
@@ -226,26 +222,8 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     mbs = cfg.train.micro_batch_size
     t_start, start_step = time.perf_counter(), step
     eval_loss = initial_eval_loss = None
-    saved = step if cfg.resume else -1
     interrupted = False
-
-    def save(at: int) -> None:
-        ckpt.save_checkpoint(
-            ckpt_root,
-            at,
-            strategy,
-            module,
-            optimizer,
-            scheduler,
-            sampler.state_dict(),
-            extra={
-                "nonfinite_skipped": guard.skipped,
-                "nonfinite_consecutive": guard.consecutive,
-            },
-            keep_last=cfg.train.keep_last,
-        )
-
-    with GracefulInterrupt() as stop:
+    with ctl:
         if ds.eval and step == 0:
             eval_loss = initial_eval_loss = evaluate(
                 module, strategy, ds.eval, cfg.train.eval_batch_size, pad_id
@@ -275,10 +253,7 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
             loss = float(strategy.all_reduce_sum(loss_sum)) / n_targets
             # clip, then let the guard veto the update: a NaN/inf never reaches the weights
             grad_norm = strategy.clip_grad_norm(module, o.max_grad_norm)
-            try:
-                apply = guard.check(step + 1, loss, grad_norm)
-            except NonFiniteError as e:
-                raise NonFiniteError(f"{e}; last checkpoint: {_last(ckpt, ckpt_root)}") from None
+            apply = ctl.apply(step + 1, loss, grad_norm)
             if apply:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -296,8 +271,8 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
             }
             if not apply:
                 rec["skipped"] = 1
-            if guard.skipped:
-                rec["nonfinite_skipped"] = guard.skipped
+            if ctl.guard.skipped:
+                rec["nonfinite_skipped"] = ctl.guard.skipped
             last_step = step == cfg.train.max_steps
             if ds.eval and (
                 (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last_step
@@ -307,16 +282,8 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
             rec = logger.log(step, **rec)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            # every rank must agree to stop (Ctrl-C may reach only some of them)
-            flag = strategy.all_reduce_sum(torch.tensor([float(stop.requested)]))
-            interrupted = bool(flag.item() > 0) and not last_step
-            if (
-                (cfg.train.save_every and step % cfg.train.save_every == 0)
-                or last_step
-                or (interrupted and saved != step)
-            ):
-                save(step)
-                saved = step
+            # every rank agrees to stop (Ctrl-C may reach only some of them), then saves
+            interrupted = ctl.end_step(step, sampler.state_dict(), last=last_step)
             if on_step is not None:
                 on_step(step, rec)
             if interrupted:
@@ -331,11 +298,11 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
             "merged": None,
             "interrupted": True,
             "step": step,
-            "checkpoint": str(ckpt_root / f"step-{step:06d}"),
+            "checkpoint": ctl.last_checkpoint(),
             "records": [r for r in logger.records if r["step"] > 0],
             "initial_eval_loss": initial_eval_loss,
             "final_eval_loss": eval_loss,
-            "nonfinite_skipped": guard.skipped,
+            "nonfinite_skipped": ctl.guard.skipped,
             "data_stats": ds.stats,
             "world_size": strategy.world_size,
             "is_main": strategy.is_main,
@@ -360,18 +327,13 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
         "final_eval_loss": eval_loss,
         "interrupted": False,
         "step": step,
-        "nonfinite_skipped": guard.skipped,
+        "nonfinite_skipped": ctl.guard.skipped,
         "data_stats": ds.stats,
         "world_size": strategy.world_size,
         "is_main": strategy.is_main,
     }
     strategy.teardown()
     return result
-
-
-def _last(ckpt, root) -> str:
-    last = ckpt.latest_checkpoint(root)
-    return str(last) if last is not None else "none"
 
 
 def run(cfg: SFTConfig, args: Any = None) -> int:

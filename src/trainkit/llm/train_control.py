@@ -1,8 +1,9 @@
 """Checkpoints, resume, the non-finite policy and Ctrl-C for single-process training loops.
 
-The reward-model, DPO and context-extension recipes (``trainkit rlhf rm``, ``rlhf dpo``,
-``longctx extend``) share this instead of each growing its own copy of the SFT loop's
-safety code. The semantics and config keys are those of :mod:`trainkit.llm.sft`:
+The SFT, reward-model, DPO and context-extension recipes (``trainkit rlhf sft``,
+``rlhf rm``, ``rlhf dpo``, ``longctx extend``) share this one copy of the loop-safety code;
+the RL loop (:mod:`trainkit.rlhf.trainers.rl_loop`) uses the same guards
+(:mod:`trainkit.common.guard`) with its own multi-model checkpoint. Semantics and keys:
 
 * ``train.nonfinite`` / ``train.max_nonfinite``: a step whose loss or gradient norm is
   NaN/inf is never applied (:class:`trainkit.common.guard.NonFiniteGuard`): ``skip`` drops
@@ -15,7 +16,9 @@ safety code. The semantics and config keys are those of :mod:`trainkit.llm.sft`:
 * Ctrl-C (:class:`trainkit.common.guard.GracefulInterrupt`): the first SIGINT lets the
   step finish, saves a checkpoint and asks the loop to stop; the recipe then writes no
   final output and its CLI exits with 130. ``resume=true`` continues from the newest
-  checkpoint and, on CPU, reaches the weights of an uninterrupted run.
+  checkpoint and, on CPU, reaches the weights of an uninterrupted run. Under torchrun
+  (``strategy=`` an FSDP2 strategy) the stop flag is summed over the ranks at the end of
+  every step, so a Ctrl-C that reaches one rank stops all of them after the same step.
 
 Usage in a loop (``module`` holds every trainable parameter the optimizer steps)::
 
@@ -121,6 +124,9 @@ class TrainControl:
         resume: restore the newest checkpoint in :meth:`restore`.
         module: the ``nn.Module`` whose trainable parameters are checkpointed.
         optimizer / scheduler: what to checkpoint with it (scheduler may be ``None``).
+        strategy: the loop's :class:`trainkit.llm.strategy.Strategy` (set up already);
+            ``None``: a single-process one on the module's device.
+        save_last: also save a checkpoint after the final step (SFT does).
     """
 
     def __init__(
@@ -132,6 +138,8 @@ class TrainControl:
         module: Any,
         optimizer: Any,
         scheduler: Any = None,
+        strategy: Any = None,
+        save_last: bool = False,
     ):
         from trainkit.common.guard import GracefulInterrupt, NonFiniteGuard
         from trainkit.llm.strategy import Strategy
@@ -141,9 +149,11 @@ class TrainControl:
         self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
         self.guard = NonFiniteGuard(train.nonfinite, train.max_nonfinite)
         self.interrupt = GracefulInterrupt()
-        dev = next((p.device for p in module.parameters()), None)
-        self.strategy = Strategy(device=str(dev) if dev is not None else None)
-        self.strategy.setup()
+        if strategy is None:
+            dev = next((p.device for p in module.parameters()), None)
+            strategy = Strategy(device=str(dev) if dev is not None else None)
+            strategy.setup()
+        self.strategy, self.save_last = strategy, save_last
         self.saved = -1
         self.interrupted = False
 
@@ -163,7 +173,8 @@ class TrainControl:
         self.guard.skipped = int(state.get("nonfinite_skipped", 0))
         self.guard.consecutive = int(state.get("nonfinite_consecutive", 0))
         self.saved = int(state["step"])
-        print(f"{self.name}: resumed from {last} (step {self.saved})", file=sys.stderr)
+        if self.strategy.is_main:
+            print(f"{self.name}: resumed from {last} (step {self.saved})", file=sys.stderr)
         return state
 
     # -- the step ------------------------------------------------------------------
@@ -197,15 +208,22 @@ class TrainControl:
     def end_step(self, step: int, data: dict, extra: dict | None = None, last: bool = False):
         """Save when due or interrupted; True when the loop must stop (Ctrl-C).
 
+        Every rank calls this after every step (it holds the collective that shares the
+        stop flag, and the checkpoint is a collective under FSDP2).
+
         Args:
             step: optimizer steps done.
             data: the data position (JSON-able), restored as ``state["data"]``.
             extra: more JSON-able fields for ``trainer_state.json``.
             last: this was the final step (an interrupt then changes nothing).
         """
-        self.interrupted = self.interrupt.requested and not last
+        stop = self.interrupt.requested_on_any_rank(
+            self.strategy.all_reduce_sum if self.strategy.world_size > 1 else None
+        )
+        self.interrupted = stop and not last
         every = self.train.save_every
-        if (every and step % every == 0) or (self.interrupted and self.saved != step):
+        due = (every and step % every == 0) or (last and self.save_last)
+        if due or (self.interrupted and self.saved != step):
             self.save(step, data, extra)
         return self.interrupted
 
