@@ -488,8 +488,10 @@ def _match(tmp_path, single_recs, ray_recs, keys, tol=3e-5):
 @pytest.mark.slow  # ~80 s
 def test_ppo_with_two_data_parallel_critic_actors_matches_one_process(cluster, tmp_path):
     """PPO (gae, KL in the reward): 2 FSDP2 policy replicas with the reference inside,
-    2 FSDP2 critic actors computing values and training on the value loss."""
-    over = ["train.max_steps=2"]
+    2 FSDP2 critic actors computing values and training on the value loss. In float64:
+    in float32 the first AdamW step turns the rounding of an 8-row vs two 4-row passes
+    (2.8e-6 relative on the gradient) into 5e-5 on weights whose |g| is near eps."""
+    over = ["train.max_steps=2", "model.dtype=float64"]
     single_recs, ray_recs = [], []
     train(_ppo_cfg(tmp_path / "single", *over), on_log=single_recs.append)
     rc = RaySection(
@@ -520,17 +522,20 @@ def test_ppo_with_two_data_parallel_critic_actors_matches_one_process(cluster, t
 @pytest.mark.slow  # ~90 s
 def test_dp_replicas_with_inprocess_critic_resume_to_the_single_process_weights(cluster, tmp_path):
     """2 policy replicas holding a (sharded) critic each: stop after 2 steps, resume to 3;
-    the weights equal a continuous single-process 3-step run."""
+    the weights equal a continuous single-process 3-step run (float64, as above)."""
     single_recs, ray_recs = [], []
-    train(_ppo_cfg(tmp_path / "single", "train.max_steps=3"), on_log=single_recs.append)
+    f64 = "model.dtype=float64"
+    train(_ppo_cfg(tmp_path / "single", "train.max_steps=3", f64), on_log=single_recs.append)
     rc = RaySection(
         enabled=True,
         policy=RoleResources(num_cpus=0.5, replicas=2),
         rollout=RoleResources(num_cpus=1),
     )
-    train_ray(_ppo_cfg(tmp_path / "ray", "train.max_steps=2"), on_log=ray_recs.append, ray_cfg=rc)
+    train_ray(
+        _ppo_cfg(tmp_path / "ray", "train.max_steps=2", f64), on_log=ray_recs.append, ray_cfg=rc
+    )
     s = train_ray(
-        _ppo_cfg(tmp_path / "ray", "train.max_steps=3", "train.resume=true"),
+        _ppo_cfg(tmp_path / "ray", "train.max_steps=3", "train.resume=true", f64),
         on_log=ray_recs.append,
         ray_cfg=rc,
     )

@@ -340,6 +340,7 @@ def to_dtype(dtype: Any):
         "bf16": torch.bfloat16,
         "float16": torch.float16,
         "fp16": torch.float16,
+        "float64": torch.float64,  # CPU exactness checks (data parallel == one process)
     }
     if dtype not in names:
         raise UserError(f"dtype must be one of {', '.join(names)} or auto, got {dtype!r}")
