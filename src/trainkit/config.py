@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -202,16 +203,61 @@ def _nest(parts: list[str], value: Any) -> dict:
     return out
 
 
+#: Config keys renamed so that every recipe says the same thing the same way (old dotted
+#: key -> new one). The old key is still read, with a one-line notice on stderr, until
+#: the release named in the notice; giving both is an error.
+RENAMED: dict[str, str] = {
+    "resume": "train.resume",
+    "optim.grad_clip": "optim.max_grad_norm",
+    "train.grad_clip": "train.max_grad_norm",
+}
+RENAMED_UNTIL = "0.2.0"
+
+
+def _rename(cls: type, data: dict, src: str) -> dict:
+    """``data`` with the :data:`RENAMED` keys that ``cls`` has moved rewritten."""
+    names = {k for k, *_ in describe(cls)}
+    for old, new in RENAMED.items():
+        if new not in names or old in names:
+            continue
+        *head, leaf = old.split(".")
+        box = data
+        for part in head:
+            box = box.get(part) if isinstance(box, dict) else None
+        if not isinstance(box, dict) or leaf not in box:
+            continue
+        value = box.pop(leaf)
+        *nhead, nleaf = new.split(".")
+        dest = data
+        for part in nhead:
+            dest = dest.setdefault(part, {})
+            if not isinstance(dest, dict):
+                raise ConfigError(f"{src}: '{part}' must be a section")
+        if nleaf in dest:
+            raise ConfigError(f"{src}: both '{old}' and its new name '{new}' are set")
+        dest[nleaf] = value
+        print(
+            f"warning: {src}: config key '{old}' is now '{new}' "
+            f"(the old name is read until trainkit {RENAMED_UNTIL})",
+            file=sys.stderr,
+        )
+    return data
+
+
 def load_config(
     cls: type, path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Any:
-    """Build config ``cls`` from defaults, then ``path`` (YAML), then ``overrides``."""
+    """Build config ``cls`` from defaults, then ``path`` (YAML), then ``overrides``.
+
+    Keys in :data:`RENAMED` are read under their old names too, with a notice.
+    """
     obj = cls()
     if path is not None:
-        obj = _build(cls, _read_yaml(path), str(path), base=obj)
+        obj = _build(cls, _rename(cls, _read_yaml(path), str(path)), str(path), base=obj)
     for text in overrides:
         parts, value = parse_override(text)
-        obj = _build(cls, _nest(parts, value), f"override '{text}'", base=obj)
+        src = f"override '{text}'"
+        obj = _build(cls, _rename(cls, _nest(parts, value), src), src, base=obj)
     _validate(obj)  # once, after every override: cross-section checks see the final values
     return obj
 

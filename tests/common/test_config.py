@@ -214,3 +214,29 @@ def test_validate_runs_once_after_all_overrides():
     assert (cfg.pair.a, cfg.pair.b) == (5, 6)
     with pytest.raises(ConfigError, match=r"pair.a \(7\) must not exceed pair.b \(6\)"):
         load_config(_Cross, None, ["pair.b=6", "pair.a=7"])
+
+
+def test_renamed_keys_are_read_with_one_notice_and_both_names_is_an_error(tmp_path, capsys):
+    """``resume`` -> ``train.resume`` and ``optim.grad_clip`` -> ``optim.max_grad_norm``
+    (config.RENAMED): the old names still work for one release, from YAML and overrides."""
+    from trainkit.config import RENAMED_UNTIL, ConfigError, load_config
+    from trainkit.llm.sft import SFTConfig
+    from trainkit.rlhf.trainers.ppo import PPOConfig
+
+    cfg = load_config(SFTConfig, None, ["resume=true"])
+    assert cfg.train.resume is True
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "warning: override 'resume=true': config key 'resume' is now 'train.resume' "
+        f"(the old name is read until trainkit {RENAMED_UNTIL})"
+    ]
+    y = tmp_path / "c.yaml"
+    y.write_text("optim:\n  grad_clip: 0.25\n")
+    assert load_config(PPOConfig, y).optim.max_grad_norm == 0.25
+    assert "'optim.grad_clip' is now 'optim.max_grad_norm'" in capsys.readouterr().err
+    y.write_text("resume: true\ntrain:\n  resume: false\n")
+    with pytest.raises(ConfigError, match="both 'resume' and its new name 'train.resume'"):
+        load_config(SFTConfig, y)
+    # the new names alone: no notice
+    assert load_config(SFTConfig, None, ["train.resume=true"]).train.resume is True
+    assert capsys.readouterr().err == ""

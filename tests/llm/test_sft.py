@@ -77,7 +77,7 @@ def test_kill_and_resume_reproduces_losses(tmp_path):
 
     with pytest.raises(Killed):
         train(_cfg(tmp_path / "b", *over), on_step=kill_after_3)
-    resumed = train(_cfg(tmp_path / "b", *over, "resume=true"))
+    resumed = train(_cfg(tmp_path / "b", *over, "train.resume=true"))
     assert [r["step"] for r in resumed["records"]] == [3, 4, 5]
     assert _losses(resumed) == full[2:]  # bitwise equal on CPU
     assert full[-1] < full[0]

@@ -261,13 +261,13 @@ CASES = [
     ("llm info on a missing model", ["llm", "info", "--model", "{t}/nomodel"], {}, "not found"),
     (
         "checkpoint from other LoRA settings",
-        SFT + ["resume=true", "lora.enabled=true", "output_dir={t}/run"],
+        SFT + ["train.resume=true", "lora.enabled=true", "output_dir={t}/run"],
         {"ckpt": ""},
         "do not match",
     ),
     (
         "malicious pickle in a checkpoint",
-        SFT + ["resume=true", "output_dir={t}/run"],
+        SFT + ["train.resume=true", "output_dir={t}/run"],
         {"evil": ""},
         "cannot be read safely",
     ),

@@ -1,7 +1,7 @@
 """Ctrl-C and non-finite steps in the SFT loop (``trainkit rlhf sft``).
 
 The first SIGINT finishes the step, saves a checkpoint and exits with code 130;
-``resume=true`` then reaches the same final weights as an uninterrupted run. A NaN loss
+``train.resume=true`` then reaches the same final weights as an uninterrupted run. A NaN loss
 is skipped and counted (``train.nonfinite=skip``) without touching the weights, and
 training stops with a one-line error after ``train.max_nonfinite`` in a row.
 """
@@ -32,7 +32,7 @@ def test_sigint_saves_checkpoint_exits_130_and_resume_matches(tmp_path, referenc
     stopped = int(last.name.split("-")[1])
     assert 1 <= stopped < 8  # a checkpoint although save_every=0: the interrupt saved it
     assert not (out / "final").exists()  # an unfinished run writes no final model
-    res = train(sft_cfg(out, "train.save_every=0", "resume=true"))
+    res = train(sft_cfg(out, "train.save_every=0", "train.resume=true"))
     assert res["records"][0]["step"] == stopped + 1 and res["step"] == 8
     assert max_abs_diff(final_weights(out), reference_run[1]) <= 1e-6
 
@@ -136,7 +136,7 @@ def _torchrun_sft(out, *over) -> subprocess.Popen:
 def test_sigint_to_one_fsdp2_rank_stops_every_rank_after_the_same_step(tmp_path):
     """Ctrl-C reaching only rank 1 of a 2-process FSDP2 run: rank 0 (which logs and never
     saw the signal) stops after the same step, one checkpoint of both ranks is written, and
-    resume=true finishes with the losses of the uninterrupted single-process run."""
+    train.resume=true finishes with the losses of the uninterrupted single-process run."""
     import json
 
     from trainkit.llm.sft import train
@@ -159,7 +159,7 @@ def test_sigint_to_one_fsdp2_rank_stops_every_rank_after_the_same_step(tmp_path)
     assert max(logged) == stopped  # rank 0 stopped after the step rank 1 was told to
     assert not (out / "final").exists()
 
-    resumed = _torchrun_sft(out, "resume=true")
+    resumed = _torchrun_sft(out, "train.resume=true")
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -54,7 +54,7 @@ def test_sigint_checkpoints_exits_130_and_resume_matches(tmp_path, references, n
     assert not final_file(name, out).exists()  # an unfinished run writes no model
     assert not (out / "summary.json").exists() and not (out / "trainkit_extend.json").exists()
 
-    rep = run_recipe(name, out, "resume=true")
+    rep = run_recipe(name, out, "train.resume=true")
     assert not rep["interrupted"]
     if name == "extend":
         assert rep["steps"] == MAX_STEPS and len(rep["losses"]) == MAX_STEPS
@@ -248,7 +248,7 @@ def test_rl_sigint_saves_checkpoint_returns_130_and_resumes(tmp_path, monkeypatc
     monkeypatch.setattr(ppo, "train", lambda c: orig(c, on_log=sigint_after_step_1))
     assert ppo.run_cli(cfg) == 130
     err = capsys.readouterr().err
-    assert "rl: interrupted after step 1;" in err and "train.resume=true" in err
+    assert "rl: interrupted after step 1;" in err and "resume=true" in err
     out = tmp_path / "rl"
     assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000001"
     assert not (out / "model").exists()  # an interrupted run writes no final model

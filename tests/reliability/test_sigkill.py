@@ -50,7 +50,7 @@ def _kill_resume(out, after_step, when, reference) -> dict:
     root = out / "checkpoints"  # absent when the kill came before the first save began
     leftovers = [p.name for p in root.iterdir() if p.name.startswith(".")] if root.is_dir() else []
     step = _check_latest_loads(out)
-    train(sft_cfg(out, "train.save_every=1", "resume=true"))
+    train(sft_cfg(out, "train.save_every=1", "train.resume=true"))
     diff = max_abs_diff(final_weights(out), reference)
     assert diff <= 1e-6, (when, step, diff)
     return {
@@ -78,7 +78,7 @@ def test_sigkill_while_saving_then_resume_matches(tmp_path, reference_run):
     assert any(p.name.startswith(".") for p in root.iterdir())  # killed mid-write
     step = _check_latest_loads(out)
     assert 1 <= step <= 7  # the save in flight is not visible; an older one is
-    train(sft_cfg(out, "train.save_every=1", "resume=true"))
+    train(sft_cfg(out, "train.save_every=1", "train.resume=true"))
     assert max_abs_diff(final_weights(out), reference_run[1]) <= 1e-6
     names = [p.name for p in (out / "checkpoints").iterdir()]
     assert names and all(n.startswith("step-") for n in names)  # leftovers cleaned up

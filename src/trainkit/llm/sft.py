@@ -8,7 +8,7 @@ Reliability: a step whose loss or gradient norm is NaN/inf is never applied
 (``train.nonfinite=skip`` drops it, counts it and warns, stopping after
 ``train.max_nonfinite`` in a row; ``stop`` stops at the first), and the first Ctrl-C
 finishes the current step, saves a checkpoint and returns with ``interrupted=True``
-(the CLI exits with 130); ``resume=true`` then continues exactly.
+(the CLI exits with 130); ``train.resume=true`` then continues exactly.
 
 Loss normalisation: one optimizer step sees ``train.batch_size`` sequences split over
 ``world_size`` ranks and ``accum`` micro-batches per rank. Each micro-batch's loss *sum*
@@ -199,7 +199,15 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     )
 
     ctl = TrainControl(
-        out, "sft", cfg.train, cfg.resume, module, optimizer, scheduler, strategy, save_last=True
+        out,
+        "sft",
+        cfg.train,
+        cfg.train.resume,
+        module,
+        optimizer,
+        scheduler,
+        strategy,
+        save_last=True,
     )
     step = 0
     state = ctl.restore()
@@ -356,7 +364,7 @@ def run(cfg: SFTConfig, args: Any = None) -> int:
         if res["is_main"]:
             print(
                 f"sft: interrupted after step {res['step']}; checkpoint {res['checkpoint']}; "
-                "continue with resume=true",
+                "continue with train.resume=true",
                 file=sys.stderr,
             )
         return 130

@@ -98,6 +98,9 @@ class TrainSection:
     max_nonfinite: int = field(
         default=5, metadata={"help": "with skip: stop after this many non-finite steps in a row"}
     )
+    resume: bool = field(
+        default=False, metadata={"help": "continue from the newest checkpoint in output_dir"}
+    )
 
 
 @dataclass
@@ -117,4 +120,3 @@ class SFTConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     output_dir: str = "runs/sft"
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint"})

@@ -9,20 +9,20 @@ the RL loop (:mod:`trainkit.rlhf.trainers.rl_loop`) uses the same guards
   NaN/inf is never applied (:class:`trainkit.common.guard.NonFiniteGuard`): ``skip`` drops
   it with a warning and counts it, stopping after ``max_nonfinite`` in a row with a
   one-line error that names the newest checkpoint; ``stop`` stops at the first.
-* ``train.save_every`` / ``train.keep_last``: a checkpoint
+* ``train.resume``, ``train.save_every`` / ``train.keep_last``: a checkpoint
   (:mod:`trainkit.llm.checkpoint`: trainable weights as safetensors, optimizer, scheduler,
   RNG states, step, data position, counters) every N steps under
   ``<output_dir>/checkpoints/step-N``, atomically, keeping the newest ``keep_last``.
 * Ctrl-C (:class:`trainkit.common.guard.GracefulInterrupt`): the first SIGINT lets the
   step finish, saves a checkpoint and asks the loop to stop; the recipe then writes no
-  final output and its CLI exits with 130. ``resume=true`` continues from the newest
+  final output and its CLI exits with 130. ``train.resume=true`` continues from the newest
   checkpoint and, on CPU, reaches the weights of an uninterrupted run. Under torchrun
   (``strategy=`` an FSDP2 strategy) the stop flag is summed over the ranks at the end of
   every step, so a Ctrl-C that reaches one rank stops all of them after the same step.
 
 Usage in a loop (``module`` holds every trainable parameter the optimizer steps)::
 
-    ctl = TrainControl(out, "rm", cfg.train, cfg.resume, model, opt, sched)
+    ctl = TrainControl(out, "rm", cfg.train, cfg.train.resume, model, opt, sched)
     state = ctl.restore()                     # None, or trainer_state.json of the checkpoint
     with ctl:
         for step in range(start + 1, max_steps + 1):
@@ -60,6 +60,9 @@ class SafetyFields:
     )
     max_nonfinite: int = field(
         default=5, metadata={"help": "with skip: stop after this many non-finite steps in a row"}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "continue from the newest checkpoint in output_dir"}
     )
 
     def validate(self) -> None:
@@ -259,7 +262,7 @@ class TrainControl:
         """The line a CLI prints after an interrupt."""
         return (
             f"{self.name}: interrupted after step {step}; checkpoint {self.last_checkpoint()}; "
-            "continue with resume=true"
+            "continue with train.resume=true"
         )
 
     def __enter__(self):

@@ -170,7 +170,7 @@ class ExtendTrainSection(SafetyFields):
         schedule: LR decay after warmup over ``max_steps``: ``linear`` to 0 (the paper),
             ``cosine`` or ``constant``.
         weight_decay: AdamW weight decay.
-        grad_clip: maximum global gradient norm; 0 = no clipping.
+        max_grad_norm: maximum global gradient norm; 0 = no clipping.
         loss_chunk: tokens per chunk of the chunked cross-entropy (only ``[chunk, vocab]``
             logits exist at once); smaller saves memory.
         threads: torch CPU threads (``torch.set_num_threads``); 0 = torch default.
@@ -184,7 +184,7 @@ class ExtendTrainSection(SafetyFields):
     warmup_steps: int = 0
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    max_grad_norm: float = 1.0
     loss_chunk: int = 1024
     threads: int = 0  # 0 = torch default
     log_every: int = 10
@@ -207,7 +207,6 @@ class ExtendConfig:
     train: ExtendTrainSection = field(default_factory=ExtendTrainSection)
     seed: int = 0
     output_dir: str = "runs/longctx/extended"
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint"})
 
     def check(self) -> None:
         """Checks run before training (not at load time: defaults have no data)."""
@@ -329,7 +328,7 @@ def batches(cfg: ExtendConfig, tok: Any, model: Any = None):
 def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
     """Train ``model`` in place.
 
-    Checkpoints (``train.save_every``, ``output_dir/checkpoints``), ``resume``, the
+    Checkpoints (``train.save_every``, ``output_dir/checkpoints``), ``train.resume``, the
     NaN/inf policy and Ctrl-C follow :mod:`trainkit.llm.train_control`. The batches are a
     seeded stream, so a resumed run replays it up to the saved step; the time budget
     continues from the saved seconds.
@@ -356,7 +355,7 @@ def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
     dev = next(model.parameters()).device
     steps_cap = t.max_steps if t.max_steps > 0 else 10**9
     gen = batches(cfg, tok, model)
-    ctl = TrainControl(cfg.output_dir, "extend", t, cfg.resume, model, opt)
+    ctl = TrainControl(cfg.output_dir, "extend", t, cfg.train.resume, model, opt)
     state = ctl.restore() or {}
     step, tokens = int(state.get("step", 0)), int(state.get("tokens", 0))
     losses: list[float] = list(state.get("losses", []))
@@ -373,7 +372,7 @@ def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
                 g["lr"] = t.lr * f
             loss_sum, n = loss_mod(**b)
             loss = loss_sum / n.clamp(min=1)
-            ctl.update(step + 1, loss, params, t.grad_clip)
+            ctl.update(step + 1, loss, params, t.max_grad_norm)
             step += 1
             tokens += (
                 int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
@@ -451,7 +450,7 @@ def extend(cfg: ExtendConfig, log=print) -> tuple[Any, Any, dict]:
     rec = model.config.to_dict().get("trainkit_longctx")
     log({"rope": rec, "trainable": trainable, "total": total})
     stats = train_loop(model, tok, cfg, log=log)
-    if stats["interrupted"]:  # a checkpoint was saved; no model yet (resume=true continues)
+    if stats["interrupted"]:  # a checkpoint was saved; no model yet (train.resume=true continues)
         return model, tok, {"output_dir": str(cfg.output_dir), **stats}
     out = save_extended(model, tok, cfg, cfg.output_dir)
     from trainkit.config import to_dict

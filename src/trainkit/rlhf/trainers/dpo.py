@@ -166,7 +166,6 @@ class DPOConfig:
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     output_dir: str = "runs/dpo"
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint"})
 
     def validate(self) -> None:
         if self.train.beta <= 0:
@@ -265,7 +264,7 @@ def save_policy(model: Any, tok: Any, cfg: DPOConfig, out: Path) -> str | None:
 def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> dict:
     """Train with DPO/IPO/cDPO; returns the summary (also in ``summary.json``).
 
-    Checkpoints, ``resume``, the NaN/inf policy and Ctrl-C follow
+    Checkpoints, ``train.resume``, the NaN/inf policy and Ctrl-C follow
     :mod:`trainkit.llm.train_control` (after a Ctrl-C: ``{"interrupted": True, ...}``,
     nothing saved but the checkpoint). On resume, whatever needs the initial policy (the
     "before" evaluation, the frozen or precomputed reference) is built before the
@@ -309,7 +308,7 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = make_optimizer(params, cfg.optim, T.max_steps)
-    ctl = TrainControl(out, "dpo", T, cfg.resume, model, opt, sched)
+    ctl = TrainControl(out, "dpo", T, cfg.train.resume, model, opt, sched)
     state = ctl.restore()
     start = int(state["step"]) if state else 0
     order = EpochOrder(len(enc_train), T.seed, state["data"] if state else None)

@@ -169,12 +169,12 @@ def ppo_update(
             if dp is not None:
                 st = _sum_over_ranks(dp, st)
             if policy is not None:
-                st["grad_norm"] = gn = _grad_norm(opt, cfg.optim.grad_clip)
+                st["grad_norm"] = gn = _grad_norm(opt, cfg.optim.max_grad_norm)
                 if guard.check(step, st["loss"], gn):
                     opt.step()
                     sched.step()
             if critic is not None:
-                st["critic_grad_norm"] = cgn = _grad_norm(critic_opt, cfg.optim.grad_clip)
+                st["critic_grad_norm"] = cgn = _grad_norm(critic_opt, cfg.optim.max_grad_norm)
                 if guard.check(step, st["value_loss"], cgn):
                     critic_opt.step()
                     critic_sched.step()

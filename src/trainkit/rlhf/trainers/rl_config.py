@@ -203,7 +203,7 @@ class OptimSection:
         lr: policy AdamW learning rate.
         critic_lr: critic AdamW learning rate (estimator=gae only).
         weight_decay: AdamW decoupled weight decay (policy and critic).
-        grad_clip: max global gradient norm per optimizer step, policy and critic clipped
+        max_grad_norm: max global gradient norm per optimizer step, policy and critic clipped
             separately.
         warmup_steps: linear LR warmup over this many optimizer steps (ppo_epochs *
             mini_batches per training step); 0: no warmup.
@@ -213,7 +213,7 @@ class OptimSection:
     lr: float = 1e-5
     critic_lr: float = 1e-5
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    max_grad_norm: float = 1.0
     warmup_steps: int = 0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
 

@@ -177,7 +177,6 @@ class RMConfig:
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     output_dir: str = "runs/rm"
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint"})
 
     def validate(self) -> None:
         if self.train.max_steps < 0 or self.train.batch_size < 1:
@@ -290,7 +289,7 @@ def reward_stats(
 def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> dict:
     """Train a reward model; returns the summary (also written to ``summary.json``).
 
-    Checkpoints, ``resume``, the NaN/inf policy and Ctrl-C follow
+    Checkpoints, ``train.resume``, the NaN/inf policy and Ctrl-C follow
     :mod:`trainkit.llm.train_control`; after a Ctrl-C the summary is
     ``{"interrupted": True, "step", "message"}`` and no model is written.
 
@@ -324,7 +323,7 @@ def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> di
     held_eval = held[: E.max_pairs] if E.max_pairs else held
 
     before = evaluate(model, tok, held_eval, L, E.batch_size)
-    ctl = TrainControl(out, "rm", T, cfg.resume, model, opt, sched)
+    ctl = TrainControl(out, "rm", T, cfg.train.resume, model, opt, sched)
     state = ctl.restore()
     start = int(state["step"]) if state else 0
     order = EpochOrder(len(train), T.seed, state["data"] if state else None)
