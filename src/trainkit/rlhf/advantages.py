@@ -1,7 +1,9 @@
 """Advantage estimators of online RL for LLMs, as pure tensor functions.
 
-Formulas follow OpenRLHF (Hu et al. 2024, arXiv 2405.11143); see ``shared/PAPERS.md``
-section 2. Token tensors are ``[batch, T]`` over response tokens, **right padded**, with
+Formulas follow OpenRLHF (Hu et al. 2024, arXiv 2405.11143); docs/papers.md gives each
+paper's settings and the config keys that reproduce them, and
+:mod:`trainkit.rlhf.estimators` is the one table of the estimator names built from these
+functions. Token tensors are ``[batch, T]`` over response tokens, **right padded**, with
 ``mask`` 1 on valid tokens; masked positions never influence a result and come out 0.
 Scalar (per-sample) rewards are ``[n_prompts * group_size]``, the ``group_size``
 samples of one prompt being consecutive.
@@ -9,10 +11,9 @@ samples of one prompt being consecutive.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
+from trainkit.rlhf.estimators import GROUP
 from trainkit.rlhf.losses import masked_mean, masked_sum
 
 Tensor = torch.Tensor
@@ -109,7 +110,7 @@ def whiten(
 def group_advantages(
     rewards: Tensor,
     group_size: int,
-    method: Literal["grpo", "dr_grpo", "rloo", "reinforce_baseline"] = "grpo",
+    method: str = "grpo",
     eps: float = 1e-6,
 ) -> Tensor:
     """Per-sample advantages from the rewards of a prompt's group of samples.
@@ -127,7 +128,8 @@ def group_advantages(
     Args:
         rewards: ``[n_prompts * group_size]`` scalar rewards, groups consecutive.
         group_size: samples per prompt.
-        method: see above.
+        method: see above; the group rows of :data:`trainkit.rlhf.estimators.ESTIMATORS`
+            (:data:`~trainkit.rlhf.estimators.GROUP`).
         eps: GRPO's std epsilon.
 
     Statistics are computed in float64 (then cast back to the rewards' float dtype, at
@@ -142,6 +144,8 @@ def group_advantages(
             f"rewards must be 1-D with a multiple of group_size={group_size} "
             f"entries, got shape {tuple(rewards.shape)}"
         )
+    if method not in GROUP:
+        raise ValueError(f"method must be one of {', '.join(GROUP)}, got {method!r}")
     if method in ("grpo", "rloo") and group_size < 2:
         raise ValueError(f"{method} needs group_size >= 2, got {group_size}")
     out_dtype = torch.promote_types(rewards.dtype, torch.float32)
@@ -157,13 +161,8 @@ def group_advantages(
         adv = dev / (std + eps)
     elif method in ("dr_grpo", "reinforce_baseline"):
         adv = dev
-    elif method == "rloo":
-        # r_i - (sum_j r_j - r_i) / (n - 1) = n / (n - 1) * (r_i - m)
+    else:  # rloo: r_i - (sum_j r_j - r_i) / (n - 1) = n / (n - 1) * (r_i - m)
         adv = dev * (group_size / (group_size - 1))
-    else:
-        raise ValueError(
-            f"method must be grpo, dr_grpo, rloo or reinforce_baseline, got {method!r}"
-        )
     return _round_keeping_sum(adv, out_dtype).reshape(-1)
 
 

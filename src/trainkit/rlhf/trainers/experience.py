@@ -34,9 +34,6 @@ from trainkit.rlhf.rollout.base import Rollout, response_logps
 
 Tensor = torch.Tensor
 
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
-ESTIMATORS = ("gae", "reinforce", "reinforce_baseline") + GROUP_ESTIMATORS
-
 
 @dataclass
 class Experience:
@@ -244,14 +241,16 @@ def compute_advantages(
     on the last valid token (token-level estimators only).
     """
     from trainkit.rlhf import advantages as A
+    from trainkit.rlhf import estimators as E
 
+    row = E.spec(estimator)  # the one table of estimators: rlhf/estimators.py
     mask = mask.bool()
     rewards = rewards.float()
-    if estimator in GROUP_ESTIMATORS:
+    if row.group and not row.token_level:  # one value per sequence, KL as a loss term
         adv = A.group_advantages(rewards, group_size, method=estimator)
         return A.expand_to_tokens(adv, mask), None
-    if estimator == "reinforce_baseline":
-        rewards = A.group_advantages(rewards, group_size, method="reinforce_baseline")
+    if row.group:  # a group baseline first, then returns over the tokens
+        rewards = A.group_advantages(rewards, group_size, method=estimator)
     use_kl = kl_in_reward and kl is not None and kl_coef > 0
     tok_r = A.token_rewards(
         rewards,
@@ -259,15 +258,13 @@ def compute_advantages(
         mask,
         kl_coef if use_kl else 0.0,
     )
-    if estimator == "gae":
+    if row.critic:
         if values is None:
-            raise ValueError("estimator 'gae' needs critic values")
+            raise ValueError(f"estimator {estimator!r} needs critic values")
         adv, ret = A.gae(tok_r, values, mask, gamma=gamma, lam=lam)
         return A.whiten(adv, mask), ret
-    if estimator in ("reinforce", "reinforce_baseline"):
-        ret = A.reinforce_returns(tok_r, mask, gamma=gamma)
-        return A.whiten(ret, mask), None
-    raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    ret = A.reinforce_returns(tok_r, mask, gamma=gamma)
+    return A.whiten(ret, mask), None
 
 
 MISMATCH_MAX = "rollout/logprob_abs_diff_max"

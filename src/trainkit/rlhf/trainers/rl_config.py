@@ -12,10 +12,11 @@ from typing import Literal
 
 from trainkit.config import ConfigError
 from trainkit.llm.lora import LoraSection
+from trainkit.rlhf import estimators as E
 from trainkit.rlhf.ray.config import RaySection
 
-Estimator = Literal["gae", "reinforce", "reinforce_baseline", "grpo", "dr_grpo", "rloo"]
-GROUP = ("grpo", "dr_grpo", "rloo", "reinforce_baseline")
+# the names and their properties come from the one table in rlhf/estimators.py
+Estimator = Literal[E.NAMES]  # type: ignore[valid-type]
 
 
 @dataclass
@@ -306,24 +307,27 @@ class RLConfig:
     def validate(self) -> None:
         """Reject impossible combinations with one clear line each."""
         a, r = self.algo, self.rollout
-        if a.estimator == "gae" and self.model.critic is None:
+        needs_critic = E.spec(a.estimator).critic
+        if needs_critic and self.model.critic is None:
             raise ConfigError(
-                "algo.estimator=gae needs a critic: set model.critic to 'auto' or a model name"
+                f"algo.estimator={a.estimator} needs a critic: set model.critic to 'auto' "
+                "or a model name"
             )
-        if a.estimator != "gae" and self.model.critic not in (None, "auto"):
+        if not needs_critic and self.model.critic not in (None, "auto"):
             raise ConfigError(
                 f"model.critic={self.model.critic!r} is only used by "
-                f"algo.estimator=gae (got {a.estimator})"
+                f"algo.estimator={'/'.join(n for n, x in E.ESTIMATORS.items() if x.critic)} "
+                f"(got {a.estimator})"
             )
-        if a.estimator in GROUP and r.n < 2:
+        if a.estimator in E.GROUP and r.n < 2:
             raise ConfigError(
                 f"algo.estimator={a.estimator} compares samples of a prompt: "
                 f"rollout.n must be >= 2, got {r.n}"
             )
-        if a.kl_in_reward and a.estimator in ("grpo", "dr_grpo", "rloo"):
+        if a.kl_in_reward and a.estimator not in E.TOKEN_LEVEL:
             raise ConfigError(
-                f"algo.kl_in_reward=true needs a token-level estimator (gae, "
-                f"reinforce, reinforce_baseline); {a.estimator} uses the KL loss"
+                f"algo.kl_in_reward=true needs a token-level estimator "
+                f"({', '.join(E.TOKEN_LEVEL)}); {a.estimator} uses the KL loss"
             )
         if a.dynamic_sampling and r.n < 2:
             raise ConfigError("algo.dynamic_sampling needs rollout.n >= 2")
