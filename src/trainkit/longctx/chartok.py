@@ -1,6 +1,6 @@
 """A 64-token character tokenizer that plain ``transformers.AutoTokenizer`` reloads.
 
-Small models for the CPU experiment need a small vocabulary (DESIGN.md, machine facts):
+Small models for the CPU experiment need a small vocabulary (docs/papers.md, machine facts):
 text is lower-cased and split into single characters; every character outside
 :data:`CHARS` becomes ``<unk>``. Chat turns are marked with special tokens
 ``<|user|>``, ``<|assistant|>``, ``<|end|>`` through a Jinja chat template, so

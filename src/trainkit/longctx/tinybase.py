@@ -20,7 +20,7 @@ an induction copy: find the earlier occurrence of the key and continue it) and
 copies *some* pair's value at chance (docs/RESULTS.md, long context).
 
 Haystack ``train.source``: ``random`` (default; random letters and spaces, the setup
-DESIGN.md reports to learn on 2 cores), ``prose`` (the same sample format in real text:
+docs/papers.md reports to learn on 2 cores), ``prose`` (the same sample format in real text:
 consecutive prose paragraphs of the standard library's docstrings, lower-cased, with digits
 and every character that could be a key or a separator blanked) or a
 :mod:`trainkit.longctx.tasks` source

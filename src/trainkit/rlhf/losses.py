@@ -1,7 +1,7 @@
 """Loss functions of RLHF / RLVR, as pure tensor functions.
 
 Formulas follow OpenRLHF (Hu et al. 2024, arXiv 2405.11143) and the papers it cites;
-see ``shared/PAPERS.md`` section 2. Conventions used everywhere in this module:
+see docs/papers.md (OpenRLHF). Conventions used everywhere in this module:
 
 * token tensors are ``[batch, T]`` over the *response* tokens, right padded;
 * ``mask`` is ``[batch, T]`` (bool or 0/1 float), 1 on valid response tokens;

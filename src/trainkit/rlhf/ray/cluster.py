@@ -7,7 +7,7 @@ over ``num_nodes > 1`` gets its own ``STRICT_SPREAD`` group (one bundle per node
 resources of all, so fractional GPUs put training and generation on one device
 (OpenRLHF's ``--colocate_all_models``).
 
-Deadlock rule (DESIGN.md, "Machine facts"): actors may hold every CPU of the cluster, so
+Deadlock rule (docs/papers.md, "Machine facts"): actors may hold every CPU of the cluster, so
 any helper *task* the driver launches (reward scoring, ...) must use ``num_cpus=0``;
 :func:`helper_task` does that.
 """

@@ -10,7 +10,7 @@ actor) wants the *merged* weights under the original checkpoint names, so
 
 without touching the trainer's model (no ``merge_adapter``/``unmerge_adapter`` round
 trip that would round the base weights twice in bf16). Known pain point this avoids:
-LoRA + vLLM weight sync breaking on adapter names (PAPERS.md section 2).
+LoRA + vLLM weight sync breaking on adapter names (docs/papers.md, OpenRLHF).
 
 The functions are pure with respect to the model: nothing is modified.
 :class:`WeightChannel` moves such weights between processes over a private process group
