@@ -24,6 +24,13 @@ to angles the model can cope with:
 ``AutoConfig`` / ``AutoModelForCausalLM``; what trainkit did is also kept in
 ``config.trainkit_longctx`` (method, factor, original length, base theta).
 
+:data:`RULES` is the one table of these rules (name -> frequency function, saved
+``rope_type``, required arguments, source); :func:`rope_frequencies`, :func:`apply_rope`,
+:func:`config_frequencies`, the ``rope.method`` / ``rope_method`` config checks and the
+table in docs/papers.md all follow it (tests/longctx/test_rope_rules.py checks they agree).
+The frequency functions themselves are in :mod:`trainkit.longctx.rope_math` and re-exported
+here.
+
 Choosing the new base for ``theta``: :func:`suggest_theta` (NTK-aware: the slowest pair
 only, a lower bound) and :func:`theta_in_range` (every pair that turned less than once in
 pretraining stays within the angles it saw; what the paper's large bases do).
@@ -35,254 +42,235 @@ where the rule has one, the attention scale multiplied into ``cos``/``sin``.
 from __future__ import annotations
 
 import copy
-import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from trainkit.common.errors import UserError
+from trainkit.longctx.rope_math import (
+    default_inv_freq,
+    dynamic_inv_freq,
+    linear_inv_freq,
+    llama3_inv_freq,
+    suggest_theta,
+    theta_in_range,
+    yarn_attention_scale,
+    yarn_inv_freq,
+)
 
-METHODS = ("theta", "linear", "dynamic", "yarn", "llama3")
-
-
-def _check_dim(head_dim: int) -> None:
-    if head_dim < 2 or head_dim % 2:
-        raise UserError(f"RoPE head_dim must be an even integer >= 2, got {head_dim}")
-
-
-def default_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
-    """Plain RoPE frequencies ``w_i = theta ** (-2i/d)`` (Su et al. 2021, eq. 15).
-
-    Also the ``theta`` rule: pass the raised base.
-
-    Args:
-        head_dim: rotary dimension ``d`` (even).
-        theta: the base.
-
-    Returns:
-        ``[d/2]`` inverse frequencies, ``w_0 = 1`` down to ``theta ** (-(d-2)/d)``.
-    """
-    _check_dim(head_dim)
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
-    return 1.0 / (theta**exponents)
-
-
-def linear_inv_freq(head_dim: int, theta: float, factor: float) -> torch.Tensor:
-    """Position interpolation: ``w_i / s`` (Chen et al. 2023, arXiv 2306.15595, eq. 4).
-
-    Dividing positions by ``s`` is the same as dividing every frequency by ``s``.
-
-    Returns:
-        ``[d/2]`` inverse frequencies.
-    """
-    return default_inv_freq(head_dim, theta) / factor
+__all__ = [  # the frequency functions live in rope_math; callers find them here
+    "METHODS",
+    "RULES",
+    "RopeRule",
+    "apply_rope",
+    "config_frequencies",
+    "default_inv_freq",
+    "dynamic_inv_freq",
+    "head_dim_of",
+    "linear_inv_freq",
+    "llama3_inv_freq",
+    "markdown_table",
+    "rope_frequencies",
+    "rule",
+    "suggest_theta",
+    "target_length",
+    "theta_in_range",
+    "yarn_attention_scale",
+    "yarn_inv_freq",
+]
 
 
-def dynamic_inv_freq(
-    head_dim: int,
-    theta: float,
-    factor: float,
-    original_max_position: int,
-    seq_len: int | None = None,
-) -> torch.Tensor:
-    """Dynamic NTK-aware scaling: a larger base once the sequence outgrows ``L``.
-
-    ``theta' = theta * (s * n / L - (s - 1)) ** (d / (d - 2))`` with ``n = max(seq_len, L)``
-    (the rule transformers implements as ``rope_type="dynamic"``; NTK-aware scaling by
-    bloc97, made dynamic by emozilla, 2023). At ``n <= L`` the frequencies are unchanged.
-
-    Args:
-        head_dim: rotary dimension ``d``.
-        theta: the pretrained base.
-        factor: ``s``.
-        original_max_position: ``L``, the pretraining length.
-        seq_len: current length ``n`` (``None`` means ``L``).
-
-    Returns:
-        ``[d/2]`` inverse frequencies.
-    """
-    _check_dim(head_dim)
-    n = original_max_position if seq_len is None else max(int(seq_len), original_max_position)
-    scaled = theta * ((factor * n / original_max_position) - (factor - 1)) ** (
-        head_dim / (head_dim - 2)
-    )
-    return default_inv_freq(head_dim, scaled)
+# ---- the one table of rules ------------------------------------------------------------
+# Each rule is three small functions: its frequencies from the call's arguments, the
+# transformers ``rope_parameters`` it is saved as, and its frequencies read back from those.
+def _theta_freqs(d, theta, factor, orig, seq_len, new_theta, **options):
+    if new_theta is None and factor == 1.0:
+        return default_inv_freq(d, theta), 1.0
+    if new_theta is None:
+        if orig is None:
+            raise UserError(
+                "rope method 'theta' needs new_theta, or factor and original_max_position"
+            )
+        new_theta = suggest_theta(target_length(orig, factor), d, theta, orig)
+    return default_inv_freq(d, new_theta), 1.0
 
 
-def yarn_attention_scale(factor: float) -> float:
-    """YaRN's temperature: ``sqrt(1/t) = 0.1 ln(s) + 1`` (Peng et al. 2023, eq. 22).
+def _yarn_params(factor, theta, orig, o):
+    return {
+        "rope_type": "yarn",
+        "factor": float(factor),
+        "rope_theta": theta,
+        "original_max_position_embeddings": orig,
+        "beta_fast": float(o["beta_fast"]),
+        "beta_slow": float(o["beta_slow"]),
+    }
 
-    It multiplies ``cos`` and ``sin``, so both ``q`` and ``k`` — the attention logits
-    are scaled by its square. ``1.0`` for ``s <= 1``.
-    """
-    return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
+
+def _llama3_params(factor, theta, orig, o):
+    return {
+        "rope_type": "llama3",
+        "factor": float(factor),
+        "rope_theta": theta,
+        "original_max_position_embeddings": orig,
+        "low_freq_factor": float(o["low_freq_factor"]),
+        "high_freq_factor": float(o["high_freq_factor"]),
+    }
 
 
-def _yarn_pair_index(
-    rotations: float, head_dim: int, theta: float, original_max_position: int
-) -> float:
-    """Pair index ``i`` whose wavelength fits ``rotations`` times into ``L``.
-
-    Solves ``L / lambda_i = rotations`` for ``i``:
-    ``i = d * ln(L / (2 pi r)) / (2 ln theta)``.
-    """
-    return (
-        head_dim
-        * math.log(original_max_position / (rotations * 2 * math.pi))
-        / (2 * math.log(theta))
+def _yarn_from_config(d, p, max_pos, seq_len):
+    b_fast, b_slow = p.get("beta_fast") or 32.0, p.get("beta_slow") or 1.0
+    orig = p["original_max_position_embeddings"]
+    return yarn_inv_freq(
+        d, p["rope_theta"], p["factor"], orig, b_fast, b_slow, p.get("truncate", True)
     )
 
 
-def yarn_inv_freq(
-    head_dim: int,
-    theta: float,
-    factor: float,
-    original_max_position: int,
-    beta_fast: float = 32.0,
-    beta_slow: float = 1.0,
-    truncate: bool = True,
-) -> tuple[torch.Tensor, float]:
-    """YaRN ("NTK-by-parts" + temperature), Peng et al. 2023, arXiv 2309.00071, sec. 3.2-3.4.
+def _llama3_from_config(d, p, max_pos, seq_len):
+    orig, lo, hi = (
+        p[k] for k in ("original_max_position_embeddings", "low_freq_factor", "high_freq_factor")
+    )
+    return llama3_inv_freq(d, p["rope_theta"], p["factor"], orig, lo, hi), 1.0
 
-    Pairs that rotate more than ``beta_fast`` times within ``L`` keep their frequency
-    (extrapolate), pairs that rotate less than ``beta_slow`` times are interpolated
-    (``w_i / s``), and a linear ramp over the pair index blends the two:
 
-        lo = floor(i(beta_fast)), hi = ceil(i(beta_slow))   (see :func:`_yarn_pair_index`)
-        gamma_i = clamp((i - lo) / (hi - lo), 0, 1)
-        w'_i = gamma_i * w_i / s + (1 - gamma_i) * w_i
+@dataclass(frozen=True)
+class RopeRule:
+    """One row of :data:`RULES`.
 
-    The ramp in pair-index space with floor/ceil is the form of the YaRN reference code
-    (and transformers); ``truncate=False`` skips the rounding.
-
-    Returns:
-        ``([d/2] inverse frequencies, attention scale 0.1 ln s + 1)``.
+    Attributes:
+        rope_type: the ``rope_parameters["rope_type"]`` the rule is saved as.
+        needs_factor: ``factor`` (``s``) is required; the ``theta`` rule takes a new base
+            instead (``theta=``, or ``factor`` for :func:`suggest_theta`).
+        needs_original: the rule reads the pretraining length ``L``.
+        keeps_length: the saved ``max_position_embeddings`` stays ``L`` (the rule scales
+            with the current length at run time) instead of becoming ``round(s L)``.
+        frequencies: ``(d, theta, factor, L, seq_len, new_theta, **options) -> (inv_freq
+            [d/2], attention scale)``, used by :func:`rope_frequencies`.
+        hf_params: ``(factor, base theta, L, options) -> rope_parameters``; the ``theta``
+            rule's entry is filled in by :func:`apply_rope`, which computes the new base.
+        from_config: ``(d, rope_parameters, max_position_embeddings, seq_len) -> (inv_freq,
+            scale)``, used by :func:`config_frequencies`.
+        summary, paper: the rule in words and its source (docs/papers.md shows the table).
     """
-    base = default_inv_freq(head_dim, theta)
-    lo = _yarn_pair_index(beta_fast, head_dim, theta, original_max_position)
-    hi = _yarn_pair_index(beta_slow, head_dim, theta, original_max_position)
-    if truncate:
-        lo, hi = math.floor(lo), math.ceil(hi)
-    lo, hi = max(lo, 0), min(hi, head_dim - 1)
-    if lo == hi:
-        hi += 0.001  # a one-point ramp would divide by zero
-    idx = torch.arange(head_dim // 2, dtype=torch.float32)
-    gamma = torch.clamp((idx - lo) / (hi - lo), 0.0, 1.0)  # 0 = keep, 1 = interpolate
-    inv = gamma * (base / factor) + (1.0 - gamma) * base
-    return inv, yarn_attention_scale(factor)
+
+    rope_type: str
+    needs_factor: bool
+    needs_original: bool
+    keeps_length: bool
+    frequencies: Callable[..., tuple[torch.Tensor, float]]
+    hf_params: Callable[..., dict[str, Any]]
+    from_config: Callable[..., tuple[torch.Tensor, float]]
+    summary: str
+    paper: str
 
 
-def llama3_inv_freq(
-    head_dim: int,
-    theta: float,
-    factor: float,
-    original_max_position: int,
-    low_freq_factor: float = 1.0,
-    high_freq_factor: float = 4.0,
-) -> torch.Tensor:
-    """The Llama-3.1 rule (Meta's reference ``apply_scaling``; Llama 3 herd paper, 2024).
-
-    With ``lambda_i = 2 pi / w_i``, ``lambda_low = L / low_freq_factor`` and
-    ``lambda_high = L / high_freq_factor`` (Llama-3.1: ``s=8, low=1, high=4, L=8192``):
-
-        lambda_i < lambda_high            -> w_i            (high frequencies kept)
-        lambda_i > lambda_low             -> w_i / s        (low frequencies interpolated)
-        otherwise, mu = (L / lambda_i - low_freq_factor) / (high_freq_factor - low_freq_factor)
-                                          -> (1 - mu) w_i / s + mu w_i
-
-    Returns:
-        ``[d/2]`` inverse frequencies.
-    """
-    if high_freq_factor <= low_freq_factor:
-        raise UserError(
-            f"llama3 rope: high_freq_factor ({high_freq_factor}) must exceed "
-            f"low_freq_factor ({low_freq_factor})"
-        )
-    base = default_inv_freq(head_dim, theta)
-    wavelen = 2 * math.pi / base
-    low_wl = original_max_position / low_freq_factor
-    high_wl = original_max_position / high_freq_factor
-    mu = (original_max_position / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
-    smooth = (1 - mu) * base / factor + mu * base
-    out = torch.where(wavelen > low_wl, base / factor, base)
-    medium = (wavelen >= high_wl) & (wavelen <= low_wl)
-    return torch.where(medium, smooth, out)
+def _scaled_params(rope_type):
+    return lambda factor, theta, orig, o: {
+        "rope_type": rope_type,
+        "factor": float(factor),
+        "rope_theta": theta,
+    }
 
 
-def _stretch(name: str, target_len: int, original_len: int) -> float:
-    """``s = target_len / original_len`` for the theta helpers; both lengths must be positive."""
-    if original_len <= 0 or target_len <= 0:
-        raise UserError(f"{name}: lengths must be positive, got {original_len} -> {target_len}")
-    return target_len / original_len
+RULES: dict[str, RopeRule] = {
+    "theta": RopeRule(
+        rope_type="default",
+        needs_factor=False,
+        needs_original=False,
+        keeps_length=False,
+        frequencies=_theta_freqs,
+        hf_params=lambda factor, theta, orig, o: {"rope_type": "default", "rope_theta": theta},
+        from_config=lambda d, p, max_pos, seq_len: (default_inv_freq(d, p["rope_theta"]), 1.0),
+        summary="raise the base theta (given, or suggest_theta for the factor)",
+        paper="Zhang et al. 2024, arXiv 2404.19553 (Llama-3 8K -> 80K: 500K -> 200M)",
+    ),
+    "linear": RopeRule(
+        rope_type="linear",
+        needs_factor=True,
+        needs_original=False,
+        keeps_length=False,
+        frequencies=lambda d, theta, factor, orig, seq_len, new_theta, **o: (
+            linear_inv_freq(d, theta, factor),
+            1.0,
+        ),
+        hf_params=_scaled_params("linear"),
+        from_config=lambda d, p, max_pos, seq_len: (
+            linear_inv_freq(d, p["rope_theta"], p["factor"]),
+            1.0,
+        ),
+        summary="position interpolation: every frequency / s",
+        paper="Chen et al. 2023, arXiv 2306.15595",
+    ),
+    "dynamic": RopeRule(
+        rope_type="dynamic",
+        needs_factor=True,
+        needs_original=True,
+        keeps_length=True,
+        frequencies=lambda d, theta, factor, orig, seq_len, new_theta, **o: (
+            dynamic_inv_freq(d, theta, factor, orig, seq_len),
+            1.0,
+        ),
+        hf_params=_scaled_params("dynamic"),
+        from_config=lambda d, p, max_pos, seq_len: (
+            dynamic_inv_freq(d, p["rope_theta"], p["factor"], max_pos, seq_len),
+            1.0,
+        ),
+        summary="NTK-aware base that grows with the current length beyond L",
+        paper="bloc97 / emozilla 2023 (transformers' dynamic rope_type)",
+    ),
+    "yarn": RopeRule(
+        rope_type="yarn",
+        needs_factor=True,
+        needs_original=True,
+        keeps_length=False,
+        frequencies=lambda d, theta, factor, orig, seq_len, new_theta, **o: yarn_inv_freq(
+            d, theta, factor, orig, **o
+        ),
+        hf_params=_yarn_params,
+        from_config=_yarn_from_config,
+        summary="NTK-by-parts ramp between kept and interpolated pairs, attention x (0.1 ln s + 1)",
+        paper="Peng et al. 2023, arXiv 2309.00071",
+    ),
+    "llama3": RopeRule(
+        rope_type="llama3",
+        needs_factor=True,
+        needs_original=True,
+        keeps_length=False,
+        frequencies=lambda d, theta, factor, orig, seq_len, new_theta, **o: (
+            llama3_inv_freq(d, theta, factor, orig, **o),
+            1.0,
+        ),
+        hf_params=_llama3_params,
+        from_config=_llama3_from_config,
+        summary="low frequencies / s, high ones kept, a smooth blend between",
+        paper="Llama 3.1 (Meta 2024, arXiv 2407.21783; reference apply_scaling)",
+    ),
+}
+
+#: rule names, in table order (``rope.method`` of ``longctx extend`` adds ``none``)
+METHODS: tuple[str, ...] = tuple(RULES)
 
 
-def suggest_theta(target_len: int, head_dim: int, base_theta: float, original_len: int) -> float:
-    """A base ``theta`` for extending ``original_len`` -> ``target_len`` by the ``theta`` rule.
-
-    Rule (NTK-aware): keep the ratio of the *lowest* frequency's wavelength to the context
-    length. That wavelength is ``2 pi theta^((d-2)/d)``; asking it to grow by
-    ``s = target_len / original_len`` gives
-
-        theta' = theta * s ** (d / (d - 2)).
-
-    Positions at ``s * L`` then reach, on the slowest pair, the same fraction of a turn as
-    ``L`` did before, while the fastest pair (``w_0 = 1``) is untouched. For
-    Llama-3-8B (``d=128``, ``theta=5e5``, 8K -> 80K) this gives ~5.2e6; the paper chose the
-    far larger 2e8, which also shrinks angles of mid frequencies — treat the result as a
-    lower bound and raise it when fine-tuning is cheap. For ``s <= 1`` the base is returned.
-
-    Args:
-        target_len: wanted context length ``L'``.
-        head_dim: rotary dimension ``d`` (even, > 2).
-        base_theta: pretrained base ``theta``.
-        original_len: pretraining context length ``L``.
-
-    Returns:
-        The suggested base (a float).
-    """
-    _check_dim(head_dim)
-    if head_dim <= 2:
-        raise UserError("suggest_theta needs head_dim > 2")
-    s = _stretch("suggest_theta", target_len, original_len)
-    if s <= 1:
-        return float(base_theta)
-    return float(base_theta * s ** (head_dim / (head_dim - 2)))
+def rule(method: str) -> RopeRule:
+    """The row of ``method``; a one-line UserError naming the valid ones otherwise."""
+    if method not in RULES:
+        raise UserError(f"unknown rope method '{method}'; expected one of {', '.join(METHODS)}")
+    return RULES[method]
 
 
-def theta_in_range(target_len: int, head_dim: int, base_theta: float, original_len: int) -> float:
-    """The smallest base ``theta`` that keeps every *partially seen* rotary pair in range.
-
-    A pair ``i`` whose wavelength ``2 pi theta^(2i/d)`` exceeds ``original_len`` turns less
-    than once in pretraining, so the model saw only the angles ``[0, L w_i]``. Raising the base
-    to ``theta'`` keeps those angles at ``s L`` (``s = target_len / original_len``) when
-    ``w'_i <= w_i / s``, i.e. ``theta' >= theta * s ** (d / (2 i))``; the first partially seen
-    pair ``i_min`` sets the bound:
-
-        theta' = theta * s ** (d / (2 i_min)).
-
-    Pairs that turn at least once (short wavelengths) saw every angle and need nothing. Far
-    above :func:`suggest_theta`, which only keeps the slowest pair: for Llama-3-8B 8K -> 80K
-    it gives ~3.4e7 (``i_min`` = 35 of 64) where the paper chose 2e8; for the tiny CPU
-    experiment (``d=32``, 1e4, 256 -> 2048) ~1.2e6, where theta x8 left kv retrieval at 0.65
-    and 1e6 reached 0.95 with the same fine-tune (docs/RESULTS.md). For ``s <= 1`` the base
-    is returned.
-    """
-    _check_dim(head_dim)
-    s = _stretch("theta_in_range", target_len, original_len)
-    if s <= 1:
-        return float(base_theta)
-    half = head_dim // 2
-    partial = [
-        i for i in range(half) if 2 * math.pi * base_theta ** (2 * i / head_dim) > original_len
+def markdown_table() -> str:
+    """:data:`RULES` as Markdown (docs/papers.md holds this text verbatim; a test checks it)."""
+    yes = {True: "yes", False: "no"}
+    rows = [
+        "| `rope.method` | transformers `rope_type` | needs `rope.factor` | what it does | source |",
+        "|---|---|---|---|---|",
     ]
-    if not partial:  # every pair turned at least once
-        return float(base_theta)
-    if partial[0] == 0:
-        raise UserError(
-            f"theta_in_range: original_len {original_len} is shorter than one turn of the "
-            "fastest pair (2 pi)"
+    for name, r in RULES.items():
+        rows.append(
+            f"| `{name}` | `{r.rope_type}` | {yes[r.needs_factor]} | {r.summary} | {r.paper} |"
         )
-    return float(base_theta * s ** (head_dim / (2 * partial[0])))
+    return "\n".join(rows) + "\n"
 
 
 def rope_frequencies(
@@ -296,38 +284,20 @@ def rope_frequencies(
     new_theta: float | None = None,
     **options: Any,
 ) -> tuple[torch.Tensor, float]:
-    """``(inv_freq [d/2], attention_scale)`` of any rule, by name (see :data:`METHODS`).
+    """``(inv_freq [d/2], attention_scale)`` of any rule, by name (see :data:`RULES`).
 
     ``theta`` is the pretrained base; the ``theta`` rule uses ``new_theta`` (or
     :func:`suggest_theta` for ``factor``). ``options`` go to the rule's function
     (``beta_fast``, ``beta_slow``, ``low_freq_factor``, ``high_freq_factor``, ``truncate``).
     """
-    if method == "default" or (method == "theta" and new_theta is None and factor == 1.0):
+    if method == "default":
         return default_inv_freq(head_dim, theta), 1.0
-    if method == "theta":
-        if new_theta is None:
-            if original_max_position is None:
-                raise UserError(
-                    "rope method 'theta' needs new_theta, or factor and original_max_position"
-                )
-            new_theta = suggest_theta(
-                target_length(original_max_position, factor),
-                head_dim,
-                theta,
-                original_max_position,
-            )
-        return default_inv_freq(head_dim, new_theta), 1.0
-    if method == "linear":
-        return linear_inv_freq(head_dim, theta, factor), 1.0
-    if original_max_position is None:
+    r = rule(method)
+    if r.needs_original and original_max_position is None:
         raise UserError(f"rope method '{method}' needs original_max_position")
-    if method == "dynamic":
-        return dynamic_inv_freq(head_dim, theta, factor, original_max_position, seq_len), 1.0
-    if method == "yarn":
-        return yarn_inv_freq(head_dim, theta, factor, original_max_position, **options)
-    if method == "llama3":
-        return llama3_inv_freq(head_dim, theta, factor, original_max_position, **options), 1.0
-    raise UserError(f"unknown rope method '{method}'; expected one of {', '.join(METHODS)}")
+    return r.frequencies(
+        head_dim, theta, factor, original_max_position, seq_len, new_theta, **options
+    )
 
 
 def target_length(original_max_position: int, factor: float) -> int:
@@ -383,8 +353,7 @@ def apply_rope(
     Raises:
         UserError: unknown method, missing/invalid factor, or an already-scaled config.
     """
-    if method not in METHODS:
-        raise UserError(f"unknown rope method '{method}'; expected one of {', '.join(METHODS)}")
+    r = rule(method)
     cfg = copy.deepcopy(config)
     if hasattr(cfg, "standardize_rope_params"):
         cfg.standardize_rope_params()
@@ -400,45 +369,33 @@ def apply_rope(
     orig = int(original_max_position or cfg.max_position_embeddings)
     if factor is not None and (not isinstance(factor, (int, float)) or factor < 1):
         raise UserError(f"rope factor must be a number >= 1, got {factor!r}")
-    if method != "theta" and factor is None:
+    if r.needs_factor and factor is None:
         raise UserError(f"rope method '{method}' needs factor (the extension ratio, e.g. 8)")
-    if method == "theta" and factor is None and theta is None:
-        raise UserError("rope method 'theta' needs theta (the new base) or factor")
-    if theta is not None and method != "theta":
-        raise UserError(f"theta= is only used by method 'theta', not '{method}'")
+    if not r.needs_factor and factor is None and theta is None:
+        raise UserError(f"rope method '{method}' needs theta (the new base) or factor")
+    if theta is not None and r.needs_factor:
+        takes = "/".join(n for n, x in RULES.items() if not x.needs_factor)
+        raise UserError(f"theta= is only used by method '{takes}', not '{method}'")
     target = target_length(orig, factor) if factor is not None else orig
     extra = {k: v for k, v in params.items() if k == "partial_rotary_factor"}
 
-    if method == "theta":
-        new_theta = (
+    opts = {
+        "beta_fast": beta_fast,
+        "beta_slow": beta_slow,
+        "low_freq_factor": low_freq_factor,
+        "high_freq_factor": high_freq_factor,
+    }
+    new_base = base_theta
+    if not r.needs_factor:  # the theta rule: a new base instead of a factor
+        new_base = (
             float(theta)
             if theta is not None
             else suggest_theta(target, head_dim_of(cfg), base_theta, orig)
         )
-        new = {"rope_type": "default", "rope_theta": new_theta}
-    elif method in ("linear", "dynamic"):
-        new = {"rope_type": method, "factor": float(factor), "rope_theta": base_theta}
-    elif method == "yarn":
-        new = {
-            "rope_type": "yarn",
-            "factor": float(factor),
-            "rope_theta": base_theta,
-            "original_max_position_embeddings": orig,
-            "beta_fast": float(beta_fast),
-            "beta_slow": float(beta_slow),
-        }
-    else:  # llama3
-        new = {
-            "rope_type": "llama3",
-            "factor": float(factor),
-            "rope_theta": base_theta,
-            "original_max_position_embeddings": orig,
-            "low_freq_factor": float(low_freq_factor),
-            "high_freq_factor": float(high_freq_factor),
-        }
+    new = r.hf_params(factor, new_base, orig, opts)
     new.update(extra)
     cfg.rope_parameters = new
-    cfg.max_position_embeddings = orig if method == "dynamic" else target
+    cfg.max_position_embeddings = orig if r.keeps_length else target
     cfg.trainkit_longctx = {
         "method": method,
         "factor": float(factor) if factor is not None else None,
@@ -455,32 +412,7 @@ def config_frequencies(config: Any, seq_len: int | None = None) -> tuple[torch.T
     with trainkit's own functions (used to cross-check transformers)."""
     p = config.rope_parameters
     rt = p.get("rope_type", "default")
-    d = head_dim_of(config)
-    if rt == "default":
-        return default_inv_freq(d, p["rope_theta"]), 1.0
-    if rt == "linear":
-        return linear_inv_freq(d, p["rope_theta"], p["factor"]), 1.0
-    if rt == "dynamic":
-        return dynamic_inv_freq(
-            d, p["rope_theta"], p["factor"], config.max_position_embeddings, seq_len
-        ), 1.0
-    if rt == "yarn":
-        return yarn_inv_freq(
-            d,
-            p["rope_theta"],
-            p["factor"],
-            p["original_max_position_embeddings"],
-            p.get("beta_fast") or 32.0,
-            p.get("beta_slow") or 1.0,
-            p.get("truncate", True),
-        )
-    if rt == "llama3":
-        return llama3_inv_freq(
-            d,
-            p["rope_theta"],
-            p["factor"],
-            p["original_max_position_embeddings"],
-            p["low_freq_factor"],
-            p["high_freq_factor"],
-        ), 1.0
-    raise UserError(f"rope_type '{rt}' is not one trainkit computes")
+    by_type = {x.rope_type: x for x in RULES.values()}
+    if rt not in by_type:
+        raise UserError(f"rope_type '{rt}' is not one trainkit computes")
+    return by_type[rt].from_config(head_dim_of(config), p, config.max_position_embeddings, seq_len)
