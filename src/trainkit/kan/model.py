@@ -19,6 +19,7 @@ from torch import nn
 
 from trainkit.common.errors import UserError
 from trainkit.kan.layer import KANLinear
+from trainkit.kan.penalties import paper_penalty
 
 MULT_ARITY = 2
 
@@ -185,16 +186,10 @@ class KAN(nn.Module):
 
         For layer ``l``: ``|phi_oi|_1 = mean_n |phi_oi(x_ni)|``, ``|Phi|_1 = sum_oi |phi_oi|_1``,
         ``S(Phi) = -sum_oi p_oi log p_oi`` with ``p = |phi|_1 / |Phi|_1``; returns
-        ``sum_l lamb_l1 |Phi_l|_1 + lamb_entropy S(Phi_l)``.
+        ``sum_l lamb_l1 |Phi_l|_1 + lamb_entropy S(Phi_l)``. The ``paper`` row of
+        :data:`trainkit.kan.penalties.PENALTIES`, the one table of sparsity penalties.
         """
-        total = 0.0
-        for a in acts:
-            l1 = a["postacts"].abs().mean(0)  # [out, in]
-            s = l1.sum()
-            p = l1 / (s + eps)
-            ent = -(p * torch.log(p + eps)).sum()
-            total = total + lamb_l1 * s + lamb_entropy * ent
-        return total
+        return paper_penalty(acts, lamb_l1, lamb_entropy, eps)
 
     # ---- grid -----------------------------------------------------------------------
     @torch.no_grad()

@@ -7,8 +7,9 @@ formula, its test RMSE, and plots before/after pruning.
 
 Departures from pykan's tutorial workflow:
 
-- Sparsity uses pykan 0.2's normalised penalty (``std_regularization``: each edge's
-  standard deviation over the batch divided by its input's, plus the entropy term) rather
+- Sparsity uses pykan 0.2's normalised penalty by default (``penalty="std"``; both kinds
+  are the table :data:`trainkit.kan.penalties.PENALTIES`: each edge's standard
+  deviation over the batch divided by its input's, plus the entropy term) rather
   than the raw mean ``|phi|`` of the paper's eq. 2.17: constant offsets cost nothing, and
   on ``exp(sin(pi x) + y^2)`` it prunes ``[2, 5, 1]`` to ``[2, 1, 1]`` for all five seeds
   tried (the raw penalty: two of five).
@@ -31,31 +32,21 @@ import time
 from pathlib import Path
 
 from trainkit.common.errors import UserError
+from trainkit.kan.penalties import penalty as penalty_row
+from trainkit.kan.penalties import std_penalty
 from trainkit.kan.recipes import DataSection
 
-
 # ---- sparsity ---------------------------------------------------------------------------
-def std_regularization(acts, lamb_l1: float = 1.0, lamb_entropy: float = 2.0, eps: float = 1e-12):
-    """pykan 0.2's default penalty (``reg_metric='edge_forward_spline_n'``).
-
-    For layer ``l``: ``|phi_oi| = std_n phi_oi(x_ni) / (std_n x_ni + 0.1)``; returns
-    ``sum_l lamb_l1 * sum_oi |phi_oi| + lamb_entropy * S(p)``, ``p = |phi| / sum |phi|``.
-    ``acts`` as returned by :meth:`KAN.forward_with_acts`.
-    """
-    total = 0.0
-    for a in acts:
-        l1 = a["postacts"].std(0) / (a["input"].std(0) + 0.1)  # [out, in]
-        s = l1.sum()
-        p = l1 / (s + eps)
-        total = total + lamb_l1 * s - lamb_entropy * (p * (p + eps).log()).sum()
-    return total
+#: pykan 0.2's penalty, the ``std`` row of the one table of penalties (kan/penalties.py)
+std_regularization = std_penalty
 
 
 @contextlib.contextmanager
 def _penalty(model, kind: str):
-    """Make ``fit`` use ``std_regularization`` (``kind='std'``) while the block runs."""
-    if kind == "std":  # fit calls model.regularization(acts, l1, entropy); shadow it
-        model.regularization = std_regularization
+    """Make ``fit`` use the ``kind`` row of :data:`~trainkit.kan.penalties.PENALTIES` while
+    the block runs (``paper`` is what ``KAN.regularization`` computes anyway)."""
+    # fit calls model.regularization(acts, l1, entropy); shadow it
+    model.regularization = penalty_row(kind).fn
     try:
         yield model
     finally:
@@ -196,8 +187,7 @@ def discover(
     from trainkit.kan.formula import equivalent, to_latex
     from trainkit.kan.model import KAN
 
-    if penalty not in ("std", "paper"):
-        raise UserError(f"discover: penalty must be 'std' or 'paper', got {penalty!r}")
+    penalty_row(penalty)  # a one-line UserError for an unknown name
     t0, c0 = time.perf_counter(), time.process_time()
     ds, names, parsed = load_data(data, target, var_names, ranges, train_num, test_num, data_seed)
     truth = parsed if truth is None else truth
