@@ -507,7 +507,7 @@ def test_update_reports_a_shifted_behaviour_logprob(tmp_path):
         ro, torch.arange(8.0) % 3, policy=model, algo=cfg.algo, temperature=1.0, micro_batch=4
     )
     exp.old_logp = (exp.old_logp - 0.3) * exp.action_mask
-    opt, sched = make_optimizer(model.parameters(), 1e-3, cfg.optim, 1)
+    opt, sched = make_optimizer(model.parameters(), cfg.optim, 1, lr=1e-3)
     st = ppo_update(exp, model, opt, sched, cfg, 0, NonFiniteGuard("stop"))
     assert st[MAX_KEY] == pytest.approx(0.3, abs=1e-4)
     assert st[MEAN_KEY] == pytest.approx(0.3, abs=1e-4)

@@ -202,7 +202,7 @@ def test_one_grpo_step_with_vllm_rollouts(engine, tmp_path):
     )
     assert exp is not None and len(exp) == 8
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt, sched = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim, 1)
+    opt, sched = make_optimizer(model.parameters(), cfg.optim, 1)
     stats = ppo_update(exp, model, opt, sched, cfg, 0, NonFiniteGuard("stop"))
     # behaviour log-probs came from vLLM: ratio ~1 on the first (only) mini-batch
     assert abs(stats["ratio_mean"] - 1.0) < 1e-4 and stats["clip_frac"] == 0.0

@@ -21,7 +21,6 @@ per micro-batch instead, which weights short sequences more).
 
 from __future__ import annotations
 
-import math
 import shutil
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any
 
 from trainkit.common.errors import UserError
 from trainkit.llm.data import DataConfig
+from trainkit.llm.optim import lr_factor  # re-exported: the SFT schedule
 from trainkit.llm.sft_config import ModelSection, OptimSection, SFTConfig, TrainSection
 
 __all__ = [
@@ -43,31 +43,6 @@ __all__ = [
     "run",
     "train",
 ]
-
-
-def lr_factor(
-    step: int,
-    max_steps: int,
-    warmup_steps: int = 0,
-    schedule: str = "cosine",
-    min_ratio: float = 0.0,
-) -> float:
-    """Multiplier of the peak LR for the update made at ``step`` (0-based).
-
-    Linear warmup ``(step + 1) / warmup_steps`` for ``step < warmup_steps``, then with
-    ``p = (step - warmup) / max(1, max_steps - warmup)`` in ``[0, 1)``:
-    cosine ``m + (1 - m) * (1 + cos(pi p)) / 2`` (Loshchilov & Hutter 2017), linear
-    ``m + (1 - m) * (1 - p)``, constant ``1``; ``m = min_ratio``.
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    p = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-    p = min(max(p, 0.0), 1.0)
-    if schedule == "cosine":
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-    if schedule == "linear":
-        return min_ratio + (1 - min_ratio) * (1 - p)
-    return 1.0
 
 
 def _check(cfg: SFTConfig, world: int) -> int:
@@ -147,6 +122,7 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     from trainkit.llm.demo_data import resolve_data_path
     from trainkit.llm.loss import CausalLMLoss
     from trainkit.llm.models import load_model
+    from trainkit.llm.optim import make_optimizer
     from trainkit.llm.strategy import make_strategy
     from trainkit.llm.train_control import TrainControl
 
@@ -186,13 +162,7 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     o = cfg.optim
-    optimizer = torch.optim.AdamW(
-        params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_factor(s, cfg.train.max_steps, o.warmup_steps, o.schedule, o.min_lr_ratio),
-    )
+    optimizer, scheduler = make_optimizer(params, o, cfg.train.max_steps)
     drop_last = len(ds.train) >= cfg.train.batch_size
     sampler = ResumableSampler(
         len(ds.train), cfg.train.batch_size, seed=cfg.train.seed, drop_last=drop_last

@@ -340,7 +340,7 @@ def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
     import torch
 
     from trainkit.llm.loss import CausalLMLoss
-    from trainkit.llm.sft import lr_factor
+    from trainkit.llm.optim import lr_factor
     from trainkit.llm.train_control import TrainControl
 
     t = cfg.train

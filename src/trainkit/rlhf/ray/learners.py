@@ -75,7 +75,7 @@ class _Learner:
 
     def _setup(self, model: Any, lr: float, host: str, port: int) -> Any:
         from trainkit.common.guard import NonFiniteGuard
-        from trainkit.rlhf.trainers.rl_build import make_optimizer
+        from trainkit.llm.optim import make_optimizer
 
         cfg = self.cfg
         self.strategy = _init_strategy(self.strategy_name, host, port, self.rank, self.world)
@@ -83,7 +83,7 @@ class _Learner:
         if self.dp is not None:
             model = self.strategy.wrap(model)
         self.guard = NonFiniteGuard(cfg.train.nonfinite)
-        opt, sched = make_optimizer(model.parameters(), lr, cfg.optim, cfg.train.max_steps)
+        opt, sched = make_optimizer(model.parameters(), cfg.optim, cfg.train.max_steps, lr=lr)
         return model, opt, sched
 
 
@@ -120,7 +120,7 @@ class PolicyWorker(_Learner):
 
     def setup(self, host: str, port: int) -> int:
         """Join the process group, shard the models, build the optimizers; world size."""
-        from trainkit.rlhf.trainers.rl_build import make_optimizer
+        from trainkit.llm.optim import make_optimizer
         from trainkit.rlhf.trainers.rl_checkpoint import RLCheckpoint
 
         cfg = self.cfg
@@ -136,7 +136,7 @@ class PolicyWorker(_Learner):
             if self.dp is not None:
                 self.critic = self.strategy.wrap(self.critic)
             self.copt, self.csched = make_optimizer(
-                self.critic.parameters(), cfg.optim.critic_lr, cfg.optim, cfg.train.max_steps
+                self.critic.parameters(), cfg.optim, cfg.train.max_steps, lr=cfg.optim.critic_lr
             )
         self.ckpt = RLCheckpoint.for_run(
             cfg,

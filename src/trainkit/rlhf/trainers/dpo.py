@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from trainkit.common.errors import UserError
 from trainkit.llm.lora import LoraSection
+from trainkit.llm.optim import make_optimizer
 from trainkit.llm.train_control import SafetyFields
 from trainkit.rlhf.trainers.dpo_eval import RULES, evaluate, generate_eval
 from trainkit.rlhf.trainers.pairs import (
@@ -48,7 +49,6 @@ from trainkit.rlhf.trainers.pairs import (
     collate,
     encode_pair,
     load_split,
-    make_optimizer,
 )
 from trainkit.rlhf.trainers.rm import DataSection as _RMData
 from trainkit.rlhf.trainers.rm import OptimSection

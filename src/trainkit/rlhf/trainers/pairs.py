@@ -119,18 +119,6 @@ def chat_prompt(tok: Any, prompt: str) -> str:
     return prompt + "\n"
 
 
-def make_optimizer(params: list, optim: Any, max_steps: int):
-    """AdamW with linear warmup then constant LR."""
-    import torch
-
-    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
-    warm = max(0, optim.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
-    )
-    return opt, sched
-
-
 def check_lora_targets(model: Any, lora: Any) -> None:
     """Raise a one-line UserError when a ``lora.target_modules`` name is not in ``model``."""
     import torch

@@ -35,13 +35,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from trainkit.llm.optim import make_optimizer
 from trainkit.rlhf.trainers.ppo_update import ppo_update, share_prompt
 from trainkit.rlhf.trainers.rl_build import (
     build_critic,
     build_models,
     eos_ids,
     make_engine,
-    make_optimizer,
 )
 from trainkit.rlhf.trainers.rl_config import GRPOConfig, PPOConfig, RLConfig
 from trainkit.rlhf.trainers.rl_loop import Metric, StepContext, prompt_indices

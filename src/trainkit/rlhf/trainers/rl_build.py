@@ -89,16 +89,3 @@ def eos_ids(model: Any, tok: Any) -> list[int]:
     elif extra:
         ids.update(extra)
     return sorted(i for i in ids if i is not None)
-
-
-def make_optimizer(params, lr: float, optim: Any, max_steps: int):
-    """AdamW over the trainable ``params`` and a linear-warmup-then-constant schedule."""
-    params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(
-        params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay
-    )
-    warm = max(optim.warmup_steps, 0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
-    )
-    return opt, sched

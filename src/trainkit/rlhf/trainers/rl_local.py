@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from trainkit.rlhf.trainers.rl_build import build_models, make_engine, make_optimizer
+from trainkit.llm.optim import make_optimizer
+from trainkit.rlhf.trainers.rl_build import build_models, make_engine
 
 
 class LocalBackend:
@@ -52,13 +53,11 @@ class LocalBackend:
         self.strategy = Strategy()
         self.strategy.setup()
         o = cfg.optim
-        self.opt, self.sched = make_optimizer(
-            self.policy.parameters(), o.lr, o, cfg.train.max_steps
-        )
+        self.opt, self.sched = make_optimizer(self.policy.parameters(), o, cfg.train.max_steps)
         self.copt = self.csched = None
         if self.critic is not None:
             self.copt, self.csched = make_optimizer(
-                self.critic.parameters(), o.critic_lr, o, cfg.train.max_steps
+                self.critic.parameters(), o, cfg.train.max_steps, lr=o.critic_lr
             )
         self.guard = NonFiniteGuard(cfg.train.nonfinite)
         self.ckpt = RLCheckpoint.for_run(

@@ -32,12 +32,12 @@ from typing import Any, Literal
 
 from trainkit.common.errors import UserError
 from trainkit.llm.lora import LoraSection, peft_config
+from trainkit.llm.optim import make_optimizer
 from trainkit.llm.train_control import SafetyFields
 from trainkit.rlhf.trainers.pairs import (
     chat_prompt,
     check_lora_targets,
     load_split,
-    make_optimizer,
 )
 from trainkit.rlhf.trainers.pairs import read_pairs as read_pairs  # re-exported
 
