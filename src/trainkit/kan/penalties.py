@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainkit.common.errors import UserError
+from trainkit.common.markdown import table
 
 
 def paper_penalty(
@@ -106,9 +107,7 @@ def penalty(name: str) -> Penalty:
 
 def markdown_table() -> str:
     """:data:`PENALTIES` as Markdown (docs/papers.md holds it verbatim; a test checks it)."""
-    rows = [
-        "| `sparse.penalty` | size of an edge phi_oi | source |",
-        "|---|---|---|",
-    ]
-    rows += [f"| `{n}` | {p.edge_size} | {p.source} |" for n, p in PENALTIES.items()]
-    return "\n".join(rows) + "\n"
+    return table(
+        ["`sparse.penalty`", "size of an edge phi_oi", "source"],
+        ([f"`{n}`", p.edge_size, p.source] for n, p in PENALTIES.items()),
+    )

@@ -49,6 +49,7 @@ from typing import Any
 import torch
 
 from trainkit.common.errors import UserError
+from trainkit.common.markdown import table, yes_no
 from trainkit.longctx.rope_math import (
     default_inv_freq,
     dynamic_inv_freq,
@@ -261,16 +262,19 @@ def rule(method: str) -> RopeRule:
 
 def markdown_table() -> str:
     """:data:`RULES` as Markdown (docs/papers.md holds this text verbatim; a test checks it)."""
-    yes = {True: "yes", False: "no"}
-    rows = [
-        "| `rope.method` | transformers `rope_type` | needs `rope.factor` | what it does | source |",
-        "|---|---|---|---|---|",
-    ]
-    for name, r in RULES.items():
-        rows.append(
-            f"| `{name}` | `{r.rope_type}` | {yes[r.needs_factor]} | {r.summary} | {r.paper} |"
-        )
-    return "\n".join(rows) + "\n"
+    return table(
+        [
+            "`rope.method`",
+            "transformers `rope_type`",
+            "needs `rope.factor`",
+            "what it does",
+            "source",
+        ],
+        (
+            [f"`{n}`", f"`{r.rope_type}`", yes_no(r.needs_factor), r.summary, r.paper]
+            for n, r in RULES.items()
+        ),
+    )
 
 
 def rope_frequencies(

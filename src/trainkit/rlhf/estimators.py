@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from trainkit.common.markdown import table, yes_no
+
 
 @dataclass(frozen=True)
 class EstimatorSpec:
@@ -91,15 +93,12 @@ def spec(name: str) -> EstimatorSpec:
 
 def markdown_table() -> str:
     """The table as Markdown (docs/rlhf.md holds this text verbatim; a test checks it)."""
-    yes = {True: "yes", False: "no"}
-    rows = [
-        "| `algo.estimator` | group baseline (`rollout.n >= 2`) | token-level (KL may go "
-        "in the reward) | critic | advantages | paper |",
-        "|---|---|---|---|---|---|",
-    ]
-    for n, s in ESTIMATORS.items():
-        rows.append(
-            f"| `{n}` | {yes[s.group]} | {yes[s.token_level]} | {yes[s.critic]} | "
-            f"{s.recipe} | {s.paper} |"
-        )
-    return "\n".join(rows) + "\n"
+    head = ["`algo.estimator`", "group baseline (`rollout.n >= 2`)"]
+    head += ["token-level (KL may go in the reward)", "critic", "advantages", "paper"]
+    return table(
+        head,
+        (
+            [f"`{n}`", yes_no(s.group), yes_no(s.token_level), yes_no(s.critic), s.recipe, s.paper]
+            for n, s in ESTIMATORS.items()
+        ),
+    )
