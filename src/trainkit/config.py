@@ -10,6 +10,7 @@ A recipe's config is a dataclass whose fields may be other dataclasses (sections
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import types
@@ -214,18 +215,23 @@ RENAMED: dict[str, str] = {
 RENAMED_UNTIL = "0.2.0"
 
 
+@functools.cache
+def _leaf_keys(cls: type) -> frozenset[str]:
+    """Every dotted leaf key of config class ``cls`` (computed once per class)."""
+    return frozenset(k for k, *_ in describe(cls))
+
+
 def _rename(cls: type, data: dict, src: str) -> dict:
     """``data`` with the :data:`RENAMED` keys that ``cls`` has moved rewritten."""
-    names = {k for k, *_ in describe(cls)}
     for old, new in RENAMED.items():
-        if new not in names or old in names:
-            continue
         *head, leaf = old.split(".")
         box = data
         for part in head:
             box = box.get(part) if isinstance(box, dict) else None
         if not isinstance(box, dict) or leaf not in box:
             continue
+        if new not in _leaf_keys(cls) or old in _leaf_keys(cls):
+            continue  # this recipe never had the old name, or still has it
         value = box.pop(leaf)
         *nhead, nleaf = new.split(".")
         dest = data
