@@ -32,10 +32,14 @@ def max_abs_diff(a: dict, b: dict) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
-def start_sft(out, *over) -> subprocess.Popen:
-    """``trainkit rlhf sft`` on the tiny config as a child process (own session)."""
+def start_sft(out, *over, nproc: int = 1) -> subprocess.Popen:
+    """``trainkit rlhf sft`` on the tiny config as a child process (own session); with
+    ``nproc > 1`` under ``torchrun --standalone`` with that many worker processes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "trainkit.cli", "rlhf", "sft", "--config", TINY]
+    cmd = [sys.executable]
+    if nproc > 1:
+        cmd += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    cmd += ["-m", "trainkit.cli", "rlhf", "sft", "--config", TINY]
     cmd += [f"output_dir={out}", *OVER, *over]
     return subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -8,7 +8,6 @@ training stops with a one-line error after ``train.max_nonfinite`` in a row.
 
 import os
 import signal
-import subprocess
 
 import torch
 from sft_helpers import TINY, final_weights, max_abs_diff, sft_cfg, start_sft, wait_for_step
@@ -118,19 +117,8 @@ def _worker_pid(launcher_pid: int, local_rank: int) -> int:
     raise AssertionError(f"no worker with LOCAL_RANK={local_rank} under pid {launcher_pid}")
 
 
-def _torchrun_sft(out, *over) -> subprocess.Popen:
-    import sys
-
-    from sft_helpers import OVER, ROOT, TINY
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    cmd += ["-m", "trainkit.cli", "rlhf", "sft", "--config", TINY, f"output_dir={out}", *OVER]
-    cmd += ["train.strategy=fsdp2", "train.batch_size=4", "train.micro_batch_size=1"]
-    cmd += ["train.save_every=0", *over]
-    return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+# a 2-process FSDP2 run of the tiny SFT config, 4 rows per step, one row per micro-batch
+FSDP2 = ["train.strategy=fsdp2", "train.batch_size=4", "train.micro_batch_size=1"]
 
 
 def test_sigint_to_one_fsdp2_rank_stops_every_rank_after_the_same_step(tmp_path):
@@ -142,7 +130,7 @@ def test_sigint_to_one_fsdp2_rank_stops_every_rank_after_the_same_step(tmp_path)
     from trainkit.llm.sft import train
 
     out = tmp_path / "fsdp"
-    proc = _torchrun_sft(out)
+    proc = start_sft(out, *FSDP2, "train.save_every=0", nproc=2)
     wait_for_step(out, 1, proc, timeout=300)
     os.kill(_worker_pid(proc.pid, 1), signal.SIGINT)
     _, err = proc.communicate(timeout=300)
@@ -159,7 +147,7 @@ def test_sigint_to_one_fsdp2_rank_stops_every_rank_after_the_same_step(tmp_path)
     assert max(logged) == stopped  # rank 0 stopped after the step rank 1 was told to
     assert not (out / "final").exists()
 
-    resumed = _torchrun_sft(out, "train.resume=true")
+    resumed = start_sft(out, *FSDP2, "train.save_every=0", "train.resume=true", nproc=2)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
