@@ -26,6 +26,24 @@ from trainkit.common.errors import UserError
 from trainkit.common.markdown import table
 
 
+def l1_entropy(sizes: list[Any], lamb_l1: float, lamb_entropy: float, eps: float = 1e-12):
+    """``sum_l lamb_l1 * sum_oi |phi_oi| + lamb_entropy * S(p_l)`` from per-layer edge sizes.
+
+    Args:
+        sizes: one ``[out, in]`` tensor of edge sizes ``|phi_oi|`` per layer.
+
+    Returns:
+        a scalar tensor (``0.0`` for no layers).
+    """
+    total = 0.0
+    for size in sizes:
+        s = size.sum()
+        p = size / (s + eps)
+        ent = -(p * (p + eps).log()).sum()
+        total = total + lamb_l1 * s + lamb_entropy * ent
+    return total
+
+
 def paper_penalty(
     acts: list[dict[str, Any]], lamb_l1: float = 1.0, lamb_entropy: float = 2.0, eps: float = 1e-12
 ):
@@ -34,14 +52,8 @@ def paper_penalty(
     Returns:
         a scalar tensor, ``sum_l lamb_l1 |Phi_l|_1 + lamb_entropy S(Phi_l)``.
     """
-    total = 0.0
-    for a in acts:
-        l1 = a["postacts"].abs().mean(0)  # [out, in]
-        s = l1.sum()
-        p = l1 / (s + eps)
-        ent = -(p * (p + eps).log()).sum()
-        total = total + lamb_l1 * s + lamb_entropy * ent
-    return total
+    sizes = [a["postacts"].abs().mean(0) for a in acts]  # [out, in] each
+    return l1_entropy(sizes, lamb_l1, lamb_entropy, eps)
 
 
 def std_penalty(
@@ -55,13 +67,8 @@ def std_penalty(
     Returns:
         a scalar tensor, ``sum_l lamb_l1 * sum_oi |phi_oi| + lamb_entropy * S(p)``.
     """
-    total = 0.0
-    for a in acts:
-        l1 = a["postacts"].std(0) / (a["input"].std(0) + 0.1)  # [out, in]
-        s = l1.sum()
-        p = l1 / (s + eps)
-        total = total + lamb_l1 * s - lamb_entropy * (p * (p + eps).log()).sum()
-    return total
+    sizes = [a["postacts"].std(0) / (a["input"].std(0) + 0.1) for a in acts]  # [out, in]
+    return l1_entropy(sizes, lamb_l1, lamb_entropy, eps)
 
 
 @dataclass(frozen=True)
