@@ -109,7 +109,7 @@ def trainkit_settings(cfg, model: str) -> dict:
         "lr_schedule": f"constant, {o.warmup_steps} warm-up steps",
         # trainkit.rlhf.trainers.ppo.make_optimizer: torch's AdamW with torch's eps
         "optimizer": _adamw(o.betas, 1e-8, o.weight_decay, False),
-        "grad_clip": o.grad_clip,
+        "max_grad_norm": o.max_grad_norm,
         "kl_beta": al.kl_coef,
         "loss": "token_mean" if al.loss_agg in ("auto", "token_mean") else al.loss_agg,
         "updates_per_batch": al.ppo_epochs * al.mini_batches,
@@ -145,7 +145,7 @@ def trl_settings(args, peft_cfg, model, name: str) -> dict:
         "lr": args.learning_rate,
         "lr_schedule": f"{sched}, {args.warmup_steps} warm-up steps",
         "optimizer": adamw if optim.startswith("adamw_torch") else optim,
-        "grad_clip": args.max_grad_norm,
+        "max_grad_norm": args.max_grad_norm,
         "kl_beta": args.beta,
         "loss": "token_mean" if args.loss_type == "dapo" else args.loss_type,
         "updates_per_batch": args.num_iterations,
@@ -166,7 +166,7 @@ def trainkit_overrides(model_path: str, data: Path, a, out: Path, engine: str = 
     over += ["rollout.top_p=1.0", f"rollout.merge_lora={merge}", "algo.estimator=grpo"]
     over += ["algo.kl_coef=0.0", "lora.enabled=true", f"lora.r={a.lora_r}", "lora.dropout=0.0"]
     over += [f"lora.alpha={2 * a.lora_r}", f"lora.target_modules=[{','.join(LORA_TARGETS)}]"]
-    over += [f"optim.lr={LR}", "optim.weight_decay=0.0", "optim.grad_clip=1.0"]
+    over += [f"optim.lr={LR}", "optim.weight_decay=0.0", "optim.max_grad_norm=1.0"]
     over += ["optim.warmup_steps=0", f"train.micro_batch_size={a.n}", "train.seed=0"]
     over += [f"train.max_steps={a.steps}", f"train.threads={a.threads}", "train.progress=false"]
     over += ["train.save_model=false", "train.save_every=0", "eval.every=0", "eval.n_prompts=0"]
