@@ -106,9 +106,9 @@ def trainkit_settings(cfg, model: str) -> dict:
         "lora": f"r={lo.r} alpha={float(lo.alpha)} dropout={lo.dropout}",
         "lora_targets": sorted(lo.target_modules),
         "lr": o.lr,
-        "lr_schedule": f"constant, {o.warmup_steps} warm-up steps",
-        # trainkit.rlhf.trainers.ppo.make_optimizer: torch's AdamW with torch's eps
-        "optimizer": _adamw(o.betas, 1e-8, o.weight_decay, False),
+        "lr_schedule": f"{o.schedule}, {o.warmup_steps} warm-up steps",
+        # trainkit.llm.optim.make_optimizer: torch's AdamW (not fused) with optim.betas/eps
+        "optimizer": _adamw(o.betas, o.eps, o.weight_decay, False),
         "max_grad_norm": o.max_grad_norm,
         "kl_beta": al.kl_coef,
         "loss": "token_mean" if al.loss_agg in ("auto", "token_mean") else al.loss_agg,

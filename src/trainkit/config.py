@@ -210,7 +210,13 @@ def _nest(parts: list[str], value: Any) -> dict:
 RENAMED: dict[str, str] = {
     "resume": "train.resume",
     "optim.grad_clip": "optim.max_grad_norm",
-    "train.grad_clip": "train.max_grad_norm",
+    # longctx extend's optimizer keys, now its shared optim section (trainkit.llm.sections)
+    "train.grad_clip": "optim.max_grad_norm",
+    "train.lr": "optim.lr",
+    "train.warmup_steps": "optim.warmup_steps",
+    "train.schedule": "optim.schedule",
+    "train.weight_decay": "optim.weight_decay",
+    "train.max_grad_norm": "optim.max_grad_norm",
 }
 RENAMED_UNTIL = "0.2.0"
 
@@ -221,8 +227,32 @@ def _leaf_keys(cls: type) -> frozenset[str]:
     return frozenset(k for k, *_ in describe(cls))
 
 
-def _rename(cls: type, data: dict, src: str) -> dict:
-    """``data`` with the :data:`RENAMED` keys that ``cls`` has moved rewritten."""
+def _given(data: dict, key: str) -> bool:
+    """Dotted ``key`` is set in the nested mapping ``data``."""
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def _rename(cls: type, data: dict, src: str, seen: dict[str, str] | None = None) -> dict:
+    """``data`` with the :data:`RENAMED` keys that ``cls`` has moved rewritten.
+
+    ``seen`` (new key -> the name it was given by, over every source of one load) makes an
+    old name in one source and the new one in another an error too.
+    """
+    seen = {} if seen is None else seen
+
+    def note(new: str, name: str) -> None:
+        first = seen.setdefault(new, name)
+        if first != name:
+            old = first if name == new else name
+            raise ConfigError(f"{src}: both '{old}' and its new name '{new}' are set")
+
+    for new in set(RENAMED.values()) & _leaf_keys(cls):
+        if _given(data, new):
+            note(new, new)
     for old, new in RENAMED.items():
         *head, leaf = old.split(".")
         box = data
@@ -241,6 +271,7 @@ def _rename(cls: type, data: dict, src: str) -> dict:
                 raise ConfigError(f"{src}: '{part}' must be a section")
         if nleaf in dest:
             raise ConfigError(f"{src}: both '{old}' and its new name '{new}' are set")
+        note(new, old)
         dest[nleaf] = value
         print(
             f"warning: {src}: config key '{old}' is now '{new}' "
@@ -255,15 +286,18 @@ def load_config(
 ) -> Any:
     """Build config ``cls`` from defaults, then ``path`` (YAML), then ``overrides``.
 
-    Keys in :data:`RENAMED` are read under their old names too, with a notice.
+    Keys in :data:`RENAMED` are read under their old names too, with a notice; a key given
+    by both its old and its new name (in one source or two) is an error.
     """
     obj = cls()
+    seen: dict[str, str] = {}
     if path is not None:
-        obj = _build(cls, _rename(cls, _read_yaml(path), str(path)), str(path), base=obj)
+        data = _rename(cls, _read_yaml(path), str(path), seen)
+        obj = _build(cls, data, str(path), base=obj)
     for text in overrides:
         parts, value = parse_override(text)
         src = f"override '{text}'"
-        obj = _build(cls, _rename(cls, _nest(parts, value), src), src, base=obj)
+        obj = _build(cls, _rename(cls, _nest(parts, value), src, seen), src, base=obj)
     _validate(obj)  # once, after every override: cross-section checks see the final values
     return obj
 

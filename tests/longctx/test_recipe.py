@@ -25,7 +25,7 @@ def test_configs_load():
         cfg = load_config(recipe.ExtendConfig, f"configs/longctx/{name}.yaml", [])
         assert cfg.rope.method == "theta"
     cfg = load_config(recipe.ExtendConfig, "configs/longctx/llama3_8b_80k.yaml", [])
-    assert (cfg.rope.theta, cfg.lora.r, cfg.lora.alpha, cfg.train.lr) == (2e8, 32, 16.0, 5e-5)
+    assert (cfg.rope.theta, cfg.lora.r, cfg.lora.alpha, cfg.optim.lr) == (2e8, 32, 16.0, 5e-5)
     assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert cfg.lora.modules_to_save == ["embed_tokens"] and cfg.model.quantization == "nf4"
     with pytest.raises(Exception, match="no training data"):
@@ -42,7 +42,7 @@ def test_qlora_extend_merge_reload(tmp_path):
     cfg.model.name = "tiny-llama"
     cfg.rope.method, cfg.rope.factor = "yarn", 4.0
     cfg.data.path, cfg.data.max_length = str(data), 512
-    cfg.train.max_steps, cfg.train.lr, cfg.train.loss_chunk = 2, 1e-3, 64
+    cfg.train.max_steps, cfg.optim.lr, cfg.train.loss_chunk = 2, 1e-3, 64
     cfg.output_dir = str(tmp_path / "out")
     model, tok, rep = recipe.extend(cfg, log=None)
     assert rep["steps"] == 2 and all(map(lambda v: v == v, rep["losses"]))
@@ -134,3 +134,85 @@ def test_tiny_checks_against_the_issue_targets():
     assert c["short_ppl_rel_change"] == 0.1393 and not c["short_ppl_within_5%"]
     assert c["short_passkey_ppl_rel_change"] == 0.0211 and c["short_kv_ppl_rel_change"] == 0.2631
     assert c["ok"] is False
+
+
+def _tiny_cfg(out, *over):
+    """tiny_8x.yaml (the shipped tiny base) shortened to 6 steps, warmup and linear decay."""
+    return load_config(
+        recipe.ExtendConfig,
+        "configs/longctx/tiny_8x.yaml",
+        [
+            "data.max_length=96",
+            "data.min_length=64",
+            "train.batch_size=2",
+            "train.max_steps=6",
+            "train.log_every=1",
+            "optim.lr=1e-3",
+            "optim.warmup_steps=2",
+            "optim.schedule=linear",
+            "optim.weight_decay=0.1",
+            "optim.max_grad_norm=0.5",
+            f"output_dir={out}",
+            *over,
+        ],
+    )
+
+
+def _weights(model):
+    return {n: p.detach().clone() for n, p in model.state_dict().items()}
+
+
+def test_extend_optimizer_is_make_optimizer_of_the_optim_section(tmp_path):
+    """AdamW(optim.lr, betas, eps, weight_decay) and the lr_factor schedule of optim, step
+    by step: the lr of update s is exactly optim.lr * lr_factor(s, max_steps, warmup,
+    schedule), as when extend set it by hand from train.lr / train.schedule."""
+    from trainkit.llm.optim import lr_factor
+
+    logs = []
+    _, _, rep = recipe.extend(_tiny_cfg(tmp_path / "a"), log=logs.append)
+    lrs = [r["lr"] for r in logs if "lr" in r]
+    assert rep["steps"] == 6
+    assert lrs == [1e-3 * lr_factor(s, 6, 2, "linear") for s in range(6)]
+    assert lrs == [0.0005, 0.001, 0.001, 0.00075, 0.0005, 0.00025]
+
+
+def test_extend_resume_restores_the_schedule_also_from_a_checkpoint_without_one(
+    tmp_path, monkeypatch
+):
+    """A run stopped after step 3 and resumed reaches the uninterrupted run's weights, with
+    the scheduler in the checkpoint and with a checkpoint saved before extend had one
+    (no scheduler.pt: the schedule is re-derived from the step)."""
+    import shutil
+
+    from trainkit.llm import train_control
+
+    ref, _, _ = recipe.extend(_tiny_cfg(tmp_path / "ref"), log=None)
+    ref_w = _weights(ref)
+
+    orig = train_control.TrainControl.end_step
+
+    def stop_at_3(self, step, data, extra=None, last=False):
+        stop = orig(self, step, data, extra, last)
+        if step == 3:
+            self.interrupted = True
+            return True
+        return stop
+
+    with monkeypatch.context() as m:
+        m.setattr(train_control.TrainControl, "end_step", stop_at_3)
+        _, _, rep = recipe.extend(_tiny_cfg(tmp_path / "run", "train.save_every=3"), log=None)
+    assert rep["interrupted"] and rep["steps"] == 3
+    last = tmp_path / "run" / "checkpoints" / "step-000003"
+    assert (last / "scheduler.pt").is_file()
+    shutil.copytree(tmp_path / "run", tmp_path / "old")
+    (tmp_path / "old" / "checkpoints" / "step-000003" / "scheduler.pt").unlink()
+    for name in ("run", "old"):
+        logs = []
+        model, _, rep = recipe.extend(
+            _tiny_cfg(tmp_path / name, "train.save_every=3", "train.resume=true"),
+            log=logs.append,
+        )
+        assert rep["steps"] == 6 and not rep["interrupted"]
+        assert [r["lr"] for r in logs if "lr" in r] == [0.00075, 0.0005, 0.00025]
+        got = _weights(model)
+        assert all(torch.equal(got[k], ref_w[k]) for k in ref_w), name

@@ -2,8 +2,8 @@
 
 AdamW over the trainable parameters with a per-step LR multiplier
 (:func:`lr_factor`): linear warmup, then cosine, linear or constant. SFT, the reward
-model, DPO and the RL policy/critic all build theirs here; ``longctx extend`` sets the
-LR of each step from the same :func:`lr_factor`.
+model, DPO, the RL policy/critic and ``longctx extend`` all build theirs here from the
+shared :class:`trainkit.llm.sections.OptimSection`.
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ from trainkit.common.errors import UserError
 
 @dataclass
 class SafetyFields:
-    """Train-section keys for checkpoints and non-finite steps (rm, dpo, longctx extend)."""
+    """Train-section keys for checkpoints and non-finite steps (sft, rm, dpo, longctx extend;
+    :class:`trainkit.llm.sections.TrainFields` adds max_steps, seed and progress)."""
 
     save_every: int = field(
         default=0,

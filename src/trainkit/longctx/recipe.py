@@ -32,6 +32,7 @@ import json
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,29 +41,25 @@ from trainkit.common.errors import UserError
 from trainkit.common.io import atomic_dir, atomic_write_json
 from trainkit.llm.data import DataConfig
 from trainkit.llm.lora import LoraSection
+from trainkit.llm.sections import OptimSection, QuantModelSection
 from trainkit.llm.train_control import SafetyFields
 
 
 @dataclass
-class ExtendModelSection:
+class ExtendModelSection(QuantModelSection):
     """The ``model:`` section of ``longctx extend``: the base model and how it is loaded.
 
     Attributes:
         dtype: torch dtype of the loaded (non-quantised) weights and of the full-precision base
             copy the adapter is merged into; ``auto`` = bfloat16 on a bf16 GPU, else float32.
-        gradient_checkpointing: recompute activations in the backward pass to save memory on
-            long sequences; ``configs/longctx/tiny_8x.yaml`` turns it off.
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant) to
+            save memory on long sequences; ``configs/longctx/tiny_8x.yaml`` turns it off.
+        quantization: bitsandbytes base quantization: nf4 (4-bit QLoRA) or int8, the base
+            frozen and trained through LoRA; null: full precision; unused with
+            ``model.full_finetune``.
     """
 
-    name: str = field(
-        default="smollm2-135m-instruct", metadata={"help": "model folder or built-in name"}
-    )
-    quantization: Literal["nf4", "int8"] | None = field(
-        default="nf4", metadata={"help": "4-bit QLoRA base (null: full precision)"}
-    )
     full_finetune: bool = field(default=False, metadata={"help": "train every weight (no LoRA)"})
-    dtype: str = "float32"
-    gradient_checkpointing: bool = True
 
 
 @dataclass
@@ -156,8 +153,7 @@ class ExtendDataSection(DataConfig):
 
 @dataclass
 class ExtendTrainSection(SafetyFields):
-    """The ``train:`` section: AdamW on the trainable weights, step and time budgets,
-    checkpoints (in ``output_dir/checkpoints`` until the final model replaces the folder)
+    """The ``train:`` section: step and time budgets, batching, the chunked loss, checkpoints (in ``output_dir/checkpoints`` until the final model replaces the folder)
     and the NaN/inf policy.
 
     Attributes:
@@ -165,12 +161,6 @@ class ExtendTrainSection(SafetyFields):
             limit (then ``max_seconds`` must be > 0).
         max_seconds: wall-clock budget in seconds, checked before each step; 0 = none.
         batch_size: samples per optimiser step (padded batch, no gradient accumulation).
-        lr: peak AdamW learning rate.
-        warmup_steps: steps of linear warmup from 0 to ``lr``; 0 = none.
-        schedule: LR decay after warmup over ``max_steps``: ``linear`` to 0 (the paper),
-            ``cosine`` or ``constant``.
-        weight_decay: AdamW weight decay.
-        max_grad_norm: maximum global gradient norm; 0 = no clipping.
         loss_chunk: tokens per chunk of the chunked cross-entropy (only ``[chunk, vocab]``
             logits exist at once); smaller saves memory.
         threads: torch CPU threads (``torch.set_num_threads``); 0 = torch default.
@@ -180,11 +170,6 @@ class ExtendTrainSection(SafetyFields):
     max_steps: int = 1000
     max_seconds: float = 0.0  # 0 = no time budget
     batch_size: int = 1
-    lr: float = 5e-5
-    warmup_steps: int = 0
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
     loss_chunk: int = 1024
     threads: int = 0  # 0 = torch default
     log_every: int = 10
@@ -200,10 +185,20 @@ class ExtendConfig:
             ``trainkit_extend.json`` are written to, atomically.
     """
 
-    model: ExtendModelSection = field(default_factory=ExtendModelSection)
+    model: ExtendModelSection = field(
+        default_factory=lambda: ExtendModelSection(
+            name="smollm2-135m-instruct",
+            dtype="float32",
+            gradient_checkpointing=True,
+            quantization="nf4",
+        )
+    )
     rope: RopeSection = field(default_factory=RopeSection)
     lora: ExtendLoraSection = field(default_factory=ExtendLoraSection)
     data: ExtendDataSection = field(default_factory=ExtendDataSection)
+    optim: OptimSection = field(  # linear decay to 0: the paper
+        default_factory=lambda: OptimSection(lr=5e-5, schedule="linear")
+    )
     train: ExtendTrainSection = field(default_factory=ExtendTrainSection)
     seed: int = 0
     output_dir: str = "runs/longctx/extended"
@@ -340,7 +335,7 @@ def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
     import torch
 
     from trainkit.llm.loss import CausalLMLoss
-    from trainkit.llm.optim import lr_factor
+    from trainkit.llm.optim import make_optimizer
     from trainkit.llm.train_control import TrainControl
 
     t = cfg.train
@@ -350,14 +345,19 @@ def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError("nothing to train: no parameter requires grad")
-    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    steps_cap = t.max_steps if t.max_steps > 0 else 10**9
+    opt, sched = make_optimizer(params, cfg.optim, steps_cap)
     loss_mod = CausalLMLoss(model, chunk_size=t.loss_chunk)
     dev = next(model.parameters()).device
-    steps_cap = t.max_steps if t.max_steps > 0 else 10**9
     gen = batches(cfg, tok, model)
-    ctl = TrainControl(cfg.output_dir, "extend", t, cfg.train.resume, model, opt)
+    ctl = TrainControl(cfg.output_dir, "extend", t, cfg.train.resume, model, opt, sched)
     state = ctl.restore() or {}
     step, tokens = int(state.get("step", 0)), int(state.get("tokens", 0))
+    if sched.last_epoch != step:  # a checkpoint saved before extend kept its LR scheduler
+        sched.last_epoch = step - 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "step() before optimizer.step()"
+            sched.step()
     losses: list[float] = list(state.get("losses", []))
     for _ in range(step):  # replay the seeded stream to the saved position
         next(gen)
@@ -367,12 +367,11 @@ def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
             if t.max_seconds > 0 and time.time() - t0 >= t.max_seconds:
                 break
             b = {k: v.to(dev) for k, v in next(gen).items()}
-            f = lr_factor(step, steps_cap, t.warmup_steps, t.schedule)
-            for g in opt.param_groups:
-                g["lr"] = t.lr * f
+            lr = sched.get_last_lr()[0]  # cfg.optim.lr * lr_factor(step, ...)
             loss_sum, n = loss_mod(**b)
             loss = loss_sum / n.clamp(min=1)
-            ctl.update(step + 1, loss, params, t.max_grad_norm)
+            ctl.update(step + 1, loss, params, cfg.optim.max_grad_norm)
+            sched.step()
             step += 1
             tokens += (
                 int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
@@ -383,7 +382,7 @@ def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
                     {
                         "step": step,
                         "loss": losses[-1],
-                        "lr": t.lr * f,
+                        "lr": lr,
                         "seconds": round(time.time() - t0, 1),
                     }
                 )

@@ -42,7 +42,7 @@ from typing import Any, Literal
 from trainkit.common.errors import UserError
 from trainkit.llm.lora import LoraSection
 from trainkit.llm.optim import make_optimizer
-from trainkit.llm.train_control import SafetyFields
+from trainkit.llm.sections import ModelSection, OptimSection, TrainFields
 from trainkit.rlhf.trainers.dpo_eval import RULES, evaluate, generate_eval
 from trainkit.rlhf.trainers.pairs import (
     batch_logps,
@@ -51,26 +51,9 @@ from trainkit.rlhf.trainers.pairs import (
     load_split,
 )
 from trainkit.rlhf.trainers.rm import DataSection as _RMData
-from trainkit.rlhf.trainers.rm import OptimSection
 
 
 # ----------------------------------------------------------------------------- config
-@dataclass
-class ModelSection:
-    """The ``model`` section: the policy to train (and, unless precomputed, its reference).
-
-    Attributes:
-        dtype: weight dtype: auto (bfloat16 on a bf16-capable GPU, else float32), float32,
-            bfloat16 or float16.
-        gradient_checkpointing: recompute activations in the backward pass (non-reentrant)
-            to save memory at the cost of extra compute.
-    """
-
-    name: str = field(default="tiny-llama", metadata={"help": "built-in name or HF folder"})
-    dtype: str = "auto"
-    gradient_checkpointing: bool = False
-
-
 @dataclass
 class DataSection(_RMData):
     """The ``data`` section: the reward-model data keys plus a prompt length limit.
@@ -84,7 +67,7 @@ class DataSection(_RMData):
 
 
 @dataclass
-class TrainSection(SafetyFields):
+class TrainSection(TrainFields):
     """The ``train`` section: steps, batching, the DPO/IPO/cDPO loss, the reference,
     checkpoints and the NaN/inf policy.
 
@@ -101,9 +84,7 @@ class TrainSection(SafetyFields):
         progress: show progress bars.
     """
 
-    max_steps: int = 100
     batch_size: int = field(default=8, metadata={"help": "preference pairs per step"})
-    seed: int = 0
     log_every: int = 5
     beta: float = 0.1
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO eps (0: DPO)"})
@@ -122,7 +103,6 @@ class TrainSection(SafetyFields):
         default="auto",
         metadata={"help": "auto: adapter with LoRA, full model otherwise; merged: plain HF folder"},
     )
-    progress: bool = True
 
 
 @dataclass
@@ -162,7 +142,7 @@ class DPOConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     lora: LoraSection = field(default_factory=LoraSection)
-    optim: OptimSection = field(default_factory=lambda: OptimSection(lr=5e-6))
+    optim: OptimSection = field(default_factory=lambda: OptimSection(lr=5e-6, schedule="constant"))
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     output_dir: str = "runs/dpo"

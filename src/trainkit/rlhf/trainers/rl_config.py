@@ -12,6 +12,8 @@ from typing import Literal
 
 from trainkit.config import ConfigError
 from trainkit.llm.lora import LoraSection
+from trainkit.llm.sections import OptimSection as SharedOptimSection
+from trainkit.llm.sections import QuantModelSection, RunFields
 from trainkit.rlhf import estimators as E
 from trainkit.rlhf.ray.config import RaySection
 
@@ -20,20 +22,19 @@ Estimator = Literal[E.NAMES]  # type: ignore[valid-type]
 
 
 @dataclass
-class ModelSection:
+class ModelSection(QuantModelSection):
     """The policy model (and the critic of estimator=gae).
 
     Attributes:
+        dtype: weight dtype of the policy, its reference and the critic: auto (bfloat16 on a
+            bf16-capable GPU, else float32), float32, bfloat16, float16 or float64.
         gradient_checkpointing: recompute the policy's activations in backward (less memory,
             more compute); also turns off train.share_prompt, which needs a KV cache.
+        quantization: bitsandbytes base quantization of the policy: nf4 (4-bit, QLoRA) or
+            int8; the quantised base is frozen and trained through LoRA (needs lora.enabled);
+            null: full precision.
     """
 
-    name: str = field(default="tiny-llama", metadata={"help": "built-in name or HF folder"})
-    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16"})
-    quantization: str | None = field(
-        default=None, metadata={"help": "null, nf4 or int8 (needs lora.enabled)"}
-    )
-    gradient_checkpointing: bool = False
     critic: str | None = field(
         default="auto",
         metadata={
@@ -197,30 +198,30 @@ class AlgoSection:
 
 
 @dataclass
-class OptimSection:
-    """AdamW optimizers of the policy and the critic (constant LR after linear warmup).
+class OptimSection(SharedOptimSection):
+    """AdamW optimizers of the policy and the critic (the default: constant LR after a linear
+    warmup).
 
     Attributes:
-        lr: policy AdamW learning rate.
-        critic_lr: critic AdamW learning rate (estimator=gae only).
-        weight_decay: AdamW decoupled weight decay (policy and critic).
+        lr: peak AdamW learning rate of the policy (reached after ``warmup_steps``).
+        critic_lr: peak AdamW learning rate of the critic (estimator=gae only).
+        weight_decay: AdamW decoupled weight decay (policy and critic); 0: none.
         max_grad_norm: max global gradient norm per optimizer step, policy and critic clipped
             separately.
-        warmup_steps: linear LR warmup over this many optimizer steps (ppo_epochs *
-            mini_batches per training step); 0: no warmup.
-        betas: AdamW (beta1, beta2).
+        schedule: lr after warmup (policy and critic): cosine decay or linear decay to
+            ``min_lr_ratio * lr`` over ``train.max_steps`` optimizer steps (the scheduler
+            steps once per applied optimizer step, up to ppo_epochs * mini_batches per
+            training step; it then stays at ``min_lr_ratio * lr``), or constant.
+        warmup_steps: linear LR warmup from ``lr / warmup_steps`` to ``lr`` over this many
+            optimizer steps (ppo_epochs * mini_batches per training step); 0: no warmup.
     """
 
     lr: float = 1e-5
     critic_lr: float = 1e-5
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    warmup_steps: int = 0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
 
 
 @dataclass
-class TrainSection:
+class TrainSection(RunFields):
     """Training loop length, seeding, checkpoints and failure handling.
 
     Attributes:
@@ -234,7 +235,6 @@ class TrainSection:
     """
 
     max_steps: int = 50
-    seed: int = 0
     micro_batch_size: int = field(
         default=8, metadata={"help": "rows per forward/backward (rounded to whole prompt groups)"}
     )
@@ -250,7 +250,6 @@ class TrainSection:
         default=False, metadata={"help": "continue from the newest checkpoint in output_dir"}
     )
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
-    progress: bool = True
     nonfinite: Literal["skip", "stop"] = "skip"
     save_model: bool = field(default=True, metadata={"help": "write output_dir/model at the end"})
 

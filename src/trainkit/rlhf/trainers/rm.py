@@ -33,7 +33,7 @@ from typing import Any, Literal
 from trainkit.common.errors import UserError
 from trainkit.llm.lora import LoraSection, peft_config
 from trainkit.llm.optim import make_optimizer
-from trainkit.llm.train_control import SafetyFields
+from trainkit.llm.sections import ModelSection, OptimSection, TrainFields
 from trainkit.rlhf.trainers.pairs import (
     chat_prompt,
     check_lora_targets,
@@ -43,20 +43,6 @@ from trainkit.rlhf.trainers.pairs import read_pairs as read_pairs  # re-exported
 
 
 # ----------------------------------------------------------------------------- config
-@dataclass
-class ModelSection:
-    """The ``model`` section: the backbone under the scalar reward head.
-
-    Attributes:
-        gradient_checkpointing: recompute the backbone's activations in the backward pass
-            (non-reentrant) to save memory at the cost of extra compute.
-    """
-
-    name: str = field(default="tiny-llama", metadata={"help": "built-in name or HF folder"})
-    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16"})
-    gradient_checkpointing: bool = False
-
-
 @dataclass
 class DataSection:
     """The ``data`` section: preference pairs ``{prompt, chosen, rejected}`` (jsonl).
@@ -100,25 +86,7 @@ class DataSection:
 
 
 @dataclass
-class OptimSection:
-    """The ``optim`` section: AdamW with linear warmup, then a constant learning rate.
-
-    Attributes:
-        lr: learning rate of AdamW after warmup (constant; no decay).
-        weight_decay: AdamW decoupled weight decay; 0: none.
-        warmup_steps: steps of linear warmup from ``lr / warmup_steps`` to ``lr``; 0: none.
-        max_grad_norm: clip the global gradient norm of the trainable parameters to this
-            value before each step (torch ``clip_grad_norm_``).
-    """
-
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-
-
-@dataclass
-class TrainSection(SafetyFields):
+class TrainSection(TrainFields):
     """The ``train`` section: steps, batching, loss, logging, checkpoints, NaN policy.
 
     Attributes:
@@ -134,7 +102,6 @@ class TrainSection(SafetyFields):
 
     max_steps: int = 200
     batch_size: int = field(default=8, metadata={"help": "preference pairs per step"})
-    seed: int = 0
     log_every: int = 10
     loss: Literal["sigmoid", "logexp"] = "sigmoid"
     margin: float = field(default=0.0, metadata={"help": "m in -log sigmoid(r_c - r_r - m)"})
@@ -144,7 +111,6 @@ class TrainSection(SafetyFields):
             "help": "record train-set reward mean/std in the saved config and normalise scores"
         },
     )
-    progress: bool = True
 
 
 @dataclass
@@ -173,7 +139,7 @@ class RMConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     lora: LoraSection = field(default_factory=LoraSection)
-    optim: OptimSection = field(default_factory=OptimSection)
+    optim: OptimSection = field(default_factory=lambda: OptimSection(lr=1e-4, schedule="constant"))
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     output_dir: str = "runs/rm"
