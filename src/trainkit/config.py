@@ -321,18 +321,19 @@ def to_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=False)
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+def describe(cls: type, prefix: str = "", inst: Any = None) -> list[tuple[str, str, Any, str]]:
     """``(key, type, default, help)`` for every leaf field of ``cls``, for docs.
 
-    The help text is a field's ``metadata["help"]`` when given.
+    The help text is a field's ``metadata["help"]`` when given. A section's defaults are
+    its parent's (``field(default_factory=lambda: OptimSection(lr=...))``).
     """
     rows = []
     hints = _hints(cls)
-    inst = cls()
+    inst = cls() if inst is None else inst
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if _is_dc(tp):
-            rows += describe(tp, prefix + f.name + ".")
+            rows += describe(tp, prefix + f.name + ".", getattr(inst, f.name))
         else:
             rows.append(
                 (

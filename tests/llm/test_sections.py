@@ -125,6 +125,13 @@ def test_recipe_defaults_are_unchanged(name):
         assert o.critic_lr == 1e-5 and m.critic == "auto"
     if name == "extend":
         assert (m.full_finetune, cfg.seed, t.max_seconds, t.log_every) == (False, 0, 0.0, 10)
+    # config.describe (and so docs/CONFIG.md) reports the recipe's defaults, not the class's
+    rows = {k: d for k, _, d, _ in describe(RECIPES[name])}
+    assert (rows["optim.lr"], rows["optim.schedule"], rows["model.name"]) == (
+        want["optim"][0],
+        want["optim"][1],
+        want["model"][0],
+    )
 
 
 OLD_EXTEND = [
