@@ -4,7 +4,9 @@ Formulas follow OpenRLHF (Hu et al. 2024, arXiv 2405.11143); docs/papers.md give
 paper's settings and the config keys that reproduce them, and
 :mod:`trainkit.rlhf.estimators` is the one table of the estimator names built from these
 functions. Token tensors are ``[batch, T]`` over response tokens, **right padded**, with
-``mask`` 1 on valid tokens; masked positions never influence a result and come out 0.
+``mask`` 1 on valid tokens (the policy's own tokens; a multi-turn episode's mask has
+holes where observations were inserted); masked positions never influence a result and
+come out 0.
 Scalar (per-sample) rewards are ``[n_prompts * group_size]``, the ``group_size``
 samples of one prompt being consecutive.
 """
@@ -31,49 +33,63 @@ def gae(
     ``delta_t = r_t + gamma V_{t+1} - V_t``; ``A_t = delta_t + gamma lam A_{t+1}``;
     ``R_t = A_t + V_t``. The value after the last valid token is 0 (the episode ends).
 
+    Masks with holes (multi-turn episodes, where the tokens of tool results and other
+    observations sit between the policy's turns): the time steps are the valid tokens
+    only. ``t + 1`` is the next *valid* token, so the recursion runs across a hole as if
+    its tokens were not there: the observation is part of the environment's transition
+    from the last action of one turn to the first action of the next, with no discount,
+    reward or value of its own. The result on the valid tokens equals ``gae`` of the
+    same row with the holes removed.
+
     Args:
         rewards: ``[batch, T]`` per-token rewards (see :func:`token_rewards`).
         values: ``[batch, T]`` critic values ``V_t`` at rollout time.
-        mask: ``[batch, T]``, right padded.
+        mask: ``[batch, T]``, 1 on the policy's tokens (right padding and holes 0).
         gamma: discount.
         lam: GAE lambda.
 
     Returns:
         ``(advantages, returns)``, both ``[batch, T]``, 0 on masked tokens.
     """
-    r = _zero_masked(rewards, mask)
-    v = _zero_masked(values, mask)
+    m = mask.to(torch.bool)
+    r = _zero_masked(rewards, m)
+    v = _zero_masked(values, m)
     T = r.shape[-1]
     adv = torch.zeros_like(r)
     last = torch.zeros_like(r[..., 0])
+    next_v = torch.zeros_like(last)  # value of the next valid token (0 after the last)
     for t in reversed(range(T)):
-        next_v = v[..., t + 1] if t + 1 < T else torch.zeros_like(last)
         delta = r[..., t] + gamma * next_v - v[..., t]
-        last = delta + gamma * lam * last
-        # a masked step (padding) resets the recursion so nothing flows through it
-        last = _zero_masked(last, mask[..., t])
-        adv[..., t] = last
-    returns = _zero_masked(adv + v, mask)
+        here = delta + gamma * lam * last
+        # a masked step (padding, an observation) passes the recursion through untouched
+        last = torch.where(m[..., t], here, last)
+        next_v = torch.where(m[..., t], v[..., t], next_v)
+        adv[..., t] = _zero_masked(here, m[..., t])
+    returns = _zero_masked(adv + v, m)
     return adv, returns
 
 
 def reinforce_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
     """Discounted return of each token: ``G_t = r_t + gamma G_{t+1}`` (REINFORCE++).
 
+    As in :func:`gae`, ``t + 1`` is the next valid token: holes in the mask (observation
+    tokens of multi-turn episodes) are skipped, not discounted.
+
     Args:
         rewards: ``[batch, T]``.
-        mask: ``[batch, T]``.
+        mask: ``[batch, T]``, 1 on the policy's tokens.
         gamma: discount.
 
     Returns:
         ``[batch, T]``, 0 on masked tokens.
     """
-    r = _zero_masked(rewards, mask)
+    m = mask.to(torch.bool)
+    r = _zero_masked(rewards, m)
     out = torch.zeros_like(r)
     running = torch.zeros_like(r[..., 0])
     for t in reversed(range(r.shape[-1])):
-        running = _zero_masked(r[..., t] + gamma * running, mask[..., t])
-        out[..., t] = running
+        running = torch.where(m[..., t], r[..., t] + gamma * running, running)
+        out[..., t] = _zero_masked(running, m[..., t])
     return out
 
 

@@ -17,13 +17,9 @@ references and the HTTP client :class:`RemoteReward` are here.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from trainkit.common.errors import UserError
@@ -103,33 +99,9 @@ def load_reward(ref: str | RewardFn) -> RewardFn:
             f"reward '{ref}' is not a built-in ({', '.join(BUILTINS)}) "
             "nor of the form 'module:function' or 'file.py:function'"
         )
-    target, _, name = ref.rpartition(":")
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise RewardError(f"reward file not found: {path}")
-        modname = f"_trainkit_reward_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(modname, path)
-        if spec is None or spec.loader is None:
-            raise RewardError(f"cannot load reward file {path}")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[modname] = mod
-        try:
-            spec.loader.exec_module(mod)
-        except Exception as e:
-            sys.modules.pop(modname, None)
-            raise RewardError(
-                f"{path}: importing the reward file failed: {type(e).__name__}: {e}"
-            ) from None
-    else:
-        try:
-            mod = importlib.import_module(target)
-        except ImportError as e:
-            raise RewardError(f"reward module '{target}' cannot be imported: {e}") from None
-    fn = getattr(mod, name, None)
-    if fn is None or not callable(fn):
-        raise RewardError(f"reward '{ref}': '{name}' is not a callable in {target}")
-    return fn
+    from trainkit.common.refs import import_object
+
+    return import_object(ref, "reward", RewardError, callable_=True)
 
 
 # ------------------------------------------------------------------------- remote

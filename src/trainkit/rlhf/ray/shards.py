@@ -36,17 +36,7 @@ def group_rows(n_rows: int, group: int, k: int) -> list[list[int]]:
 
 def rollout_rows(ro: Rollout, rows: list[int]) -> Rollout:
     """The rollout restricted to ``rows`` (same padding widths)."""
-    idx = torch.tensor(rows, dtype=torch.long)
-    return Rollout(
-        ro.prompt_ids[idx],
-        ro.prompt_mask[idx],
-        ro.response_ids[idx],
-        ro.action_mask[idx],
-        ro.logprobs[idx],
-        ro.truncated[idx],
-        ro.n,
-        dict(ro.info),
-    )
+    return ro.select(torch.tensor(rows, dtype=torch.long))
 
 
 def shard_experience(exp, k: int) -> list:
@@ -104,4 +94,12 @@ def concat_rollouts(parts: list[Rollout], pad: int) -> Rollout:
         torch.cat([p.truncated for p in parts]),
         parts[0].n,
         info,
+        None
+        if all(p.response_mask is None for p in parts)
+        else torch.cat(
+            [
+                right(p.action_mask if p.response_mask is None else p.response_mask, R, 0)
+                for p in parts
+            ]
+        ),
     )

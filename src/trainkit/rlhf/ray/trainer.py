@@ -232,15 +232,21 @@ class RayBackend:
             roles.get("policy", ws[1:])
         return time.perf_counter() - t
 
-    def generate(self, prompt_ids: list[list[int]], seed: int) -> Any:
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        seed: int,
+        n: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Any:
         """The prompts split evenly over the rollout actors; replica ``k`` samples with
         ``seed + k`` (one replica reproduces the single-process samples)."""
         r, engines = self.cfg.rollout, self.roles.rollout
+        n = r.n if n is None else n
+        tokens = r.max_new_tokens if max_new_tokens is None else max_new_tokens
         chunks = split_even(list(prompt_ids), len(engines))
         refs = [
-            e.generate.remote(
-                c, r.n, r.max_new_tokens, r.temperature, r.top_p, seed + k, r.min_new_tokens
-            )
+            e.generate.remote(c, n, tokens, r.temperature, r.top_p, seed + k, r.min_new_tokens)
             for k, (e, c) in enumerate(zip(engines, chunks))
         ]
         return concat_rollouts(self.roles.get("rollout", refs), self.tokenizer.pad_token_id)

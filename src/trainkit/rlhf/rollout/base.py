@@ -9,6 +9,10 @@ consecutive, so ``[n_prompts, n]`` reshapes give the groups of GRPO/RLOO):
 * ``sequences = cat(prompt_ids, response_ids)`` ``[B, T = P + R]`` with
   ``attention_mask`` ``[B, T]`` (1 on real tokens) and ``action_mask`` ``[B, R]``
   (1 on response tokens up to and including EOS);
+* multi-turn episodes (:mod:`trainkit.rlhf.rollout.episodes`): the response is the whole
+  episode after the first prompt, the policy's turns and the observations between them;
+  ``response_mask`` ``[B, R]`` is 1 on all its real tokens and ``action_mask`` only on the
+  policy's (an action mask with holes: observations get no loss, KL or entropy);
 * ``logprobs`` ``[B, R]``: ``log softmax(z / temperature)[y]`` of each sampled token,
   0 where ``action_mask`` is 0. This is the sampling distribution *before* top-p
   truncation, the same quantity :func:`response_logps` recomputes, so the PPO ratio is
@@ -42,6 +46,8 @@ class Rollout:
             without emitting EOS.
         n: samples per prompt.
         info: engine timings and counters (``gen_s``, ``gen_tokens``).
+        response_mask: ``[B, R]`` 1 on every real response token, observations
+            included; None: equal to ``action_mask`` (single-turn).
     """
 
     prompt_ids: Tensor
@@ -52,6 +58,7 @@ class Rollout:
     truncated: Tensor
     n: int = 1
     info: dict[str, Any] = field(default_factory=dict)
+    response_mask: Tensor | None = None
 
     @property
     def sequences(self) -> Tensor:
@@ -61,7 +68,8 @@ class Rollout:
     @property
     def attention_mask(self) -> Tensor:
         """``[B, P + R]`` 1 on real tokens (prompt and valid response)."""
-        return torch.cat([self.prompt_mask, self.action_mask], dim=1).long()
+        resp = self.action_mask if self.response_mask is None else self.response_mask
+        return torch.cat([self.prompt_mask, resp.to(self.prompt_mask.dtype)], dim=1).long()
 
     @property
     def num_truncated(self) -> int:
@@ -87,6 +95,7 @@ class Rollout:
             self.truncated[idx],
             self.n,
             dict(self.info),
+            None if self.response_mask is None else self.response_mask[idx],
         )
 
 
@@ -211,7 +220,8 @@ def shared_prefix_logps(
         prompt_ids: ``[B, P]`` left padded; equal within each group of ``group`` rows.
         prompt_mask: ``[B, P]``.
         response_ids: ``[B, R]``.
-        action_mask: ``[B, R]``.
+        action_mask: ``[B, R]`` 1 on every real response token (the response's
+            attention mask: with holes in the actions, the observations are real tokens).
         group: rows per group (``B % group == 0``).
         temperature: sampling temperature.
         return_entropy: also return ``[B, R]`` entropies.

@@ -145,7 +145,7 @@ def policy_logps(
             sequences[:, :P],
             attention_mask[:, :P],
             sequences[:, P:],
-            action_mask,
+            attention_mask[:, P:],  # observations inside an episode are attended to
             group,
             temperature,
             return_entropy,

@@ -15,6 +15,7 @@ from trainkit.llm.lora import LoraSection
 from trainkit.llm.sections import OptimSection as SharedOptimSection
 from trainkit.llm.sections import QuantModelSection, RunFields
 from trainkit.rlhf import estimators as E
+from trainkit.rlhf.envs.config import EnvSection
 from trainkit.rlhf.ray.config import RaySection
 
 # the names and their properties come from the one table in rlhf/estimators.py
@@ -297,6 +298,7 @@ class RLConfig:
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     ray: RaySection = field(default_factory=RaySection)
+    env: EnvSection = field(default_factory=EnvSection)
     output_dir: str = "runs/rl"
 
     @property
@@ -377,6 +379,7 @@ class RLConfig:
             )
         if self.train.max_steps < 0 or self.train.micro_batch_size < 1:
             raise ConfigError("train.max_steps must be >= 0 and train.micro_batch_size >= 1")
+        self.env.validate()
 
 
 @dataclass

@@ -49,7 +49,12 @@ def _jsonl_records(path: str, prompt_key: str) -> list[dict]:
 
 
 def _task_records(name: str, seed: int) -> tuple[list[dict], list[dict]]:
-    """``(train, held_out)`` records of a built-in task of :mod:`trainkit.rlhf.tasks`."""
+    """``(train, held_out)`` records of a built-in task of :mod:`trainkit.rlhf.tasks`
+    or of the environments' tasks (:data:`trainkit.rlhf.envs.builtin.TASKS`)."""
+    from trainkit.rlhf.envs.builtin import TASKS
+
+    if name in TASKS:
+        return TASKS[name](seed)
     try:
         from trainkit.rlhf import tasks
     except ImportError:  # pragma: no cover - the tasks module ships with trainkit
@@ -242,6 +247,12 @@ class HeldOut:
         _, recs = load_prompt_records(cfg.data, cfg.train.seed)
         self.cfg, self.tok = cfg, tokenizer
         self.prompts = tokenize_prompts(recs, tokenizer, cfg.data) if recs else None
+        self.records = recs
+        self.episodes = None
+        if getattr(cfg, "env", None) is not None and cfg.env.name:
+            from trainkit.rlhf.trainers.rl_env import EpisodeRunner
+
+            self.episodes = EpisodeRunner(cfg, tokenizer)
         self.scorer = Scorer(cfg.data)
 
     def __call__(self, engine: Any, seed: int) -> dict[str, float] | None:
@@ -250,8 +261,20 @@ class HeldOut:
         ev = self.cfg.eval
         if self.prompts is None or ev.n_prompts == 0:
             return None
+        if self.episodes is not None:  # multi-turn: held-out episodes
+            return self.episodes.evaluate(engine, self.records, seed)
         tokens = ev.max_new_tokens or self.cfg.rollout.max_new_tokens
         s = self.scorer
         return evaluate(
             engine, self.tok, self.prompts, s.reward_fn, s.acc_fn, ev, tokens, seed=seed
         )
+
+
+def episode_scores(ep: Any) -> Scores:
+    """A step's :class:`~trainkit.rlhf.rollout.episodes.Episodes` as its :class:`Scores`:
+    every row valid, ``hits`` 1.0 where the environment said correct (None when it never
+    says), the ``env/*`` figures as stats."""
+    hits = None
+    if any(c is not None for c in ep.correct):
+        hits = [1.0 if c else 0.0 for c in ep.correct]
+    return Scores(list(ep.rewards), [True] * len(ep.rewards), dict(ep.stats), hits)

@@ -86,12 +86,18 @@ class LocalBackend:
         self.stale = False
         return time.perf_counter() - t
 
-    def generate(self, prompt_ids: list[list[int]], seed: int) -> Any:
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        seed: int,
+        n: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Any:
         r = self.cfg.rollout
         return self.engine.generate(
             prompt_ids,
-            n=r.n,
-            max_new_tokens=r.max_new_tokens,
+            n=r.n if n is None else n,
+            max_new_tokens=r.max_new_tokens if max_new_tokens is None else max_new_tokens,
             temperature=r.temperature,
             top_p=r.top_p,
             seed=seed,

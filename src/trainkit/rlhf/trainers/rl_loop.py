@@ -124,10 +124,17 @@ class RLBackend(Protocol):
         """Give the rollout engines the policy's current weights (nothing to do when the
         engine *is* the policy); the seconds it took."""
 
-    def generate(self, prompt_ids: list[list[int]], seed: int) -> Any:
-        """Sample ``rollout.n`` completions per prompt with the sampling settings of
-        ``rollout``; a :class:`~trainkit.rlhf.rollout.base.Rollout` of ``B`` rows, groups
-        of ``n`` consecutive. ``info["gen_tokens"]`` is required; ``info["actor_cpu_s"]``
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        seed: int,
+        n: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Any:
+        """Sample ``n`` (default ``rollout.n``) completions per prompt of at most
+        ``max_new_tokens`` (default ``rollout.max_new_tokens``) with the sampling settings
+        of ``rollout``; a :class:`~trainkit.rlhf.rollout.base.Rollout` of ``B`` rows,
+        groups of ``n`` consecutive. ``info["gen_tokens"]`` is required; ``info["actor_cpu_s"]``
         (CPU seconds spent in other processes) is added to ``gen_cpu_s``."""
 
     def score(self, prompts: list[str], completions: list[str], labels: dict) -> Any:
@@ -208,6 +215,11 @@ class _Loop:
         self.on_log, self.metrics = on_log, tuple(metrics)
         self.evals: list[dict] = []
         self.lr: float | None = None
+        self.episodes = None  # multi-turn (env.name): the step's episodes
+        if getattr(cfg, "env", None) is not None and cfg.env.name:
+            from trainkit.rlhf.trainers.rl_env import EpisodeRunner
+
+            self.episodes = EpisodeRunner(cfg, backend.tokenizer)
 
     def log(self, step: int, rec: dict) -> None:
         r = self.logger.log(step, **rec)
@@ -295,13 +307,18 @@ class _Loop:
             len(self.train_set), cfg.rollout.prompts_per_step, step, cfg.train.seed
         )
         texts, ids, labels = self.train_set.take(idx)
-        ro = b.generate(ids, seed)
-        t1, c1 = time.perf_counter(), time.process_time()
-        comps = rl_data.decode(b.tokenizer, ro.response_ids, ro.action_mask)
         n = cfg.rollout.n
         rep = {k: [v for v in vals for _ in range(n)] for k, vals in labels.items()}
         prompts = [x for x in texts for _ in range(n)]
-        sc = b.score(prompts, comps, rep)
+        if self.episodes is None:
+            ro = b.generate(ids, seed)
+            t1, c1 = time.perf_counter(), time.process_time()
+            comps = rl_data.decode(b.tokenizer, ro.response_ids, ro.action_mask)
+            sc = b.score(prompts, comps, rep)
+        else:  # multi-turn: generation and scoring are the episodes (gen_s covers both)
+            ep = self.episodes.play(b, texts, labels, seed)
+            ro, comps, sc = ep.rollout, ep.replies, rl_data.episode_scores(ep)
+            t1, c1 = time.perf_counter(), time.process_time()
         rewards = torch.tensor(sc.rewards, dtype=torch.float32)
         exp, xstats = make_experience(
             ro,

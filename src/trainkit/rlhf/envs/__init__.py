@@ -1,0 +1,1 @@
+"""Environments and tools for multi-turn RL (see :mod:`trainkit.rlhf.envs.base`)."""
