@@ -1,6 +1,8 @@
 """``trainkit rlhf <command>``: the RLHF recipes (kept free of heavy imports)."""
 
 from trainkit.commands import Command
+from trainkit.rlhf.envs.demos import add_args as _demos_args
+from trainkit.rlhf.evaluate_cli import add_args as _evaluate_args
 from trainkit.rlhf.serve_cli import add_args as _serve_args
 
 _FLAGS = {
@@ -49,5 +51,21 @@ COMMANDS = {
         help="serve a reward model over HTTP (loopback by default, optional bearer token)",
         run="trainkit.rlhf.serve_cli:run",
         add_args=_serve_args,
+    ),
+    "evaluate": Command(
+        help="greedy multi-turn episodes of a model on held-out env-task problems -> JSON",
+        description="Greedy episodes (tool_math, guess_number) of any model (built-in, HF "
+        "folder, merged model or LoRA adapter folder) on the held-out problems of an env "
+        "task; writes accuracy, tool_call_rate and mean_turns to --out (atomically).",
+        run="trainkit.rlhf.evaluate_cli:run",
+        add_args=_evaluate_args,
+    ),
+    "make-demos": Command(
+        help="write calculator tool-use demonstrations (SFT chat data) for tool_math",
+        description="Two-turn calculator transcripts on train-split 'products' problems, "
+        "rendered as the episodes of env tool_math render them; the data of an SFT warm "
+        "start (configs/rlhf/sft_calculator_smollm2.yaml).",
+        run="trainkit.rlhf.envs.demos:run",
+        add_args=_demos_args,
     ),
 }
