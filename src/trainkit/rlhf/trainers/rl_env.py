@@ -119,4 +119,3 @@ class EpisodeRunner:
             "eval_turns": sum(turns) / m,
             "eval_truncated_frac": sum(trunc) / m,
         }
-
