@@ -251,9 +251,9 @@ def test_rl_sigint_saves_checkpoint_returns_130_and_resumes(tmp_path, monkeypatc
     assert "rl: interrupted after step 1;" in err and "resume=true" in err
     out = tmp_path / "rl"
     assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000001"
-    assert not (out / "model").exists()  # an interrupted run writes no final model
+    assert not (out / "final").exists()  # an interrupted run writes no final model
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] and summary["steps"] == 1
     resumed = orig(load_config(GRPOConfig, None, [*over, "train.resume=true"]))
     assert not resumed["interrupted"] and resumed["steps"] == 4
-    assert (out / "model").is_dir()
+    assert (out / "final").is_dir()

@@ -674,7 +674,7 @@ def test_ray_sigint_checkpoints_exits_130_and_resume_reaches_the_last_step(tmp_p
     weights = load_file(str(path / "model.safetensors"))
     assert state["step"] == stopped and len(weights) > 10
     assert all(torch.isfinite(t).all() for t in weights.values())
-    assert not (out / "model").exists()  # an interrupted run writes no final model
+    assert not (out / "final").exists()  # an interrupted run writes no final model
     rewards, _ = _rewards(out)
     assert sorted(rewards) == list(range(1, stopped + 1))
 
@@ -692,5 +692,5 @@ def test_ray_sigint_checkpoints_exits_130_and_resume_reaches_the_last_step(tmp_p
     assert sorted(rewards) == list(range(1, steps + 1))  # steps after `stopped` were added
     assert [r["step"] for r in recs if "reward" in r] == list(range(1, steps + 1))
     assert [s for s, _ in list_checkpoints(out / "checkpoints")][-1] == steps
-    assert (out / "model").is_dir()
+    assert (out / "final").is_dir()
     print(f"\nRAY_SIGINT stopped after step {stopped}; exit 130 {stop_s:.1f} s after SIGINT")

@@ -253,9 +253,9 @@ class PolicyWorker(_Learner):
         return str(self.ckpt.save(step).parent)
 
     def save_model(self) -> str:
-        """``output_dir/model``: the final policy (and tokenizer)."""
-        self.strategy.save_pretrained(self.policy, self.out / "model", tokenizer=self.tok)
-        return str(self.out / "model")
+        """``output_dir/final``: the final policy (and tokenizer)."""
+        self.strategy.save_pretrained(self.policy, self.out / "final", tokenizer=self.tok)
+        return str(self.out / "final")
 
 
 class ReferenceWorker:

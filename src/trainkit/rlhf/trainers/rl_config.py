@@ -252,7 +252,7 @@ class TrainSection(RunFields):
     )
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
     nonfinite: Literal["skip", "stop"] = "skip"
-    save_model: bool = field(default=True, metadata={"help": "write output_dir/model at the end"})
+    save_model: bool = field(default=True, metadata={"help": "write the final policy to output_dir/final (as sft does)"})
 
 
 @dataclass

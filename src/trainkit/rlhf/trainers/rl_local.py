@@ -135,7 +135,7 @@ class LocalBackend:
         self.ckpt.save(step)
 
     def save_model(self) -> None:
-        self.strategy.save_pretrained(self.policy, self.out / "model", tokenizer=self.tokenizer)
+        self.strategy.save_pretrained(self.policy, self.out / "final", tokenizer=self.tokenizer)
 
     def failed(self, error: Exception, done: int, saved: int) -> Exception | None:
         return None

@@ -157,7 +157,7 @@ class RLBackend(Protocol):
         """Checkpoint the state after ``step`` steps (critic first, then the policy)."""
 
     def save_model(self) -> None:
-        """Write the final policy (and tokenizer) to ``output_dir/model``."""
+        """Write the final policy (and tokenizer) to ``output_dir/final``."""
 
     def failed(self, error: Exception, done: int, saved: int) -> Exception | None:
         """A step raised ``error`` after ``done`` finished steps, the last checkpoint
