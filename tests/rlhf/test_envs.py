@@ -486,3 +486,100 @@ def test_env_section_in_the_rl_config():
     with pytest.raises(ConfigError, match="env.max_turns"):
         load_config(GRPOConfig, None, ["env.name=tool_math", "env.max_turns=0"])
     assert json.loads(json.dumps(cfg.env.kwargs)) == {}
+
+
+# ------------------------------------------------------------------ learning
+
+
+def _guess_warm_start(out, tok_model, high, steps=30, lr=3e-3, seed=0):
+    """SFT on the reply format of the feedback game: any context -> ' <k><eos>', k
+    uniform in 1..high (after 0-2 earlier turns with random feedback). It leaves many
+    empty replies (' <eos>'), which waste turns: room for RL."""
+    import random
+
+    model, tok = tok_model
+    torch.manual_seed(seed)
+    r = Renderer(tok, {}, chat_template=False)
+    rng = random.Random(seed)
+    recs = make_guess(64, seed, "train", high=high)
+
+    def sample():
+        ids = r.first([{"role": "user", "content": rng.choice(recs)["prompt"]}])
+        for _ in range(rng.randint(0, 2)):
+            fb = [{"role": "user", "content": rng.choice(["higher", "lower"])}]
+            g = tok(f" {rng.randint(1, high)}", add_special_tokens=False).input_ids
+            ids = ids + g + [tok.eos_token_id] + r.continuation(fb)
+        a = tok(f" {rng.randint(1, high)}", add_special_tokens=False).input_ids
+        return ids, a + [tok.eos_token_id]
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        batch = [sample() for _ in range(32)]
+        L = max(len(p) + len(a) for p, a in batch)
+        x = torch.full((32, L), tok.pad_token_id)
+        y = torch.full((32, L), -100)
+        am = torch.zeros(32, L, dtype=torch.long)
+        for k, (p, a) in enumerate(batch):
+            x[k, : len(p) + len(a)] = torch.tensor(p + a)
+            am[k, : len(p) + len(a)] = 1
+            y[k, len(p) : len(p) + len(a)] = torch.tensor(a)
+        logits = model(input_ids=x, attention_mask=am).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1)
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_multiturn_grpo_improves_the_feedback_game(tmp_path):
+    # Measured (2026-12-04, 2 shared cores): held-out reward 0.243 -> 0.343 in 10 steps
+    # (~35 s after a ~40 s warm start; 0.203 -> 0.362 with another warm-start draw): the
+    # policy stops wasting turns on empty replies.
+    from trainkit.config import load_config
+    from trainkit.llm.models import load_model
+    from trainkit.rlhf.trainers.ppo import GRPOConfig, train
+
+    high = 4
+    data = tmp_path / "guess.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_guess(400, 5, "train", high=high)))
+    warm = _guess_warm_start(tmp_path / "warm", load_model("tiny-llama"), high)
+    cfg = load_config(
+        GRPOConfig,
+        None,
+        [
+            f"model.name={warm}",
+            f"data.path={data}",
+            "data.eval_fraction=0.2",
+            "data.chat_template=false",
+            "env.name=guess_number",
+            "env.max_turns=3",
+            "rollout.max_new_tokens=3",
+            "rollout.n=8",
+            "rollout.prompts_per_step=8",
+            "optim.lr=1e-3",
+            "train.micro_batch_size=64",
+            "train.max_steps=10",
+            "train.progress=false",
+            "train.save_model=false",
+            "eval.every=0",
+            "eval.n_prompts=64",
+            "eval.temperature=1.0",
+            "eval.samples_per_prompt=4",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
+    s = train(cfg)
+    first, last = s["first_eval"], s["last_eval"]
+    print(f"guess_number held-out reward {first['eval_reward']:.3f} -> {last['eval_reward']:.3f}")
+    assert first["eval_reward"] < 0.3
+    assert last["eval_reward"] > first["eval_reward"] + 0.08
+    assert last["eval_truncated_frac"] < first["eval_truncated_frac"]
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if "loss" in r]
+    assert len(steps) == 10 and all(r["env/turns"] >= 1 for r in steps)
+    assert max(r["env/episode_len"] for r in steps) > 3  # observations inside episodes
