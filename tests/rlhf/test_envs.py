@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from tiny_guess import guess_warm_start
 from trainkit.common.errors import UserError
 from trainkit.rlhf.envs.base import ToolEnv
 from trainkit.rlhf.envs.builtin import GuessNumberEnv, ToolMathEnv, make_guess, make_products
@@ -491,51 +492,6 @@ def test_env_section_in_the_rl_config():
 # ------------------------------------------------------------------ learning
 
 
-def _guess_warm_start(out, tok_model, high, steps=30, lr=3e-3, seed=0):
-    """SFT on the reply format of the feedback game: any context -> ' <k><eos>', k
-    uniform in 1..high (after 0-2 earlier turns with random feedback). It leaves many
-    empty replies (' <eos>'), which waste turns: room for RL."""
-    import random
-
-    model, tok = tok_model
-    torch.manual_seed(seed)
-    r = Renderer(tok, {}, chat_template=False)
-    rng = random.Random(seed)
-    recs = make_guess(64, seed, "train", high=high)
-
-    def sample():
-        ids = r.first([{"role": "user", "content": rng.choice(recs)["prompt"]}])
-        for _ in range(rng.randint(0, 2)):
-            fb = [{"role": "user", "content": rng.choice(["higher", "lower"])}]
-            g = tok(f" {rng.randint(1, high)}", add_special_tokens=False).input_ids
-            ids = ids + g + [tok.eos_token_id] + r.continuation(fb)
-        a = tok(f" {rng.randint(1, high)}", add_special_tokens=False).input_ids
-        return ids, a + [tok.eos_token_id]
-
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        batch = [sample() for _ in range(32)]
-        L = max(len(p) + len(a) for p, a in batch)
-        x = torch.full((32, L), tok.pad_token_id)
-        y = torch.full((32, L), -100)
-        am = torch.zeros(32, L, dtype=torch.long)
-        for k, (p, a) in enumerate(batch):
-            x[k, : len(p) + len(a)] = torch.tensor(p + a)
-            am[k, : len(p) + len(a)] = 1
-            y[k, len(p) : len(p) + len(a)] = torch.tensor(a)
-        logits = model(input_ids=x, attention_mask=am).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1)
-        )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def test_multiturn_grpo_improves_the_feedback_game(tmp_path):
     # Measured (2026-12-04, 2 shared cores): held-out reward 0.243 -> 0.343 in 10 steps
     # (~35 s after a ~40 s warm start; 0.203 -> 0.362 with another warm-start draw): the
@@ -547,7 +503,7 @@ def test_multiturn_grpo_improves_the_feedback_game(tmp_path):
     high = 4
     data = tmp_path / "guess.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in make_guess(400, 5, "train", high=high)))
-    warm = _guess_warm_start(tmp_path / "warm", load_model("tiny-llama"), high)
+    warm = guess_warm_start(tmp_path / "warm", load_model("tiny-llama"), high)
     cfg = load_config(
         GRPOConfig,
         None,

@@ -233,6 +233,50 @@ def test_ray_run_matches_single_process_curve(cluster, tmp_path):
     assert dist["startup_s"] > 0 and dist["steps"] == steps
 
 
+@pytest.mark.slow  # ~100 s: a warm start, then 3 multi-turn steps in one process and on Ray
+def test_multiturn_episodes_on_ray_match_single_process(cluster, tmp_path):
+    from tiny_guess import guess_warm_start
+    from trainkit.llm.models import load_model
+    from trainkit.rlhf.envs.builtin import make_guess
+
+    data = tmp_path / "guess.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_guess(200, 5, "train", high=4)))
+    warm = guess_warm_start(tmp_path / "warm", load_model("tiny-llama"), 4)
+    over = [
+        f"model.name={warm}",
+        f"data.path={data}",
+        "data.chat_template=false",
+        "env.name=guess_number",
+        "env.max_turns=3",
+        "rollout.max_new_tokens=3",
+        "rollout.n=4",
+        "rollout.prompts_per_step=4",
+        "optim.lr=1e-3",
+        "train.max_steps=3",
+        "train.threads=1",
+        "train.progress=false",
+        "train.save_model=false",
+        "eval.every=0",
+        "eval.n_prompts=8",
+    ]
+    single = train(load_config(GRPOConfig, None, [*over, f"output_dir={tmp_path / 'single'}"]))
+    dist = train_ray(
+        load_config(GRPOConfig, None, [*over, f"output_dir={tmp_path / 'ray'}"]), ray_cfg=RC
+    )
+    r1, recs1 = _rewards(tmp_path / "single")
+    r2, recs2 = _rewards(tmp_path / "ray")
+    assert sorted(r1) == sorted(r2) == [1, 2, 3]
+    steps1 = [r for r in recs1 if "reward" in r]
+    steps2 = [r for r in recs2 if "reward" in r]
+    for a, b in zip(steps1, steps2):
+        # episodes with observations inside, logged by the one loop on both backends
+        assert a["env/episode_len"] > 3 and b["env/episode_len"] > 3
+        assert b["env/turns"] == pytest.approx(a["env/turns"], abs=0.5)
+    assert max(abs(r1[s] - r2[s]) for s in r1) <= 0.25
+    for key in ("eval_reward", "eval_turns"):
+        assert key in dist["last_eval"] and key in single["last_eval"]
+
+
 def test_helper_task_runs_while_actors_hold_every_cpu(cluster):
     @ray.remote(num_cpus=1)
     class Hog:
