@@ -232,13 +232,7 @@ class RayBackend:
             roles.get("policy", ws[1:])
         return time.perf_counter() - t
 
-    def generate(
-        self,
-        prompt_ids: list[list[int]],
-        seed: int,
-        n: int | None = None,
-        max_new_tokens: int | None = None,
-    ) -> Any:
+    def generate(self, prompt_ids: list[list[int]], seed: int, n=None, max_new_tokens=None):
         """The prompts split evenly over the rollout actors; replica ``k`` samples with
         ``seed + k`` (one replica reproduces the single-process samples)."""
         r, engines = self.cfg.rollout, self.roles.rollout

@@ -86,13 +86,7 @@ class LocalBackend:
         self.stale = False
         return time.perf_counter() - t
 
-    def generate(
-        self,
-        prompt_ids: list[list[int]],
-        seed: int,
-        n: int | None = None,
-        max_new_tokens: int | None = None,
-    ) -> Any:
+    def generate(self, prompt_ids: list[list[int]], seed: int, n=None, max_new_tokens=None):
         r = self.cfg.rollout
         return self.engine.generate(
             prompt_ids,
