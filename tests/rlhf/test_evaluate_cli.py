@@ -160,6 +160,30 @@ def test_make_demos_cli_and_sft_labels(tmp_path, capsys):
     assert not (tmp_path / "x.jsonl").exists()
 
 
+def test_make_demos_direct_fraction(tmp_path, capsys):
+    """--direct-fraction p: exactly round(p * n) demos answer directly in one turn (the
+    correct 'Answer: N', no tool call); the rest are the two-turn calculator transcripts."""
+    from trainkit.rlhf.envs.builtin import TASKS
+
+    out = tmp_path / "demos.jsonl"
+    argv = ["rlhf", "make-demos", "--model", "tiny-llama", "--n", "10", "--out", str(out)]
+    assert main(argv + ["--direct-fraction", "0.5"]) == 0
+    demos = [json.loads(line)["messages"] for line in out.read_text().splitlines()]
+    assert len(demos) == 10
+    direct = [m for m in demos if len(m) == 3]
+    assert len(direct) == 5
+    for rec, m in zip(TASKS["products"](0)[0], demos):
+        assert m[-1]["content"] == f"Answer: {rec['answer']}"
+        if len(m) == 3:
+            assert [x["role"] for x in m] == ["system", "user", "assistant"]
+        else:
+            assert m[2]["content"].startswith("<tool_call>")
+    assert "5 calculator, 5 direct" in capsys.readouterr().out
+    assert main(argv + ["--direct-fraction", "1.0"]) == 0
+    assert all(len(json.loads(x)["messages"]) == 3 for x in out.read_text().splitlines())
+    assert main(argv + ["--direct-fraction", "1.5"]) == 2
+
+
 @pytest.mark.parametrize(
     "cls, path",
     [

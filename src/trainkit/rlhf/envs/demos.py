@@ -15,8 +15,13 @@ user message ``<tool_response>\\n...\\n</tool_response>``, as
 own output (the environment's ``step``), so a demo and an episode agree
 token for token except where the policy's sampled tokens differ.
 
-``trainkit rlhf make-demos --out demos.jsonl [--n 1024] [--seed 0] [--model M]`` writes
-them (atomically, one JSON object per line).
+With ``direct_fraction`` p > 0, the first ``round(p * n)`` demos (spread evenly over the
+``n``) instead answer directly in one turn (``Answer: N``, the correct product, no tool
+call): a warm start on the mix learns the call format but calls the tool only part of the
+time, which leaves GRPO the choice to learn (only tool-using episodes get products right).
+
+``trainkit rlhf make-demos --out demos.jsonl [--n 1024] [--seed 0] [--model M]
+[--direct-fraction P]`` writes them (atomically, one JSON object per line).
 """
 
 from __future__ import annotations
@@ -70,8 +75,34 @@ def calculator_demo(record: dict, env: Any, renderer: Any) -> dict:
     return {"messages": msgs}
 
 
-def make_demos(tokenizer: Any, n: int, seed: int = 0, task: str = "products") -> list[dict]:
-    """``n`` calculator demonstrations on the train split of ``task`` (seed ``seed``)."""
+def direct_demo(record: dict, env: Any, renderer: Any) -> dict:
+    """``{"messages": [...]}``: the tool prompt, then the correct answer in one turn
+    (``Answer: N``, no tool call), checked by ``env`` as an episode would score it."""
+    final = f"Answer: {record['answer']}"
+    msgs = renderer.with_tools(env.reset())
+    msgs.append({"role": "assistant", "content": final})
+    last = env.step(final)
+    if not (last.done and last.info.get("correct")):
+        raise UserError(f"make-demos: the demo answer {final!r} is not scored correct")
+    return {"messages": msgs}
+
+
+def direct_indices(n: int, direct_fraction: float) -> set[int]:
+    """The ``round(direct_fraction * n)`` demo indices that answer directly, spread evenly
+    over ``0..n-1`` (deterministic)."""
+    k = round(direct_fraction * n)
+    return {int(i * n / k) for i in range(k)} if k else set()
+
+
+def make_demos(
+    tokenizer: Any,
+    n: int,
+    seed: int = 0,
+    task: str = "products",
+    direct_fraction: float = 0.0,
+) -> list[dict]:
+    """``n`` demonstrations on the train split of ``task`` (seed ``seed``): calculator
+    transcripts, of which ``round(direct_fraction * n)`` answer directly instead."""
     from trainkit.rlhf.envs.builtin import TASKS
     from trainkit.rlhf.envs.config import EnvFactory, EnvSection
     from trainkit.rlhf.envs.render import Renderer
@@ -81,9 +112,15 @@ def make_demos(tokenizer: Any, n: int, seed: int = 0, task: str = "products") ->
     train = TASKS[task](seed)[0]
     if not 1 <= n <= len(train):
         raise UserError(f"--n must be in 1..{len(train)} (train problems), got {n}")
+    if not 0.0 <= direct_fraction <= 1.0:
+        raise UserError(f"--direct-fraction must be in [0, 1], got {direct_fraction}")
+    direct = direct_indices(n, direct_fraction)
     factory = EnvFactory(EnvSection(name="tool_math", tools=["calculator"]))
     renderer = Renderer(tokenizer, factory.tools)
-    return [calculator_demo(r, factory(r), renderer) for r in train[:n]]
+    return [
+        (direct_demo if i in direct else calculator_demo)(r, factory(r), renderer)
+        for i, r in enumerate(train[:n])
+    ]
 
 
 # ------------------------------------------------------------------ CLI
@@ -99,6 +136,12 @@ def add_args(parser: Any) -> None:
         default="smollm2-135m-instruct",
         help="model whose chat template the demos are for (tokenizer only)",
     )
+    parser.add_argument(
+        "--direct-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of demos that answer directly in one turn, no tool call (default 0)",
+    )
 
 
 def run(cfg: Any, args: Any) -> int:
@@ -108,7 +151,13 @@ def run(cfg: Any, args: Any) -> int:
 
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
-    demos = make_demos(load_tokenizer(args.model), args.n, args.seed)
+    frac = getattr(args, "direct_fraction", 0.0)
+    demos = make_demos(load_tokenizer(args.model), args.n, args.seed, direct_fraction=frac)
     atomic_write_text(args.out, "".join(json.dumps(d) + "\n" for d in demos))
-    print(f"wrote {len(demos)} calculator demonstrations to {args.out}", flush=True)
+    n_direct = sum(len(d["messages"]) == 3 for d in demos)
+    print(
+        f"wrote {len(demos)} demonstrations ({len(demos) - n_direct} calculator, "
+        f"{n_direct} direct) to {args.out}",
+        flush=True,
+    )
     return 0
