@@ -252,7 +252,9 @@ class TrainSection(RunFields):
     )
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
     nonfinite: Literal["skip", "stop"] = "skip"
-    save_model: bool = field(default=True, metadata={"help": "write the final policy to output_dir/final (as sft does)"})
+    save_model: bool = field(
+        default=True, metadata={"help": "write the final policy to output_dir/final (as sft does)"}
+    )
 
 
 @dataclass
