@@ -28,6 +28,17 @@ def post(srv, body, headers=None, path="/get_reward", raw=False):
     return out
 
 
+def ok(rewards, invalid=None):
+    """The reply body of a 200 (OpenRLHF's shape)."""
+    bad = invalid or [False] * len(rewards)
+    return {
+        "rewards": rewards,
+        "scores": rewards,
+        "invalid": bad,
+        "extra_logs": {"reward_invalid": [float(b) for b in bad]},
+    }
+
+
 def auth(t=TOKEN):
     return {"Authorization": f"Bearer {t}"}
 
@@ -59,8 +70,8 @@ def srv():
 
 def test_scores_and_health(srv):
     qs, want = _queries(10, 0)
-    assert post(srv, {"query": qs}, auth()) == (200, {"rewards": want})
-    assert post(srv, {"query": []}, auth()) == (200, {"rewards": []})
+    assert post(srv, {"query": qs}, auth()) == (200, ok(want))
+    assert post(srv, {"query": []}, auth()) == (200, ok([]))
     c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
     c.request("GET", "/health")
     assert c.getresponse().status == 200
@@ -112,7 +123,7 @@ def test_missing_length_unknown_path_and_server_survives(srv):
     assert time.monotonic() - t0 < 3
     s.close()
     qs, want = _queries(4, 2)
-    assert post(srv, {"query": qs}, auth()) == (200, {"rewards": want})
+    assert post(srv, {"query": qs}, auth()) == (200, ok(want))
 
 
 def test_concurrent_load_all_correct_and_bounded():
@@ -130,7 +141,7 @@ def test_concurrent_load_all_correct_and_bounded():
             qs, want = batches[i % 50]
             try:
                 st, rep = post(srv, {"query": qs})
-                if st != 200 or rep["rewards"] != want:
+                if st != 200 or rep != ok(want):
                     wrong.append((i, st, rep))
             except Exception as e:  # pragma: no cover - reported below
                 errors.append(repr(e))
@@ -172,8 +183,8 @@ def test_saturation_503_then_recovers():
         assert st == 503 and "busy" in rep["error"]
         gate.set()
         t.join()
-        assert first == [(200, {"rewards": [1.0]})]
-        assert post(srv, {"query": ["c"]}) == (200, {"rewards": [1.0]})
+        assert first == [(200, ok([1.0]))]
+        assert post(srv, {"query": ["c"]}) == (200, ok([1.0]))
     finally:
         gate.set()
         srv.stop()
@@ -189,12 +200,12 @@ def test_connection_limit():
         for x in idle + [s]:
             x.close()
         time.sleep(0.3)
-        assert post(srv, {"query": ["x"]}) == (200, {"rewards": [0.0]})
+        assert post(srv, {"query": ["x"]}) == (200, ok([0.0]))
     finally:
         srv.stop()
 
 
-def test_scorer_faults_are_500_504_and_null():
+def test_scorer_faults_are_500_504_and_flagged():
     def scorer(qs):
         if qs[0] == "raise":
             raise RuntimeError("model exploded")
@@ -210,8 +221,8 @@ def test_scorer_faults_are_500_504_and_null():
         assert st == 500 and "model exploded" in rep["error"]
         assert post(srv, {"query": ["sleep"]})[0] == 504
         assert post(srv, {"query": ["short", "x"]})[0] == 500
-        assert post(srv, {"query": ["ok", "nan"]}) == (200, {"rewards": [2.0, None]})
-        assert post(srv, {"query": "single"}) == (200, {"rewards": [2.0]})
+        assert post(srv, {"query": ["ok", "nan"]}) == (200, ok([2.0, 0.0], [False, True]))
+        assert post(srv, {"query": "single"}) == (200, ok([2.0]))
     finally:
         srv.stop()
 
@@ -258,7 +269,7 @@ def test_make_server_and_bind_errors():
     assert srv.token is None and srv.server_address[0] == "127.0.0.1"
     srv.start()
     try:
-        assert post(srv, {"query": ["What is 2 + 2? 4"]}) == (200, {"rewards": [1.0]})
+        assert post(srv, {"query": ["What is 2 + 2? 4"]}) == (200, ok([1.0]))
         with pytest.raises(UserError, match="cannot bind"):
             RewardServer(lambda q: q, port=srv.port)
     finally:
@@ -295,4 +306,4 @@ def test_fuzzed_bodies_never_crash_the_server(srv):
     one()
     assert 400 in codes
     qs, want = _queries(4, 9)
-    assert post(srv, {"query": qs}, auth()) == (200, {"rewards": want})
+    assert post(srv, {"query": qs}, auth()) == (200, ok(want))

@@ -110,16 +110,20 @@ def load_reward(ref: str | RewardFn) -> RewardFn:
 class RemoteReward:
     """A reward model served over HTTP (see :mod:`trainkit.rlhf.serve`).
 
-    POSTs ``{"query": [prompt + completion, ...], "prompts": [...], "labels": {...}}`` and
-    reads ``{"rewards": [...]}`` (the OpenRLHF remote-RM protocol). Connection errors,
-    timeouts, 429 and 5xx are retried ``retries`` times with exponential backoff; other
-    4xx fail at once.
+    POSTs OpenRLHF's request ``{"query": [prompt + completion, ...], "prompts": [...],
+    "labels": [...]}`` (``labels``: one entry per sample: the value of the one label field,
+    a ``{name: value}`` object when there are several, ``""`` when there are none) and
+    reads ``{"rewards": [...]}`` plus the optional ``scores``, ``extra_logs`` (kept in
+    :attr:`last_scores`, :attr:`last_extra_logs`) and ``invalid`` flags. A sample flagged
+    invalid, or whose reward is ``null``/NaN, comes back as NaN, so :func:`score` marks it
+    invalid (reason in :attr:`last_errors`). Connection errors, timeouts, 429 and 5xx are
+    retried ``retries`` times with exponential backoff; other 4xx fail at once.
 
     Args:
         url: e.g. ``http://127.0.0.1:5000/get_reward``.
         timeout: seconds per request.
         retries: extra attempts after the first.
-        token: bearer token, if the server requires one.
+        token: bearer token, if the server requires one (none is sent when None).
         backoff: first retry delay in seconds (doubles each retry).
         batch_size: split large batches into requests of at most this many queries.
     """
@@ -138,8 +142,11 @@ class RemoteReward:
         self.url, self.timeout, self.retries = url, float(timeout), int(retries)
         self.token, self.backoff, self.batch_size = token, float(backoff), int(batch_size)
         self.__name__ = f"RemoteReward({url})"
+        self.last_scores: list[float] = []
+        self.last_extra_logs: dict[str, list] = {}
+        self.last_errors: list[str | None] = []
 
-    def _post(self, payload: dict) -> list[float]:
+    def _post(self, payload: dict) -> dict:
         import urllib.error
         import urllib.request
 
@@ -155,10 +162,9 @@ class RemoteReward:
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     out = json.loads(resp.read().decode("utf-8"))
-                rewards = out["rewards"] if isinstance(out, dict) else None
-                if not isinstance(rewards, list):
+                if not isinstance(out, dict) or not isinstance(out.get("rewards"), list):
                     raise ValueError(f"reply has no 'rewards' list: {str(out)[:200]}")
-                return rewards
+                return out
             except urllib.error.HTTPError as e:
                 detail = e.read()[:200].decode("utf-8", "replace")
                 last = RuntimeError(f"{self.url}: HTTP {e.code}: {detail}")
@@ -168,19 +174,45 @@ class RemoteReward:
                 last = RuntimeError(f"{self.url}: {getattr(e, 'reason', e)}")
         raise RuntimeError(f"remote reward failed after {self.retries + 1} attempts: {last}")
 
+    @staticmethod
+    def _labels(labels: dict[str, list], n: int) -> list:
+        if not labels:
+            return [""] * n
+        if len(labels) == 1:
+            return list(next(iter(labels.values())))
+        return [{k: v[i] for k, v in labels.items()} for i in range(n)]
+
     def __call__(
         self, prompts: Sequence[str], completions: Sequence[str], **labels: Any
     ) -> list[float]:
         out: list[float] = []
+        scores: list[float] = []
+        extra: dict[str, list] = {}
+        errors: list[str | None] = []
         for s in range(0, len(completions), self.batch_size):
             e = s + self.batch_size
+            n = len(completions[s:e])
             payload = {
                 "query": [p + c for p, c in zip(prompts[s:e], completions[s:e])],
                 "prompts": list(prompts[s:e]),
+                "labels": self._labels({k: list(v[s:e]) for k, v in labels.items()}, n),
             }
-            lab = {k: list(v[s:e]) for k, v in labels.items()}
-            if lab:
-                payload["labels"] = lab
             got = self._post(payload)
-            out += check_reward_values(got, len(payload["query"]), self)
+            vals = check_reward_values(got["rewards"], n, self)
+            flags = got.get("invalid")
+            flags = flags if isinstance(flags, list) and len(flags) == n else [False] * n
+            for v, bad in zip(vals, flags):
+                if bad or v is None:
+                    out.append(float("nan"))
+                    why = "flagged invalid" if bad else "null"
+                    errors.append(f"non-finite reward ({why} by the server)")
+                else:
+                    out.append(v)
+                    errors.append(None)
+            sc = got.get("scores")
+            scores += sc if isinstance(sc, list) and len(sc) == n else out[-n:]
+            logs = got.get("extra_logs")
+            for k, v in (logs if isinstance(logs, dict) else {}).items():
+                extra.setdefault(str(k), []).extend(v if isinstance(v, list) else [v] * n)
+        self.last_scores, self.last_extra_logs, self.last_errors = scores, extra, errors
         return out

@@ -1,8 +1,13 @@
 """A hardened HTTP reward server: ``POST {"query": [...]}`` -> ``{"rewards": [...]}``.
 
-The protocol is OpenRLHF's remote reward model (``--remote_rm_url``): each query is a
-full ``prompt + completion`` text; the reply holds one float per query (``null`` where
-the scorer produced NaN/inf, so a client marks only that sample invalid). The scorer is
+The protocol is OpenRLHF's remote reward model (``--remote_rm_url``): the request is
+``{"query": [...], "prompts": [...], "labels": [...]}`` (each query a full ``prompt +
+completion`` text; ``prompts`` and ``labels`` optional, one per query, checked for length
+and otherwise ignored: a reward model scores the whole text); the reply is
+``{"rewards": [...], "scores": [...], "invalid": [...], "extra_logs": {"reward_invalid":
+[...]}}``, one entry per query. A NaN/inf score is sent as :data:`INVALID_FILL` (0.0)
+with ``invalid[i] = true`` (and ``reward_invalid[i] = 1.0``), never as ``null``: OpenRLHF
+turns the lists into tensors, which a ``null`` breaks. The scorer is
 any ``score(list[str]) -> list[float]`` (a reward model from
 :func:`trainkit.rlhf.trainers.rm.score_texts`, or a rule such as
 :func:`trainkit.rlhf.tasks.score_arithmetic_queries`). The CLI command ``trainkit rlhf
@@ -12,6 +17,9 @@ Hardening (issue "Reliability and security"):
 
 * binds 127.0.0.1 unless told otherwise (a warning when exposed without a token);
 * optional bearer token (``Authorization: Bearer <t>``, constant-time compare) -> 401;
+  with ``allow_anonymous`` a request *without* an Authorization header is served when it
+  comes from a loopback address (OpenRLHF's client sends no token); a request that
+  carries a header must carry the right token, and other peers always need it;
 * Content-Length required (411) and capped (413); at most ``max_batch`` queries (413);
   bad UTF-8 / JSON / shape -> 400; unknown path -> 404;
 * bounded concurrency: at most ``max_concurrency`` batches are scored at once, a request
@@ -46,6 +54,7 @@ log = logging.getLogger(__name__)
 
 Scorer = Callable[[list[str]], Sequence[float]]
 POST_PATHS = ("/", "/get_reward", "/score")
+INVALID_FILL = 0.0  # the reward sent for a NaN/inf score, flagged in ``invalid``
 
 
 class _HTTPError(Exception):
@@ -54,13 +63,16 @@ class _HTTPError(Exception):
         self.code, self.msg = code, msg
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8, ``::1`` and IPv4-mapped loopback addresses."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host.split("%")[0])
     except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 from a dual-stack socket
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 _BUSY_BODY = b'{"error": "too many connections"}'
@@ -159,10 +171,15 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _auth(self) -> None:
-        token = self.server.owner.token
+        own = self.server.owner
+        token = own.token
         if not token:
             return
-        got = self.headers.get("Authorization", "")
+        got = self.headers.get("Authorization")
+        if got is None and own.allow_anonymous and is_loopback(self.client_address[0]):
+            own._count("anonymous")
+            return
+        got = got or ""
         scheme, _, value = got.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             value.strip().encode("utf-8", "replace"), token.encode("utf-8")
@@ -219,9 +236,23 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HTTPError(400, "'query' must be a list of strings")
         if len(q) > own.max_batch:
             raise _HTTPError(413, f"{len(q)} queries exceed the limit of {own.max_batch}")
-        if not q:
-            return {"rewards": []}
-        return {"rewards": own._run_scorer(q)}
+        for k in ("prompts", "labels"):  # OpenRLHF sends both, one per query; not used
+            v = obj.get(k)
+            if isinstance(v, list) and len(v) != len(q):
+                raise _HTTPError(400, f"'{k}' has {len(v)} entries for {len(q)} queries")
+        return reply(own._run_scorer(q) if q else [])
+
+
+def reply(vals: Sequence[float]) -> dict:
+    """The reply body for scores ``vals``: NaN/inf become :data:`INVALID_FILL`, flagged."""
+    bad = [not math.isfinite(v) for v in vals]
+    rewards = [INVALID_FILL if b else float(v) for v, b in zip(vals, bad)]
+    return {
+        "rewards": rewards,
+        "scores": list(rewards),
+        "invalid": bad,
+        "extra_logs": {"reward_invalid": [float(b) for b in bad]},
+    }
 
 
 @dataclass
@@ -235,6 +266,9 @@ class RewardServer:
         host: bind address (127.0.0.1 by default).
         port: 0 picks a free port (see :attr:`port` after :meth:`start`).
         token: bearer token; None or "" disables authentication.
+        allow_anonymous: with a token, still serve requests that carry no Authorization
+            header when they come from a loopback address (counted in
+            ``stats["anonymous"]``); a wrong token is still 401.
         max_body_bytes: request body limit.
         max_batch: queries per request limit.
         max_concurrency: batches scored at the same time.
@@ -252,6 +286,7 @@ class RewardServer:
     host: str = "127.0.0.1"
     port: int = 0
     token: str | None = None
+    allow_anonymous: bool = False
     max_body_bytes: int = 1 << 20
     max_batch: int = 1024
     max_concurrency: int = 4
@@ -264,7 +299,7 @@ class RewardServer:
     def __post_init__(self):
         if self.max_concurrency < 1 or self.max_connections < 1:
             raise UserError("reward server: max_concurrency and max_connections must be >= 1")
-        if not _is_loopback(self.host) and not self.token:
+        if not is_loopback(self.host) and not self.token:
             log.warning(
                 "reward server bound to %s without a token: anyone who can reach "
                 "this address can use it",
@@ -292,16 +327,26 @@ class RewardServer:
         return self._httpd.server_address[:2]
 
     @property
+    def auth_mode(self) -> str:
+        """``off``, ``required`` or ``required, except token-less loopback clients``."""
+        if not self.token:
+            return "off"
+        return (
+            "required, except token-less loopback clients" if self.allow_anonymous else "required"
+        )
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/get_reward"
 
-    def _count(self, code: int) -> None:
+    def _count(self, code: int | str) -> None:
         with self._lock:
             self.stats[code] += 1
-            self.stats["requests"] += 1
+            if code != "anonymous":
+                self.stats["requests"] += 1
 
-    def _run_scorer(self, queries: list[str]) -> list[float | None]:
+    def _run_scorer(self, queries: list[str]) -> list[float]:
         if not self._slots.acquire(timeout=self.queue_timeout):
             raise _HTTPError(503, "server busy: too many concurrent requests, retry later")
         try:
@@ -324,7 +369,7 @@ class RewardServer:
             raise _HTTPError(500, "scorer returned non-numeric rewards") from None
         if len(vals) != len(queries):
             raise _HTTPError(500, f"scorer returned {len(vals)} rewards for {len(queries)} queries")
-        return [v if math.isfinite(v) else None for v in vals]
+        return vals
 
     def start(self) -> RewardServer:
         """Serve in a daemon thread; returns self."""
@@ -340,7 +385,7 @@ class RewardServer:
 
     def serve_forever(self) -> None:
         """Serve in this thread until Ctrl-C (or :meth:`stop` from another thread)."""
-        log.info("reward server on %s (token %s)", self.url, "on" if self.token else "off")
+        log.info("reward server on %s (token %s)", self.url, self.auth_mode)
         try:
             self._httpd.serve_forever(poll_interval=0.2)
         except KeyboardInterrupt:

@@ -3,7 +3,8 @@
 Wires :func:`trainkit.rlhf.trainers.rm.score_texts` (a saved reward-model folder ->
 ``score(list[str]) -> list[float]``) into the HTTP server of :mod:`trainkit.rlhf.serve`
 (``POST {"query": [...]}`` -> ``{"rewards": [...]}``, loopback by default, optional
-bearer token, request size limit). Online RL uses it as a remote reward.
+bearer token, ``--allow-anonymous`` for token-less loopback clients such as OpenRLHF's,
+request size limit). Online RL uses it as a remote reward.
 
 This module stays light: ``add_args`` is imported when the CLI is built, torch and
 transformers only when the command runs.
@@ -28,6 +29,12 @@ def add_args(parser: Any) -> None:
         "--token",
         default=None,
         help="require 'Authorization: Bearer TOKEN' (default: $TRAINKIT_RM_TOKEN)",
+    )
+    parser.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="with a token, still serve requests without an Authorization header from "
+        "this machine (loopback), e.g. OpenRLHF's client, which sends no token",
     )
     parser.add_argument(
         "--max-bytes",
@@ -55,8 +62,14 @@ def build_server(args: Any):
     score = score_texts(
         args.model, batch_size=args.batch_size, max_len=args.max_len, device=args.device
     )
+    anonymous = bool(getattr(args, "allow_anonymous", False))  # without a token: moot
     return make_server(
-        score, host=args.host, port=args.port, token=token, max_body_bytes=args.max_bytes
+        score,
+        host=args.host,
+        port=args.port,
+        token=token,
+        max_body_bytes=args.max_bytes,
+        allow_anonymous=anonymous,
     )
 
 
@@ -66,7 +79,7 @@ def run(cfg: Any, args: Any) -> int:
     print(
         f"reward model {args.model} served on {server.url} "
         f'(POST {{"query": [...]}} -> {{"rewards": [...]}}; bearer token '
-        f"{'required' if server.token else 'not required'}); Ctrl-C stops",
+        f"{server.auth_mode}); Ctrl-C stops",
         flush=True,
     )
     server.serve_forever()
