@@ -405,7 +405,7 @@ BAD = [
     (
         "a.jsonl",
         '{"messages": [{"role": "bot", "content": "x"}]}\n',
-        r"a\.jsonl:1: field 'messages\[0\]\.role' must be one of system, user, assistant; got 'bot'",
+        r"a\.jsonl:1: field 'messages\[0\]\.role' must be one of system, user, assistant, tool; got 'bot'",
     ),
     (
         "a.jsonl",

@@ -31,9 +31,10 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def _render(tok: Any, msgs: list[dict], gen: bool, where: str) -> str:
+def _render(tok: Any, msgs: list[dict], gen: bool, where: str, tools: Any = None) -> str:
+    extra = {"tools": tools} if tools else {}
     try:
-        out = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        out = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **extra)
     except Exception as e:  # jinja errors such as "roles must alternate"
         raise UserError(
             f"{where}: the tokenizer's chat template rejected this record ({type(e).__name__}: {e})"
@@ -44,24 +45,25 @@ def _render(tok: Any, msgs: list[dict], gen: bool, where: str) -> str:
 
 
 def assistant_char_spans(
-    tok: Any, msgs: list[dict], where: str
+    tok: Any, msgs: list[dict], where: str, tools: Any = None
 ) -> tuple[str, list[tuple[int, int]]]:
-    """Render ``msgs`` and find each assistant turn as a character span of the render.
+    """Render ``msgs`` (with the ``tools`` schemas, if any) and find each assistant turn
+    as a character span of the render.
 
     Returns:
         ``(text, spans)``: the full render and ``[(start, end), ...]`` per assistant turn,
         from the first content character to the end of that turn's render.
     """
-    full = _render(tok, msgs, False, where)
+    full = _render(tok, msgs, False, where, tools)
     spans = []
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        upto = full if i == len(msgs) - 1 else _render(tok, msgs[: i + 1], False, where)
+        upto = full if i == len(msgs) - 1 else _render(tok, msgs[: i + 1], False, where, tools)
         start = None
         for gen in (True, False):
             try:
-                pre = _render(tok, msgs[:i], gen, where) if i > 0 else ""
+                pre = _render(tok, msgs[:i], gen, where, tools) if i > 0 else ""
             except UserError:
                 continue
             if upto.startswith(pre) and len(pre) <= len(upto):
@@ -112,12 +114,18 @@ def _trim_turn(idx: list[int], ids: list[int], tok: Any) -> list[int]:
     return idx
 
 
-def tokenize_chat(tok: Any, msgs: list[dict], where: str) -> dict:
-    """``{"input_ids", "labels"}`` for a conversation; labels on assistant turns only."""
-    text, spans = assistant_char_spans(tok, msgs, where)
+def tokenize_chat(
+    tok: Any, msgs: list[dict], where: str, train_from: int = 0, tools: Any = None
+) -> dict:
+    """``{"input_ids", "labels"}`` for a conversation; labels on assistant turns only,
+    and only on those at message index >= ``train_from`` (the completion after a prompt)."""
+    text, spans = assistant_char_spans(tok, msgs, where, tools)
     ids, per_turn = _span_tokens(tok, text, spans)
     labels = [IGNORE_INDEX] * len(ids)
-    for idx in per_turn:
+    turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    for i, idx in zip(turns, per_turn):
+        if i < train_from:
+            continue
         for t in _trim_turn(idx, ids, tok):
             labels[t] = ids[t]
     return {"input_ids": ids, "labels": labels}
@@ -141,14 +149,16 @@ def tokenize_prompt_response(
             raise UserError(
                 f"{where}: a conversational prompt needs a tokenizer with a chat template"
             )
-        return tokenize_chat(tok, prompt + [{"role": "assistant", "content": response}], where)
+        msgs = prompt + [{"role": "assistant", "content": response}]
+        return tokenize_chat(tok, msgs, where, train_from=len(prompt))
     if template:
         return tokenize_chat(
             tok,
             [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
             where,
         )
-    p = _ids(tok, prompt + cfg.separator, True)
+    filled = getattr(cfg, "input_template", None)
+    p = _ids(tok, filled.replace("{}", prompt) if filled else prompt + cfg.separator, True)
     r = _ids(tok, response, False) + (_eos(tok) if cfg.add_eos else [])
     return {"input_ids": p + r, "labels": [IGNORE_INDEX] * len(p) + r}
 
@@ -238,8 +248,12 @@ def tokenize_records(records: list, fmt: str, tok: Any, cfg: Any) -> tuple[list[
             }
             toks = [c, r]
         else:
-            if fmt == "chat":
-                s = tokenize_chat(tok, d["messages"], w)
+            if "messages" in d:  # chat, or conversational prompt-completion
+                if not has_chat_template(tok):
+                    raise UserError(
+                        f"{w}: conversational data needs a tokenizer with a chat template"
+                    )
+                s = tokenize_chat(tok, d["messages"], w, d.get("train_from", 0), d.get("tools"))
             elif fmt == "prompt_response":
                 s = tokenize_prompt_response(tok, d["prompt"], d["response"], w, cfg, template)
             else:

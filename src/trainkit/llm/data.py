@@ -10,19 +10,27 @@ Every record is read and validated before anything is tokenised, so a bad line s
 the run with one :class:`~trainkit.common.errors.UserError` naming the file, the line
 (or row) and the field -- a run never trains on half-parsed data.
 
-Formats (field names are configurable in :class:`DataConfig`):
+Formats (field names are configurable in :class:`DataConfig`; the TRL layouts and their
+detection are in :mod:`trainkit.llm.data_formats`):
 
-* ``chat``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``,
-  rendered with the tokenizer's own chat template; loss on assistant turns only (the
-  assistant content and its end-of-turn token).
-* ``prompt_response``: ``{"prompt": str, "response": str}``; rendered as a user/assistant
-  chat when the tokenizer has a template (``chat_template: auto``) or as plain
-  ``prompt + separator + response + eos``; loss on the response.
+* ``chat``: ``{"messages": [{"role", "content", "tool_calls"?}, ...], "tools"?: [...]}``
+  (TRL's conversational language modelling), rendered with the tokenizer's own chat
+  template; loss on assistant turns only (the assistant content and its end-of-turn).
+* ``prompt_response``: ``{"prompt": str, "response" | "completion": str}``; rendered as a
+  user/assistant chat when the tokenizer has a template (``chat_template: auto``) or as
+  plain ``prompt + separator + response + eos`` (``input_template`` fills the prompt in
+  instead); loss on the response. Conversational prompt-completion (message lists) is
+  rendered as one conversation with loss on the completion's assistant turns only.
 * ``text``: ``{"text": str}``; plain language-model loss on every token.
-* ``preference``: ``{"prompt": str, "chosen": str, "rejected": str}`` (the prompt may be a
-  message list, the answers conversational; see :func:`_preference`); two sequences that
+* ``preference``: ``{"prompt", "chosen", "rejected"}``, strings or message lists, or
+  ``chosen``/``rejected`` alone sharing their prompt (implicit prompt); two sequences that
   share the prompt tokens, each with labels on its response only (DPO / reward models).
   Over-long pairs are cut at the right end (answers first), so the prompt stays shared.
+
+OpenRLHF's data options are accepted as aliases: ``input_key`` (= ``prompt_field``),
+``output_key`` (= ``response_field``), ``chosen_key``, ``rejected_key``,
+``apply_chat_template`` (true = ``chat_template: always``, false = ``never``) and
+``input_template`` (``"User: {}\nAssistant: "``: the prompt is put in place of ``{}``).
 
 Samples are dicts of Python int lists. SFT samples: ``input_ids [T]`` and ``labels [T]``
 (aligned with ``input_ids``, not shifted -- the Hugging Face convention; ``-100`` means
@@ -40,19 +48,27 @@ from typing import Any, Literal
 from trainkit.common.errors import UserError
 from trainkit.llm.collate import IGNORE_INDEX, tokenize_records
 from trainkit.llm.data_files import read_raw
+from trainkit.llm.data_formats import (
+    DEFAULT_ROLES,
+    FORMATS,
+    Record,
+    detect_format,
+    validate_record,
+)
 
 __all__ = [
+    "FORMATS",
     "IGNORE_INDEX",
     "DataConfig",
     "Datasets",
     "Record",
     "build_datasets",
+    "detect_format",
     "load_records",
     "read_raw",
     "tokenize_records",
     "validate_record",
 ]
-FORMATS = ("chat", "prompt_response", "text", "preference")
 
 
 @dataclass
@@ -65,6 +81,7 @@ class DataConfig:
         messages_field: record key of the chat message list (format chat).
         prompt_field: record key of the prompt (formats prompt_response and preference).
         response_field: record key of the response (format prompt_response).
+        completion_field: the other name of the response (TRL's prompt-completion).
         text_field: record key of the plain text (format text).
         chosen_field: record key of the preferred answer (format preference).
         rejected_field: record key of the dispreferred answer (format preference).
@@ -81,6 +98,15 @@ class DataConfig:
         packing: SFT only: pack several samples into rows of ``max_length`` tokens
             (best-fit, no attention across samples); not allowed for preference data.
         seed: seed of the shuffle that picks the ``eval_fraction`` held-out records.
+        input_key: OpenRLHF's name of ``prompt_field`` (overrides it when set).
+        output_key: OpenRLHF's name of ``response_field`` (overrides it when set).
+        chosen_key: OpenRLHF's name of ``chosen_field`` (overrides it when set).
+        rejected_key: OpenRLHF's name of ``rejected_field`` (overrides it when set).
+        apply_chat_template: OpenRLHF's switch: true = ``chat_template: always``, false =
+            ``never`` (overrides ``chat_template`` when set).
+        input_template: OpenRLHF's prompt template, e.g. ``"User: {}\nAssistant: "``: a
+            string prompt rendered without chat template becomes the template with the
+            prompt in place of ``{}``, followed directly by the response (no separator).
     """
 
     path: str = field(
@@ -91,10 +117,11 @@ class DataConfig:
     messages_field: str = "messages"
     prompt_field: str = "prompt"
     response_field: str = "response"
+    completion_field: str = "completion"
     text_field: str = "text"
     chosen_field: str = "chosen"
     rejected_field: str = "rejected"
-    roles: list[str] = field(default_factory=lambda: ["system", "user", "assistant"])
+    roles: list[str] = field(default_factory=lambda: list(DEFAULT_ROLES))
     chat_template: Literal["auto", "always", "never"] = field(
         default="auto", metadata={"help": "render prompt/response with the model's template"}
     )
@@ -113,8 +140,36 @@ class DataConfig:
     max_samples: int | None = field(default=None, metadata={"help": "use only the first N records"})
     packing: bool = False
     seed: int = 0
+    input_key: str | None = None
+    output_key: str | None = None
+    chosen_key: str | None = None
+    rejected_key: str | None = None
+    apply_chat_template: bool | None = None
+    input_template: str | None = None
+
+    def __post_init__(self) -> None:
+        self.apply_aliases()
+
+    def apply_aliases(self) -> None:
+        """Copy the OpenRLHF-named options set onto trainkit's own (idempotent)."""
+        for alias, name in (
+            ("input_key", "prompt_field"),
+            ("output_key", "response_field"),
+            ("chosen_key", "chosen_field"),
+            ("rejected_key", "rejected_field"),
+        ):
+            if getattr(self, alias):
+                setattr(self, name, getattr(self, alias))
+        if self.apply_chat_template is not None:
+            self.chat_template = "always" if self.apply_chat_template else "never"
 
     def validate(self) -> None:
+        self.apply_aliases()
+        if self.input_template is not None and "{}" not in self.input_template:
+            raise UserError(
+                f"data.input_template must contain '{{}}' (where the prompt goes), "
+                f"got {self.input_template!r}"
+            )
         if self.max_length < 2:
             raise UserError(f"data.max_length must be >= 2, got {self.max_length}")
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -123,178 +178,6 @@ class DataConfig:
             raise UserError("data.eval_fraction and data.eval_path are exclusive; set one of them")
         if self.max_samples is not None and self.max_samples < 1:
             raise UserError(f"data.max_samples must be >= 1 or null, got {self.max_samples}")
-
-
-@dataclass
-class Record:
-    """A validated record: ``where`` says where it came from, ``data`` is normalised."""
-
-    where: str
-    data: dict
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _tname(v: Any) -> str:
-    return (
-        "null"
-        if v is None
-        else {dict: "object", list: "list", str: "string", bool: "boolean"}.get(
-            type(v), type(v).__name__
-        )
-    )
-
-
-def detect_format(obj: Any, cfg: DataConfig) -> str:
-    """The format a record's keys suggest (used for ``format: auto``)."""
-    if not isinstance(obj, dict):
-        raise UserError(f"a record must be a JSON object, got {_tname(obj)}")
-    keys = obj.keys()
-    if cfg.messages_field in keys:
-        return "chat"
-    if cfg.chosen_field in keys and cfg.rejected_field in keys:
-        return "preference"
-    if cfg.prompt_field in keys and cfg.response_field in keys:
-        return "prompt_response"
-    if cfg.text_field in keys:
-        return "text"
-    raise UserError(
-        f"cannot tell the data format from keys {sorted(map(str, keys))}; expected "
-        f"'{cfg.messages_field}' (chat), '{cfg.prompt_field}'+'{cfg.response_field}', "
-        f"'{cfg.text_field}', or '{cfg.prompt_field}'+'{cfg.chosen_field}'+'{cfg.rejected_field}'; "
-        "or set data.format and the data.*_field names"
-    )
-
-
-def _check_text(v: str, where: str, key: str) -> str:
-    try:
-        v.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from a JSON escape such as "\ud800"
-        raise UserError(
-            f"{where}: field '{key}' holds an invalid unicode escape (lone surrogate)"
-        ) from None
-    return v
-
-
-def _string(obj: dict, key: str, where: str, nonempty: bool = True) -> str:
-    if key not in obj:
-        raise UserError(f"{where}: missing field '{key}'")
-    v = obj[key]
-    if not isinstance(v, str):
-        raise UserError(f"{where}: field '{key}' must be a string, got {_tname(v)}")
-    if nonempty and not v:
-        raise UserError(f"{where}: field '{key}' is an empty string")
-    return _check_text(v, where, key)
-
-
-def _messages(
-    obj: dict, key: str, where: str, roles: list[str], need_assistant: bool
-) -> list[dict]:
-    if key not in obj:
-        raise UserError(f"{where}: missing field '{key}'")
-    msgs = obj[key]
-    if not isinstance(msgs, list):
-        raise UserError(f"{where}: field '{key}' must be a list of messages, got {_tname(msgs)}")
-    if not msgs:
-        raise UserError(f"{where}: field '{key}' is an empty list")
-    out = []
-    for j, m in enumerate(msgs):
-        f = f"{key}[{j}]"
-        if not isinstance(m, dict):
-            raise UserError(
-                f"{where}: field '{f}' must be an object with role and content, got {_tname(m)}"
-            )
-        role = m.get("role")
-        if not isinstance(role, str) or role not in roles:
-            got = "missing" if "role" not in m else repr(role)
-            raise UserError(
-                f"{where}: field '{f}.role' must be one of {', '.join(roles)}; got {got}"
-            )
-        if "content" not in m:
-            raise UserError(f"{where}: missing field '{f}.content'")
-        if not isinstance(m["content"], str):
-            raise UserError(
-                f"{where}: field '{f}.content' must be a string, got {_tname(m['content'])}"
-            )
-        out.append({"role": role, "content": _check_text(m["content"], where, f"{f}.content")})
-    if need_assistant and not any(m["role"] == "assistant" for m in out):
-        raise UserError(f"{where}: field '{key}' has no assistant turn (nothing to learn from)")
-    return out
-
-
-def _preference(obj: dict, where: str, cfg: DataConfig) -> dict:
-    """Normalise a pair to ``{"prompt": str | messages, "chosen": str, "rejected": str}``.
-
-    Accepted: strings (``prompt``, ``chosen``, ``rejected``); a ``prompt`` message list with
-    string answers; or conversational answers (TRL style ``chosen: [{"role": "assistant",
-    ...}]`` after a prompt, or whole conversations without a prompt, HH style) whose last
-    turn is the assistant answer and whose earlier turns agree.
-    """
-    pk, ck, rk = cfg.prompt_field, cfg.chosen_field, cfg.rejected_field
-    for k in (ck, rk):
-        if k not in obj:
-            raise UserError(f"{where}: missing field '{k}'")
-    conv = isinstance(obj[ck], list) or isinstance(obj[rk], list)
-    prompt: Any = None
-    if pk in obj and isinstance(obj[pk], list):
-        prompt = _messages(obj, pk, where, cfg.roles, need_assistant=False)
-    elif pk in obj or not conv:
-        prompt = _string(obj, pk, where)
-    if not conv:
-        return {
-            "prompt": prompt,
-            "chosen": _string(obj, ck, where),
-            "rejected": _string(obj, rk, where),
-        }
-    base = (
-        []
-        if prompt is None
-        else ([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt)
-    )
-    turns = {}
-    for k in (ck, rk):
-        msgs = _messages(obj, k, where, cfg.roles, need_assistant=True)
-        if msgs[-1]["role"] != "assistant":
-            raise UserError(f"{where}: field '{k}' must end with an assistant turn")
-        turns[k] = (base + msgs[:-1], msgs[-1]["content"])
-    if turns[ck][0] != turns[rk][0]:
-        raise UserError(
-            f"{where}: fields '{ck}' and '{rk}' differ before their last turn; "
-            "a preference pair must share its prompt"
-        )
-    if not turns[ck][0]:
-        raise UserError(
-            f"{where}: missing field '{pk}' (and '{ck}' has no turns before the answer)"
-        )
-    return {"prompt": turns[ck][0], "chosen": turns[ck][1], "rejected": turns[rk][1]}
-
-
-def validate_record(obj: Any, where: str, fmt: str, cfg: DataConfig) -> Record:
-    """Check one raw record against ``fmt`` and return it normalised.
-
-    Raises:
-        UserError: ``"<file>:<line>: field '<name>' <problem>"``.
-    """
-    if not isinstance(obj, dict):
-        raise UserError(f"{where}: a record must be a JSON object, got {_tname(obj)}")
-    if fmt == "chat":
-        return Record(
-            where, {"messages": _messages(obj, cfg.messages_field, where, cfg.roles, True)}
-        )
-    if fmt == "prompt_response":
-        return Record(
-            where,
-            {
-                "prompt": _string(obj, cfg.prompt_field, where),
-                "response": _string(obj, cfg.response_field, where),
-            },
-        )
-    if fmt == "text":
-        return Record(where, {"text": _string(obj, cfg.text_field, where)})
-    if fmt == "preference":
-        return Record(where, _preference(obj, where, cfg))
-    raise UserError(f"unknown data format '{fmt}'; expected one of {', '.join(FORMATS)}")
 
 
 def load_records(
@@ -317,6 +200,8 @@ def load_records(
             fmt = detect_format(raw[0][1], cfg)
         except UserError as e:
             raise UserError(f"{raw[0][0]}: {e}") from None
+        if fmt == "prompt_only":  # the message names the first record's file and line
+            validate_record(raw[0][1], raw[0][0], fmt, cfg)
     return [validate_record(obj, where, fmt, cfg) for where, obj in raw], fmt
 
 

@@ -1,14 +1,13 @@
 """Preference pairs and pieces shared by the reward-model and DPO recipes.
 
-``{"prompt", "chosen", "rejected"}`` records (read with file:line errors, or generated
-from a built-in task), the held-out split, the chat-template prompt, the optimizer and
+``{"prompt", "chosen", "rejected"}`` records (TRL's standard, conversational and
+implicit-prompt layouts, read with file:line errors, or generated from a built-in task), the held-out split, the chat-template prompt, the optimizer and
 the backbone's LoRA config; the DPO pair encoding and
 response log-probs.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -16,50 +15,40 @@ from typing import Any
 from trainkit.common.errors import UserError
 
 IGNORE = -100
+# the data-section options naming the pair fields (OpenRLHF's names), with defaults
+KEYS = (("input_key", "prompt"), ("chosen_key", "chosen"), ("rejected_key", "rejected"))
 
 
-def read_pairs(path: str | Path) -> list[dict]:
-    """Read ``{"prompt","chosen","rejected"}`` records (strings) from a jsonl file.
+def read_pairs(
+    path: str | Path,
+    prompt_key: str = "prompt",
+    chosen_key: str = "chosen",
+    rejected_key: str = "rejected",
+) -> list[dict]:
+    """Read preference pairs from a jsonl / json / parquet file or datasets folder.
+
+    Every layout of :func:`trainkit.llm.data_formats.preference_record` is accepted (TRL's
+    standard and conversational forms, implicit prompts); records come back as
+    ``{"prompt": str | messages, "chosen": str, "rejected": str}``.
 
     Raises:
         UserError: missing file, non-UTF-8 bytes, bad JSON, a record that is not an
-            object, a missing/non-string field or a lone surrogate (file and line); or
+            object, a missing/mistyped field or a lone surrogate (file and line); or
             no records.
     """
+    from trainkit.llm.data_files import read_raw
+    from trainkit.llm.data_formats import preference_record
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"preference data file not found: {p}")
     out = []
-    for i, raw in enumerate(p.read_bytes().split(b"\n"), 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(
-                f"{p}:{i}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
-            ) from None
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{p}:{i}: invalid JSON ({e.msg})") from None
-        except ValueError:  # an integer with more digits than Python converts
-            raise UserError(f"{p}:{i}: invalid JSON (a number has too many digits)") from None
+    for where, rec in read_raw(str(p)):
         if not isinstance(rec, dict):
-            raise UserError(f"{p}:{i}: expected an object with prompt, chosen, rejected")
-        for k in ("prompt", "chosen", "rejected"):
-            v = rec.get(k)
-            if k not in rec:
-                raise UserError(f"{p}:{i}: missing field '{k}'")
-            if not isinstance(v, str):
-                raise UserError(f"{p}:{i}: field '{k}' must be a string, got {type(v).__name__}")
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                raise UserError(
-                    f"{p}:{i}: field '{k}' holds an invalid unicode escape (lone surrogate)"
-                ) from None
-        out.append(rec)
+            raise UserError(
+                f"{where}: expected an object with {prompt_key}, {chosen_key}, {rejected_key}"
+            )
+        out.append(preference_record(rec, where, prompt_key, chosen_key, rejected_key))
     if not out:
         raise UserError(f"{p}: no preference records")
     return out
@@ -74,9 +63,10 @@ def load_split(data: Any, seed: int, out_dir: Path) -> tuple[list[dict], list[di
     path, eval_path = data.path, data.eval_path
     if not path:
         path, eval_path = builtin_pairs(out_dir / "data", data, seed)
-    train = read_pairs(path)
+    keys = [getattr(data, k, d) for k, d in KEYS]
+    train = read_pairs(path, *keys)
     if eval_path:
-        held = read_pairs(eval_path)
+        held = read_pairs(eval_path, *keys)
     else:
         idx = list(range(len(train)))
         random.Random(seed).shuffle(idx)
@@ -110,13 +100,13 @@ def builtin_pairs(folder: Path, data: Any, seed: int) -> tuple[str, str]:
     return str(tp), str(hp)
 
 
-def chat_prompt(tok: Any, prompt: str) -> str:
-    """``prompt`` as a user turn in the model's chat template, ready for the answer."""
+def chat_prompt(tok: Any, prompt: str | list[dict]) -> str:
+    """``prompt`` (a user turn, or a message list) in the model's chat template, ready for
+    the answer; without a template, the message contents one per line."""
+    msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     if getattr(tok, "chat_template", None):
-        return tok.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    return prompt + "\n"
+        return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return "\n".join(m["content"] for m in msgs) + "\n"
 
 
 def check_lora_targets(model: Any, lora: Any) -> None:

@@ -45,7 +45,8 @@ from trainkit.rlhf.trainers.pairs import read_pairs as read_pairs  # re-exported
 # ----------------------------------------------------------------------------- config
 @dataclass
 class DataSection:
-    """The ``data`` section: preference pairs ``{prompt, chosen, rejected}`` (jsonl).
+    """The ``data`` section: preference pairs ``{prompt, chosen, rejected}`` (jsonl, json,
+    parquet; strings or message lists, or chosen/rejected sharing an implicit prompt).
 
     Attributes:
         eval_fraction: with ``path`` set and no ``eval_path``: fraction in [0, 1) of the pairs
@@ -82,6 +83,13 @@ class DataSection:
             "help": "generated preference: format (bare number over a wordy reply), answer "
             "(right over wrong number) or mixed"
         },
+    )
+    input_key: str = field(
+        default="prompt", metadata={"help": "record key of the prompt (OpenRLHF's name)"}
+    )
+    chosen_key: str = field(default="chosen", metadata={"help": "record key of the chosen answer"})
+    rejected_key: str = field(
+        default="rejected", metadata={"help": "record key of the rejected answer"}
     )
 
 
