@@ -147,7 +147,7 @@ CASES = [
         "rm: 5000-digit number in a pair",
         RM + ["data.path={t}/p.jsonl"],
         {"p.jsonl": '{"prompt": ' + "9" * 5000 + "}\n"},
-        "p.jsonl:1: invalid JSON (a number has too many digits)",
+        "p.jsonl:1: invalid JSON: a number has too many digits",
     ),
     (
         "rm: lone surrogate in a pair",
