@@ -49,7 +49,7 @@ def test_shared_key_sets():
     assert _names(sections.OptimSection) == OPTIM
     assert _names(sections.ModelSection) == {"name", "dtype", "gradient_checkpointing"}
     assert _names(sections.QuantModelSection) == _names(sections.ModelSection) | {"quantization"}
-    assert _names(sections.RunFields) == {"max_steps", "seed", "progress"}
+    assert _names(sections.RunFields) == {"max_steps", "seed", "progress", "report_to"}
     safety = {"save_every", "keep_last", "nonfinite", "max_nonfinite", "resume"}
     assert _names(sections.TrainFields) == _names(sections.RunFields) | safety
 
@@ -66,6 +66,7 @@ def test_every_recipe_has_the_shared_model_and_optim_keys(name):
     assert isinstance(inst.optim, sections.OptimSection), hints["optim"]
     assert isinstance(inst.model, sections.ModelSection), hints["model"]
     assert _keys(cls, "train") >= {"max_steps", "save_every", "keep_last", "resume", "nonfinite"}
+    assert "report_to" in _keys(cls, "train")  # every recipe, extend included
     if name != "extend":  # extend's seed is top-level and it has no progress bar
         assert isinstance(inst.train, sections.RunFields)
 

@@ -115,3 +115,24 @@ def atomic_dir(path: str | os.PathLike):
     _fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+#: What a run's loggers write into its folder (metrics.jsonl and the trackers' local runs).
+RUN_LOGS = ("metrics.jsonl", "tb", "wandb", "mlflow.db", "mlruns")
+
+
+def copy_into(src: str | os.PathLike, dst: str | os.PathLike, names=RUN_LOGS) -> list[str]:
+    """Copy the files or folders ``names`` that exist in ``src`` into ``dst``; returns
+    the names copied. Used to keep a run's logs when its folder is replaced atomically."""
+    src, dst = Path(src), Path(dst)
+    done = []
+    for name in names:
+        s = src / name
+        if s.is_dir():
+            shutil.copytree(s, dst / name, dirs_exist_ok=True)
+        elif s.is_file():
+            shutil.copy2(s, dst / name)
+        else:
+            continue
+        done.append(name)
+    return done

@@ -1,4 +1,4 @@
-"""Metrics logging (JSONL always, TensorBoard when installed) and progress bars."""
+"""Metrics logging (JSONL always; TensorBoard, W&B, MLflow, trackio on request) and progress bars."""
 
 from __future__ import annotations
 
@@ -25,47 +25,68 @@ def _clean(v: Any) -> Any:
 class MetricsLogger:
     """Append one JSON object per step to ``metrics.jsonl`` in ``run_dir``.
 
-    Each line is flushed at once, so a crash loses nothing already logged. Scalars
-    also go to TensorBoard when ``tensorboard`` is installed and ``tensorboard=True``.
-    ``run_dir=None`` keeps the records in memory only (``self.records``).
+    Each line is flushed at once, so a crash loses nothing already logged. The finite
+    numeric values of each record also go to every tracker named in ``report_to``
+    (:mod:`trainkit.common.trackers`: tensorboard, wandb, mlflow, trackio), which record
+    ``config`` (the resolved run config) and the run folder with the run.
+    ``tensorboard=True`` is the older spelling of ``report_to=["tensorboard"]``.
+    ``run_dir=None`` keeps the records in memory only (``self.records``) and starts no
+    tracker (the non-main ranks of a distributed run). ``lazy=True`` creates the folder,
+    the file and the trackers at the first :meth:`log`, so a run that fails before its
+    first step leaves nothing behind.
     """
 
-    def __init__(self, run_dir: str | os.PathLike | None, tensorboard: bool = True):
+    def __init__(
+        self,
+        run_dir: str | os.PathLike | None,
+        tensorboard: bool = False,
+        report_to: list[str] | tuple[str, ...] = (),
+        config: dict | None = None,
+        lazy: bool = False,
+    ):
         self.records: list[dict] = []
         self._file = None
-        self._tb = None
-        if run_dir is not None:
-            run_dir = Path(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self._file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-            if tensorboard:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
+        self.trackers: list[Any] = []
+        names = (["tensorboard"] if tensorboard else []) + list(report_to)
+        self._pending = None if run_dir is None else (Path(run_dir), names, config)
+        if not lazy:
+            self._open()
 
-                    self._tb = SummaryWriter(str(run_dir / "tb"))
-                except Exception:  # tensorboard is optional
-                    self._tb = None
+    def _open(self) -> None:
+        if self._pending is None:
+            return
+        from trainkit.common.trackers import open_trackers
+
+        run_dir, names, config = self._pending
+        self._pending = None
+        self.trackers = open_trackers(names, run_dir, config=config)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
 
     def log(self, step: int, **metrics: Any) -> dict:
+        self._open()
         rec = {"step": int(step), "time": round(time.time(), 3)}
         rec.update({k: _clean(v) for k, v in metrics.items()})
         self.records.append(rec)
         if self._file is not None:
             self._file.write(json.dumps(rec) + "\n")
             self._file.flush()
-        if self._tb is not None:
-            for k, v in rec.items():
-                if k not in ("step", "time") and isinstance(v, (int, float)):
-                    self._tb.add_scalar(k, v, step)
+        if self.trackers:
+            from trainkit.common.trackers import scalars_of
+
+            scalars = scalars_of(rec)
+            for t in self.trackers:
+                t.log(int(step), scalars)
         return rec
 
     def close(self) -> None:
+        self._pending = None
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        trackers, self.trackers = self.trackers, []
+        for t in trackers:
+            t.close()
 
     def __enter__(self):
         return self

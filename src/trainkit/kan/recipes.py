@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trainkit.common.errors import UserError
+from trainkit.common.trackers import TrackerName, check_installed
 
 
 @dataclass
@@ -83,6 +84,8 @@ class TrainSection:
         stop_grid_update_step: step (per grid stage) after which grids are no longer updated.
         batch: minibatch size per step; -1 (or more than the data) = full batch.
         verbose: show a progress bar per grid stage with the step's train/test RMSE.
+        report_to: experiment trackers (tensorboard, wandb, mlflow, trackio) that get each
+            step's train/test loss, reg and grid once the fit ends, like ``metrics.jsonl``.
     """
 
     grids: list[int] = field(default_factory=lambda: [3, 5, 10, 20])
@@ -97,6 +100,7 @@ class TrainSection:
     stop_grid_update_step: int = 50
     batch: int = -1
     verbose: bool = True
+    report_to: list[TrackerName] = field(default_factory=list)
 
 
 @dataclass
@@ -131,6 +135,7 @@ class KanFitConfig:
             raise UserError(
                 f"kan fit: train.grids must be positive integers, got {self.train.grids}"
             )
+        check_installed(self.train.report_to)
         if not 0 < d.test_fraction < 1:
             raise UserError(f"kan fit: data.test_fraction must be in (0, 1), got {d.test_fraction}")
 
@@ -348,6 +353,12 @@ def run_fit(cfg: KanFitConfig, args=None) -> int:
         run_dir / "history.json", {k: hist[k] for k in ("train_loss", "test_loss", "reg", "grid")}
     )
     atomic_write_json(run_dir / "summary.json", summary)
+    from trainkit.common.logging import MetricsLogger
+    from trainkit.config import to_dict
+
+    with MetricsLogger(run_dir, report_to=t.report_to, config=to_dict(cfg)) as log:
+        for i, row in enumerate(zip(hist["train_loss"], hist["test_loss"], hist["reg"])):
+            log.log(i + 1, train_loss=row[0], test_loss=row[1], reg=row[2], grid=hist["grid"][i])
     if cfg.out.plot:
         plot_history(hist, run_dir / "loss.png", title=source)
     print(f"train RMSE {summary['train_rmse']:.3e}  test RMSE {summary['test_rmse']:.3e}")

@@ -14,7 +14,8 @@ subclass (the RL critic, ``model.full_finetune`` of ``longctx extend``).
   quantised base through LoRA).
 * :class:`OptimSection`: every ``optim`` key of :func:`trainkit.llm.optim.make_optimizer`
   (AdamW and the :func:`~trainkit.llm.optim.lr_factor` schedule).
-* :class:`RunFields` (``train.max_steps``, ``train.seed``, ``train.progress``) and
+* :class:`RunFields` (``train.max_steps``, ``train.seed``, ``train.progress``,
+  ``train.report_to``) and
   :class:`TrainFields` (those plus the checkpoint and non-finite keys of
   :class:`trainkit.llm.train_control.SafetyFields`).
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from trainkit.common.trackers import TrackerName, check_installed
 from trainkit.llm.train_control import SafetyFields
 
 
@@ -107,11 +109,24 @@ class RunFields:
         max_steps: optimizer steps to train.
         seed: seeds Python, NumPy and torch.
         progress: show a progress bar.
+        report_to: experiment trackers that also get every logged scalar, as TRL's
+            ``report_to``: any of tensorboard, wandb, mlflow, trackio (each imported only
+            when listed; :mod:`trainkit.common.trackers`). metrics.jsonl is always written.
     """
 
     max_steps: int = 100
     seed: int = 0
     progress: bool = True
+    report_to: list[TrackerName] = field(
+        default_factory=list,
+        metadata={"help": "trackers that also get every logged scalar (TRL's report_to)"},
+    )
+
+    def validate(self) -> None:
+        check_installed(self.report_to)
+        parent = getattr(super(), "validate", None)
+        if callable(parent):
+            parent()
 
 
 @dataclass

@@ -117,6 +117,7 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
     from trainkit.common.logging import MetricsLogger, progress
     from trainkit.common.run import save_config
     from trainkit.common.seed import seed_everything
+    from trainkit.config import to_dict
     from trainkit.llm.collate import ResumableSampler, collate, pad_token_id
     from trainkit.llm.data import build_datasets
     from trainkit.llm.demo_data import resolve_data_path
@@ -189,7 +190,12 @@ def train(cfg: SFTConfig, on_step: Callable[[int, dict], None] | None = None) ->
         for tmp in [*out.glob(".final.*"), *out.glob(".merged.*")]:  # a killed final save
             shutil.rmtree(tmp, ignore_errors=True)
         save_config(cfg, out / "config.yaml")
-    logger = MetricsLogger(out if strategy.is_main else None, tensorboard=cfg.train.tensorboard)
+    logger = MetricsLogger(
+        out if strategy.is_main else None,
+        tensorboard=cfg.train.tensorboard,
+        report_to=cfg.train.report_to,
+        config=to_dict(cfg),
+    )
     bar = progress(
         total=cfg.train.max_steps,
         initial=step,

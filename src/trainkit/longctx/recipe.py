@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trainkit.common.errors import UserError
-from trainkit.common.io import atomic_dir, atomic_write_json
+from trainkit.common.io import atomic_dir, atomic_write_json, copy_into
+from trainkit.common.trackers import TrackerName, check_installed
 from trainkit.llm.data import DataConfig
 from trainkit.llm.lora import LoraSection
 from trainkit.llm.sections import OptimSection, QuantModelSection
@@ -165,6 +166,8 @@ class ExtendTrainSection(SafetyFields):
             logits exist at once); smaller saves memory.
         threads: torch CPU threads (``torch.set_num_threads``); 0 = torch default.
         log_every: print a JSON log line (loss, lr, seconds) every N steps and at step 1.
+        report_to: trackers (tensorboard, wandb, mlflow, trackio) that get each step's loss,
+            lr and tokens, as ``output_dir/metrics.jsonl`` (kept in the final folder).
     """
 
     max_steps: int = 1000
@@ -173,6 +176,11 @@ class ExtendTrainSection(SafetyFields):
     loss_chunk: int = 1024
     threads: int = 0  # 0 = torch default
     log_every: int = 10
+    report_to: list[TrackerName] = field(default_factory=list)
+
+    def validate(self) -> None:
+        check_installed(self.report_to)
+        super().validate()
 
 
 @dataclass
@@ -334,6 +342,8 @@ def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
     """
     import torch
 
+    from trainkit.common.logging import MetricsLogger
+    from trainkit.config import to_dict
     from trainkit.llm.loss import CausalLMLoss
     from trainkit.llm.optim import make_optimizer
     from trainkit.llm.train_control import TrainControl
@@ -362,7 +372,8 @@ def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
     for _ in range(step):  # replay the seeded stream to the saved position
         next(gen)
     t0 = time.time() - float(state.get("seconds", 0.0))
-    with ctl:
+    metrics = MetricsLogger(cfg.output_dir, report_to=t.report_to, config=to_dict(cfg), lazy=True)
+    with ctl, metrics:
         while step < steps_cap:
             if t.max_seconds > 0 and time.time() - t0 >= t.max_seconds:
                 break
@@ -377,6 +388,7 @@ def train_loop(model: Any, tok: Any, cfg: ExtendConfig, log=print) -> dict:
                 int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
             )
             losses.append(round(float(loss.detach()), 5))
+            metrics.log(step, loss=losses[-1], lr=lr, tokens=tokens)
             if log and (step % max(1, t.log_every) == 0 or step == 1):
                 log(
                     {
@@ -410,6 +422,7 @@ def save_extended(model: Any, tok: Any, cfg: ExtendConfig, out: str | Path) -> P
         with atomic_dir(out) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
+            copy_into(out, tmp)  # metrics.jsonl and the trackers' runs stay with the model
         return Path(out)
     import tempfile
 
@@ -431,6 +444,7 @@ def save_extended(model: Any, tok: Any, cfg: ExtendConfig, out: str | Path) -> P
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        copy_into(out, tmp)
     return Path(out)
 
 
@@ -472,15 +486,7 @@ def run(cfg: ExtendConfig, args: Any = None) -> int:
     if report["interrupted"]:
         print(report["message"], file=sys.stderr)
         return 130
+    keys = ("output_dir", "steps", "seconds")
     last = report["losses"][-1] if report["losses"] else None
-    print(
-        json.dumps(
-            {
-                "output_dir": report["output_dir"],
-                "steps": report["steps"],
-                "seconds": report["seconds"],
-                "final_loss": last,
-            }
-        )
-    )
+    print(json.dumps({**{k: report[k] for k in keys}, "final_loss": last}))
     return 0

@@ -261,6 +261,7 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
     from trainkit.common.logging import MetricsLogger, progress
     from trainkit.common.run import save_config
     from trainkit.common.seed import seed_everything
+    from trainkit.config import to_dict
     from trainkit.llm.train_control import EpochOrder, TrainControl
     from trainkit.rlhf.losses import dpo_loss
 
@@ -292,7 +293,7 @@ def train_dpo(cfg: DPOConfig, on_model: Callable[[Any], None] | None = None) -> 
     state = ctl.restore()
     start = int(state["step"]) if state else 0
     order = EpochOrder(len(enc_train), T.seed, state["data"] if state else None)
-    log = MetricsLogger(out)
+    log = MetricsLogger(out, report_to=T.report_to, config=to_dict(cfg))
     if not state:
         log.log(
             0,

@@ -191,6 +191,7 @@ def run_loop(
         ``nonfinite_skipped``, ``interrupted`` and the backend's :meth:`RLBackend.summary`.
     """
     from trainkit.common.logging import MetricsLogger
+    from trainkit.config import to_dict
     from trainkit.rlhf.trainers import rl_data
 
     try:
@@ -198,7 +199,9 @@ def run_loop(
         train_set = rl_data.tokenize_prompts(recs, backend.tokenizer, cfg.data)
         start = backend.resume() if cfg.train.resume else 0
         backend.sync_weights()
-        logger = MetricsLogger(Path(cfg.output_dir), tensorboard=False)
+        logger = MetricsLogger(
+            Path(cfg.output_dir), report_to=cfg.train.report_to, config=to_dict(cfg)
+        )
         try:
             return _Loop(cfg, backend, train_set, logger, on_log, metrics).run(start)
         finally:

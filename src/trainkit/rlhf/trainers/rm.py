@@ -278,6 +278,7 @@ def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> di
     from trainkit.common.logging import MetricsLogger, progress
     from trainkit.common.run import save_config
     from trainkit.common.seed import seed_everything
+    from trainkit.config import to_dict
     from trainkit.llm.train_control import EpochOrder, TrainControl
     from trainkit.rlhf.losses import pairwise_rm_loss, pairwise_rm_loss_logexp
 
@@ -301,7 +302,7 @@ def train_rm(cfg: RMConfig, on_model: Callable[[Any], None] | None = None) -> di
     state = ctl.restore()
     start = int(state["step"]) if state else 0
     order = EpochOrder(len(train), T.seed, state["data"] if state else None)
-    log = MetricsLogger(out)
+    log = MetricsLogger(out, report_to=T.report_to, config=to_dict(cfg))
     if not state:
         log.log(0, **{f"eval/{k}": v for k, v in before.items()})
     model.train()
