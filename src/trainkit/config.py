@@ -3,7 +3,8 @@
 A recipe's config is a dataclass whose fields may be other dataclasses (sections).
 ``load_config(Cls, "file.yaml", ["optim.lr=1e-4"])`` fills it from YAML, then applies
 ``key.sub=value`` overrides (values parsed as YAML scalars: ``8``, ``1e-4``, ``true``,
-``null``, ``[1,2]``). An unknown key or a value of the wrong type raises
+``null``, ``[1,2]``; text that YAML reads as a mapping or list, such as ``User: {}``,
+stays text where the key expects a string). An unknown key or a value of the wrong type raises
 :class:`ConfigError` naming the key, where it came from and the valid keys.
 """
 
@@ -70,7 +71,7 @@ def _coerce(value: Any, tp: Any, key: str, src: str) -> Any:
             value = (
                 [v.strip() for v in str(value).split(",")] if isinstance(value, str) else [value]
             )
-            value = [yaml.safe_load(v) if isinstance(v, str) else v for v in value]
+            value = [_scalar(v) if isinstance(v, str) else v for v in value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{src}: '{key}' expects a list, got {value!r}")
         args = get_args(tp)
@@ -180,6 +181,14 @@ def _read_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping of keys, got {type(data).__name__}")
     return data
+
+
+def _scalar(text: str) -> Any:
+    """One list item of a ``a,b,c`` override, read as YAML (the text itself if it is not)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -297,7 +306,17 @@ def load_config(
     for text in overrides:
         parts, value = parse_override(text)
         src = f"override '{text}'"
-        obj = _build(cls, _rename(cls, _nest(parts, value), src, seen), src, base=obj)
+        try:
+            obj = _build(cls, _rename(cls, _nest(parts, value), src, seen), src, base=obj)
+        except ConfigError as first:
+            if not isinstance(value, (dict, list)):
+                raise
+            # text YAML reads as a mapping or list ("User: {}") is kept as text where the
+            # key expects a string; anything else keeps the first error
+            try:
+                obj = _build(cls, _nest(parts, text.split("=", 1)[1]), src, base=obj)
+            except (ConfigError, yaml.YAMLError):
+                raise first from None
     _validate(obj)  # once, after every override: cross-section checks see the final values
     return obj
 

@@ -125,6 +125,13 @@ def test_wrong_types_are_clear_errors(override, expect):
     assert expect in str(e.value)
 
 
+def test_text_that_yaml_reads_as_a_mapping_stays_text_for_string_keys():
+    c = load_config(Cfg, None, ["model.name=User: {}\nAssistant: ", "output_dir=[a, b]"])
+    assert c.model.name == "User: {}\nAssistant: " and c.output_dir == "[a, b]"
+    with pytest.raises(ConfigError, match="'model.layers' expects a list"):
+        load_config(Cfg, None, ["model.layers={a: 1}"])
+
+
 def test_validate_hook_runs():
     with pytest.raises(ConfigError, match="steps must be >= 0, got -1"):
         load_config(Cfg, None, ["steps=-1"])

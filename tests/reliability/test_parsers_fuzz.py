@@ -102,26 +102,32 @@ def test_kan_csv_parse_or_user_error(header, rows, junk):
 @settings(max_examples=100, deadline=None)
 @given(lines=st.lists(_pair_line, max_size=4))
 def test_rl_prompt_records_parse_or_user_error(lines):
-    from trainkit.rlhf.trainers.rl_data import _jsonl_records
+    from trainkit.rlhf.trainers.rl_config import DataSection
+    from trainkit.rlhf.trainers.rl_data import read_prompt_file
 
     with _written("\n".join(lines).encode("utf-8", "replace"), ".jsonl") as p:
         try:
-            recs = _jsonl_records(str(p), "prompt")
+            recs = read_prompt_file(str(p), DataSection())
         except UserError as e:
             _one_line(e, p)
             return
-    assert recs and all(isinstance(r["prompt"], str) and r["prompt"].strip() for r in recs)
+    assert recs and all(
+        (isinstance(r["prompt"], str) and r["prompt"].strip())
+        or (isinstance(r["prompt"], list) and r["prompt"][-1]["role"] != "assistant")
+        for r in recs
+    )
 
 
 def test_the_parsers_accept_valid_files():
     """The success branches the properties check are reachable."""
     from trainkit.kan.recipes import read_csv
     from trainkit.rlhf.trainers.pairs import read_pairs
-    from trainkit.rlhf.trainers.rl_data import _jsonl_records
+    from trainkit.rlhf.trainers.rl_config import DataSection
+    from trainkit.rlhf.trainers.rl_data import read_prompt_file
 
     pair = json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"})
     with _written(f"{pair}\n\n{pair}\n".encode(), ".jsonl") as p:
         assert [r["chosen"] for r in read_pairs(p)] == ["c", "c"]
-        assert [r["prompt"] for r in _jsonl_records(str(p), "prompt")] == ["p", "p"]
+        assert [r["prompt"] for r in read_prompt_file(str(p), DataSection())] == ["p", "p"]
     with _written(b"x, y\n1,2\n2,4\n3,6.5\n4,-1e3\n", ".csv") as p:
         assert read_csv(str(p), "y") == (["x"], [[1.0], [2.0], [3.0], [4.0]], [2.0, 4.0, 6.5, -1e3])

@@ -185,3 +185,30 @@ def test_trainkit_client_label_shapes(style_server):
     assert bodies[0]["labels"] == [""]
     assert bodies[1]["labels"] == [{"answer": "b", "tests": "t"}]
     assert math.isnan(f(["a"], ["b"], answer=["NaN"])[0])
+
+
+def test_grpo_logs_the_servers_extra_logs_per_step(style_server, tmp_path, monkeypatch):
+    """One GRPO step on an OpenRLHF-layout prompt file scored by the OpenRLHF-style
+    server: the label (label_key) is sent as OpenRLHF's `labels`, and the mean of
+    extra_logs['len'] over the step's rows is in the step record as reward/len."""
+    from pathlib import Path
+
+    from trainkit.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(
+        "".join(json.dumps({"q": f"{i}+1=", "gt": str(i + 1)}) + "\n" for i in range(4))
+    )
+    monkeypatch.chdir(tmp_path)
+    args = ["rlhf", "grpo", "--config", str(root / "configs/rlhf/grpo_tiny.yaml")]
+    args += ["train.max_steps=1", "rollout.n=2", "rollout.prompts_per_step=2", "eval.n_prompts=0"]
+    args += [f"data.path={data}", "data.input_key=q", "data.label_key=gt", "data.eval_fraction=0"]
+    args += [f"data.reward=[{style_server}]", "data.accuracy_reward=", f"output_dir={tmp_path}/run"]
+    assert main(args) == 0
+    recs = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    (step,) = [r for r in recs if "policy_loss" in r]
+    (body,) = [b for b, _ in _OpenRLHFStyle.seen]
+    assert set(body["labels"]) <= {"1", "2", "3", "4"} and len(body["labels"]) == 4
+    want = sum(len(q) for q in body["query"]) / 4
+    assert step["reward/len"] == pytest.approx(want)

@@ -304,3 +304,21 @@ def validate_record(obj: Any, where: str, fmt: str, cfg: Any) -> Record:
             "nothing to learn from here; prompt-only data is for `rlhf ppo` / `rlhf grpo`"
         )
     raise UserError(f"unknown data format '{fmt}'; expected one of {', '.join(FORMATS)}")
+
+
+def prompt_text(prompt: str | list[dict]) -> str:
+    """The text a reward function sees as the prompt: the string itself, or the content
+    of the last user message of a conversational prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return users[-1] if users else prompt[-1]["content"]
+
+
+def prompt_messages(prompt: str | list[dict], system: str | None) -> list[dict]:
+    """The prompt as chat messages: a user turn for a string; ``system`` goes first unless
+    the prompt brings its own system message."""
+    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system and msgs[0]["role"] != "system":
+        msgs = [{"role": "system", "content": system}] + msgs
+    return msgs

@@ -70,8 +70,16 @@ class ToolEnv:
         self.record, self.tools, self.system = record, tools, system
 
     def reset(self) -> list[dict]:
-        sys_msg = [{"role": "system", "content": self.system}] if self.system else []
-        return sys_msg + [{"role": "user", "content": self.record["prompt"]}]
+        """The first messages: the system message (``system``; a conversational prompt's
+        own system message is appended to it after a blank line), then the prompt."""
+        p = self.record["prompt"]
+        msgs = [{"role": "user", "content": p}] if isinstance(p, str) else [dict(m) for m in p]
+        if not self.system:
+            return msgs
+        if msgs[0]["role"] == "system":
+            msgs[0]["content"] = f"{self.system}\n\n{msgs[0]['content']}"
+            return msgs
+        return [{"role": "system", "content": self.system}] + msgs
 
     def score(self, reply: str) -> tuple[float, bool]:
         """``(reward, correct)`` of the final ``reply``."""

@@ -45,7 +45,8 @@ class GuessNumberEnv:
         self.record, self.turn_penalty, self.turns = record, turn_penalty, 0
 
     def reset(self) -> list[dict]:
-        return [{"role": "user", "content": self.record["prompt"]}]
+        p = self.record["prompt"]
+        return [{"role": "user", "content": p}] if isinstance(p, str) else [dict(m) for m in p]
 
     def step(self, reply: str) -> Step:
         import re

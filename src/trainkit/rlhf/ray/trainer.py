@@ -160,7 +160,6 @@ class RayBackend:
         from trainkit.common.errors import UserError
         from trainkit.llm.models import load_tokenizer
         from trainkit.rlhf.ray.cluster import Cluster
-        from trainkit.rlhf.trainers.rl_data import Scorer
         from trainkit.rlhf.trainers.rl_loop import prepare_output
 
         rc = ray_cfg if ray_cfg is not None else cfg.ray
@@ -176,7 +175,7 @@ class RayBackend:
         self.cfg, self.rc = cfg, rc
         self.out = prepare_output(cfg)
         self.tokenizer = load_tokenizer(cfg.model.name)
-        self.scorer = Scorer(cfg.data)
+        self.scorer = None  # made on first use: with reward actors the driver scores nothing
         self.nonfinite_skipped = 0
         self.meta = self.channel = None
         t_start = time.perf_counter()
@@ -247,10 +246,12 @@ class RayBackend:
 
     def score(self, prompts: list[str], completions: list[str], labels: dict) -> Any:
         """In the driver, or the rows split evenly over the reward actors."""
-        from trainkit.rlhf.trainers.rl_data import Scores
+        from trainkit.rlhf.trainers.rl_data import Scorer, Scores
 
         workers = self.roles.reward
         if not workers:
+            if self.scorer is None:
+                self.scorer = Scorer(self.cfg.data, self.cfg.reward)
             return self.scorer(prompts, completions, labels)
         rows = split_even(list(range(len(completions))), len(workers))
         refs = [
@@ -262,10 +263,18 @@ class RayBackend:
             for w, r in zip(workers, rows)
         ]
         parts = [Scores(*p) for p in self.roles.get("reward", refs)]
+        n = sum(len(p.rewards) for p in parts)
+        stats = {  # failure counts add up; reward/* (extra_logs means) average over rows
+            k: sum(
+                p.stats[k] * (len(p.rewards) / n if k.startswith("reward/") else 1) for p in parts
+            )
+            for k in parts[0].stats
+            if all(k in p.stats for p in parts)
+        }
         return Scores(
             [x for p in parts for x in p.rewards],
             [x for p in parts for x in p.valid],
-            {k: sum(p.stats[k] for p in parts) for k in parts[0].stats},
+            stats,
             None if parts[0].hits is None else [x for p in parts for x in p.hits],
         )
 

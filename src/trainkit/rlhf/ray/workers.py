@@ -145,7 +145,7 @@ class RewardWorker:
         from trainkit.rlhf.trainers.rl_data import Scorer
 
         set_threads(threads)
-        self.scorer = Scorer(cfg.data)
+        self.scorer = Scorer(cfg.data, cfg.reward)
 
     def ready(self) -> int:
         return os.getpid()

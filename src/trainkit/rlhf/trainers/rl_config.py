@@ -17,6 +17,7 @@ from trainkit.llm.sections import QuantModelSection, RunFields
 from trainkit.rlhf import estimators as E
 from trainkit.rlhf.envs.config import EnvSection
 from trainkit.rlhf.ray.config import RaySection
+from trainkit.rlhf.reward_model import RewardModelSpec
 
 # the names and their properties come from the one table in rlhf/estimators.py
 Estimator = Literal[E.NAMES]  # type: ignore[valid-type]
@@ -52,10 +53,18 @@ class DataSection:
     Attributes:
         eval_fraction: share of a jsonl data.path held out for eval (seeded shuffle, at least
             one record) when eval_path is empty; unused for built-in tasks.
-        prompt_key: jsonl field holding the prompt; the record's other fields are passed to
-            the reward functions as labels.
+        prompt_key: field holding the prompt: a string, or a list of messages (TRL's
+            conversational prompt-only form; rendered with the chat template). The
+            record's other fields are passed to the reward functions as labels.
         system_prompt: system message put before each prompt when the chat template is
-            applied; null: none.
+            applied and the prompt has no system message of its own; null: none.
+        input_key: OpenRLHF's name of ``prompt_key`` (overrides it when set).
+        label_key: OpenRLHF's label field: when set, only this field is a label, handed
+            to the reward functions as ``answer`` (the built-in rewards' label) and sent
+            as ``labels`` by remote rewards; the record's other fields are not passed.
+        apply_chat_template: OpenRLHF's switch, the same as ``chat_template``.
+        input_template: e.g. ``"User: {}\nAssistant: "``: a string prompt is put in place
+            of ``{}`` when no chat template is applied.
         max_invalid_fraction: raise an error when more than this share of a step's samples
             fail to get a reward (failed ones stay in their group but get no loss tokens).
     """
@@ -79,6 +88,10 @@ class DataSection:
         metadata={"help": "wrap prompts in the chat template when the tokenizer has one"},
     )
     system_prompt: str | None = None
+    input_key: str | None = None
+    label_key: str | None = None
+    apply_chat_template: bool | None = None
+    input_template: str | None = None
     max_prompt_tokens: int = field(
         default=256, metadata={"help": "longer prompts are skipped (counted)"}
     )
@@ -94,6 +107,37 @@ class DataSection:
         metadata={"help": "reward whose value 1.0 counts as correct in eval accuracy ('' to skip)"},
     )
     max_invalid_fraction: float = 0.5
+
+    def validate(self) -> None:
+        """Apply the OpenRLHF aliases onto trainkit's names; check ``input_template``."""
+        if self.input_key:
+            self.prompt_key = self.input_key
+        if self.apply_chat_template is not None:
+            self.chat_template = self.apply_chat_template
+        if self.input_template is not None and "{}" not in self.input_template:
+            raise ConfigError(
+                f"data.input_template must contain '{{}}' (where the prompt goes), "
+                f"got {self.input_template!r}"
+            )
+        if self.label_key is not None and not self.label_key:
+            raise ConfigError("data.label_key must be a field name or null, got ''")
+
+
+@dataclass
+class RewardSection:
+    """Trained reward models scored in-process, added to the ``data.reward`` functions.
+
+    Attributes:
+        models: ``[{path, weight, normalize, clip}, ...]``: folders written by
+            ``trainkit rlhf rm``, each scored on the policy's device and weighted into the
+            sum with the rule rewards (:mod:`trainkit.rlhf.reward_model`).
+    """
+
+    models: list[RewardModelSpec] = field(default_factory=list)
+
+    def validate(self) -> None:
+        for m in self.models:
+            m.validate()
 
 
 @dataclass
@@ -301,6 +345,7 @@ class RLConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     ray: RaySection = field(default_factory=RaySection)
     env: EnvSection = field(default_factory=EnvSection)
+    reward: RewardSection = field(default_factory=RewardSection)
     output_dir: str = "runs/rl"
 
     @property

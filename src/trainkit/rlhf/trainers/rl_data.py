@@ -1,17 +1,21 @@
 """Prompts, rewards and evaluation for the online-RL recipes.
 
-A prompt record is ``{"prompt": str, <label>: value, ...}``; every key but the prompt is
-a label handed to the reward functions (``answer`` for the math rewards). Prompts are
+A prompt record is ``{"prompt": str | messages, <label>: value, ...}`` (TRL's prompt-only
+forms, standard and conversational; OpenRLHF's ``input_key``/``label_key`` select the
+fields); every key but the prompt is a label handed to the reward functions (``answer``
+for the math rewards), whose ``prompts`` are strings (:func:`prompt_text`). Prompts are
 tokenised once, at load time (with the chat template when the tokenizer has one).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from trainkit.common.errors import UserError
+from trainkit.llm.data_formats import prompt_messages, prompt_text
 
 
 @dataclass
@@ -21,6 +25,7 @@ class PromptSet:
     texts: list[str]
     token_ids: list[list[int]]
     labels: list[dict[str, Any]]
+    prompts: list[Any] | None = None  # as given: strings or message lists (environments)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -31,18 +36,56 @@ class PromptSet:
         labels = {k: [self.labels[i].get(k) for i in idx] for k in keys}
         return [self.texts[i] for i in idx], [self.token_ids[i] for i in idx], labels
 
+    def originals(self, idx: list[int]) -> list[Any]:
+        """The prompts of rows ``idx`` as given (message lists stay lists)."""
+        src = self.prompts if self.prompts is not None else self.texts
+        return [src[i] for i in idx]
 
-def _jsonl_records(path: str, prompt_key: str) -> list[dict]:
+
+PROMPT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def prompt_record(obj: Any, where: str, data: Any) -> dict:
+    """One prompt record, checked: ``{"prompt": str | messages, <labels>...}``.
+
+    The prompt (field ``data.prompt_key``) is a non-empty string or a list of messages
+    whose last one is not an assistant turn. With ``data.label_key`` only that field is
+    kept, as ``answer``; otherwise every other field is a label under its own name.
+    """
+    from trainkit.llm.data_formats import message_list, string_field, tname
+
+    key = data.prompt_key
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a JSON object with a '{key}' field")
+    if key not in obj:
+        raise UserError(f"{where}: missing field '{key}'")
+    if isinstance(obj[key], list):
+        p: Any = message_list(obj, key, where, PROMPT_ROLES, need_assistant=False)
+        if p[-1]["role"] == "assistant":
+            raise UserError(
+                f"{where}: field '{key}' ends with an assistant turn; a prompt ends with the "
+                "turn the policy answers"
+            )
+    elif isinstance(obj[key], str):
+        p = string_field(obj, key, where)
+        if not p.strip():
+            raise UserError(f"{where}: field '{key}' is blank")
+    else:
+        raise UserError(
+            f"{where}: field '{key}' must be a string or a list of messages, got {tname(obj[key])}"
+        )
+    if data.label_key:
+        if data.label_key not in obj:
+            raise UserError(f"{where}: missing field '{data.label_key}' (data.label_key)")
+        return {"prompt": p, "answer": obj[data.label_key]}
+    return {"prompt": p, **{k: v for k, v in obj.items() if k != key}}
+
+
+def read_prompt_file(path: str, data: Any) -> list[dict]:
+    """Every record of a prompt file (jsonl, json, parquet) through :func:`prompt_record`."""
     from trainkit.llm.data import read_raw
 
-    out = []
-    for where, obj in read_raw(path):
-        if not isinstance(obj, dict):
-            raise UserError(f"{where}: expected a JSON object with a '{prompt_key}' field")
-        p = obj.get(prompt_key)
-        if not isinstance(p, str) or not p.strip():
-            raise UserError(f"{where}: field '{prompt_key}' must be a non-empty string")
-        out.append({"prompt": p, **{k: v for k, v in obj.items() if k != prompt_key}})
+    out = [prompt_record(obj, where, data) for where, obj in read_raw(path)]
     if not out:
         raise UserError(f"{path}: no prompt records")
     return out
@@ -69,9 +112,9 @@ def load_prompt_records(data: Any, seed: int = 0) -> tuple[list[dict], list[dict
     from pathlib import Path
 
     if Path(data.path).expanduser().exists():
-        recs = _jsonl_records(data.path, data.prompt_key)
+        recs = read_prompt_file(data.path, data)
         if data.eval_path:
-            return recs, _jsonl_records(data.eval_path, data.prompt_key)
+            return recs, read_prompt_file(data.eval_path, data)
         import random
 
         order = list(range(len(recs)))
@@ -84,27 +127,51 @@ def load_prompt_records(data: Any, seed: int = 0) -> tuple[list[dict], list[dict
         raise UserError(f"data.path: file not found: {data.path}")
     train, held = _task_records(data.path, seed)
     if data.eval_path:
-        held = _jsonl_records(data.eval_path, data.prompt_key)
+        held = read_prompt_file(data.eval_path, data)
     return train, held
 
 
+def check_prompt_records(data: Any, seed: int = 0) -> None:
+    """Read every prompt record of the run (raises the one-line :class:`UserError` of the
+    first bad one); message-list prompts need ``data.chat_template`` on."""
+    train, held = load_prompt_records(data, seed)
+    if not data.chat_template:
+        for i, r in enumerate(train + held):
+            if isinstance(r["prompt"], list):
+                raise UserError(
+                    f"{data.path}: record {i + 1} has a list of messages as its prompt, which "
+                    "needs the chat template (data.chat_template=true)"
+                )
+
+
 def tokenize_prompts(records: list[dict], tokenizer: Any, data: Any) -> PromptSet:
-    """Apply the chat template (when enabled and present) and tokenise, once."""
+    """Render each prompt once and tokenise it.
+
+    A string prompt goes through the chat template when ``data.chat_template`` is on and
+    the tokenizer has one (after ``data.system_prompt``), else through
+    ``data.input_template`` (or as it is). A message-list prompt needs the chat template.
+    """
     use_chat = data.chat_template and getattr(tokenizer, "chat_template", None)
-    texts, ids, labels, skipped = [], [], [], 0
-    for r in records:
+    texts, prompts, ids, labels, skipped = [], [], [], [], 0
+    for i, r in enumerate(records):
+        p = r["prompt"]
         if use_chat:
-            msgs = (
-                [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
-            ) + [{"role": "user", "content": r["prompt"]}]
+            msgs = prompt_messages(p, data.system_prompt)
             s = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
             toks = tokenizer(s, add_special_tokens=False).input_ids
+        elif isinstance(p, list):
+            raise UserError(
+                f"prompt {i}: a list of messages needs the chat template (data.chat_template="
+                "true and a tokenizer with one)"
+            )
         else:
-            toks = tokenizer(r["prompt"]).input_ids
+            tpl = getattr(data, "input_template", None)
+            toks = tokenizer(tpl.replace("{}", p) if tpl else p).input_ids
         if len(toks) > data.max_prompt_tokens:
             skipped += 1
             continue
-        texts.append(r["prompt"])
+        texts.append(prompt_text(p))
+        prompts.append(p)
         ids.append(list(toks))
         labels.append({k: v for k, v in r.items() if k != "prompt"})
     if skipped:
@@ -117,18 +184,44 @@ def tokenize_prompts(records: list[dict], tokenizer: Any, data: Any) -> PromptSe
         raise UserError(
             "no prompts left after tokenisation (all longer than data.max_prompt_tokens?)"
         )
-    return PromptSet(texts, ids, labels)
+    return PromptSet(texts, ids, labels, prompts)
 
 
-def build_reward(data: Any):
-    """The reward callable of the data section (several rewards: weighted sum)."""
-    from trainkit.rlhf.rewards import combine, load_reward
+def reward_parts(data: Any, reward: Any = None) -> list[tuple[Any, float]]:
+    """``[(reward callable, weight), ...]`` of the run: the ``data.reward`` functions and
+    the reward models of ``reward.models``."""
+    from trainkit.rlhf.rewards import load_reward
 
     fns = [load_reward(r) for r in data.reward]
-    if len(fns) == 1 and not data.reward_weights:
-        return fns[0]
-    weights = data.reward_weights or [1.0] * len(fns)
-    return combine(list(zip(fns, weights)))
+    weights = list(data.reward_weights or [1.0] * len(fns))
+    if reward is not None and reward.models:
+        from trainkit.rlhf.reward_model import ModelReward
+
+        fns += [ModelReward(m) for m in reward.models]
+        weights += [m.weight for m in reward.models]
+    return list(zip(fns, weights))
+
+
+def build_reward(data: Any, reward: Any = None, parts: list | None = None):
+    """The reward callable of the run (several parts: their weighted sum)."""
+    from trainkit.rlhf.rewards import combine
+
+    parts = reward_parts(data, reward) if parts is None else parts
+    if len(parts) == 1 and parts[0][1] == 1.0:
+        return parts[0][0]
+    return combine(parts)
+
+
+def extra_log_stats(parts: list[tuple[Any, float]], n: int) -> dict[str, float]:
+    """``reward/<key>``: the batch mean of each numeric ``extra_logs`` entry a remote
+    reward returned for all ``n`` rows of its last call (OpenRLHF's reply field)."""
+    out: dict[str, float] = {}
+    for fn, _ in parts:
+        for k, vals in (getattr(fn, "last_extra_logs", None) or {}).items():
+            nums = [float(v) for v in vals if isinstance(v, (int, float))]
+            if len(vals) == n and len(nums) == n and all(math.isfinite(v) for v in nums):
+                out[f"reward/{k}"] = sum(nums) / n
+    return out
 
 
 def decode(tokenizer: Any, response_ids, action_mask) -> list[str]:
@@ -208,12 +301,14 @@ class Scorer:
 
     Args:
         data: the config's data section.
+        reward: the config's reward section (``reward.models``), or None.
     """
 
-    def __init__(self, data: Any):
+    def __init__(self, data: Any, reward: Any = None):
         from trainkit.rlhf.rewards import load_reward
 
-        self.reward_fn = build_reward(data)
+        self.parts = reward_parts(data, reward)
+        self.reward_fn = build_reward(data, parts=self.parts)
         self.acc_fn = load_reward(data.accuracy_reward) if data.accuracy_reward else None
         self.max_invalid_fraction = data.max_invalid_fraction
 
@@ -231,7 +326,8 @@ class Scorer:
         if self.acc_fn is not None:
             hits = score(self.acc_fn, prompts, completions, labels, max_invalid_fraction=1.0)
             hits = list(hits.rewards)
-        return Scores(list(res.rewards), list(res.valid), res.stats(), hits)
+        stats = {**res.stats(), **extra_log_stats(self.parts, len(completions))}
+        return Scores(list(res.rewards), list(res.valid), stats, hits)
 
 
 class HeldOut:
@@ -241,9 +337,10 @@ class HeldOut:
     Args:
         cfg: the RL config (``data``, ``eval``, ``rollout``, ``train.seed``).
         tokenizer: the policy's tokenizer.
+        scorer: the run's :class:`Scorer`, shared (default: a new one).
     """
 
-    def __init__(self, cfg: Any, tokenizer: Any):
+    def __init__(self, cfg: Any, tokenizer: Any, scorer: Scorer | None = None):
         _, recs = load_prompt_records(cfg.data, cfg.train.seed)
         self.cfg, self.tok = cfg, tokenizer
         self.prompts = tokenize_prompts(recs, tokenizer, cfg.data) if recs else None
@@ -253,7 +350,7 @@ class HeldOut:
             from trainkit.rlhf.trainers.rl_env import EpisodeRunner
 
             self.episodes = EpisodeRunner(cfg, tokenizer)
-        self.scorer = Scorer(cfg.data)
+        self.scorer = scorer if scorer is not None else Scorer(cfg.data, cfg.reward)
 
     def __call__(self, engine: Any, seed: int) -> dict[str, float] | None:
         """:func:`evaluate` with the run's settings; None without held-out prompts or

@@ -30,8 +30,9 @@ class EpisodeRunner:
         self.factory = EnvFactory(cfg.env)
         self.renderer = Renderer(tokenizer, self.factory.tools, cfg.data.chat_template)
 
-    def envs(self, texts: list[str], labels: dict[str, list], n: int) -> list[Any]:
-        """``n`` fresh environments per prompt, rows grouped by prompt."""
+    def envs(self, texts: list[Any], labels: dict[str, list], n: int) -> list[Any]:
+        """``n`` fresh environments per prompt (a string or a message list), rows grouped
+        by prompt."""
         out = []
         for i, text in enumerate(texts):
             record = {"prompt": text, **{k: v[i] for k, v in labels.items()}}

@@ -46,8 +46,8 @@ class LocalBackend:
         self.cfg = cfg
         self.out = prepare_output(cfg)
         self.policy, self.tokenizer, self.ref, self.critic = build(cfg)
-        self.held_out = HeldOut(cfg, self.tokenizer)
-        self.scorer = Scorer(cfg.data)
+        self.scorer = Scorer(cfg.data, cfg.reward)
+        self.held_out = HeldOut(cfg, self.tokenizer, self.scorer)
         self.engine = make_engine(cfg, self.policy, self.tokenizer)
         self.stale = False  # the engine has the policy's weights (make_engine synced them)
         self.strategy = Strategy()

@@ -64,9 +64,12 @@ def prompt_indices(n_items: int, per_step: int, step: int, seed: int) -> list[in
 
 
 def prepare_output(cfg: Any) -> Path:
-    """Create ``output_dir`` and write the resolved config there; returns the folder."""
+    """Check the prompt records, then create ``output_dir`` and write the resolved config
+    there (a bad data file leaves no folder behind); returns the folder."""
     from trainkit.common.run import save_config
+    from trainkit.rlhf.trainers.rl_data import check_prompt_records
 
+    check_prompt_records(cfg.data, cfg.train.seed)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -319,7 +322,7 @@ class _Loop:
             comps = rl_data.decode(b.tokenizer, ro.response_ids, ro.action_mask)
             sc = b.score(prompts, comps, rep)
         else:  # multi-turn: generation and scoring are the episodes (gen_s covers both)
-            ep = self.episodes.play(b, texts, labels, seed)
+            ep = self.episodes.play(b, self.train_set.originals(idx), labels, seed)
             ro, comps, sc = ep.rollout, ep.replies, rl_data.episode_scores(ep)
             t1, c1 = time.perf_counter(), time.process_time()
         rewards = torch.tensor(sc.rewards, dtype=torch.float32)
