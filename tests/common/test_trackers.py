@@ -233,3 +233,15 @@ def test_unknown_tracker_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert rc == 2 and len(err) == 1 and "report_to" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_tracker_that_refuses_its_settings_is_one_line(tmp_path, monkeypatch):
+    # MLflow 3 refuses the file store unless MLFLOW_ALLOW_FILE_STORE=true: one line, no
+    # traceback (the local default is the SQLite store in the run folder)
+    from trainkit.common.trackers import open_trackers
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path}/mlruns")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(UserError, match=r"^train.report_to: mlflow could not start \(Mlflow") as e:
+        open_trackers(["tensorboard", "mlflow"], tmp_path / "run")
+    assert "\n" not in str(e.value)

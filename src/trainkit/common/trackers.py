@@ -207,7 +207,15 @@ def open_trackers(
     opened: list[Any] = []
     try:
         for n in names:
-            opened.append(_CLASSES[n](run_dir, dict(config or {}), name))
+            try:
+                opened.append(_CLASSES[n](run_dir, dict(config or {}), name))
+            except (ImportError, KeyboardInterrupt, UserError):
+                raise
+            except Exception as e:  # the tracker refused its settings (URI, mode, ...)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise UserError(
+                    f"train.report_to: {n} could not start ({type(e).__name__}: {first[:300]})"
+                ) from None
     except BaseException:
         for t in opened:
             t.close()
