@@ -11,6 +11,7 @@ import base64
 import html
 import importlib
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -72,8 +73,36 @@ def _section_md(s: Section) -> str:
     return "\n".join(lines)
 
 
+_SPANS = (  # (pattern on escaped text, replacement), applied in this order
+    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+    (re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*"), r"<strong>\1</strong>"),
+    (re.compile(r"(?<![\w*])\*(?=\S)([^*]+?)(?<=\S)\*(?![\w*])"), r"<em>\1</em>"),
+    (re.compile(r"\[([^\]]+)\]\((https?://[\w./#%?=:~+-]+|[\w./#-]+)\)"), r"<a href='\2'>\1</a>"),
+)
+
+
+def md_spans(text: str) -> str:
+    """One line of Markdown as HTML: escaped, then `code`, **bold**, *emphasis* and
+    [links](url); text inside backticks is not formatted further.
+
+    ``md_spans("**Preference learning.** a < b, `x*y`")`` is
+    ``"<strong>Preference learning.</strong> a &lt; b, <code>x*y</code>"``.
+    """
+    parts = re.split(r"(`[^`]+`)", html.escape(text, quote=False))
+    out = []
+    for part in parts:
+        if part.startswith("`") and part.endswith("`") and len(part) > 1:
+            out.append(_SPANS[0][0].sub(_SPANS[0][1], part))
+            continue
+        for pat, rep in _SPANS[1:]:
+            part = pat.sub(rep, part)
+        out.append(part)
+    return "".join(out)
+
+
 def _md_inline(text: str) -> str:
-    """Tiny Markdown subset for the HTML report: paragraphs, code blocks, tables, lists."""
+    """Tiny Markdown subset for the HTML report: paragraphs, code blocks, tables, lists,
+    and the inline spans of :func:`md_spans`."""
     out, in_code, table = [], False, []
 
     def flush_table():
@@ -82,7 +111,7 @@ def _md_inline(text: str) -> str:
             out.append(
                 "<table>"
                 + "".join(
-                    "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>"
+                    "<tr>" + "".join(f"<td>{md_spans(c.strip())}</td>" for c in r) + "</tr>"
                     for r in rows
                 )
                 + "</table>"
@@ -100,10 +129,14 @@ def _md_inline(text: str) -> str:
             table.append(line)
         else:
             flush_table()
-            if line.startswith("- "):
-                out.append(f"<li>{html.escape(line[2:])}</li>")
+            if line.startswith(("- ", "* ")):
+                if not out or out[-1] != "</ul>":
+                    out.append("<ul>")
+                else:
+                    out.pop()  # continue the open list
+                out += [f"<li>{md_spans(line[2:])}</li>", "</ul>"]
             elif line.strip():
-                out.append(f"<p>{html.escape(line)}</p>")
+                out.append(f"<p>{md_spans(line)}</p>")
     flush_table()
     return "\n".join(out)
 

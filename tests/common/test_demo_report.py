@@ -43,3 +43,21 @@ def test_run_demo_with_no_parts_writes_empty_report(tmp_path):
     out = run_demo(parts=[], quick=True, out=str(tmp_path / "r"))
     assert (out / "report.md").read_text().startswith("# trainkit demo report")
     assert (out / "report.html").exists()
+
+
+def test_inline_markdown_is_rendered_not_printed_raw():
+    from trainkit.demo import _md_inline, md_spans
+
+    assert md_spans("**Preference learning.** a < b, `x*y` and *em* 2*3*4") == (
+        "<strong>Preference learning.</strong> a &lt; b, <code>x*y</code> and <em>em</em> 2*3*4"
+    )
+    assert md_spans("see [docs](docs/rlhf.md), [x](javascript:alert(1))") == (
+        "see <a href='docs/rlhf.md'>docs</a>, [x](javascript:alert(1))"
+    )
+    got = _md_inline("- a **b**\n- c\n\npara *i*\n\n| k | **v** |\n|---|---|\n| 1 | 2 |")
+    assert got == (
+        "<ul>\n<li>a <strong>b</strong></li>\n<li>c</li>\n</ul>\n<p>para <em>i</em></p>\n"
+        "<table><tr><td>k</td><td><strong>v</strong></td></tr><tr><td>1</td><td>2</td></tr>"
+        "</table>"
+    )
+    assert "**" not in got
