@@ -56,6 +56,23 @@ def machine_info() -> str:
     )
 
 
+def summary_rows(sections: list[Section]) -> list[list[str]]:
+    """One row per section for the table that opens the report: title, headline (the
+    first figure written ``before -> after``, else the first figure), time, command."""
+    rows = []
+    for s in sections:
+        items = list(s.headline.items())
+        pick = next(((k, v) for k, v in items if "->" in v), items[0] if items else None)
+        head = f"{pick[0]}: {pick[1]}" if pick else ""
+        rows.append(
+            [s.title, head, f"{s.seconds:.0f} s", s.command.splitlines()[0] if s.command else ""]
+        )
+    return rows
+
+
+SUMMARY_HEADER = ["section", "headline (before -> after)", "time", "reproduce"]
+
+
 def _section_md(s: Section) -> str:
     lines = [f"## {s.title}", ""]
     if s.headline:
@@ -174,10 +191,41 @@ overflow-x:auto}figcaption{font-style:italic;color:#555}.time{color:#777}"""
 
 def write_report(out: Path, sections: list[Section], total_s: float) -> tuple[Path, Path]:
     head = f"# trainkit demo report\n\nMachine: {machine_info()}\n\nTotal time: {total_s:.0f} s\n"
-    md = head + "\n" + "\n".join(_section_md(s) for s in sections)
+    rows = summary_rows(sections)
+    summary_md = ""
+    summary_html = ""
+    if rows:
+        cell = lambda c: c.replace("|", "\\|")  # noqa: E731
+        summary_md = (
+            "\n## Summary\n\n"
+            + "\n".join(
+                ["| " + " | ".join(SUMMARY_HEADER) + " |", "|---|---|---|---|"]
+                + [
+                    "| "
+                    + " | ".join(cell(c) if i < 3 else f"`{c}`" for i, c in enumerate(r))
+                    + " |"
+                    for r in rows
+                ]
+            )
+            + "\n"
+        )
+        summary_html = (
+            "<h2>Summary</h2><table class='summary'><tr>"
+            + "".join(f"<th>{html.escape(h)}</th>" for h in SUMMARY_HEADER)
+            + "</tr>"
+            + "".join(
+                "<tr>"
+                + "".join(f"<td>{html.escape(c)}</td>" for c in r[:3])
+                + f"<td><code>{html.escape(r[3])}</code></td></tr>"
+                for r in rows
+            )
+            + "</table>"
+        )
+    md = head + summary_md + "\n" + "\n".join(_section_md(s) for s in sections)
     body = (
         f"<h1>trainkit demo report</h1><p>Machine: {html.escape(machine_info())}</p>"
-        f"<p>Total time: {total_s:.0f} s</p>" + "\n".join(_section_html(s, out) for s in sections)
+        f"<p>Total time: {total_s:.0f} s</p>{summary_html}"
+        + "\n".join(_section_html(s, out) for s in sections)
     )
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>trainkit demo</title>"

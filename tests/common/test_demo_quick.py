@@ -25,7 +25,7 @@ def test_report_has_every_part_and_its_headline_numbers(report):
     assert md.startswith("# trainkit demo report")
     assert "Machine: " in md and "torch 2." in md
     titles = re.findall(r"^## (.+)$", md, re.M)
-    assert [t.split(":")[0] for t in titles] == ["KAN", "RLHF", "Long context"]
+    assert [t.split(":")[0] for t in titles] == ["Summary", "KAN", "RLHF", "Long context"]
     # KAN: the recovered formula and its error
     assert "| recovered formula | exp(x2**2 + sin(3.1416*x1)) |" in md
     assert re.search(r"\| formula test RMSE \| \d\.\de-0[5-9] \|", md)

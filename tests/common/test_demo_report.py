@@ -61,3 +61,29 @@ def test_inline_markdown_is_rendered_not_printed_raw():
         "</table>"
     )
     assert "**" not in got
+
+
+def test_report_opens_with_a_summary_table(tmp_path):
+    secs = [
+        Section(
+            title="GRPO",
+            headline={"steps": "4", "held-out accuracy": "4% -> 20%"},
+            command="trainkit rlhf grpo --config c.yaml\nmore",
+            seconds=12.4,
+        ),
+        Section(
+            title="KAN", headline={"test RMSE": "1e-05"}, command="trainkit kan fit", seconds=3
+        ),
+    ]
+    md, page = write_report(tmp_path, secs, 15.0)
+    text = md.read_text()
+    # the summary comes before the first section, one row per section
+    assert text.index("## Summary") < text.index("## GRPO")
+    assert (
+        "| GRPO | held-out accuracy: 4% -> 20% | 12 s | `trainkit rlhf grpo --config c.yaml` |"
+        in text
+    )
+    assert "| KAN | test RMSE: 1e-05 | 3 s | `trainkit kan fit` |" in text
+    html = page.read_text()
+    assert html.index("<h2>Summary</h2>") < html.index("<h2>GRPO</h2>")
+    assert "<td>held-out accuracy: 4% -&gt; 20%</td>" in html
