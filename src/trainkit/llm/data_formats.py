@@ -318,7 +318,11 @@ def prompt_text(prompt: str | list[dict]) -> str:
 def prompt_messages(prompt: str | list[dict], system: str | None) -> list[dict]:
     """The prompt as chat messages: a user turn for a string; ``system`` goes first unless
     the prompt brings its own system message."""
-    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    msgs = (
+        [{"role": "user", "content": prompt}]
+        if isinstance(prompt, str)
+        else [dict(m) for m in prompt]  # copies: callers may edit them
+    )
     if system and msgs[0]["role"] != "system":
         msgs = [{"role": "system", "content": system}] + msgs
     return msgs

@@ -72,8 +72,9 @@ class ToolEnv:
     def reset(self) -> list[dict]:
         """The first messages: the system message (``system``; a conversational prompt's
         own system message is appended to it after a blank line), then the prompt."""
-        p = self.record["prompt"]
-        msgs = [{"role": "user", "content": p}] if isinstance(p, str) else [dict(m) for m in p]
+        from trainkit.llm.data_formats import prompt_messages
+
+        msgs = prompt_messages(self.record["prompt"], None)
         if not self.system:
             return msgs
         if msgs[0]["role"] == "system":

@@ -45,8 +45,9 @@ class GuessNumberEnv:
         self.record, self.turn_penalty, self.turns = record, turn_penalty, 0
 
     def reset(self) -> list[dict]:
-        p = self.record["prompt"]
-        return [{"role": "user", "content": p}] if isinstance(p, str) else [dict(m) for m in p]
+        from trainkit.llm.data_formats import prompt_messages
+
+        return prompt_messages(self.record["prompt"], None)
 
     def step(self, reply: str) -> Step:
         import re

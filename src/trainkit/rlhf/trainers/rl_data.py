@@ -20,12 +20,13 @@ from trainkit.llm.data_formats import prompt_messages, prompt_text
 
 @dataclass
 class PromptSet:
-    """Tokenised prompts with their texts and labels (all lists of the same length)."""
+    """Tokenised prompts with their reward texts, labels and the prompts as given (all lists
+    of the same length)."""
 
     texts: list[str]
     token_ids: list[list[int]]
     labels: list[dict[str, Any]]
-    prompts: list[Any] | None = None  # as given: strings or message lists (environments)
+    prompts: list[Any]  # as given: strings or message lists (environments)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -38,8 +39,7 @@ class PromptSet:
 
     def originals(self, idx: list[int]) -> list[Any]:
         """The prompts of rows ``idx`` as given (message lists stay lists)."""
-        src = self.prompts if self.prompts is not None else self.texts
-        return [src[i] for i in idx]
+        return [self.prompts[i] for i in idx]
 
 
 PROMPT_ROLES = ("system", "user", "assistant", "tool")
@@ -202,11 +202,10 @@ def reward_parts(data: Any, reward: Any = None) -> list[tuple[Any, float]]:
     return list(zip(fns, weights))
 
 
-def build_reward(data: Any, reward: Any = None, parts: list | None = None):
-    """The reward callable of the run (several parts: their weighted sum)."""
+def build_reward(parts: list[tuple[Any, float]]):
+    """The reward callable of :func:`reward_parts` (several parts: their weighted sum)."""
     from trainkit.rlhf.rewards import combine
 
-    parts = reward_parts(data, reward) if parts is None else parts
     if len(parts) == 1 and parts[0][1] == 1.0:
         return parts[0][0]
     return combine(parts)
@@ -308,7 +307,7 @@ class Scorer:
         from trainkit.rlhf.rewards import load_reward
 
         self.parts = reward_parts(data, reward)
-        self.reward_fn = build_reward(data, parts=self.parts)
+        self.reward_fn = build_reward(self.parts)
         self.acc_fn = load_reward(data.accuracy_reward) if data.accuracy_reward else None
         self.max_invalid_fraction = data.max_invalid_fraction
 
