@@ -103,7 +103,9 @@ def builtin_pairs(folder: Path, data: Any, seed: int) -> tuple[str, str]:
 def chat_prompt(tok: Any, prompt: str | list[dict]) -> str:
     """``prompt`` (a user turn, or a message list) in the model's chat template, ready for
     the answer; without a template, the message contents one per line."""
-    msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    from trainkit.llm.data_formats import prompt_messages
+
+    msgs = prompt_messages(prompt, None)
     if getattr(tok, "chat_template", None):
         return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     return "\n".join(m["content"] for m in msgs) + "\n"
