@@ -3,6 +3,7 @@
     python benchmarks/rl_throughput.py --threads 1      # SmolLM2-135M-Instruct, 3 reps
     python benchmarks/rl_throughput.py --quick          # tiny-llama, for a fast check
     python benchmarks/rl_throughput.py --engines hf,vllm   # + trainkit with vLLM rollouts
+    python benchmarks/rl_throughput.py --modes sync,async  # benchmarks/rl_async.py
 
 Equal on both sides, read back from each side's own config objects into ``settings``
 (``settings.equal`` must hold, else exit 1):
@@ -414,6 +415,9 @@ def summarise(result: dict, tk_reps: list, trl_reps: list, settings: dict, a) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(x == "--modes" or x.startswith("--modes=") for x in argv):
+        return modes_main(argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny-llama instead of SmolLM2-135M")
     p.add_argument("--model", default=None)
@@ -492,6 +496,20 @@ def main(argv: list[str] | None = None) -> int:
         why = "see lengths_equal, steps_complete, settings.differ and each rep"
         print(f"rl_throughput: the two sides did not do the same work: {why}", file=sys.stderr)
     return 0 if ok else 1
+
+
+def modes_main(argv: list[str]) -> int:
+    """``--modes sync,async``: benchmarks/rl_async.py (the other flags go to it)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--modes", required=True)
+    a, rest = p.parse_known_args(argv)
+    if {m.strip() for m in a.modes.split(",")} != {"sync", "async"}:
+        print("rl_throughput: --modes takes sync,async", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import rl_async
+
+    return rl_async.main(rest)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import keyword
 import os
 import sys
 import types
@@ -126,8 +127,15 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def key_of(name: str) -> str:
+    """The config key of dataclass field ``name``: a Python keyword cannot be a field, so
+    a field ``async_`` is the key ``async`` (in YAML, overrides, saved configs and docs)."""
+    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
+
+
 def field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+    """The config keys of ``cls`` (see :func:`key_of`)."""
+    return [key_of(f.name) for f in dataclasses.fields(cls)]
 
 
 def _build(cls: type, data: dict, src: str, prefix: str = "", base: Any = None) -> Any:
@@ -142,12 +150,13 @@ def _build(cls: type, data: dict, src: str, prefix: str = "", base: Any = None) 
     kwargs = {}
     for f in dataclasses.fields(cls):
         cur = getattr(base, f.name) if base is not None else None
-        if f.name in data:
+        key = key_of(f.name)
+        if key in data:
             tp = hints[f.name]
-            if _is_dc(tp) and isinstance(data[f.name], dict):
-                kwargs[f.name] = _build(tp, data[f.name], src, prefix + f.name + ".", cur)
+            if _is_dc(tp) and isinstance(data[key], dict):
+                kwargs[f.name] = _build(tp, data[key], src, prefix + key + ".", cur)
             else:
-                kwargs[f.name] = _coerce(data[f.name], tp, prefix + f.name, src)
+                kwargs[f.name] = _coerce(data[key], tp, prefix + key, src)
         elif base is not None:
             kwargs[f.name] = cur
     return cls(**kwargs)
@@ -326,7 +335,7 @@ def to_dict(obj: Any) -> dict:
 
     def conv(v):
         if dataclasses.is_dataclass(v):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            return {key_of(f.name): conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (list, tuple)):
             return [conv(x) for x in v]
         if isinstance(v, dict):
@@ -352,11 +361,11 @@ def describe(cls: type, prefix: str = "", inst: Any = None) -> list[tuple[str, s
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if _is_dc(tp):
-            rows += describe(tp, prefix + f.name + ".", getattr(inst, f.name))
+            rows += describe(tp, prefix + key_of(f.name) + ".", getattr(inst, f.name))
         else:
             rows.append(
                 (
-                    prefix + f.name,
+                    prefix + key_of(f.name),
                     _type_name(tp),
                     to_dict(getattr(inst, f.name))
                     if dataclasses.is_dataclass(getattr(inst, f.name))

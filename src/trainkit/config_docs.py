@@ -17,6 +17,7 @@ from pathlib import Path
 
 from trainkit.cli import PARTS
 from trainkit.commands import part_commands, resolve
+from trainkit.config import key_of
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md"
 
@@ -48,12 +49,12 @@ def _rows(cls: type, prefix: str = "", inst=None) -> list[tuple[str, str, str, s
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            rows += _rows(tp, prefix + f.name + ".", getattr(inst, f.name))
+            rows += _rows(tp, prefix + key_of(f.name) + ".", getattr(inst, f.name))
             continue
         name = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
         default = getattr(inst, f.name)
-        help_ = f.metadata.get("help") or docs.get(f.name, "")
-        rows.append((prefix + f.name, name, repr(default), help_))
+        help_ = f.metadata.get("help") or docs.get(key_of(f.name), docs.get(f.name, ""))
+        rows.append((prefix + key_of(f.name), name, repr(default), help_))
     return rows
 
 

@@ -233,6 +233,26 @@ def test_ray_run_matches_single_process_curve(cluster, tmp_path):
     assert dist["startup_s"] > 0 and dist["steps"] == steps
 
 
+def test_async_on_ray_follows_the_single_process_async_run(cluster, tmp_path):
+    # the same fixed-lag schedule on both backends: batch s sampled by version max(0, s-1)
+    # (the rollout actor loads object-store snapshots; one process: the engine process)
+    over = ("train.max_steps=4", "rollout.async=true", "algo.recompute_old_logp=true")
+    single = train(_cfg(tmp_path / "single", *over))
+    dist = train_ray(_cfg(tmp_path / "ray", *over), ray_cfg=RC)
+    r1, recs1 = _rewards(tmp_path / "single")
+    r2, recs2 = _rewards(tmp_path / "ray")
+    assert sorted(r1) == sorted(r2) == [1, 2, 3, 4]
+    for recs in (recs1, recs2):
+        assert [r["async/staleness"] for r in recs if "reward" in r] == [0, 1, 1, 1]
+    assert single["staleness"] == dist["staleness"] == {"0": 1, "1": 3}
+    diffs = [abs(r1[s] - r2[s]) for s in r1]
+    print(
+        f"\nRAY_ASYNC rewards single={[r1[s] for s in sorted(r1)]} ray={[r2[s] for s in sorted(r2)]}"
+    )
+    assert max(diffs) <= 0.25 and sum(diffs) / len(diffs) <= 0.1
+    assert abs(single["last_eval"]["eval_reward"] - dist["last_eval"]["eval_reward"]) <= 0.25
+
+
 @pytest.mark.slow  # ~100 s: a warm start, then 3 multi-turn steps in one process and on Ray
 def test_multiturn_episodes_on_ray_match_single_process(cluster, tmp_path):
     from tiny_guess import guess_warm_start

@@ -300,6 +300,40 @@ print("RESULT " + json.dumps({{"steps": s["steps"], "recs": [r for r in recs if 
     assert all(r["sync_s"] > 0 for r in res["recs"])
 
 
+def test_async_trainer_with_vllm_in_the_engine_process(tmp_path):
+    """``rollout.async=true`` with ``rollout.engine=vllm``: vLLM runs in the engine process
+    (in-process there), one version behind, with the TIS correction logged."""
+    import subprocess
+    import sys
+
+    code = f"""
+import json, sys
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from test_vllm import _grpo_cfg
+from trainkit.rlhf.trainers.ppo import train
+if __name__ == "__main__":
+    recs = []
+    cfg = _grpo_cfg({str(tmp_path)!r}, "rollout.engine=vllm", "train.max_steps=3",
+                    "algo.recompute_old_logp=true", "rollout.async=true", "algo.tis_cap=2.0")
+    s = train(cfg, on_log=recs.append)
+    print("RESULT " + json.dumps({{"s": s, "recs": [r for r in recs if "reward" in r]}}))
+"""
+    script = tmp_path / "run_async.py"
+    script.write_text(code)
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    p = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900
+    )
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    assert p.returncode == 0 and line, p.stderr[-3000:]
+    res = json.loads(line[0][7:])
+    assert res["s"]["staleness"] == {"0": 1, "1": 2}
+    recs = res["recs"]
+    assert [r["async/staleness"] for r in recs] == [0, 1, 1]
+    assert all(0.0 <= r["rollout/is_truncated_frac"] <= 1.0 for r in recs)
+    assert all(r["rollout/logprob_abs_diff_max"] < 5.0 for r in recs)  # one update apart
+
+
 def test_throughput_vllm_vs_hf(engine):
     """Same model, prompts, n and lengths; figures printed for docs/RESULTS.md.
 

@@ -9,7 +9,8 @@ see docs/papers.md (OpenRLHF). Conventions used everywhere in this module:
   token at position ``t`` (callers align logits and labels, nothing is shifted here);
 * reductions over tokens are *masked*: padding never changes a value.
 
-Nothing here imports anything but torch.
+Nothing here imports anything but torch. The pairwise reward-model and DPO losses live in
+:mod:`~trainkit.rlhf.pref_losses` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
+
+from trainkit.rlhf.pref_losses import (  # noqa: F401  (re-exported)
+    dpo_loss,
+    pairwise_accuracy,
+    pairwise_rm_loss,
+    pairwise_rm_loss_logexp,
+)
 
 Tensor = torch.Tensor
 
@@ -156,103 +163,6 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     return torch.logsumexp(z, dim=-1) - (p * z).sum(-1)
 
 
-# ------------------------------------------------------------------- reward model
-
-
-def pairwise_rm_loss(
-    chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | float | None = None
-) -> Tensor:
-    """Bradley-Terry pairwise loss of a reward model (InstructGPT, OpenRLHF ``PairWiseLoss``).
-
-    ``loss = mean(-log sigmoid(r_c - r_r - m))``, with ``m = 0`` when no margin is given
-    (Llama-2 adds a per-pair margin).
-
-    Args:
-        chosen_rewards: ``[batch]`` scalar rewards of the chosen answers.
-        rejected_rewards: ``[batch]`` rewards of the rejected answers.
-        margin: ``[batch]`` or a float, or ``None``.
-
-    Returns:
-        scalar.
-    """
-    diff = chosen_rewards - rejected_rewards
-    if margin is not None:
-        diff = diff - margin
-    return -F.logsigmoid(diff).mean()
-
-
-def pairwise_rm_loss_logexp(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
-    """The "log-exp" form of the pairwise loss (OpenRLHF ``LogExpLoss``).
-
-    ``loss = mean(log(1 + exp(r_r - r_c)))``. Mathematically equal to
-    :func:`pairwise_rm_loss` without margin; computed as ``softplus`` so large gaps do
-    not overflow.
-
-    Args:
-        chosen_rewards: ``[batch]``.
-        rejected_rewards: ``[batch]``.
-    """
-    return F.softplus(rejected_rewards - chosen_rewards).mean()
-
-
-def pairwise_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
-    """Fraction of pairs where the chosen reward is strictly higher. ``[batch]`` -> scalar."""
-    return (chosen_rewards > rejected_rewards).float().mean()
-
-
-# ------------------------------------------------------------------------ DPO family
-
-
-def dpo_loss(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor,
-    ref_rejected_logps: Tensor,
-    beta: float = 0.1,
-    label_smoothing: float = 0.0,
-    loss_type: Literal["sigmoid", "ipo"] = "sigmoid",
-) -> tuple[Tensor, Tensor, Tensor]:
-    """DPO (Rafailov et al. 2023), cDPO and IPO (Azar et al. 2023) losses.
-
-    With ``delta = (logp_c - logp_r) - (logp_ref_c - logp_ref_r)``:
-
-    * ``"sigmoid"``: ``-(1 - eps) log sigmoid(beta delta) - eps log sigmoid(-beta delta)``;
-      ``eps = label_smoothing``; ``eps = 0`` is DPO, ``eps > 0`` is conservative DPO
-      (cDPO, preference labels flipped with probability ``eps``). At step 0
-      (policy = reference) ``delta = 0`` and the loss is ``ln 2``.
-    * ``"ipo"``: ``(delta - 1 / (2 beta))^2``.
-
-    Args:
-        policy_chosen_logps: ``[batch]`` sequence log-probs (see :func:`sequence_logps`).
-        policy_rejected_logps: ``[batch]``.
-        ref_chosen_logps: ``[batch]`` under the frozen reference.
-        ref_rejected_logps: ``[batch]``.
-        beta: inverse temperature (KL strength).
-        label_smoothing: ``eps`` of cDPO, in ``[0, 0.5)``.
-        loss_type: ``"sigmoid"`` or ``"ipo"``.
-
-    Returns:
-        ``(loss, chosen_rewards, rejected_rewards)``: the scalar mean loss and the
-        implicit rewards ``beta * (logp - logp_ref)`` of each side, ``[batch]``, detached.
-    """
-    if beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    chosen_ratio = policy_chosen_logps - ref_chosen_logps
-    rejected_ratio = policy_rejected_logps - ref_rejected_logps
-    delta = chosen_ratio - rejected_ratio
-    if loss_type == "sigmoid":
-        losses = -(1.0 - label_smoothing) * F.logsigmoid(
-            beta * delta
-        ) - label_smoothing * F.logsigmoid(-beta * delta)
-    elif loss_type == "ipo":
-        losses = (delta - 1.0 / (2.0 * beta)) ** 2
-    else:
-        raise ValueError(f"loss_type must be 'sigmoid' or 'ipo', got {loss_type!r}")
-    return losses.mean(), (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach()
-
-
 # ------------------------------------------------------------------------------- PPO
 
 
@@ -266,6 +176,7 @@ def policy_loss_with_stats(
     dual_clip: float | None = None,
     agg: str = "token_mean",
     norm: float | None = None,
+    is_weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017) with asymmetric and dual clipping.
 
@@ -275,7 +186,9 @@ def policy_loss_with_stats(
       (``clip_high > clip_low`` is DAPO's "clip-higher");
     * dual clip (Ye et al. 2020), ``c = dual_clip > 1``: where ``A < 0``,
       ``obj = max(obj, c A)``, which bounds the loss of a token whose ratio exploded;
-    * ``loss_t = -obj``, reduced with :func:`aggregate` (default: mean over valid tokens).
+    * ``loss_t = -w_t obj``, ``w_t`` the off-policy weight of the token (``is_weight``,
+      e.g. :func:`truncated_is_weights`; 1 when None), reduced with :func:`aggregate`
+      (default: mean over valid tokens).
 
     Args:
         logp: ``[batch, T]`` log-probs of the sampled tokens under the current policy.
@@ -287,6 +200,7 @@ def policy_loss_with_stats(
         dual_clip: ``c > 1`` or ``None``.
         agg: see :func:`aggregate`.
         norm: see :func:`aggregate`.
+        is_weight: ``[batch, T]`` constant per-token weights (no gradient), or None.
 
     Returns:
         ``(loss, stats)``; ``stats`` holds detached scalars ``clip_frac`` (share of valid
@@ -306,6 +220,8 @@ def policy_loss_with_stats(
         floor = dual_clip * advantages
         dual_active = (advantages < 0) & (obj < floor)
         obj = torch.where(advantages < 0, torch.max(obj, floor), obj)
+    if is_weight is not None:
+        obj = obj * is_weight.detach()
     loss = aggregate(-obj, mask, agg, norm)
     with torch.no_grad():
         m = mask.to(torch.bool)
@@ -410,6 +326,68 @@ def kl_estimate(
     return kl
 
 
+# ------------------------------------------------------------- off-policy correction
+
+
+def truncated_is_weights(
+    trainer_logp: Tensor, engine_logp: Tensor, mask: Tensor, cap: float
+) -> tuple[Tensor, float]:
+    """Truncated importance weights of tokens sampled by a rollout engine (TIS).
+
+    The engine samples from ``pi_engine`` (an older policy version with asynchronous
+    rollouts, other kernels or precision with vLLM); the PPO ratio is taken against the
+    trainer's own ``pi_old``. The policy gradient is re-weighted per token by
+
+        ``w_t = min(pi_old(y_t) / pi_engine(y_t), C)``  (Yao et al. 2025, "Your efficient
+        RL framework secretly brings you off-policy RL training"; ``C = 2`` there)
+
+    which is unbiased where the ratio is below ``C`` and bounds the variance above it.
+
+    Args:
+        trainer_logp: ``[B, T]`` ``log pi_old`` of the sampled tokens (the trainer's).
+        engine_logp: ``[B, T]`` ``log pi_engine`` of the same tokens.
+        mask: ``[B, T]`` 1 on response tokens.
+        cap: ``C > 0``.
+
+    Returns:
+        ``(w [B, T], truncated_frac)``: ``w`` is 0 off the mask; the fraction is over
+        masked tokens whose ratio exceeded ``C``.
+    """
+    if cap <= 0:
+        raise ValueError(f"cap must be > 0, got {cap}")
+    ratio = torch.exp(trainer_logp.detach().float() - engine_logp.detach().float())
+    m = mask.to(torch.bool)
+    w = torch.where(m, ratio.clamp(max=cap), torch.zeros_like(ratio))
+    frac = float(masked_mean((ratio > cap).float(), m)) if bool(m.any()) else 0.0
+    return w, frac
+
+
+def ratio_mask(
+    trainer_logp: Tensor, engine_logp: Tensor, mask: Tensor, low: float, high: float
+) -> tuple[Tensor, float]:
+    """The tokens to keep when masking extreme trainer/engine ratios (IcePop).
+
+    A token whose ratio ``r_t = pi_old(y_t) / pi_engine(y_t)`` leaves ``[low, high]`` is
+    dropped from the loss (no gradient, not counted in the token mean), where TIS would
+    only cap its weight; the IcePop paper (Ring-1T, 2025) uses ``[0.5, 5]``.
+
+    Args:
+        trainer_logp / engine_logp / mask: as :func:`truncated_is_weights`.
+        low, high: ``0 <= low < 1 < high``.
+
+    Returns:
+        ``(keep [B, T] bool, masked_frac)``: ``keep`` is False off the mask and on
+        dropped tokens; the fraction is of masked tokens dropped.
+    """
+    if not 0 <= low < 1 < high:
+        raise ValueError(f"need 0 <= low < 1 < high, got [{low}, {high}]")
+    ratio = torch.exp(trainer_logp.detach().float() - engine_logp.detach().float())
+    m = mask.to(torch.bool)
+    inside = (ratio >= low) & (ratio <= high)
+    frac = float(masked_mean((~inside).float(), m)) if bool(m.any()) else 0.0
+    return m & inside, frac
+
+
 def entropy_bonus(logits: Tensor, mask: Tensor) -> Tensor:
     """Mean entropy over valid tokens: ``[batch, T, vocab]``, ``[batch, T]`` -> scalar."""
     return masked_mean(entropy_from_logits(logits), mask)
@@ -434,13 +412,14 @@ def actor_loss(
     kl_coef: float = 0.0,
     kl_kind: Literal["k1", "k2", "k3"] = "k3",
     entropy_coef: float = 0.0,
+    is_weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The whole actor objective of one micro-batch: what the PPO/GRPO update minimises.
 
     ``L = L_clip + kl_coef * KL - entropy_coef * H`` where
 
     * ``L_clip`` is :func:`policy_loss_with_stats` (PPO eq. 7 with clip-higher and dual
-      clip, reduced with ``agg``);
+      clip, each token weighted by ``is_weight`` when given, reduced with ``agg``);
     * ``KL = masked_mean(kl_estimate(logp, ref_logp, kl_kind))``, the KL *in the loss*
       (GRPO eq. 3, its k3 estimator; pass ``ref_logp=None`` or ``kl_coef=0`` when the KL
       is a reward penalty instead: ``algo.kl_in_reward``);
@@ -455,7 +434,7 @@ def actor_loss(
         ``entropy`` (H) when those terms are on.
     """
     pl, ps = policy_loss_with_stats(
-        logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, agg, norm
+        logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, agg, norm, is_weight
     )
     loss = pl
     stats = {k: float(v) for k, v in ps.items()}

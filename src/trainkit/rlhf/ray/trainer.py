@@ -231,6 +231,20 @@ class RayBackend:
             roles.get("policy", ws[1:])
         return time.perf_counter() - t
 
+    def snapshot(self) -> Any:
+        """The policy's current weights in the object store (rank 0's ObjectRef; every
+        replica takes part in the gather)."""
+        ws = [p.weights.remote() for p in self.roles.policy]
+        self.roles.get("policy", ws[1:])
+        return ws[0]
+
+    def load_weights(self, snapshot: Any) -> float:
+        """Every rollout actor loads the weights of a :meth:`snapshot`."""
+        t = time.perf_counter()
+        engines = self.roles.rollout
+        self.roles.get("rollout", [e.update_weights.remote(snapshot) for e in engines])
+        return time.perf_counter() - t
+
     def generate(self, prompt_ids: list[list[int]], seed: int, n=None, max_new_tokens=None):
         """The prompts split evenly over the rollout actors; replica ``k`` samples with
         ``seed + k`` (one replica reproduces the single-process samples)."""

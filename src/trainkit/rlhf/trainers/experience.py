@@ -50,6 +50,8 @@ class Experience:
         values: ``[B, R]`` critic values at rollout time, or None.
         returns: ``[B, R]`` critic targets, or None.
         group: rows per prompt group (consecutive rows share their prompt).
+        is_weight: ``[B, R]`` off-policy weights of the policy loss (``algo.tis_cap``:
+            :func:`~trainkit.rlhf.losses.truncated_is_weights`), or None.
     """
 
     sequences: Tensor
@@ -62,6 +64,7 @@ class Experience:
     values: Tensor | None = None
     returns: Tensor | None = None
     group: int = 1
+    is_weight: Tensor | None = None
 
     def __len__(self) -> int:
         return self.sequences.shape[0]
@@ -364,6 +367,7 @@ def make_experience(
     old = rollout.logprobs[idx]
     group = rollout.n if share_prompt else 1
     pre = precomputed or {}
+    keep_tokens = is_weight = None
     if algo.recompute_old_logp:
         if "old_logp" in pre:
             new = pre["old_logp"][idx]
@@ -372,6 +376,7 @@ def make_experience(
         mx, tot, cnt = logprob_mismatch(new, old, mask)
         stats.update(mismatch_stats(mx, tot, cnt))
         stats["logp_mismatch"] = mx  # the older name of MISMATCH_MAX
+        keep_tokens, is_weight = off_policy_correction(new, old, mask, algo, stats)
         old = new
     old = old * mask
     ref = kl = None
@@ -405,8 +410,44 @@ def make_experience(
     )
     if valid is not None:
         mask = mask & valid[idx].to(mask.device)[:, None]
+    if keep_tokens is not None:
+        mask = mask & keep_tokens
     mask = mask.long()
     exp = Experience(
-        seq, am, mask, old * mask, adv * mask, rewards, ref, values, ret, group=rollout.n
+        seq,
+        am,
+        mask,
+        old * mask,
+        adv * mask,
+        rewards,
+        ref,
+        values,
+        ret,
+        group=rollout.n,
+        is_weight=None if is_weight is None else is_weight * mask,
     )
     return exp, stats
+
+
+IS_MASKED = "rollout/is_masked_frac"
+IS_TRUNCATED = "rollout/is_truncated_frac"
+IS_WEIGHT = "rollout/is_weight_mean"
+
+
+def off_policy_correction(
+    trainer_logp: Tensor, engine_logp: Tensor, mask: Tensor, algo: Any, stats: dict
+) -> tuple[Tensor | None, Tensor | None]:
+    """The correction of ``algo.is_mask`` / ``algo.tis_cap`` for tokens the engine sampled:
+    ``(tokens to keep [B, R] bool or None, importance weights [B, R] or None)``; adds
+    :data:`IS_MASKED`, :data:`IS_TRUNCATED` and :data:`IS_WEIGHT` to ``stats``."""
+    from trainkit.rlhf.losses import masked_mean, ratio_mask, truncated_is_weights
+
+    keep = w = None
+    bounds, cap = getattr(algo, "is_mask", None), getattr(algo, "tis_cap", None)
+    if bounds is not None:
+        keep, stats[IS_MASKED] = ratio_mask(trainer_logp, engine_logp, mask, *bounds)
+    if cap is not None:
+        m = mask if keep is None else keep
+        w, stats[IS_TRUNCATED] = truncated_is_weights(trainer_logp, engine_logp, m, cap)
+        stats[IS_WEIGHT] = float(masked_mean(w, m)) if bool(m.any()) else 1.0
+    return keep, w

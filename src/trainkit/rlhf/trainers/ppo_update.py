@@ -156,6 +156,7 @@ def ppo_update(
                         kl_coef=a.kl_coef,
                         kl_kind=a.kl_kind,
                         entropy_coef=a.entropy_coef,
+                        is_weight=e.is_weight,
                     )
                     (loss * (w * world)).backward()
                     for k in ACTOR_LOGGED:

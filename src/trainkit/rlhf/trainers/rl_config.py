@@ -18,9 +18,9 @@ from trainkit.rlhf import estimators as E
 from trainkit.rlhf.envs.config import EnvSection
 from trainkit.rlhf.ray.config import RaySection
 from trainkit.rlhf.reward_model import RewardModelSpec
+from trainkit.rlhf.trainers.rl_sections import AlgoSection, RolloutSection
 
-# the names and their properties come from the one table in rlhf/estimators.py
-Estimator = Literal[E.NAMES]  # type: ignore[valid-type]
+__all__ = ["AlgoSection", "GRPOConfig", "PPOConfig", "RLConfig", "RolloutSection"]
 
 
 @dataclass
@@ -141,108 +141,6 @@ class RewardSection:
 
 
 @dataclass
-class RolloutSection:
-    """Sampling of completions for each training step.
-
-    Attributes:
-        prompts_per_step: prompts per step, from a seeded permutation per epoch; a step
-            samples prompts_per_step * n completions.
-        max_new_tokens: most tokens generated per completion; also the normaliser of the
-            sum_norm loss (dr_grpo) and the eval default.
-        min_new_tokens: EOS cannot be sampled before this many tokens (HF generate's
-            min_new_tokens, vLLM's min_tokens); = max_new_tokens makes every completion
-            exactly max_new_tokens long (equal-work benchmarks). Training rollouts only,
-            not eval.
-        temperature: sampling temperature, must be > 0; training log-probs are of
-            softmax(logits / temperature) too.
-        top_p: nucleus sampling threshold in (0, 1]; 1.0 disables it.
-    """
-
-    engine: Literal["hf", "vllm"] = field(
-        default="hf",
-        metadata={
-            "help": "hf: in-process, shares the policy; vllm: separate engine, weights synced "
-            "after every update (needs the vllm extra)"
-        },
-    )
-    n: int = field(default=8, metadata={"help": "samples per prompt (group size)"})
-    prompts_per_step: int = 1
-    max_new_tokens: int = 32
-    min_new_tokens: int = 0
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_batch: int | None = field(default=None, metadata={"help": "rows per generate call"})
-    merge_lora: bool = field(
-        default=False,
-        metadata={
-            "help": "fold LoRA into the weights while generating (fewer matmuls per token; "
-            "costs a transient copy of the adapted weights)"
-        },
-    )
-
-
-@dataclass
-class AlgoSection:
-    """Advantage estimator, KL penalty and the PPO-style clipped losses.
-
-    Attributes:
-        estimator: advantages: gae (PPO, needs a critic), reinforce (REINFORCE++), or the
-            group ones reinforce_baseline, grpo, dr_grpo, rloo (need rollout.n >= 2).
-        kl_kind: per-token KL(pi || pi_ref) estimator (Schulman 2020): k1 = log-ratio, k2 =
-            half its square, k3 = exp(-r) - 1 + r (unbiased, >= 0); used when kl_coef > 0.
-        clip_low: eps_low of the PPO ratio clip, ratio >= 1 - clip_low.
-        clip_high: eps_high, ratio <= 1 + clip_high; larger than clip_low is DAPO's
-            clip-higher.
-        dual_clip: dual-clip constant c > 1 (Ye et al. 2020) bounding the loss of
-            negative-advantage tokens at c * A; null: off.
-        value_clip: clip of the critic's new values to old +- value_clip in the value loss
-            (OpenRLHF value_clip; gae only); null: unclipped.
-        vf_coef: weight of the critic's value loss (gae only; the critic has its own
-            optimizer).
-        gamma: discount of gae and reinforce returns; 1.0: no discount (unused by grpo,
-            dr_grpo, rloo).
-        lam: GAE lambda (bias/variance trade-off of the advantages); gae only.
-        entropy_coef: weight of the entropy bonus subtracted from the loss; 0 skips computing
-            the entropy.
-        ppo_epochs: passes over each step's experience (each pass: mini_batches optimizer
-            steps).
-    """
-
-    estimator: Estimator = "grpo"
-    kl_coef: float = field(default=0.0, metadata={"help": "beta; 0 skips the reference pass"})
-    kl_kind: Literal["k1", "k2", "k3"] = "k3"
-    kl_in_reward: bool = field(
-        default=False,
-        metadata={
-            "help": "KL as a per-token reward (PPO/REINFORCE++) instead of a loss term (GRPO)"
-        },
-    )
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip: float | None = None
-    value_clip: float | None = 0.5
-    vf_coef: float = 1.0
-    gamma: float = 1.0
-    lam: float = 0.95
-    entropy_coef: float = 0.0
-    ppo_epochs: int = 1
-    mini_batches: int = field(default=1, metadata={"help": "optimizer steps per ppo epoch"})
-    loss_agg: Literal["auto", "token_mean", "seq_mean", "sum_norm"] = field(
-        default="auto",
-        metadata={"help": "auto: sum_norm (over max_new_tokens) for dr_grpo, else token_mean"},
-    )
-    dynamic_sampling: bool = field(
-        default=False, metadata={"help": "drop groups whose rewards are all equal (DAPO)"}
-    )
-    recompute_old_logp: bool = field(
-        default=False,
-        metadata={
-            "help": "recompute behaviour log-probs with a forward pass instead of the engine's"
-        },
-    )
-
-
-@dataclass
 class OptimSection(SharedOptimSection):
     """AdamW optimizers of the policy and the critic (the default: constant LR after a linear
     warmup).
@@ -295,6 +193,10 @@ class TrainSection(RunFields):
         default=False, metadata={"help": "continue from the newest checkpoint in output_dir"}
     )
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
+    cpus: list[int] = field(
+        default_factory=list,
+        metadata={"help": "CPU cores the trainer process is pinned to (empty: not pinned)"},
+    )
     nonfinite: Literal["skip", "stop"] = "skip"
     save_model: bool = field(
         default=True, metadata={"help": "write the final policy to output_dir/final (as sft does)"}
@@ -426,7 +328,34 @@ class RLConfig:
             )
         if self.train.max_steps < 0 or self.train.micro_batch_size < 1:
             raise ConfigError("train.max_steps must be >= 0 and train.micro_batch_size >= 1")
+        self._check_async()
         self.env.validate()
+
+    def _check_async(self) -> None:
+        a, r = self.algo, self.rollout
+        if r.max_staleness < 1:
+            raise ConfigError(f"rollout.max_staleness must be >= 1, got {r.max_staleness}")
+        if (r.async_ or a.tis_cap is not None or a.is_mask is not None) and not (
+            a.recompute_old_logp
+        ):
+            what = "rollout.async=true" if r.async_ else "algo.tis_cap / algo.is_mask"
+            raise ConfigError(
+                f"{what} needs algo.recompute_old_logp=true (the trainer's old log-probs, "
+                "compared with the engine's)"
+            )
+        if a.tis_cap is not None and a.tis_cap <= 0:
+            raise ConfigError(f"algo.tis_cap must be > 0 or null, got {a.tis_cap}")
+        if a.is_mask is not None and not (
+            len(a.is_mask) == 2 and 0 <= a.is_mask[0] < 1 < a.is_mask[1]
+        ):
+            raise ConfigError(
+                f"algo.is_mask must be [low, high] with 0 <= low < 1 < high, got {a.is_mask}"
+            )
+        if r.async_ and self.ray.enabled and self.ray.weight_sync == "broadcast":
+            raise ConfigError(
+                "rollout.async=true syncs weights through the object store: set "
+                "ray.weight_sync=object_store (broadcast is a collective of the live weights)"
+            )
 
 
 @dataclass

@@ -2,7 +2,10 @@
 policy, reference, critic and rollout engine all in this process.
 
 The HF engine shares the policy object, so it samples from the current weights without
-a copy; a vLLM engine is separate and gets the policy's weights after each update.
+a copy; a vLLM engine is separate and gets the policy's weights after each update. With
+``rollout.async`` (or ``rollout.engine_process``) the engine, HF or vLLM, runs in its own
+process (:class:`~trainkit.rlhf.rollout.process.EngineProcess`) and gets the trainable
+weights after each update (async: the snapshot of the version each batch is due).
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ class LocalBackend:
         from trainkit.rlhf.trainers.rl_data import HeldOut, Scorer
         from trainkit.rlhf.trainers.rl_loop import prepare_output
 
+        if cfg.train.cpus:
+            import os
+
+            os.sched_setaffinity(0, cfg.train.cpus)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed)
@@ -48,7 +55,15 @@ class LocalBackend:
         self.policy, self.tokenizer, self.ref, self.critic = build(cfg)
         self.scorer = Scorer(cfg.data, cfg.reward)
         self.held_out = HeldOut(cfg, self.tokenizer, self.scorer)
-        self.engine = make_engine(cfg, self.policy, self.tokenizer)
+        r = cfg.rollout
+        if r.async_ or r.engine_process:  # its own process, threads and cores
+            from trainkit.rlhf.rollout.process import EngineProcess
+
+            threads = r.engine_threads or cfg.train.threads or 1
+            self.engine = EngineProcess(cfg, threads, r.engine_cpus)
+            self.engine.update_weights(self.policy)
+        else:
+            self.engine = make_engine(cfg, self.policy, self.tokenizer)
         self.stale = False  # the engine has the policy's weights (make_engine synced them)
         self.strategy = Strategy()
         self.strategy.setup()
@@ -84,6 +99,16 @@ class LocalBackend:
         t = time.perf_counter()
         self.engine.update_weights(self.policy)
         self.stale = False
+        return time.perf_counter() - t
+
+    def snapshot(self) -> Any:
+        from trainkit.rlhf.rollout.process import trainable_weights
+
+        return trainable_weights(self.policy)
+
+    def load_weights(self, snapshot: Any) -> float:
+        t = time.perf_counter()
+        self.engine.update_weights(snapshot)
         return time.perf_counter() - t
 
     def generate(self, prompt_ids: list[list[int]], seed: int, n=None, max_new_tokens=None):

@@ -21,11 +21,17 @@ what must not differ between them:
   the backend's own, e.g. Ray's ``startup_s``).
 
 One step, in order: ``generate`` -> decode -> ``score`` -> ``forwards`` + experience ->
-``learn`` -> ``sync_weights`` -> record, metrics, log -> eval / save when due.
+``learn`` -> ``sync_weights`` -> record, metrics, log -> eval / save when due. The first
+three are the step's *producing* (:meth:`_Loop.produce`, or the multi-turn episodes);
+with ``rollout.async=true`` they run ahead on the pipeline's thread
+(:mod:`~trainkit.rlhf.trainers.rl_async`) on a fixed lag of ``rollout.max_staleness``
+policy versions, and ``sync_weights`` gives way to a weight snapshot per update that the
+pipeline loads into the engine when a batch is due.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -127,6 +133,14 @@ class RLBackend(Protocol):
         """Give the rollout engines the policy's current weights (nothing to do when the
         engine *is* the policy); the seconds it took."""
 
+    def snapshot(self) -> Any:
+        """``rollout.async``: a copy of the policy's current weights that
+        :meth:`load_weights` can give the engines later (called after each update)."""
+
+    def load_weights(self, snapshot: Any) -> float:
+        """``rollout.async``: give the engines the weights of a :meth:`snapshot` (called
+        on the pipeline's thread between batches); the seconds it took."""
+
     def generate(
         self,
         prompt_ids: list[list[int]],
@@ -222,6 +236,7 @@ class _Loop:
         self.evals: list[dict] = []
         self.lr: float | None = None
         self.episodes = None  # multi-turn (env.name): the step's episodes
+        self.pipe = None  # rollout.async: the batches produced ahead (rl_async.Pipeline)
         if getattr(cfg, "env", None) is not None and cfg.env.name:
             from trainkit.rlhf.trainers.rl_env import EpisodeRunner
 
@@ -234,7 +249,7 @@ class _Loop:
 
     def evaluate(self, step: int) -> None:
         t = time.perf_counter()
-        rec = self.b.evaluate(step)
+        rec = self.b.evaluate(step) if self.pipe is None else self.pipe.evaluate(step)
         if rec is None:
             return
         rec["eval_s"] = time.perf_counter() - t
@@ -242,6 +257,32 @@ class _Loop:
         self.log(step, rec)
 
     def run(self, start: int) -> dict[str, Any]:
+        if not self.cfg.rollout.async_:
+            return self._run(start)
+        from trainkit.rlhf.trainers.rl_async import Pipeline, load_inflight
+
+        r, out = self.cfg.rollout, Path(self.cfg.output_dir)
+        restored = load_inflight(out, start) if start else {}
+        if start and not restored:
+            print(
+                f"warning: no batches in flight saved with step {start}: steps {start}.."
+                f"{start + r.max_staleness - 1} are sampled by version {start}",
+                file=sys.stderr,
+            )
+        self.pipe = Pipeline(
+            self.b, self.produce, start, r.max_staleness, self.cfg.train.max_steps, restored
+        )
+        try:
+            return self._run(start)
+        finally:
+            self.pipe.close()
+
+    def save(self, step: int) -> None:
+        self.b.save(step)
+        if self.pipe is not None:  # the batches produced ahead, for an exact resume
+            self.pipe.save(Path(self.cfg.output_dir), step)
+
+    def _run(self, start: int) -> dict[str, Any]:
         from trainkit.common.guard import GracefulInterrupt
         from trainkit.common.io import atomic_write_json
         from trainkit.common.logging import progress
@@ -268,7 +309,7 @@ class _Loop:
                     if cfg.eval.every and done % cfg.eval.every == 0 and done < t.max_steps:
                         self.evaluate(done)
                     if (t.save_every and done % t.save_every == 0) or stop.requested:
-                        b.save(done)
+                        self.save(done)
                         saved = done
                     if stop.requested:
                         break
@@ -284,7 +325,7 @@ class _Loop:
         if not interrupted and (done > start or not self.evals):
             self.evaluate(done)
         if done > saved:
-            b.save(done)
+            self.save(done)
         if t.save_model and not interrupted:
             b.save_model()
         summary = {
@@ -294,21 +335,22 @@ class _Loop:
             "last_eval": self.evals[-1] if self.evals else None,
             "nonfinite_skipped": b.nonfinite_skipped,
             "interrupted": interrupted,
+            **({} if self.pipe is None else {"staleness": self.pipe.histogram()}),
             **b.summary(),
         }
         atomic_write_json(Path(cfg.output_dir) / "summary.json", summary)
         return summary
 
-    def step(self, step: int) -> dict[str, Any]:
-        """One training step; returns its record (already logged)."""
+    def produce(self, step: int, version: int) -> Any:
+        """The samples of ``step`` (0-based): generate, decode, score (or the episodes);
+        on the pipeline's thread with ``rollout.async``, else in the step."""
         from trainkit.rlhf.trainers import rl_data
-        from trainkit.rlhf.trainers.experience import make_experience, rollout_stats
-        from trainkit.rlhf.trainers.ppo_update import share_prompt
+        from trainkit.rlhf.trainers.rl_async import Batch
 
         cfg, b = self.cfg, self.b
-        t0, c0 = time.perf_counter(), time.process_time()  # CPU s: fair on shared cores
+        clock = time.thread_time if self.pipe is not None else time.process_time
+        t0, c0 = time.perf_counter(), clock()  # CPU s: fair on shared cores
         seed = step_seed(cfg.train.seed, step)
-        torch.manual_seed(seed)  # dropout etc.: exact resume
         idx = prompt_indices(
             len(self.train_set), cfg.rollout.prompts_per_step, step, cfg.train.seed
         )
@@ -318,13 +360,32 @@ class _Loop:
         prompts = [x for x in texts for _ in range(n)]
         if self.episodes is None:
             ro = b.generate(ids, seed)
-            t1, c1 = time.perf_counter(), time.process_time()
+            t1, c1 = time.perf_counter(), clock()
             comps = rl_data.decode(b.tokenizer, ro.response_ids, ro.action_mask)
             sc = b.score(prompts, comps, rep)
         else:  # multi-turn: generation and scoring are the episodes (gen_s covers both)
             ep = self.episodes.play(b, self.train_set.originals(idx), labels, seed)
             ro, comps, sc = ep.rollout, ep.replies, rl_data.episode_scores(ep)
-            t1, c1 = time.perf_counter(), time.process_time()
+            t1, c1 = time.perf_counter(), clock()
+        cpu = c1 - c0 + ro.info.get("actor_cpu_s", 0.0)
+        return Batch(
+            step, version, prompts, rep, ro, comps, sc, t1 - t0, cpu, time.perf_counter() - t1
+        )
+
+    def step(self, step: int) -> dict[str, Any]:
+        """One training step; returns its record (already logged)."""
+        from trainkit.rlhf.trainers.experience import make_experience, rollout_stats
+        from trainkit.rlhf.trainers.ppo_update import share_prompt
+
+        cfg, b = self.cfg, self.b
+        t0 = time.perf_counter()
+        torch.manual_seed(step_seed(cfg.train.seed, step))  # dropout etc.: exact resume
+        if self.pipe is not None:  # produced ahead on the pipeline's thread
+            batch, arec = self.pipe.get(step)
+        else:
+            batch, arec = self.produce(step, step), {}
+        ro, comps, sc, rep = batch.rollout, batch.completions, batch.scores, batch.labels
+        t1 = time.perf_counter()
         rewards = torch.tensor(sc.rewards, dtype=torch.float32)
         exp, xstats = make_experience(
             ro,
@@ -341,14 +402,19 @@ class _Loop:
         if exp is not None:  # None: dynamic sampling dropped every group
             stats = dict(b.learn(exp, step))
             t3 = time.perf_counter()
-            sync_s = b.sync_weights()
+            if self.pipe is None:
+                sync_s = b.sync_weights()
+        if self.pipe is not None:  # the weights of version step + 1, for later batches
+            self.pipe.updated(step + 1)
+            sync_s = time.perf_counter() - t3
         t4 = time.perf_counter()
         self.lr = stats.pop("lr", self.lr)
+        score_s = batch.score_s if self.pipe is None else 0.0  # async: off the main thread
         rec = {
             **rollout_stats(rewards, ro),
-            "gen_s": t1 - t0,
-            "gen_cpu_s": c1 - c0 + ro.info.get("actor_cpu_s", 0.0),
-            "exp_s": t2 - t1,
+            "gen_s": batch.gen_s,
+            "gen_cpu_s": batch.gen_cpu_s,
+            "exp_s": t2 - t1 + score_s,
             "train_s": t3 - t2,
             "sync_s": sync_s,
             "step_s": t4 - t0,
@@ -357,6 +423,7 @@ class _Loop:
             **sc.stats,
             **xstats,
             **stats,
+            **arec,
         }
         if sc.hits is not None:
             rec["accuracy"] = sum(v == 1.0 for v in sc.hits) / len(comps)
@@ -365,7 +432,7 @@ class _Loop:
         if b.nonfinite_skipped:
             rec["nonfinite_skipped"] = b.nonfinite_skipped
         if self.metrics:
-            ctx = StepContext(step + 1, prompts, comps, rep, rewards, list(sc.valid), ro, rec)
+            ctx = StepContext(step + 1, batch.prompts, comps, rep, rewards, list(sc.valid), ro, rec)
             for fn in self.metrics:
                 rec.update(_metric_values(fn, ctx, rec))
         self.log(step + 1, rec)

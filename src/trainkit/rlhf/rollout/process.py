@@ -1,0 +1,196 @@
+"""A rollout engine in its own process: the single-process backend's engine for
+``rollout.async=true`` and ``rollout.engine_process=true``.
+
+The child process (``spawn``) builds its own copy of the policy from the run's config
+(:func:`~trainkit.rlhf.trainers.rl_build.build_models`: same base weights, same LoRA
+layout) and the engine of ``rollout.engine`` on it
+(:func:`~trainkit.rlhf.trainers.rl_build.make_engine`), with its own torch threads
+(``rollout.engine_threads``) and, when given, pinned to ``rollout.engine_cpus``. It then
+serves requests one at a time, in the order they were sent:
+
+* ``generate(...)``: the engine's :meth:`generate`; the returned
+  :class:`~trainkit.rlhf.rollout.base.Rollout` carries ``info["actor_cpu_s"]``, the CPU
+  seconds the child spent on it;
+* ``update_weights(weights)``: the *trainable* parameters of the policy (a LoRA
+  policy's adapters, every weight of a full fine-tune), under the names of
+  ``named_parameters``, copied into the child's copy (and from there into a vLLM
+  engine). :func:`trainable_weights` takes them from a model.
+
+Tensors travel through shared memory (``torch.multiprocessing`` reductions). A child that
+dies or raises makes the next call fail with one line naming the engine process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from typing import Any
+
+import torch
+
+__all__ = ["EngineProcess", "trainable_weights"]
+
+
+def trainable_weights(model: Any) -> dict[str, torch.Tensor]:
+    """Copies of the parameters of ``model`` that require grad, by ``named_parameters``
+    name (what an :class:`EngineProcess` needs to follow the trainer)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _serve(cfg: Any, conn: Any, threads: int, cpus: list[int]) -> None:
+    """The child: build the policy copy and the engine, then answer requests."""
+    import signal
+
+    # a terminal's Ctrl-C reaches the whole process group: the trainer finishes its step
+    # and checkpoints (with the batches in flight), so the engine must keep serving
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    torch.set_num_threads(max(1, threads))
+    try:
+        from trainkit.rlhf.trainers.rl_build import build_models, make_engine
+
+        policy, tok, _, _ = build_models(cfg, with_ref=False, with_critic=False)
+        policy.requires_grad_(False)
+        own = dict(policy.named_parameters())
+        engine = make_engine(cfg, policy, tok)
+        separate = getattr(engine, "model", None) is not policy
+        conn.send(("ok", None))
+    except BaseException:
+        conn.send(("error", traceback.format_exc(limit=-3)))
+        return
+    while True:
+        try:
+            op, payload = conn.recv()
+        except EOFError:
+            return
+        if op == "close":
+            if hasattr(engine, "close"):
+                engine.close()
+            return
+        try:
+            c0 = time.process_time()
+            if op == "generate":
+                ro = engine.generate(**payload)
+                ro.info["actor_cpu_s"] = ro.info.get("actor_cpu_s", 0.0) + (
+                    time.process_time() - c0
+                )
+                conn.send(("ok", ro))
+            elif op == "update_weights":
+                unknown = sorted(set(payload) - set(own))
+                if unknown:
+                    raise KeyError(f"unknown parameter names, e.g. {unknown[:3]}")
+                with torch.no_grad():
+                    for name, value in payload.items():
+                        own[name].copy_(value)
+                if separate:
+                    engine.update_weights(policy)
+                conn.send(("ok", None))
+            else:
+                raise ValueError(f"unknown request {op!r}")
+        except BaseException:
+            conn.send(("error", traceback.format_exc(limit=-3)))
+
+
+class EngineProcess:
+    """The rollout engine of ``cfg`` in a child process (a
+    :class:`~trainkit.rlhf.rollout.base.RolloutEngine`).
+
+    Args:
+        cfg: the validated RL config (pickled to the child).
+        threads: the child's torch threads.
+        cpus: cores the child pins itself to (empty: not pinned).
+        timeout_s: how long to wait for the child to build its models.
+
+    Raises:
+        RuntimeError: the child failed to start (its error's last lines).
+    """
+
+    def __init__(self, cfg: Any, threads: int = 1, cpus: list[int] | None = None, timeout_s=600):
+        import torch.multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._lock = threading.Lock()
+        self._proc = ctx.Process(
+            target=_serve, args=(cfg, child, int(threads), list(cpus or [])), daemon=True
+        )
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(timeout_s):
+            self.close()
+            raise RuntimeError(f"rollout engine process did not start within {timeout_s} s")
+        self._answer("start")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def _answer(self, what: str) -> Any:
+        try:
+            status, value = self._conn.recv()
+        except (EOFError, ConnectionError, OSError):
+            code = self._proc.exitcode
+            raise RuntimeError(
+                f"rollout engine process died during {what} (exit code {code})"
+            ) from None
+        if status == "error":
+            last = value.strip().splitlines()[-1] if value.strip() else "unknown error"
+            raise RuntimeError(f"rollout engine process failed in {what}: {last}")
+        return value
+
+    def _call(self, op: str, payload: Any) -> Any:
+        with self._lock:
+            try:
+                self._conn.send((op, payload))
+            except (BrokenPipeError, ConnectionError, OSError):
+                code = self._proc.exitcode
+                raise RuntimeError(
+                    f"rollout engine process died before {op} (exit code {code})"
+                ) from None
+            return self._answer(op)
+
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        n: int = 1,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        min_new_tokens: int = 0,
+    ):
+        """The child engine's ``generate`` (same arguments and result)."""
+        kw = {
+            "prompt_token_ids": [list(map(int, p)) for p in prompt_token_ids],
+            "n": n,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+            "min_new_tokens": min_new_tokens,
+        }
+        return self._call("generate", kw)
+
+    def update_weights(self, weights: Any) -> None:
+        """Load the trainer's trainable weights: a model (its :func:`trainable_weights`)
+        or such a ``{name: tensor}`` dict."""
+        if isinstance(weights, torch.nn.Module):
+            weights = trainable_weights(weights)
+        self._call("update_weights", dict(weights))
+
+    def close(self) -> None:
+        """Stop the child (politely, then by force after 30 s)."""
+        if self._proc.is_alive():
+            try:
+                with self._lock:
+                    self._conn.send(("close", None))
+            except (BrokenPipeError, ConnectionError, OSError):
+                pass
+            self._proc.join(30)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(5)
+        self._conn.close()
