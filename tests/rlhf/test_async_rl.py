@@ -235,3 +235,47 @@ def test_ctrl_c_checkpoints_the_batches_in_flight_and_resume_matches(tmp_path):
     wa = load_file(str(tmp_path / "ref" / "checkpoints" / last / "model.safetensors"))
     wb = load_file(str(out / "checkpoints" / last / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow  # ~60 s: a warm start (replies that end), then two 3-step async runs
+def test_async_multiturn_episodes_on_the_fixed_lag(tmp_path):
+    """Multi-turn episodes (feedback turns inside the response) take the same path: the
+    pipeline's thread plays the next step's episodes through the engine process."""
+    from tiny_guess import guess_warm_start
+    from trainkit.llm.models import load_model
+    from trainkit.rlhf.envs.builtin import make_guess
+
+    data = tmp_path / "guess.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_guess(60, 5, "train", high=4)))
+    warm = guess_warm_start(tmp_path / "warm", load_model("tiny-llama"), 4)
+    over = [*ASYNC, f"model.name={warm}", f"data.path={data}", "env.name=guess_number"]
+    over += ["env.max_turns=3", "rollout.n=4", "rollout.prompts_per_step=4"]
+    over += ["rollout.max_new_tokens=3", "train.max_steps=3"]
+    s = train(_cfg(tmp_path / "a", *over))
+    train(_cfg(tmp_path / "b", *over))
+    a, b = _steps(tmp_path / "a"), _steps(tmp_path / "b")
+    assert [a[i]["async/staleness"] for i in (1, 2, 3)] == [0, 1, 1]
+    assert s["staleness"] == {"0": 1, "1": 2}
+    assert all(a[i]["env/turns"] >= 1 for i in (1, 2, 3))
+    assert max(a[i]["env/episode_len"] for i in (1, 2, 3)) > 3  # observations inside
+    assert [a[i]["loss"] for i in (1, 2, 3)] == [b[i]["loss"] for i in (1, 2, 3)]
+
+
+def test_weights_travel_as_one_buffer_per_dtype():
+    from trainkit.rlhf.rollout.process import pack_weights, unpack_weights
+
+    w = {
+        "a": torch.arange(6.0).view(2, 3),
+        "b": torch.tensor([7.0]),
+        "c": torch.tensor([[1, 2]], dtype=torch.int64),
+    }
+    p = pack_weights(w)
+    # float32: a's 6 values then b's at offset 6; int64 on its own
+    assert p["layout"] == [
+        ("a", "float32", (2, 3), 0),
+        ("b", "float32", (1,), 6),
+        ("c", "int64", (1, 2), 0),
+    ]
+    assert p["buffers"]["float32"].tolist() == [0, 1, 2, 3, 4, 5, 7]
+    back = unpack_weights(p)
+    assert all(torch.equal(back[k], w[k]) for k in w)

@@ -14,15 +14,20 @@ serves requests one at a time, in the order they were sent:
 * ``update_weights(weights)``: the *trainable* parameters of the policy (a LoRA
   policy's adapters, every weight of a full fine-tune), under the names of
   ``named_parameters``, copied into the child's copy (and from there into a vLLM
-  engine). :func:`trainable_weights` takes them from a model.
+  engine). :func:`trainable_snapshot` takes them from a model.
 
-Tensors travel through shared memory (``torch.multiprocessing`` reductions). A child that
-dies or raises makes the next call fail with one line naming the engine process.
+Every message is pickled with the standard :mod:`pickle` (tensors as their bytes, one
+copy) and sent as one byte string; weights go as one flat buffer per dtype. (Letting
+``torch.multiprocessing`` move each tensor into shared memory costs one file-descriptor
+hand-over per tensor, hundreds for a LoRA policy, and grew slower step after step.) A
+child that dies or raises makes the next call fail with one line naming the engine
+process.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
 import traceback
@@ -30,13 +35,50 @@ from typing import Any
 
 import torch
 
-__all__ = ["EngineProcess", "trainable_weights"]
+__all__ = [
+    "EngineProcess",
+    "pack_weights",
+    "trainable_snapshot",
+    "unpack_weights",
+]
 
 
-def trainable_weights(model: Any) -> dict[str, torch.Tensor]:
-    """Copies of the parameters of ``model`` that require grad, by ``named_parameters``
-    name (what an :class:`EngineProcess` needs to follow the trainer)."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_snapshot(model: Any) -> dict:
+    """:func:`pack_weights` of the parameters of ``model`` that require grad: one copy,
+    safe to keep while training goes on."""
+    return pack_weights({n: p for n, p in model.named_parameters() if p.requires_grad})
+
+
+def pack_weights(weights: dict[str, torch.Tensor]) -> dict:
+    """``{name: tensor}`` as one contiguous buffer per dtype plus the layout
+    (``{"layout": [(name, dtype, shape, offset)], "buffers": {dtype: 1-D tensor}}``)."""
+    layout, groups = [], {}
+    for name, t in weights.items():
+        key = str(t.dtype).removeprefix("torch.")
+        parts = groups.setdefault(key, [])
+        offset = sum(p.numel() for p in parts)
+        layout.append((name, key, tuple(t.shape), offset))
+        parts.append(t.detach().reshape(-1).cpu())
+    return {"layout": layout, "buffers": {k: torch.cat(v) for k, v in groups.items()}}
+
+
+def unpack_weights(packed: dict) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`pack_weights` (views into the buffers)."""
+    out = {}
+    for name, key, shape, offset in packed["layout"]:
+        n = 1
+        for d in shape:
+            n *= d
+        out[name] = packed["buffers"][key][offset : offset + n].view(shape)
+    return out
+
+
+def _send(conn: Any, obj: Any) -> None:
+    conn.send_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _recv(conn: Any) -> Any:
+    return pickle.loads(conn.recv_bytes())
 
 
 def _serve(cfg: Any, conn: Any, threads: int, cpus: list[int]) -> None:
@@ -57,13 +99,13 @@ def _serve(cfg: Any, conn: Any, threads: int, cpus: list[int]) -> None:
         own = dict(policy.named_parameters())
         engine = make_engine(cfg, policy, tok)
         separate = getattr(engine, "model", None) is not policy
-        conn.send(("ok", None))
+        _send(conn, ("ok", None))
     except BaseException:
-        conn.send(("error", traceback.format_exc(limit=-3)))
+        _send(conn, ("error", traceback.format_exc(limit=-3)))
         return
     while True:
         try:
-            op, payload = conn.recv()
+            op, payload = _recv(conn)
         except EOFError:
             return
         if op == "close":
@@ -77,8 +119,9 @@ def _serve(cfg: Any, conn: Any, threads: int, cpus: list[int]) -> None:
                 ro.info["actor_cpu_s"] = ro.info.get("actor_cpu_s", 0.0) + (
                     time.process_time() - c0
                 )
-                conn.send(("ok", ro))
+                _send(conn, ("ok", ro))
             elif op == "update_weights":
+                payload = unpack_weights(payload)
                 unknown = sorted(set(payload) - set(own))
                 if unknown:
                     raise KeyError(f"unknown parameter names, e.g. {unknown[:3]}")
@@ -87,11 +130,11 @@ def _serve(cfg: Any, conn: Any, threads: int, cpus: list[int]) -> None:
                         own[name].copy_(value)
                 if separate:
                     engine.update_weights(policy)
-                conn.send(("ok", None))
+                _send(conn, ("ok", None))
             else:
                 raise ValueError(f"unknown request {op!r}")
         except BaseException:
-            conn.send(("error", traceback.format_exc(limit=-3)))
+            _send(conn, ("error", traceback.format_exc(limit=-3)))
 
 
 class EngineProcess:
@@ -109,7 +152,7 @@ class EngineProcess:
     """
 
     def __init__(self, cfg: Any, threads: int = 1, cpus: list[int] | None = None, timeout_s=600):
-        import torch.multiprocessing as mp
+        import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
@@ -130,7 +173,7 @@ class EngineProcess:
 
     def _answer(self, what: str) -> Any:
         try:
-            status, value = self._conn.recv()
+            status, value = _recv(self._conn)
         except (EOFError, ConnectionError, OSError):
             code = self._proc.exitcode
             raise RuntimeError(
@@ -144,7 +187,7 @@ class EngineProcess:
     def _call(self, op: str, payload: Any) -> Any:
         with self._lock:
             try:
-                self._conn.send((op, payload))
+                _send(self._conn, (op, payload))
             except (BrokenPipeError, ConnectionError, OSError):
                 code = self._proc.exitcode
                 raise RuntimeError(
@@ -175,18 +218,20 @@ class EngineProcess:
         return self._call("generate", kw)
 
     def update_weights(self, weights: Any) -> None:
-        """Load the trainer's trainable weights: a model (its :func:`trainable_weights`)
-        or such a ``{name: tensor}`` dict."""
+        """Load the trainer's trainable weights: a model (its parameters that require
+        grad), a ``{name: tensor}`` dict, or a :func:`pack_weights` result."""
         if isinstance(weights, torch.nn.Module):
-            weights = trainable_weights(weights)
-        self._call("update_weights", dict(weights))
+            weights = trainable_snapshot(weights)
+        elif "layout" not in weights:
+            weights = pack_weights(dict(weights))
+        self._call("update_weights", weights)
 
     def close(self) -> None:
         """Stop the child (politely, then by force after 30 s)."""
         if self._proc.is_alive():
             try:
                 with self._lock:
-                    self._conn.send(("close", None))
+                    _send(self._conn, ("close", None))
             except (BrokenPipeError, ConnectionError, OSError):
                 pass
             self._proc.join(30)

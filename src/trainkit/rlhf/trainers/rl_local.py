@@ -102,9 +102,9 @@ class LocalBackend:
         return time.perf_counter() - t
 
     def snapshot(self) -> Any:
-        from trainkit.rlhf.rollout.process import trainable_weights
+        from trainkit.rlhf.rollout.process import trainable_snapshot
 
-        return trainable_weights(self.policy)
+        return trainable_snapshot(self.policy)
 
     def load_weights(self, snapshot: Any) -> float:
         t = time.perf_counter()
