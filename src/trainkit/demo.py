@@ -28,8 +28,12 @@ KNOWN_PARTS = ("kan", "rlhf", "longctx")
 class Section:
     """One part's contribution to the report.
 
-    ``headline`` maps a metric name to its value as text; ``images`` are
-    ``(caption, path relative to the report folder)``; ``markdown`` is free text.
+    ``headline`` maps a metric name to its value as text; a value written
+    ``before -> after`` names its direction in ``better`` (``"higher"`` or ``"lower"``),
+    shown as an arrow after the name (the quick-demo test checks every such pair moved
+    that way). ``images`` are ``(caption, path relative to the report folder)``; a caption
+    says what the figure plots. ``markdown`` is free text; ``shows`` / ``not_shown`` say
+    in a sentence or two what the section demonstrates and what it does not.
     """
 
     title: str
@@ -38,6 +42,14 @@ class Section:
     images: list[tuple[str, str]] = field(default_factory=list)
     command: str = ""
     seconds: float = 0.0
+    better: dict[str, str] = field(default_factory=dict)
+    shows: str = ""
+    not_shown: str = ""
+
+    def label(self, name: str) -> str:
+        """The headline name as printed: with ``↑`` (higher is better) or ``↓``."""
+        arrow = {"higher": " ↑", "lower": " ↓"}.get(self.better.get(name, ""), "")
+        return name + arrow
 
 
 def machine_info() -> str:
@@ -63,7 +75,7 @@ def summary_rows(sections: list[Section]) -> list[list[str]]:
     for s in sections:
         items = list(s.headline.items())
         pick = next(((k, v) for k, v in items if "->" in v), items[0] if items else None)
-        head = f"{pick[0]}: {pick[1]}" if pick else ""
+        head = f"{s.label(pick[0])}: {pick[1]}" if pick else ""
         rows.append(
             [s.title, head, f"{s.seconds:.0f} s", s.command.splitlines()[0] if s.command else ""]
         )
@@ -72,15 +84,51 @@ def summary_rows(sections: list[Section]) -> list[list[str]]:
 
 SUMMARY_HEADER = ["section", "headline (before -> after)", "time", "reproduce"]
 
+_NUM = r"(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
+_PAIR = re.compile(_NUM + r"\s*%?\s*->\s*" + _NUM)
+
+
+def improvement_failures(md: str) -> list[str]:
+    """Check a report's headline figures: every ``before -> after`` value must carry a
+    direction (``↑`` / ``↓`` after its name) and have moved that way, strictly; every
+    section must have at least one such figure. Returns one line per failure (empty:
+    all improved)."""
+    out = []
+    for block in re.split(r"^## ", md, flags=re.M)[1:]:
+        title = block.splitlines()[0].strip()
+        if title == "Summary":
+            continue
+        pairs = 0
+        for name, value in re.findall(r"^\| (.+?) \| (.+?) \|$", block, flags=re.M):
+            m = _PAIR.search(value)
+            if not m or name in ("metric", "---"):
+                continue
+            pairs += 1
+            before, after = float(m.group(1)), float(m.group(2))
+            if name.endswith("↑"):
+                ok = after > before
+            elif name.endswith("↓"):
+                ok = after < before
+            else:
+                out.append(f"{title}: '{name}' has no direction (↑ or ↓)")
+                continue
+            if not ok:
+                out.append(f"{title}: '{name}' did not improve: {value}")
+        if not pairs:
+            out.append(f"{title}: no before -> after figure")
+    return out
+
 
 def _section_md(s: Section) -> str:
     lines = [f"## {s.title}", ""]
     if s.headline:
         lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in s.headline.items()]
+        lines += [f"| {s.label(k)} | {v} |" for k, v in s.headline.items()]
         lines.append("")
     if s.markdown:
         lines += [s.markdown.strip(), ""]
+    if s.shows or s.not_shown:
+        lines += [f"**What this shows.** {s.shows}", "", f"**What it does not.** {s.not_shown}", ""]
     for cap, rel in s.images:
         alt = cap.replace("[", "(").replace("]", ")")  # brackets would end the alt text
         lines += [f"![{alt}]({rel})", "", f"*{cap}*", ""]
@@ -164,13 +212,17 @@ def _section_html(s: Section, root: Path) -> str:
         parts.append(
             "<table class='headline'>"
             + "".join(
-                f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                f"<tr><th>{html.escape(s.label(k))}</th><td>{html.escape(v)}</td></tr>"
                 for k, v in s.headline.items()
             )
             + "</table>"
         )
     if s.markdown:
         parts.append(_md_inline(s.markdown))
+    if s.shows or s.not_shown:
+        parts.append(
+            _md_inline(f"**What this shows.** {s.shows}\n\n**What it does not.** {s.not_shown}")
+        )
     for cap, rel in s.images:
         data = base64.b64encode((root / rel).read_bytes()).decode("ascii")
         parts.append(
@@ -268,5 +320,7 @@ def run_demo(parts: list[str], quick: bool = False, out: str | None = None) -> P
         eta -= mod.ESTIMATE_S[mode]
         print(f"[demo] {p} done in {sec.seconds:.0f} s", file=sys.stderr, flush=True)
     md, page = write_report(folder, sections, time.time() - t0)
+    for line in improvement_failures(md.read_text()):
+        print(f"[demo] warning: {line}", file=sys.stderr)
     print(f"report: {md}\nhtml:   {page}")
     return folder

@@ -87,3 +87,30 @@ def test_report_opens_with_a_summary_table(tmp_path):
     html = page.read_text()
     assert html.index("<h2>Summary</h2>") < html.index("<h2>GRPO</h2>")
     assert "<td>held-out accuracy: 4% -&gt; 20%</td>" in html
+
+
+def test_improvement_check_flags_a_figure_that_got_worse(tmp_path):
+    from trainkit.demo import improvement_failures
+
+    def report(*sections):
+        md, _ = write_report(tmp_path, list(sections), 1.0)
+        return md.read_text()
+
+    good = Section(
+        "RLHF: x",
+        headline={"accuracy": "50% -> 100% (64 pairs)", "RMSE": "1.2e-03 -> 4.1e-06", "n": "3"},
+        better={"accuracy": "higher", "RMSE": "lower"},
+    )
+    md = report(good)
+    assert "| accuracy ↑ | 50% -> 100% (64 pairs) |" in md and "| RMSE ↓ |" in md
+    assert "## Summary" in md and improvement_failures(md) == []  # Summary rows: not checked
+    worse = md.replace("50% -> 100%", "50% -> 40%")
+    assert improvement_failures(worse) == [
+        "RLHF: x: 'accuracy ↑' did not improve: 50% -> 40% (64 pairs)"
+    ]
+    flat = md.replace("1.2e-03 -> 4.1e-06", "4.1e-06 -> 4.1e-06")
+    assert improvement_failures(flat) == ["RLHF: x: 'RMSE ↓' did not improve: 4.1e-06 -> 4.1e-06"]
+    undirected = Section("KAN", headline={"loss": "2 -> 1"})
+    assert improvement_failures(report(undirected)) == ["KAN: 'loss' has no direction (↑ or ↓)"]
+    none = Section("Long context", headline={"steps": "20"})
+    assert improvement_failures(report(none)) == ["Long context: no before -> after figure"]

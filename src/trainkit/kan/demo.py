@@ -89,9 +89,12 @@ def run(out_dir: Path, quick: bool) -> Section:
         f"of the printed formula {sci['formula_test_rmse']:.1e}; {sci['seconds']:.0f} s."
     )
     plots = sci["plots"]
+    first = hist["stages"][0]
+    extension = f"test RMSE through grid extension, G={first['grid']} -> G={last['grid']}"
     return Section(
         title="KAN: fitting exp(sin(pi x) + y^2) and reading off its formula",
         headline={
+            extension: f"{first['test_rmse']:.2e} -> {last['test_rmse']:.2e}",
             "test RMSE": f"{last['test_rmse']:.2e} (G={last['grid']})",
             "parameters": str(last["params"]),
             "paper (same G, 200 steps per grid)": (
@@ -109,4 +112,15 @@ def run(out_dir: Path, quick: bool) -> Section:
         + ([("snapped to symbols", plots["symbolic"])] if "symbolic" in plots else []),
         command=f"trainkit kan fit --config {cfg}\n"
         f"trainkit kan discover --formula '{sci['target']}' --width 2,5,1",
+        better={extension: "lower"},
+        shows=(
+            "Grid extension keeps lowering the held-out error of a fixed [2,1,1] shape (the "
+            "paper's fine-graining), and the sparse-train / prune / snap workflow reads the "
+            "exact formula back from a wider network."
+        ),
+        not_shown=(
+            "One smooth 2-variable function with a known compositional form; the paper's "
+            "comparisons with MLPs (scaling, special functions, PDE, continual learning) are "
+            "not part of the demo."
+        ),
     )

@@ -94,11 +94,15 @@ def run(out_dir: Path, quick: bool):
         return f"{g['by_length'][str(L)]:.0%}"
 
     Lmax = s["lengths"][-1]
+    pk = "passkey @2048 before -> after (theta 1e6 + fine-tune)"
+    kv = "kv (4 keys) @2048 before -> after"
     head = {
-        "passkey @2048 before -> after (theta 1e6 + fine-tune)": f"{at(before['passkey'], Lmax)} -> {at(after['passkey'], Lmax)}",
-        "kv (4 keys) @2048 before -> after": f"{at(before['kv'], Lmax)} -> {at(after['kv'], Lmax)}",
-        "passkey / kv @256 before -> after": f"{at(before['passkey'], 256)} / {at(before['kv'], 256)} -> "
-        f"{at(after['passkey'], 256)} / {at(after['kv'], 256)}",
+        pk: f"{at(before['passkey'], Lmax)} -> {at(after['passkey'], Lmax)}",
+        kv: f"{at(before['kv'], Lmax)} -> {at(after['kv'], Lmax)}",
+        "passkey / kv @256 (inside the native window, kept)": (
+            f"{at(before['passkey'], 256)} / {at(before['kv'], 256)} before, "
+            f"{at(after['passkey'], 256)} / {at(after['kv'], 256)} after"
+        ),
         "fine-tune": f"{rep['steps']} steps, {rep['seconds']:.0f} s",
     }
     if no_theta:
@@ -114,13 +118,20 @@ def run(out_dir: Path, quick: bool):
         "symbol and the answer repeats it ('%12345'); the filler is random letters."
     )
     images = [
-        (f"{task} {tag}", f"longctx_{task}_{tag}.png")
+        (
+            f"{task} {tag} extension: greedy exact match by context length (x) and needle "
+            "depth (y)",
+            f"longctx_{task}_{tag}.png",
+        )
         for tag in ("before", "after")
         for task in ("passkey", "kv")
     ]
     if no_theta:
         images += [
-            (f"{task} same fine-tune, no theta change", f"longctx_{task}_no_theta.png")
+            (
+                f"{task}, same fine-tune without the theta change: exact match by length and depth",
+                f"longctx_{task}_no_theta.png",
+            )
             for task in ("passkey", "kv")
         ]
     return Section(
@@ -130,4 +141,14 @@ def run(out_dir: Path, quick: bool):
         images=images,
         command="python examples/longctx_tiny_experiment.py",
         seconds=round(time.time() - t0, 1),
+        better={pk: "higher", kv: "higher"},
+        shows=(
+            "The paper's recipe (raise rope_theta, then a short fine-tune on long samples) "
+            "takes a model that fails beyond its 256-token window to retrieval at 8x that "
+            "length, without losing what it did inside the window."
+        ),
+        not_shown=(
+            "A real LLM at 80K tokens, or the paper's LongBench / MMLU / topic retrieval "
+            "evaluations: this is a 1M-parameter model on synthetic retrieval tasks."
+        ),
     )

@@ -1,11 +1,15 @@
-"""Demo section of the RLHF part: preference learning, then GRPO with a verifiable reward.
+"""Demo section of the RLHF part: preference learning, GRPO with a verifiable reward and
+(full demo) multi-turn tool use.
 
-Quick mode (a few minutes at most): the random ``tiny-llama`` is warm-started on the task
-format with the SFT recipe (prompt -> bare number), then trained with GRPO on single-digit
-sums with a graded closeness reward. Full mode: GRPO with LoRA on the real
-SmolLM2-135M-Instruct (``configs/rlhf/grpo_smollm2.yaml``, 20 steps), where held-out greedy
-exact-answer accuracy is the headline. The preference half (reward model + DPO) runs on
-``tiny-llama`` in both modes, so the full demo stays under 20 minutes on 2 cores.
+Quick mode (a few minutes at most): nothing learns from a random model. ``tiny-llama`` is
+first warm-started with the SFT recipe: for the preference half on replies in both formats
+(the bare number and a wordy sentence), so that the RM and DPO have a preference to learn
+and DPO's greedy answers can move; for GRPO on ``prompt -> bare number``, then GRPO on
+single-digit sums with a graded closeness reward. Full mode: the real
+SmolLM2-135M-Instruct for everything: the RM (``configs/rlhf/rm_smollm2.yaml``), DPO with
+LoRA (``configs/rlhf/dpo_smollm2.yaml``), GRPO with LoRA
+(``configs/rlhf/grpo_smollm2.yaml``, 20 steps; held-out greedy exact-answer accuracy is its
+headline) and the calculator recipe with a short GRPO budget (:mod:`demo_tools`).
 """
 
 from __future__ import annotations
@@ -15,25 +19,40 @@ from pathlib import Path
 
 from trainkit.demo import Section
 
-ESTIMATE_S = {"quick": 150, "full": 600}
+ESTIMATE_S = {"quick": 150, "full": 900}
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "rlhf"
 TASK = "arithmetic_number_only"
 
 
-def _warm_start(out: Path) -> str:
-    """SFT the tiny model on ``prompt -> answer`` pairs of the task; returns the model folder."""
+def _warm_start(out: Path, both_formats: bool = False) -> str:
+    """SFT the tiny model on the task's prompts; returns the model folder.
+
+    Replies: the bare answer; with ``both_formats`` every other reply is a wordy sentence
+    instead (the rejected side of the preference pairs), so the model has both formats."""
     from trainkit.common.io import atomic_write_text
     from trainkit.config import load_config
     from trainkit.llm.sft import SFTConfig, train
-    from trainkit.rlhf.tasks import load_task
+    from trainkit.rlhf.tasks import load_task, preference_pairs
 
     recs, _ = load_task(TASK, seed=0)
+    replies = [str(r["answer"]) for r in recs]
+    if both_formats:
+        pairs = preference_pairs(recs, seed=1, kind="format")
+        replies = [p["rejected"] if i % 2 else p["chosen"] for i, p in enumerate(pairs)]
+    out.mkdir(parents=True, exist_ok=True)
     data = out / "sft_data.jsonl"
     atomic_write_text(
         data,
         "".join(
-            json.dumps({"prompt": r["prompt"], "response": str(r["answer"])}) + "\n" for r in recs
+            json.dumps({"prompt": r["prompt"], "response": x}) + "\n" for r, x in zip(recs, replies)
         ),
+    )
+    # GRPO's tiny recipe reads raw prompts (data.chat_template=false); RM and DPO put the
+    # prompt in the chat template, so the preference warm start learns that format
+    fmt = (
+        ["data.max_length=128"]
+        if both_formats
+        else ["data.chat_template=never", "data.separator=''", "data.max_length=64"]
     )
     cfg = load_config(
         SFTConfig,
@@ -42,9 +61,7 @@ def _warm_start(out: Path) -> str:
             "model.name=tiny-llama",
             f"data.path={data}",
             "data.format=prompt_response",
-            "data.chat_template=never",
-            "data.separator=''",
-            "data.max_length=64",
+            *fmt,
             "train.max_steps=40",
             "train.batch_size=32",
             "train.micro_batch_size=32",
@@ -121,6 +138,7 @@ def plot_curves(metrics: Path, png: Path) -> Path:
         if all(x is not None for x in a):
             ax.plot(s, a, "s--", color="C2", label="held-out exact accuracy")
     ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean reward / exact accuracy")
     ax.legend(fontsize=7)
     ax.set_title("GRPO on arithmetic with a verifiable reward")
     fig.tight_layout()
@@ -139,42 +157,79 @@ def run_grpo(out_dir: Path, quick: bool) -> Section:
     s = train(cfg)
     png = plot_curves(out_dir / "grpo" / "metrics.jsonl", out_dir / "grpo_curves.png")
     a, b = s["first_eval"], s["last_eval"]
+    reward = "GRPO held-out mean reward"
     headline = {
-        "GRPO held-out mean reward": f"{a['eval_reward']:.3f} -> {b['eval_reward']:.3f} "
+        reward: f"{a['eval_reward']:.3f} -> {b['eval_reward']:.3f} "
         f"({s['steps']} steps, {s['seconds']:.0f} s)",
     }
-    if "eval_accuracy" in a:
-        headline["GRPO held-out exact accuracy"] = (
-            f"{100 * a['eval_accuracy']:.0f}% -> {100 * b['eval_accuracy']:.0f}%"
-        )
+    better = {reward: "higher"}
+    if "eval_accuracy" in a and not quick:  # tiny: a few percent sampled, mostly noise
+        acc = "GRPO held-out exact accuracy"
+        headline[acc] = f"{100 * a['eval_accuracy']:.0f}% -> {100 * b['eval_accuracy']:.0f}%"
+        better[acc] = "higher"
     text = (
         f"Model: `{cfg.model.name}`{' (LoRA r' + str(cfg.lora.r) + ')' if cfg.lora.enabled else ''}"
         f"; task `{cfg.data.path}`; rewards {list(cfg.data.reward)}; "
         f"{cfg.rollout.n} samples per prompt, {cfg.rollout.max_new_tokens} new tokens."
     )
+    if quick:
+        text += (
+            " The tiny model learns the graded closeness reward (answers nearer the sum); "
+            "its exact accuracy stays at a few percent and is not reported."
+        )
     return Section(
         title="GRPO",
         headline=headline,
         markdown=text,
-        images=[("GRPO reward and accuracy", png.name)],
+        images=[
+            (
+                "GRPO: train reward per step (mean over the sampled group) and held-out reward"
+                " / exact accuracy at each evaluation",
+                png.name,
+            )
+        ],
         command=f"trainkit rlhf grpo --config {cmd}",
+        better=better,
     )
 
 
 def run(out_dir: Path, quick: bool) -> Section:
-    """The RLHF section of the demo report: preference learning, then GRPO."""
+    """The RLHF section of the demo report: preference learning, GRPO and (full) tools."""
     from trainkit.rlhf.demo_pref import run_pref
 
     out_dir = Path(out_dir)
-    pref = run_pref(out_dir / "pref", True)
-    grpo = run_grpo(out_dir / "grpo_run", quick)
-    images = [(c, f"pref/{p}") for c, p in pref.images] + [
-        (c, f"grpo_run/{p}") for c, p in grpo.images
-    ]
+    model = _warm_start(out_dir / "pref_warm", both_formats=True) if quick else None
+    parts = [("pref", run_pref(out_dir / "pref", quick, model=model))]
+    parts.append(("grpo_run", run_grpo(out_dir / "grpo_run", quick)))
+    if not quick:
+        from trainkit.rlhf.demo_tools import run_tools
+
+        parts.append(("tools", run_tools(out_dir / "tools")))
+    names = {"pref": "Preference learning", "grpo_run": "GRPO", "tools": "Multi-turn tool use"}
+    base = (
+        "the tiny model after an SFT warm start (2 minutes of CPU)"
+        if quick
+        else "SmolLM2-135M-Instruct"
+    )
     return Section(
-        title="RLHF: reward model, DPO and GRPO",
-        headline={**pref.headline, **grpo.headline},
-        markdown=f"**Preference learning.** {pref.markdown}\n\n**GRPO.** {grpo.markdown}",
-        images=images,
-        command=f"{pref.command}\n{grpo.command}",
+        title="RLHF: reward model, DPO, GRPO" + ("" if quick else " and tool use"),
+        headline={k: v for _, p in parts for k, v in p.headline.items()},
+        markdown="\n\n".join(f"**{names[d]}.** {p.markdown}" for d, p in parts),
+        images=[(c, f"{d}/{rel}") for d, p in parts for c, rel in p.images],
+        command="\n".join(p.command for _, p in parts),
+        better={k: v for _, p in parts for k, v in p.better.items()},
+        shows=(
+            f"On {base}, each recipe moves what it optimises: the reward model learns to "
+            "rank the preferred format, DPO shifts the policy's own answers to it, GRPO "
+            "raises the held-out verifiable reward"
+            + ("" if quick else ", and multi-turn GRPO teaches the model to call a tool")
+            + "."
+        ),
+        not_shown=(
+            "A tiny model's numbers say nothing about answer quality; the full demo "
+            "(`make demo`) runs the same recipes on SmolLM2-135M-Instruct."
+            if quick
+            else "Chat quality or safety preferences: the preferences and rewards here are "
+            "rule-checked (format, exact arithmetic); runs are short, single-seed and on CPU."
+        ),
     )
