@@ -304,8 +304,12 @@ def run_demo(parts: list[str], quick: bool = False, out: str | None = None) -> P
             raise
     mode = "quick" if quick else "full"
     eta = sum(m.ESTIMATE_S[mode] for m in mods.values())
+    import torch
+
+    threads = torch.get_num_threads()  # a part may lower it (KAN runs on one thread)
     sections, t0 = [], time.time()
     for i, (p, mod) in enumerate(mods.items()):
+        torch.set_num_threads(threads)
         print(
             f"[demo] {i + 1}/{len(mods)} {p}: about {mod.ESTIMATE_S[mode]} s "
             f"(all parts ETA {eta:.0f} s)",

@@ -148,12 +148,14 @@ def plot_curves(metrics: Path, png: Path) -> Path:
     return png
 
 
-def run_grpo(out_dir: Path, quick: bool) -> Section:
+def run_grpo(out_dir: Path, quick: bool, threads: int | None = None) -> Section:
     from trainkit.rlhf.trainers.ppo import train
 
     out_dir = Path(out_dir)
     model = _warm_start(out_dir) if quick else None
     cfg, cmd = _grpo_config(out_dir / "grpo", quick, model)
+    if threads:
+        cfg.train.threads = threads
     s = train(cfg)
     png = plot_curves(out_dir / "grpo" / "metrics.jsonl", out_dir / "grpo_curves.png")
     a, b = s["first_eval"], s["last_eval"]
@@ -195,16 +197,21 @@ def run_grpo(out_dir: Path, quick: bool) -> Section:
 
 def run(out_dir: Path, quick: bool) -> Section:
     """The RLHF section of the demo report: preference learning, GRPO and (full) tools."""
+    import torch
+
     from trainkit.rlhf.demo_pref import run_pref
 
     out_dir = Path(out_dir)
+    threads = torch.get_num_threads()  # every run here uses all of them (train.threads too)
     model = _warm_start(out_dir / "pref_warm", both_formats=True) if quick else None
     parts = [("pref", run_pref(out_dir / "pref", quick, model=model))]
-    parts.append(("grpo_run", run_grpo(out_dir / "grpo_run", quick)))
+    torch.set_num_threads(threads)
+    parts.append(("grpo_run", run_grpo(out_dir / "grpo_run", quick, threads)))
     if not quick:
         from trainkit.rlhf.demo_tools import run_tools
 
-        parts.append(("tools", run_tools(out_dir / "tools")))
+        torch.set_num_threads(threads)
+        parts.append(("tools", run_tools(out_dir / "tools", threads)))
     names = {"pref": "Preference learning", "grpo_run": "GRPO", "tools": "Multi-turn tool use"}
     base = (
         "the tiny model after an SFT warm start (2 minutes of CPU)"

@@ -42,7 +42,7 @@ def _configs(out_dir: Path, quick: bool, model: str | None = None):
         dpo_file if dpo_file.is_file() else None,
         common
         + [f"output_dir={out_dir / 'dpo'}", "train.save=none", "train.log_every=1"]
-        + (["eval.num_prompts=16"] if quick else [])
+        + (["eval.num_prompts=16"] if quick else ["eval.every=0"])
         + ([] if dpo_file.is_file() else [f"model.name={_model(quick)}"]),
     )
     return rm, dpo, f"configs/rlhf/rm_{size}.yaml", f"configs/rlhf/dpo_{size}.yaml"

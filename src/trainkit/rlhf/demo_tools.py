@@ -21,7 +21,7 @@ STEPS = 4  # GRPO steps (the recipe: 12; in-run held-out accuracy was 100% at st
 EVAL_PROMPTS = 16
 
 
-def run_tools(out_dir: Path) -> Section:
+def run_tools(out_dir: Path, threads: int | None = None) -> Section:
     """Demos -> SFT warm start -> GRPO with in-run greedy held-out evaluations."""
     import time
 
@@ -60,6 +60,7 @@ def run_tools(out_dir: Path) -> Section:
             "eval.every=0",
             f"eval.n_prompts={EVAL_PROMPTS}",
             f"output_dir={out_dir / 'grpo'}",
+            *([f"train.threads={threads}"] if threads else []),
         ],
     )
     s = rl_train(cfg)
