@@ -135,6 +135,11 @@ def run_pref(out_dir: Path, quick: bool, model: str | None = None) -> Section:
         "be 50% by construction: the policy equals its reference at step 0). The per-token "
         "mean log-prob does not favour the shorter reply the way the sum does.",
     ]
+    if not quick:
+        lines[0] += (
+            " DPO learns the format it is shown, not the sums: its bare numbers after training"
+            " are often wrong (GRPO's exact-answer reward, next, is what improves those)."
+        )
     if quick:
         lines[0] += (
             " The tiny model learns the preference (the RM's ranking, the policy's own "
