@@ -261,21 +261,25 @@ def test_async_multiturn_episodes_on_the_fixed_lag(tmp_path):
     assert [a[i]["loss"] for i in (1, 2, 3)] == [b[i]["loss"] for i in (1, 2, 3)]
 
 
-def test_weights_travel_as_one_buffer_per_dtype():
-    from trainkit.rlhf.rollout.process import pack_weights, unpack_weights
+def test_rollouts_travel_as_json_and_safetensors():
+    from trainkit.rlhf.rollout.base import Rollout
+    from trainkit.rlhf.rollout.process import decode_rollout, encode_rollout
 
-    w = {
-        "a": torch.arange(6.0).view(2, 3),
-        "b": torch.tensor([7.0]),
-        "c": torch.tensor([[1, 2]], dtype=torch.int64),
-    }
-    p = pack_weights(w)
-    # float32: a's 6 values then b's at offset 6; int64 on its own
-    assert p["layout"] == [
-        ("a", "float32", (2, 3), 0),
-        ("b", "float32", (1,), 6),
-        ("c", "int64", (1, 2), 0),
-    ]
-    assert p["buffers"]["float32"].tolist() == [0, 1, 2, 3, 4, 5, 7]
-    back = unpack_weights(p)
-    assert all(torch.equal(back[k], w[k]) for k in w)
+    ro = Rollout(
+        torch.tensor([[0, 5]]),
+        torch.tensor([[0, 1]]),
+        torch.tensor([[7, 2]]),
+        torch.tensor([[1, 1]]),
+        torch.tensor([[-0.5, -1.25]]),
+        torch.tensor([False]),
+        n=1,
+        info={"gen_s": 0.5, "gen_tokens": 2},
+    )
+    head, tensors = encode_rollout(ro)
+    assert head == {"n": 1, "info": {"gen_s": 0.5, "gen_tokens": 2}}
+    assert sorted(tensors) == sorted(
+        ["prompt_ids", "prompt_mask", "response_ids", "action_mask", "logprobs", "truncated"]
+    )
+    back = decode_rollout(json.loads(json.dumps(head)), tensors)
+    assert back.response_mask is None and back.logprobs.tolist() == [[-0.5, -1.25]]
+    assert back.truncated.dtype == torch.bool and back.info["gen_tokens"] == 2

@@ -16,8 +16,9 @@ serves requests one at a time, in the order they were sent:
   ``named_parameters``, copied into the child's copy (and from there into a vLLM
   engine). :func:`trainable_snapshot` takes them from a model.
 
-Every message is pickled with the standard :mod:`pickle` (tensors as their bytes, one
-copy) and sent as one byte string; weights go as one flat buffer per dtype. (Letting
+Messages are a JSON header, then, when tensors travel, one safetensors buffer (the
+weights of an update, the tensors of a :class:`~trainkit.rlhf.rollout.base.Rollout`):
+nothing is unpickled, and a LoRA update is one 20 MB copy. (Letting
 ``torch.multiprocessing`` move each tensor into shared memory costs one file-descriptor
 hand-over per tensor, hundreds for a LoRA policy, and grew slower step after step.) A
 child that dies or raises makes the next call fail with one line naming the engine
@@ -26,8 +27,8 @@ process.
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import threading
 import time
 import traceback
@@ -35,50 +36,56 @@ from typing import Any
 
 import torch
 
-__all__ = [
-    "EngineProcess",
-    "pack_weights",
-    "trainable_snapshot",
-    "unpack_weights",
-]
+__all__ = ["EngineProcess", "decode_rollout", "encode_rollout", "trainable_snapshot"]
+
+_TENSORS = (
+    "prompt_ids",
+    "prompt_mask",
+    "response_ids",
+    "action_mask",
+    "logprobs",
+    "truncated",
+    "response_mask",
+)
 
 
-def trainable_snapshot(model: Any) -> dict:
-    """:func:`pack_weights` of the parameters of ``model`` that require grad: one copy,
-    safe to keep while training goes on."""
-    return pack_weights({n: p for n, p in model.named_parameters() if p.requires_grad})
+def trainable_snapshot(model: Any) -> dict[str, torch.Tensor]:
+    """Copies of the parameters of ``model`` that require grad, by ``named_parameters``
+    name: what an :class:`EngineProcess` needs to follow the trainer, safe to keep while
+    training goes on."""
+    return {
+        n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
 
 
-def pack_weights(weights: dict[str, torch.Tensor]) -> dict:
-    """``{name: tensor}`` as one contiguous buffer per dtype plus the layout
-    (``{"layout": [(name, dtype, shape, offset)], "buffers": {dtype: 1-D tensor}}``)."""
-    layout, groups = [], {}
-    for name, t in weights.items():
-        key = str(t.dtype).removeprefix("torch.")
-        parts = groups.setdefault(key, [])
-        offset = sum(p.numel() for p in parts)
-        layout.append((name, key, tuple(t.shape), offset))
-        parts.append(t.detach().reshape(-1).cpu())
-    return {"layout": layout, "buffers": {k: torch.cat(v) for k, v in groups.items()}}
+def encode_rollout(ro: Any) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A :class:`~trainkit.rlhf.rollout.base.Rollout` as ``(JSON-able header, tensors)``."""
+    tensors = {f: getattr(ro, f).contiguous() for f in _TENSORS if getattr(ro, f) is not None}
+    return {"n": ro.n, "info": ro.info}, tensors
 
 
-def unpack_weights(packed: dict) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`pack_weights` (views into the buffers)."""
-    out = {}
-    for name, key, shape, offset in packed["layout"]:
-        n = 1
-        for d in shape:
-            n *= d
-        out[name] = packed["buffers"][key][offset : offset + n].view(shape)
-    return out
+def decode_rollout(head: dict, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of :func:`encode_rollout`."""
+    from trainkit.rlhf.rollout.base import Rollout
+
+    return Rollout(
+        **{f: tensors.get(f) for f in _TENSORS}, n=int(head["n"]), info=dict(head["info"])
+    )
 
 
-def _send(conn: Any, obj: Any) -> None:
-    conn.send_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+def _send(conn: Any, head: dict, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    from safetensors.torch import save
+
+    conn.send_bytes(json.dumps({**head, "tensors": tensors is not None}, default=float).encode())
+    if tensors is not None:
+        conn.send_bytes(save(tensors))
 
 
-def _recv(conn: Any) -> Any:
-    return pickle.loads(conn.recv_bytes())
+def _recv(conn: Any) -> tuple[dict, dict[str, torch.Tensor] | None]:
+    from safetensors.torch import load
+
+    head = json.loads(conn.recv_bytes())
+    return head, (load(conn.recv_bytes()) if head.pop("tensors") else None)
 
 
 def _serve(cfg: Any, conn: Any, threads: int, cpus: list[int]) -> None:
@@ -99,15 +106,16 @@ def _serve(cfg: Any, conn: Any, threads: int, cpus: list[int]) -> None:
         own = dict(policy.named_parameters())
         engine = make_engine(cfg, policy, tok)
         separate = getattr(engine, "model", None) is not policy
-        _send(conn, ("ok", None))
+        _send(conn, {"status": "ok"})
     except BaseException:
-        _send(conn, ("error", traceback.format_exc(limit=-3)))
+        _send(conn, {"status": "error", "error": traceback.format_exc(limit=-3)})
         return
     while True:
         try:
-            op, payload = _recv(conn)
+            head, tensors = _recv(conn)
         except EOFError:
             return
+        op = head.get("op")
         if op == "close":
             if hasattr(engine, "close"):
                 engine.close()
@@ -115,26 +123,26 @@ def _serve(cfg: Any, conn: Any, threads: int, cpus: list[int]) -> None:
         try:
             c0 = time.process_time()
             if op == "generate":
-                ro = engine.generate(**payload)
+                ro = engine.generate(**head["kw"])
                 ro.info["actor_cpu_s"] = ro.info.get("actor_cpu_s", 0.0) + (
                     time.process_time() - c0
                 )
-                _send(conn, ("ok", ro))
+                meta, out = encode_rollout(ro)
+                _send(conn, {"status": "ok", "rollout": meta}, out)
             elif op == "update_weights":
-                payload = unpack_weights(payload)
-                unknown = sorted(set(payload) - set(own))
+                unknown = sorted(set(tensors or {}) - set(own))
                 if unknown:
                     raise KeyError(f"unknown parameter names, e.g. {unknown[:3]}")
                 with torch.no_grad():
-                    for name, value in payload.items():
+                    for name, value in (tensors or {}).items():
                         own[name].copy_(value)
                 if separate:
                     engine.update_weights(policy)
-                _send(conn, ("ok", None))
+                _send(conn, {"status": "ok"})
             else:
                 raise ValueError(f"unknown request {op!r}")
         except BaseException:
-            _send(conn, ("error", traceback.format_exc(limit=-3)))
+            _send(conn, {"status": "error", "error": traceback.format_exc(limit=-3)})
 
 
 class EngineProcess:
@@ -142,7 +150,7 @@ class EngineProcess:
     :class:`~trainkit.rlhf.rollout.base.RolloutEngine`).
 
     Args:
-        cfg: the validated RL config (pickled to the child).
+        cfg: the validated RL config (handed to the child by multiprocessing's spawn).
         threads: the child's torch threads.
         cpus: cores the child pins itself to (empty: not pinned).
         timeout_s: how long to wait for the child to build its models.
@@ -173,21 +181,22 @@ class EngineProcess:
 
     def _answer(self, what: str) -> Any:
         try:
-            status, value = _recv(self._conn)
+            head, tensors = _recv(self._conn)
         except (EOFError, ConnectionError, OSError):
             code = self._proc.exitcode
             raise RuntimeError(
                 f"rollout engine process died during {what} (exit code {code})"
             ) from None
-        if status == "error":
-            last = value.strip().splitlines()[-1] if value.strip() else "unknown error"
+        if head.get("status") == "error":
+            text = str(head.get("error", "")).strip()
+            last = text.splitlines()[-1] if text else "unknown error"
             raise RuntimeError(f"rollout engine process failed in {what}: {last}")
-        return value
+        return decode_rollout(head["rollout"], tensors) if "rollout" in head else None
 
-    def _call(self, op: str, payload: Any) -> Any:
+    def _call(self, op: str, kw: dict | None = None, tensors: dict | None = None) -> Any:
         with self._lock:
             try:
-                _send(self._conn, (op, payload))
+                _send(self._conn, {"op": op, "kw": kw or {}}, tensors)
             except (BrokenPipeError, ConnectionError, OSError):
                 code = self._proc.exitcode
                 raise RuntimeError(
@@ -219,19 +228,18 @@ class EngineProcess:
 
     def update_weights(self, weights: Any) -> None:
         """Load the trainer's trainable weights: a model (its parameters that require
-        grad), a ``{name: tensor}`` dict, or a :func:`pack_weights` result."""
+        grad) or a ``{name: tensor}`` dict (e.g. a :func:`trainable_snapshot`)."""
         if isinstance(weights, torch.nn.Module):
             weights = trainable_snapshot(weights)
-        elif "layout" not in weights:
-            weights = pack_weights(dict(weights))
-        self._call("update_weights", weights)
+        tensors = {k: v.detach().contiguous() for k, v in weights.items()}
+        self._call("update_weights", tensors=tensors)
 
     def close(self) -> None:
         """Stop the child (politely, then by force after 30 s)."""
         if self._proc.is_alive():
             try:
                 with self._lock:
-                    _send(self._conn, ("close", None))
+                    _send(self._conn, {"op": "close"})
             except (BrokenPipeError, ConnectionError, OSError):
                 pass
             self._proc.join(30)
