@@ -47,7 +47,7 @@ def run_tools(out_dir: Path, threads: int | None = None) -> Section:
     )
     sft = sft_train(sft_cfg)
     t_sft = time.perf_counter() - t0
-    warm = sft["merged"] or str(Path(sft_cfg.output_dir) / "merged")
+    warm = sft["merged"]  # the recipe's train.merge_lora: true writes it
     cfg = load_config(
         GRPOConfig,
         CONFIGS / "grpo_calculator_smollm2.yaml",

@@ -164,8 +164,8 @@ class Pipeline:
         """The trainer finished step ``version - 1``: snapshot version ``version`` and
         forget the snapshots no future batch or evaluation needs."""
         self.snaps[version] = self.b.snapshot()
+        # the batches in flight, and the next one submitted (and an eval now) need `version`
         need = {self.version_for(s) for s in self.futures} | {version}
-        need.add(self.version_for(version))  # the batch submitted next
         for v in [v for v in self.snaps if v not in need and v != self.engine_version]:
             del self.snaps[v]
 
